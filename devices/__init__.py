@@ -1,0 +1,71 @@
+"""Device plugins for kvmlite: pure state machines on a port-I/O or MMIO bus.
+
+The contract every device follows (after rust-vmm's vm-superio and kvmtool):
+
+* ``SIZE``: how many ports (or MMIO bytes) the device decodes from its base.
+* ``read(offset, size) -> int`` and ``write(offset, size, value)``: one guest
+  access at ``offset`` from the device's base, ``size`` in bytes (1, 2, 4 or
+  8). A device never sees its absolute address and never raises on a guest's
+  bad access: it ignores it, counts it where useful, and stays consistent.
+* Interrupt lines, output sinks, clocks and callbacks are handed in by the
+  wiring (kvmlite's ``Machine``). A device never calls an ioctl, never knows
+  the bus, and registers nothing at import time.
+* Time is read only from an injected ``clock`` (a callable returning
+  nanoseconds). A device whose outputs change with time (PIT, RTC) has
+  ``tick()``, which recomputes its outputs for ``clock()`` and returns the
+  absolute time in ns at which they may next change (or ``None``); tests step
+  a :class:`SteppedClock` and call ``tick()``.
+* ``reset()`` puts the device in its power-on state; ``state()`` returns a
+  plain dict (JSON-able: ints, strs, bools, lists, dicts) and
+  ``from_state(state, ...)`` rebuilds a device from it with new wiring.
+"""
+
+__all__ = ['IrqLine', 'SteppedClock']
+
+
+class IrqLine:
+    """One interrupt request line: a level that a device drives.
+
+    ``set(level)`` drives the line; the optional ``sink(level)`` is called
+    only when the level changes (the wiring routes it to a PIC pin, an IOAPIC
+    pin or KVM_IRQ_LINE).  ``pulse()`` raises and lowers it (an edge).  Tests
+    read ``level`` and ``raised`` (how many low-to-high edges were seen).
+    """
+
+    __slots__ = ('level', 'raised', 'sink')
+
+    def __init__(self, sink=None):
+        self.level = 0
+        self.raised = 0
+        self.sink = sink
+
+    def set(self, level):
+        level = 1 if level else 0
+        if level == self.level:
+            return
+        self.level = level
+        if level:
+            self.raised += 1
+        if self.sink is not None:
+            self.sink(level)
+
+    def pulse(self):
+        self.set(1)
+        self.set(0)
+
+    def __repr__(self):
+        return f'IrqLine(level={self.level}, raised={self.raised})'
+
+
+class SteppedClock:
+    """A clock for tests: ``clock()`` returns ``now`` in ns; ``advance(ns)``."""
+
+    def __init__(self, now=0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, ns):
+        self.now += int(ns)
+        return self.now
