@@ -28,7 +28,7 @@ Choices where the datasheet leaves room, or the PC differs from it:
   (auto-EOI or special mask mode on the slave, with more requests waiting)
   gives the master no new edge; Linux keeps the slave out of auto-EOI.
 * The cascade is wired to IR2; ICW3 and ICW4's BUF and M/S bits are stored
-  and read back but do not rewire it.  Vectors are always in 8086 form
+  (and snapshotted) but do not rewire it.  Vectors are always in 8086 form
   (ICW2 & 0xF8 | IR): 8080/8085 CALL sequences are not modelled.
 * ICW1 clears ISR, IRR (edge latches) and the rotate-in-auto-EOI flag as well
   as what the datasheet lists (IMR, priority, special mask, read select), so
