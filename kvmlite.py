@@ -1,0 +1,2476 @@
+#!/usr/bin/env python3
+"""kvmlite: drive Linux KVM (/dev/kvm) from pure Python, standard library only.
+
+One module in three layers, mirroring the kernel's KVM API
+(Documentation/virt/kvm/api.rst, the source of every number and struct here):
+
+* the ABI: ioctl numbers computed from the ctypes struct each ioctl carries,
+  the structs of ``<linux/kvm.h>`` under their kernel names, ``kvm_run`` with
+  its exit union, enums of exit reasons and capabilities;
+* the objects: :class:`Kvm` (the system, ``/dev/kvm``), :class:`Vm` (memory
+  slots, vCPUs, irqchip, statistics) and :class:`Vcpu` (registers, run);
+  ``Vcpu.run()`` returns a typed exit value (:class:`IoOut`, :class:`Hlt`...);
+* the machine: port-I/O and MMIO buses, a run loop that dispatches exits to
+  devices (``devices/``), CPU-mode helpers, a snippet runner and the
+  ``info`` / ``run`` command line (``python3 kvmlite.py --help``).
+
+Every failed ioctl raises :class:`KvmError` (an ``OSError``) naming the ioctl
+and the errno.
+"""
+
+import ctypes
+import enum
+import errno
+import fcntl
+import mmap
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+import weakref
+from collections import Counter
+
+__all__ = [
+    'Kvm', 'Vm', 'Vcpu', 'KvmError', 'KvmlightError', 'GuestError',
+    'DeviceError', 'ExitReason', 'Cap', 'PioBus', 'MmioBus',
+    'Exit', 'IoOut', 'IoIn', 'MmioRead', 'MmioWrite', 'Hlt', 'Shutdown',
+    'FailEntry', 'InternalError', 'SystemEvent', 'Debug', 'Hypercall',
+    'IrqWindowOpen', 'Interrupted', 'IoapicEoi', 'RdMsr', 'WrMsr',
+    'ExceptionExit', 'UnknownExit',
+]
+
+# ---------------------------------------------------------------------------
+# ioctl numbers (include/uapi/asm-generic/ioctl.h)
+# ---------------------------------------------------------------------------
+_IOC_NRBITS, _IOC_TYPEBITS, _IOC_SIZEBITS = 8, 8, 14
+_IOC_NRSHIFT = 0
+_IOC_TYPESHIFT = _IOC_NRSHIFT + _IOC_NRBITS
+_IOC_SIZESHIFT = _IOC_TYPESHIFT + _IOC_TYPEBITS
+_IOC_DIRSHIFT = _IOC_SIZESHIFT + _IOC_SIZEBITS
+_IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
+
+
+def _IOC(direction, type_, nr, size):
+    return (direction << _IOC_DIRSHIFT) | (type_ << _IOC_TYPESHIFT) | \
+        (nr << _IOC_NRSHIFT) | (size << _IOC_SIZESHIFT)
+
+
+def _IO(type_, nr):
+    return _IOC(_IOC_NONE, type_, nr, 0)
+
+
+def _IOR(type_, nr, ctype):
+    return _IOC(_IOC_READ, type_, nr, ctypes.sizeof(ctype))
+
+
+def _IOW(type_, nr, ctype):
+    return _IOC(_IOC_WRITE, type_, nr, ctypes.sizeof(ctype))
+
+
+def _IOWR(type_, nr, ctype):
+    return _IOC(_IOC_READ | _IOC_WRITE, type_, nr, ctypes.sizeof(ctype))
+
+
+KVMIO = 0xAE
+KVM_API_VERSION = 12
+
+u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
+s16, s32, s64 = ctypes.c_int16, ctypes.c_int32, ctypes.c_int64
+
+
+class _Struct(ctypes.Structure):
+    """A kernel struct: fields by name, a readable repr."""
+
+    def __repr__(self):
+        parts = []
+        for f in self._fields_:
+            v = getattr(self, f[0])
+            if isinstance(v, int):
+                v = hex(v)
+            elif isinstance(v, ctypes.Array):
+                v = '[...]'
+            parts.append(f'{f[0]}={v}')
+        return f'{type(self).__name__}({", ".join(parts)})'
+
+
+class _Union(ctypes.Union):
+    pass
+
+
+# --- arch/x86/include/uapi/asm/kvm.h ---------------------------------------
+
+class kvm_regs(_Struct):
+    _fields_ = [(n, u64) for n in (
+        'rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp',
+        'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15',
+        'rip', 'rflags')]
+
+
+class kvm_segment(_Struct):
+    _fields_ = [
+        ('base', u64),
+        ('limit', u32),
+        ('selector', u16),
+        ('type', u8),
+        ('present', u8),
+        ('dpl', u8),
+        ('db', u8),
+        ('s', u8),
+        ('l', u8),
+        ('g', u8),
+        ('avl', u8),
+        ('unusable', u8),
+        ('padding', u8),
+    ]
+
+
+class kvm_dtable(_Struct):
+    _fields_ = [
+        ('base', u64),
+        ('limit', u16),
+        ('padding', u16 * 3),
+    ]
+
+
+KVM_NR_INTERRUPTS = 256
+
+
+class kvm_sregs(_Struct):
+    _fields_ = [(n, kvm_segment) for n in
+                ('cs', 'ds', 'es', 'fs', 'gs', 'ss', 'tr', 'ldt')] + [
+        ('gdt', kvm_dtable),
+        ('idt', kvm_dtable),
+        ('cr0', u64),
+        ('cr2', u64),
+        ('cr3', u64),
+        ('cr4', u64),
+        ('cr8', u64),
+        ('efer', u64),
+        ('apic_base', u64),
+        ('interrupt_bitmap', u64 * ((KVM_NR_INTERRUPTS + 63) // 64)),
+    ]
+
+
+class kvm_fpu(_Struct):
+    _fields_ = [
+        ('fpr', (u8 * 16) * 8),
+        ('fcw', u16),
+        ('fsw', u16),
+        ('ftwx', u8),
+        ('pad1', u8),
+        ('last_opcode', u16),
+        ('last_ip', u64),
+        ('last_dp', u64),
+        ('xmm', (u8 * 16) * 16),
+        ('mxcsr', u32),
+        ('pad2', u32),
+    ]
+
+
+class kvm_msr_entry(_Struct):
+    _fields_ = [
+        ('index', u32),
+        ('reserved', u32),
+        ('data', u64),
+    ]
+
+
+def kvm_msrs(n):
+    """struct kvm_msrs with room for ``n`` entries (a flexible array)."""
+    class kvm_msrs(_Struct):
+        _fields_ = [('nmsrs', u32), ('pad', u32), ('entries', kvm_msr_entry * n)]
+    return kvm_msrs
+
+
+def kvm_msr_list(n):
+    class kvm_msr_list(_Struct):
+        _fields_ = [('nmsrs', u32), ('indices', u32 * n)]
+    return kvm_msr_list
+
+
+class kvm_msr_filter_range(_Struct):
+    _fields_ = [
+        ('flags', u32),
+        ('nmsrs', u32),
+        ('base', u32),
+        ('bitmap', ctypes.c_void_p),
+    ]
+
+
+KVM_MSR_FILTER_MAX_RANGES = 16
+KVM_MSR_FILTER_READ = 1 << 0
+KVM_MSR_FILTER_WRITE = 1 << 1
+KVM_MSR_FILTER_DEFAULT_ALLOW = 0
+KVM_MSR_FILTER_DEFAULT_DENY = 1
+
+
+class kvm_msr_filter(_Struct):
+    _fields_ = [
+        ('flags', u32),
+        ('ranges', kvm_msr_filter_range * KVM_MSR_FILTER_MAX_RANGES),
+    ]
+
+
+class kvm_cpuid_entry2(_Struct):
+    _fields_ = [
+        ('function', u32),
+        ('index', u32),
+        ('flags', u32),
+        ('eax', u32),
+        ('ebx', u32),
+        ('ecx', u32),
+        ('edx', u32),
+        ('padding', u32 * 3),
+    ]
+
+
+KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1 << 0
+
+
+def kvm_cpuid2(n):
+    """struct kvm_cpuid2 with room for ``n`` entries."""
+    class kvm_cpuid2(_Struct):
+        _fields_ = [('nent', u32), ('padding', u32), ('entries', kvm_cpuid_entry2 * n)]
+    return kvm_cpuid2
+
+
+class kvm_pic_state(_Struct):
+    _fields_ = [(n, u8) for n in (
+        'last_irr', 'irr', 'imr', 'isr', 'priority_add', 'irq_base',
+        'read_reg_select', 'poll', 'special_mask', 'init_state', 'auto_eoi',
+        'rotate_on_auto_eoi', 'special_fully_nested_mode', 'init4', 'elcr',
+        'elcr_mask')]
+
+
+KVM_IOAPIC_NUM_PINS = 24
+
+
+class kvm_ioapic_state(_Struct):
+    _fields_ = [
+        ('base_address', u64),
+        ('ioregsel', u32),
+        ('id', u32),
+        ('irr', u32),
+        ('pad', u32),
+        ('redirtbl', u64 * KVM_IOAPIC_NUM_PINS),  # union { bits; fields }
+    ]
+
+
+KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC = 0, 1, 2
+
+
+class _kvm_irqchip_u(_Union):
+    _fields_ = [
+        ('dummy', ctypes.c_char * 512),
+        ('pic', kvm_pic_state),
+        ('ioapic', kvm_ioapic_state),
+    ]
+
+
+class kvm_irqchip(_Struct):
+    _fields_ = [
+        ('chip_id', u32),
+        ('pad', u32),
+        ('chip', _kvm_irqchip_u),
+    ]
+
+
+class kvm_pit_channel_state(_Struct):
+    _fields_ = [
+        ('count', u32),
+        ('latched_count', u16),
+        ('count_latched', u8),
+        ('status_latched', u8),
+        ('status', u8),
+        ('read_state', u8),
+        ('write_state', u8),
+        ('write_latch', u8),
+        ('rw_mode', u8),
+        ('mode', u8),
+        ('bcd', u8),
+        ('gate', u8),
+        ('count_load_time', s64),
+    ]
+
+
+class kvm_pit_state2(_Struct):
+    _fields_ = [
+        ('channels', kvm_pit_channel_state * 3),
+        ('flags', u32),
+        ('reserved', u32 * 9),
+    ]
+
+
+class kvm_pit_config(_Struct):
+    _fields_ = [
+        ('flags', u32),
+        ('pad', u32 * 15),
+    ]
+
+
+KVM_PIT_SPEAKER_DUMMY = 1
+
+
+class kvm_debug_exit_arch(_Struct):
+    _fields_ = [
+        ('exception', u32),
+        ('pad', u32),
+        ('pc', u64),
+        ('dr6', u64),
+        ('dr7', u64),
+    ]
+
+
+class kvm_guest_debug_arch(_Struct):
+    _fields_ = [('debugreg', u64 * 8)]
+
+
+KVM_GUESTDBG_ENABLE = 0x00000001
+KVM_GUESTDBG_SINGLESTEP = 0x00000002
+KVM_GUESTDBG_USE_SW_BP = 0x00010000
+KVM_GUESTDBG_USE_HW_BP = 0x00020000
+KVM_GUESTDBG_INJECT_DB = 0x00040000
+KVM_GUESTDBG_INJECT_BP = 0x00080000
+KVM_GUESTDBG_BLOCKIRQ = 0x00100000
+
+
+class kvm_guest_debug(_Struct):
+    _fields_ = [
+        ('control', u32),
+        ('pad', u32),
+        ('arch', kvm_guest_debug_arch),
+    ]
+
+
+class _vcpu_events_exception(_Struct):
+    _fields_ = [('injected', u8), ('nr', u8), ('has_error_code', u8),
+                ('pending', u8), ('error_code', u32)]
+
+
+class _vcpu_events_interrupt(_Struct):
+    _fields_ = [('injected', u8), ('nr', u8), ('soft', u8), ('shadow', u8)]
+
+
+class _vcpu_events_nmi(_Struct):
+    _fields_ = [('injected', u8), ('pending', u8), ('masked', u8), ('pad', u8)]
+
+
+class _vcpu_events_smi(_Struct):
+    _fields_ = [('smm', u8), ('pending', u8), ('smm_inside_nmi', u8),
+                ('latched_init', u8)]
+
+
+class kvm_vcpu_events(_Struct):
+    _fields_ = [
+        ('exception', _vcpu_events_exception),
+        ('interrupt', _vcpu_events_interrupt),
+        ('nmi', _vcpu_events_nmi),
+        ('sipi_vector', u32),
+        ('flags', u32),
+        ('smi', _vcpu_events_smi),
+        ('triple_fault_pending', u8),
+        ('reserved', u8 * 26),
+        ('exception_has_payload', u8),
+        ('exception_payload', u64),
+    ]
+
+
+class kvm_debugregs(_Struct):
+    _fields_ = [
+        ('db', u64 * 4),
+        ('dr6', u64),
+        ('dr7', u64),
+        ('flags', u64),
+        ('reserved', u64 * 9),
+    ]
+
+
+class kvm_xsave(_Struct):
+    _fields_ = [('region', u32 * 1024)]
+
+
+KVM_MAX_XCRS = 16
+
+
+class kvm_xcr(_Struct):
+    _fields_ = [
+        ('xcr', u32),
+        ('reserved', u32),
+        ('value', u64),
+    ]
+
+
+class kvm_xcrs(_Struct):
+    _fields_ = [
+        ('nr_xcrs', u32),
+        ('flags', u32),
+        ('xcrs', kvm_xcr * KVM_MAX_XCRS),
+        ('padding', u64 * 16),
+    ]
+
+
+KVM_APIC_REG_SIZE = 0x400
+
+
+class kvm_lapic_state(_Struct):
+    _fields_ = [('regs', ctypes.c_char * KVM_APIC_REG_SIZE)]
+
+
+# --- include/uapi/linux/kvm.h -----------------------------------------------
+
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MEM_READONLY = 1 << 1
+
+
+class kvm_userspace_memory_region(_Struct):
+    _fields_ = [
+        ('slot', u32),
+        ('flags', u32),
+        ('guest_phys_addr', u64),
+        ('memory_size', u64),
+        ('userspace_addr', u64),
+    ]
+
+
+class kvm_irq_level(_Struct):
+    _fields_ = [
+        ('irq', u32),        # union { irq; s32 status }
+        ('level', u32),
+    ]
+
+
+class kvm_coalesced_mmio_zone(_Struct):
+    _fields_ = [
+        ('addr', u64),
+        ('size', u32),
+        ('pio', u32),        # union { pad; pio }
+    ]
+
+
+class kvm_coalesced_mmio(_Struct):
+    _fields_ = [
+        ('phys_addr', u64),
+        ('len', u32),
+        ('pio', u32),
+        ('data', u8 * 8),
+    ]
+
+
+class kvm_translation(_Struct):
+    _fields_ = [
+        ('linear_address', u64),
+        ('physical_address', u64),
+        ('valid', u8),
+        ('writeable', u8),
+        ('usermode', u8),
+        ('pad', u8 * 5),
+    ]
+
+
+class kvm_interrupt(_Struct):
+    _fields_ = [('irq', u32)]
+
+
+class kvm_dirty_log(_Struct):
+    _fields_ = [
+        ('slot', u32),
+        ('padding1', u32),
+        ('dirty_bitmap', u64),   # union { void *; u64 padding2 }
+    ]
+
+
+class kvm_clear_dirty_log(_Struct):
+    _fields_ = [
+        ('slot', u32),
+        ('num_pages', u32),
+        ('first_page', u64),
+        ('dirty_bitmap', u64),
+    ]
+
+
+def kvm_signal_mask(n):
+    """struct kvm_signal_mask with an ``n``-byte sigset (the kernel's is 8)."""
+    class kvm_signal_mask(_Struct):
+        _fields_ = [('len', u32), ('sigset', u8 * n)]
+    return kvm_signal_mask
+
+
+KVM_MP_STATE_RUNNABLE = 0
+KVM_MP_STATE_UNINITIALIZED = 1
+KVM_MP_STATE_INIT_RECEIVED = 2
+KVM_MP_STATE_HALTED = 3
+KVM_MP_STATE_SIPI_RECEIVED = 4
+
+
+class kvm_mp_state(_Struct):
+    _fields_ = [('mp_state', u32)]
+
+
+KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0
+KVM_IOEVENTFD_FLAG_PIO = 1 << 1
+KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+
+
+class kvm_ioeventfd(_Struct):
+    _fields_ = [
+        ('datamatch', u64),
+        ('addr', u64),
+        ('len', u32),
+        ('fd', s32),
+        ('flags', u32),
+        ('pad', u8 * 36),
+    ]
+
+
+class kvm_enable_cap(_Struct):
+    _fields_ = [
+        ('cap', u32),
+        ('flags', u32),
+        ('args', u64 * 4),
+        ('pad', u8 * 64),
+    ]
+
+
+KVM_IRQ_ROUTING_IRQCHIP = 1
+KVM_IRQ_ROUTING_MSI = 2
+
+
+class kvm_irq_routing_irqchip(_Struct):
+    _fields_ = [('irqchip', u32), ('pin', u32)]
+
+
+class kvm_irq_routing_msi(_Struct):
+    _fields_ = [('address_lo', u32), ('address_hi', u32), ('data', u32), ('devid', u32)]
+
+
+class _kvm_irq_routing_u(_Union):
+    _fields_ = [
+        ('irqchip', kvm_irq_routing_irqchip),
+        ('msi', kvm_irq_routing_msi),
+        ('pad', u32 * 8),
+    ]
+
+
+class kvm_irq_routing_entry(_Struct):
+    _fields_ = [
+        ('gsi', u32),
+        ('type', u32),
+        ('flags', u32),
+        ('pad', u32),
+        ('u', _kvm_irq_routing_u),
+    ]
+
+
+def kvm_irq_routing(n):
+    class kvm_irq_routing(_Struct):
+        _fields_ = [('nr', u32), ('flags', u32), ('entries', kvm_irq_routing_entry * n)]
+    return kvm_irq_routing
+
+
+KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
+KVM_IRQFD_FLAG_RESAMPLE = 1 << 1
+
+
+class kvm_irqfd(_Struct):
+    _fields_ = [
+        ('fd', u32),
+        ('gsi', u32),
+        ('flags', u32),
+        ('resamplefd', u32),
+        ('pad', u8 * 16),
+    ]
+
+
+class kvm_clock_data(_Struct):
+    _fields_ = [
+        ('clock', u64),
+        ('flags', u32),
+        ('pad0', u32),
+        ('realtime', u64),
+        ('host_tsc', u64),
+        ('pad', u32 * 4),
+    ]
+
+
+class kvm_msi(_Struct):
+    _fields_ = [
+        ('address_lo', u32),
+        ('address_hi', u32),
+        ('data', u32),
+        ('flags', u32),
+        ('devid', u32),
+        ('pad', u8 * 12),
+    ]
+
+
+class kvm_stats_header(_Struct):
+    _fields_ = [
+        ('flags', u32),
+        ('name_size', u32),
+        ('num_desc', u32),
+        ('id_offset', u32),
+        ('desc_offset', u32),
+        ('data_offset', u32),
+    ]
+
+
+class kvm_stats_desc(_Struct):
+    _fields_ = [
+        ('flags', u32),
+        ('exponent', s16),
+        ('size', u16),
+        ('offset', u32),
+        ('bucket_size', u32),
+        # char name[name_size] follows
+    ]
+
+
+KVM_STATS_TYPE_MASK = 0xF
+KVM_STATS_UNIT_SHIFT = 4
+KVM_STATS_UNIT_MASK = 0xF << 4
+
+# --- struct kvm_run and its exit union -----------------------------------------
+
+class _run_io(_Struct):
+    _fields_ = [('direction', u8), ('size', u8), ('port', u16), ('count', u32),
+                ('data_offset', u64)]
+
+
+class _run_mmio(_Struct):
+    _fields_ = [('phys_addr', u64), ('data', u8 * 8), ('len', u32), ('is_write', u8)]
+
+
+class _run_hypercall(_Struct):
+    _fields_ = [('nr', u64), ('args', u64 * 6), ('ret', u64), ('longmode', u32),
+                ('pad', u32)]
+
+
+class _run_internal(_Struct):
+    _fields_ = [('suberror', u32), ('ndata', u32), ('data', u64 * 16)]
+
+
+class _run_system_event(_Struct):
+    _fields_ = [('type', u32), ('ndata', u32), ('data', u64 * 16)]
+
+
+class _run_msr(_Struct):
+    _fields_ = [('error', u8), ('pad', u8 * 7), ('reason', u32), ('index', u32),
+                ('data', u64)]
+
+
+class _run_exit_u(_Union):
+    _fields_ = [
+        ('hw', u64),                                   # hardware_exit_reason
+        ('fail_entry', type('_run_fail_entry', (_Struct,), {
+            '_fields_': [('hardware_entry_failure_reason', u64), ('cpu', u32)]})),
+        ('ex', type('_run_ex', (_Struct,), {
+            '_fields_': [('exception', u32), ('error_code', u32)]})),
+        ('io', _run_io),
+        ('debug', kvm_debug_exit_arch),
+        ('mmio', _run_mmio),
+        ('hypercall', _run_hypercall),
+        ('tpr_access', type('_run_tpr', (_Struct,), {
+            '_fields_': [('rip', u64), ('is_write', u32), ('pad', u32)]})),
+        ('internal', _run_internal),
+        ('system_event', _run_system_event),
+        ('eoi', type('_run_eoi', (_Struct,), {'_fields_': [('vector', u8)]})),
+        ('msr', _run_msr),
+        ('notify', type('_run_notify', (_Struct,), {'_fields_': [('flags', u32)]})),
+        ('padding', ctypes.c_char * 256),
+    ]
+
+
+class kvm_run(_Struct):
+    _fields_ = [
+        ('request_interrupt_window', u8),
+        ('immediate_exit', u8),
+        ('padding1', u8 * 6),
+        ('exit_reason', u32),
+        ('ready_for_interrupt_injection', u8),
+        ('if_flag', u8),
+        ('flags', u16),
+        ('cr8', u64),
+        ('apic_base', u64),
+        ('u', _run_exit_u),
+        ('kvm_valid_regs', u64),
+        ('kvm_dirty_regs', u64),
+        ('s', ctypes.c_char * 2048),
+    ]
+
+
+KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT = 0, 1
+KVM_PIO_PAGE_OFFSET = 1
+KVM_COALESCED_MMIO_PAGE_OFFSET = 2
+KVM_MSR_EXIT_REASON_INVAL = 1 << 0
+KVM_MSR_EXIT_REASON_UNKNOWN = 1 << 1
+KVM_MSR_EXIT_REASON_FILTER = 1 << 2
+KVM_SYSTEM_EVENT_SHUTDOWN, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_CRASH = 1, 2, 3
+KVM_INTERNAL_ERROR_EMULATION = 1
+KVM_INTERNAL_ERROR_SIMUL_EX = 2
+KVM_INTERNAL_ERROR_DELIVERY_EV = 3
+KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON = 4
+
+
+class ExitReason(enum.IntEnum):
+    """``kvm_run.exit_reason`` (KVM_EXIT_*)."""
+    UNKNOWN = 0            # the hardware exit reason is in hw
+    EXCEPTION = 1          # a guest exception KVM could not handle
+    IO = 2                 # port I/O: in, out, ins, outs
+    HYPERCALL = 3          # KVM_HC_* hypercall forwarded to user space
+    DEBUG = 4              # single step or breakpoint (guest debug)
+    HLT = 5                # HLT with no in-kernel irqchip to wait on
+    MMIO = 6               # a guest access to memory no slot backs
+    IRQ_WINDOW_OPEN = 7    # the guest can take an interrupt now
+    SHUTDOWN = 8           # triple fault
+    FAIL_ENTRY = 9         # VM entry failed: invalid guest state
+    INTR = 10              # a signal (or immediate_exit) stopped KVM_RUN
+    SET_TPR = 11           # unused on x86
+    TPR_ACCESS = 12        # TPR access reporting
+    NMI = 16               # unused on x86
+    INTERNAL_ERROR = 17    # the emulator or KVM itself failed
+    WATCHDOG = 21          # unused on x86
+    EPR = 23               # unused on x86
+    SYSTEM_EVENT = 24      # shutdown, reset or crash request (PSCI, Hyper-V)
+    IOAPIC_EOI = 26        # split irqchip: EOI of a level-triggered vector
+    HYPERV = 27            # Hyper-V synthetic event
+    X86_RDMSR = 29         # user-space MSR read
+    X86_WRMSR = 30         # user-space MSR write
+    DIRTY_RING_FULL = 31   # the dirty ring needs harvesting
+    AP_RESET_HOLD = 32     # SEV-ES AP reset hold
+    X86_BUS_LOCK = 33      # a bus lock was detected
+    XEN = 34               # Xen hypercall
+    NOTIFY = 37            # the notify VM exit fired
+
+
+class Cap(enum.IntEnum):
+    """``KVM_CHECK_EXTENSION`` capabilities (KVM_CAP_*), x86 and generic."""
+    MMU_SHADOW_CACHE_CONTROL = 2
+    USER_MEMORY = 3
+    SET_TSS_ADDR = 4
+    VAPIC = 6
+    EXT_CPUID = 7
+    CLOCKSOURCE = 8
+    NR_VCPUS = 9
+    NR_MEMSLOTS = 10
+    PIT = 11
+    NOP_IO_DELAY = 12
+    PV_MMU = 13
+    MP_STATE = 14
+    COALESCED_MMIO = 15
+    IOMMU = 18
+    DESTROY_MEMORY_REGION_WORKS = 21
+    USER_NMI = 22
+    SET_GUEST_DEBUG = 23
+    REINJECT_CONTROL = 24
+    IRQ_ROUTING = 25
+    IRQ_INJECT_STATUS = 26
+    ASSIGN_DEV_IRQ = 29
+    JOIN_MEMORY_REGIONS_WORKS = 30
+    MCE = 31
+    IRQFD = 32
+    PIT2 = 33
+    SET_BOOT_CPU_ID = 34
+    PIT_STATE2 = 35
+    IOEVENTFD = 36
+    SET_IDENTITY_MAP_ADDR = 37
+    XEN_HVM = 38
+    ADJUST_CLOCK = 39
+    INTERNAL_ERROR_DATA = 40
+    VCPU_EVENTS = 41
+    HYPERV = 44
+    HYPERV_VAPIC = 45
+    HYPERV_SPIN = 46
+    PCI_SEGMENT = 47
+    INTR_SHADOW = 49
+    X86_ROBUST_SINGLESTEP = 51
+    ENABLE_CAP = 54
+    XSAVE = 55
+    XCRS = 56
+    ASYNC_PF = 59
+    TSC_CONTROL = 60
+    GET_TSC_KHZ = 61
+    MAX_VCPUS = 66
+    TSC_DEADLINE_TIMER = 72
+    KVMCLOCK_CTRL = 76
+    SIGNAL_MSI = 77
+    READONLY_MEM = 81
+    IRQFD_RESAMPLE = 82
+    EXT_EMUL_CPUID = 95
+    HYPERV_TIME = 96
+    IOAPIC_POLARITY_IGNORED = 97
+    ENABLE_CAP_VM = 98
+    IOEVENTFD_NO_LENGTH = 100
+    VM_ATTRIBUTES = 101
+    CHECK_EXTENSION_VM = 105
+    DISABLE_QUIRKS = 116
+    X86_SMM = 117
+    MULTI_ADDRESS_SPACE = 118
+    GUEST_DEBUG_HW_BPS = 119
+    GUEST_DEBUG_HW_WPS = 120
+    SPLIT_IRQCHIP = 121
+    IOEVENTFD_ANY_LENGTH = 122
+    HYPERV_SYNIC = 123
+    VCPU_ATTRIBUTES = 127
+    MAX_VCPU_ID = 128
+    X2APIC_API = 129
+    MSI_DEVID = 131
+    IMMEDIATE_EXIT = 136
+    X86_DISABLE_EXITS = 143
+    HYPERV_SYNIC2 = 148
+    HYPERV_VP_INDEX = 149
+    GET_MSR_FEATURES = 153
+    HYPERV_EVENTFD = 154
+    HYPERV_TLBFLUSH = 155
+    NESTED_STATE = 157
+    MSR_PLATFORM_INFO = 159
+    HYPERV_SEND_IPI = 161
+    COALESCED_PIO = 162
+    HYPERV_ENLIGHTENED_VMCS = 163
+    EXCEPTION_PAYLOAD = 164
+    MANUAL_DIRTY_LOG_PROTECT = 166
+    HYPERV_CPUID = 167
+    MANUAL_DIRTY_LOG_PROTECT2 = 168
+    PMU_EVENT_FILTER = 173
+    HYPERV_DIRECT_TLBFLUSH = 175
+    HALT_POLL = 182
+    ASYNC_PF_INT = 183
+    LAST_CPU = 184
+    SMALLER_MAXPHYADDR = 185
+    STEAL_TIME = 187
+    X86_USER_SPACE_MSR = 188
+    X86_MSR_FILTER = 189
+    ENFORCE_PV_FEATURE_CPUID = 190
+    SYS_HYPERV_CPUID = 191
+    DIRTY_LOG_RING = 192
+    X86_BUS_LOCK_EXIT = 193
+    SET_GUEST_DEBUG2 = 195
+    SGX_ATTRIBUTE = 196
+    VM_COPY_ENC_CONTEXT_FROM = 197
+    HYPERV_ENFORCE_CPUID = 199
+    SREGS2 = 200
+    EXIT_HYPERCALL = 201
+    BINARY_STATS_FD = 203
+    EXIT_ON_EMULATION_FAILURE = 204
+    VM_MOVE_ENC_CONTEXT_FROM = 206
+    VM_GPA_BITS = 207
+    XSAVE2 = 208
+    SYS_ATTRIBUTES = 209
+    PMU_CAPABILITY = 212
+    DISABLE_QUIRKS2 = 213
+    VM_TSC_CONTROL = 214
+    SYSTEM_EVENT_DATA = 215
+    X86_TRIPLE_FAULT_EVENT = 218
+    X86_NOTIFY_VMEXIT = 219
+    VM_DISABLE_NX_HUGE_PAGES = 220
+    DIRTY_LOG_RING_ACQ_REL = 223
+
+
+# --- ioctl numbers --------------------------------------------------------------
+# system (/dev/kvm)
+KVM_GET_API_VERSION = _IO(KVMIO, 0x00)
+KVM_CREATE_VM = _IO(KVMIO, 0x01)
+KVM_GET_MSR_INDEX_LIST = _IOWR(KVMIO, 0x02, kvm_msr_list(0))
+KVM_CHECK_EXTENSION = _IO(KVMIO, 0x03)
+KVM_GET_VCPU_MMAP_SIZE = _IO(KVMIO, 0x04)
+KVM_GET_SUPPORTED_CPUID = _IOWR(KVMIO, 0x05, kvm_cpuid2(0))
+KVM_GET_EMULATED_CPUID = _IOWR(KVMIO, 0x09, kvm_cpuid2(0))
+KVM_GET_MSR_FEATURE_INDEX_LIST = _IOWR(KVMIO, 0x0a, kvm_msr_list(0))
+# VM
+KVM_CREATE_VCPU = _IO(KVMIO, 0x41)
+KVM_GET_DIRTY_LOG = _IOW(KVMIO, 0x42, kvm_dirty_log)
+KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, kvm_userspace_memory_region)
+KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47)
+KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, u64)
+KVM_CREATE_IRQCHIP = _IO(KVMIO, 0x60)
+KVM_IRQ_LINE = _IOW(KVMIO, 0x61, kvm_irq_level)
+KVM_GET_IRQCHIP = _IOWR(KVMIO, 0x62, kvm_irqchip)
+KVM_SET_IRQCHIP = _IOR(KVMIO, 0x63, kvm_irqchip)
+KVM_IRQ_LINE_STATUS = _IOWR(KVMIO, 0x67, kvm_irq_level)
+KVM_REGISTER_COALESCED_MMIO = _IOW(KVMIO, 0x67, kvm_coalesced_mmio_zone)
+KVM_UNREGISTER_COALESCED_MMIO = _IOW(KVMIO, 0x68, kvm_coalesced_mmio_zone)
+KVM_SET_GSI_ROUTING = _IOW(KVMIO, 0x6a, kvm_irq_routing(0))
+KVM_IRQFD = _IOW(KVMIO, 0x76, kvm_irqfd)
+KVM_CREATE_PIT2 = _IOW(KVMIO, 0x77, kvm_pit_config)
+KVM_IOEVENTFD = _IOW(KVMIO, 0x79, kvm_ioeventfd)
+KVM_SET_CLOCK = _IOW(KVMIO, 0x7b, kvm_clock_data)
+KVM_GET_CLOCK = _IOR(KVMIO, 0x7c, kvm_clock_data)
+KVM_GET_PIT2 = _IOR(KVMIO, 0x9f, kvm_pit_state2)
+KVM_SET_PIT2 = _IOW(KVMIO, 0xa0, kvm_pit_state2)
+KVM_SIGNAL_MSI = _IOW(KVMIO, 0xa5, kvm_msi)
+KVM_CLEAR_DIRTY_LOG = _IOWR(KVMIO, 0xc0, kvm_clear_dirty_log)
+KVM_X86_SET_MSR_FILTER = _IOW(KVMIO, 0xc6, kvm_msr_filter)
+KVM_GET_STATS_FD = _IO(KVMIO, 0xce)
+# VM and vCPU
+KVM_ENABLE_CAP = _IOW(KVMIO, 0xa3, kvm_enable_cap)
+KVM_SET_TSC_KHZ = _IO(KVMIO, 0xa2)
+KVM_GET_TSC_KHZ = _IO(KVMIO, 0xa3)
+# vCPU
+KVM_RUN = _IO(KVMIO, 0x80)
+KVM_GET_REGS = _IOR(KVMIO, 0x81, kvm_regs)
+KVM_SET_REGS = _IOW(KVMIO, 0x82, kvm_regs)
+KVM_GET_SREGS = _IOR(KVMIO, 0x83, kvm_sregs)
+KVM_SET_SREGS = _IOW(KVMIO, 0x84, kvm_sregs)
+KVM_TRANSLATE = _IOWR(KVMIO, 0x85, kvm_translation)
+KVM_INTERRUPT = _IOW(KVMIO, 0x86, kvm_interrupt)
+KVM_GET_MSRS = _IOWR(KVMIO, 0x88, kvm_msrs(0))
+KVM_SET_MSRS = _IOW(KVMIO, 0x89, kvm_msrs(0))
+KVM_SET_SIGNAL_MASK = _IOW(KVMIO, 0x8b, kvm_signal_mask(0))
+KVM_GET_FPU = _IOR(KVMIO, 0x8c, kvm_fpu)
+KVM_SET_FPU = _IOW(KVMIO, 0x8d, kvm_fpu)
+KVM_GET_LAPIC = _IOR(KVMIO, 0x8e, kvm_lapic_state)
+KVM_SET_LAPIC = _IOW(KVMIO, 0x8f, kvm_lapic_state)
+KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, kvm_cpuid2(0))
+KVM_GET_CPUID2 = _IOWR(KVMIO, 0x91, kvm_cpuid2(0))
+KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, kvm_mp_state)
+KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, kvm_mp_state)
+KVM_NMI = _IO(KVMIO, 0x9a)
+KVM_SET_GUEST_DEBUG = _IOW(KVMIO, 0x9b, kvm_guest_debug)
+KVM_GET_VCPU_EVENTS = _IOR(KVMIO, 0x9f, kvm_vcpu_events)
+KVM_SET_VCPU_EVENTS = _IOW(KVMIO, 0xa0, kvm_vcpu_events)
+KVM_GET_DEBUGREGS = _IOR(KVMIO, 0xa1, kvm_debugregs)
+KVM_SET_DEBUGREGS = _IOW(KVMIO, 0xa2, kvm_debugregs)
+KVM_GET_XSAVE = _IOR(KVMIO, 0xa4, kvm_xsave)
+KVM_SET_XSAVE = _IOW(KVMIO, 0xa5, kvm_xsave)
+KVM_GET_XCRS = _IOR(KVMIO, 0xa6, kvm_xcrs)
+KVM_SET_XCRS = _IOW(KVMIO, 0xa7, kvm_xcrs)
+KVM_SMI = _IO(KVMIO, 0xb7)
+KVM_GET_XSAVE2 = _IOR(KVMIO, 0xcf, kvm_xsave)
+
+_IOCTL_NAMES = {}
+
+
+def _name_ioctls():
+    # several ioctls share a number (0x67, 0xa3 on different fds): keep the first
+    for name, value in list(globals().items()):
+        if name.startswith(('KVM_', )) and isinstance(value, int) and (value >> 8) & 0xFF == KVMIO \
+                and value > 0xFF:
+            _IOCTL_NAMES.setdefault(value, name)
+
+
+_name_ioctls()
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+class KvmliteError(Exception):
+    """The base of every error kvmlite raises on purpose."""
+
+
+class KvmError(KvmliteError, OSError):
+    """An ioctl (or opening /dev/kvm) failed: names the call and the errno."""
+
+    def __init__(self, err, what, hint=''):
+        msg = f'{what} failed: {errno.errorcode.get(err, err)} ({os.strerror(err)})'
+        if hint:
+            msg += f'; {hint}'
+        OSError.__init__(self, err, msg)
+        self.what = what
+
+    def __str__(self):
+        return self.strerror
+
+
+class GuestMemoryError(KvmliteError, ValueError):
+    """A guest-physical access that no memory slot backs, or a bad slot."""
+
+
+class DeviceError(KvmliteError):
+    """A device model raised while serving a guest access.
+
+    Carries the bus (``'pio'`` or ``'mmio'``), the address, the vCPU index and
+    the guest RIP, so the failing access can be found; the VM stays usable.
+    """
+
+    def __init__(self, message, bus=None, addr=None, vcpu=None, rip=None):
+        super().__init__(message)
+        self.bus, self.addr, self.vcpu, self.rip = bus, addr, vcpu, rip
+
+
+class GuestError(KvmliteError):
+    """The guest ended in a way that is an error: triple fault, failed entry,
+    internal error. ``exit`` holds the exit value with all the kernel's data."""
+
+    def __init__(self, message, exit=None):
+        super().__init__(message)
+        self.exit = exit
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
+
+
+def _ioctl(fd, request, arg=0, what=None):
+    """One ioctl; a failure raises KvmError naming it. Retries on EINTR (a
+    kick must only interrupt KVM_RUN, which does not come here)."""
+    while True:
+        try:
+            if isinstance(arg, int) and arg > 0x7FFFFFFF:
+                # fcntl.ioctl passes ints as C int; this one is an unsigned long
+                if _libc.ioctl(fd, request, arg) < 0:
+                    raise OSError(ctypes.get_errno(), '')
+                return 0
+            return fcntl.ioctl(fd, request, arg)
+        except InterruptedError:
+            continue
+        except OSError as e:
+            raise KvmError(e.errno, what or _IOCTL_NAMES.get(request, hex(request))) from None
+
+
+# ---------------------------------------------------------------------------
+# Exits as values
+# ---------------------------------------------------------------------------
+
+class Exit:
+    """One return of KVM_RUN. Subclasses carry the exit's data as attributes."""
+    __slots__ = ()
+    reason = None
+
+    def __repr__(self):
+        fields = ', '.join(f'{k}={_fmt(getattr(self, k))}' for k in self.__slots__
+                           if not k.startswith('_'))
+        return f'{type(self).__name__}({fields})'
+
+
+def _fmt(v):
+    return hex(v) if isinstance(v, int) and not isinstance(v, bool) else repr(v)
+
+
+class IoOut(Exit):
+    """``out``/``outs`` to ``port``: ``count`` items of ``size`` bytes in ``data``."""
+    __slots__ = ('port', 'size', 'count', 'data')
+    reason = ExitReason.IO
+
+    def __init__(self, port, size, count, data):
+        self.port, self.size, self.count, self.data = port, size, count, data
+
+    @property
+    def value(self):
+        return int.from_bytes(self.data[:self.size], 'little')
+
+
+class IoIn(Exit):
+    """``in``/``ins`` from ``port``. Fill ``buf`` (``size * count`` bytes) before
+    the next run; ``buf`` points into kvm_run and is valid until then."""
+    __slots__ = ('port', 'size', 'count', 'buf')
+    reason = ExitReason.IO
+
+    def __init__(self, port, size, count, buf):
+        self.port, self.size, self.count, self.buf = port, size, count, buf
+
+    def set(self, value):
+        """Answer a single (count 1) read with an integer."""
+        self.buf[:self.size] = (value & ((1 << (8 * self.size)) - 1)).to_bytes(self.size, 'little')
+
+
+class MmioWrite(Exit):
+    __slots__ = ('addr', 'data')
+    reason = ExitReason.MMIO
+
+    def __init__(self, addr, data):
+        self.addr, self.data = addr, data
+
+    @property
+    def value(self):
+        return int.from_bytes(self.data, 'little')
+
+
+class MmioRead(Exit):
+    """A read of ``len(buf)`` bytes at ``addr``: fill ``buf`` (it points into
+    kvm_run and is valid until the next run)."""
+    __slots__ = ('addr', 'buf')
+    reason = ExitReason.MMIO
+
+    def __init__(self, addr, buf):
+        self.addr, self.buf = addr, buf
+
+    def set(self, value):
+        n = len(self.buf)
+        self.buf[:] = (value & ((1 << (8 * n)) - 1)).to_bytes(n, 'little')
+
+
+class Hlt(Exit):
+    __slots__ = ()
+    reason = ExitReason.HLT
+
+
+class Shutdown(Exit):
+    """A triple fault (or a shutdown the CPU could not handle)."""
+    __slots__ = ()
+    reason = ExitReason.SHUTDOWN
+
+
+class FailEntry(Exit):
+    __slots__ = ('hardware_entry_failure_reason', 'cpu')
+    reason = ExitReason.FAIL_ENTRY
+
+    def __init__(self, hardware_entry_failure_reason, cpu):
+        self.hardware_entry_failure_reason, self.cpu = hardware_entry_failure_reason, cpu
+
+
+class InternalError(Exit):
+    """KVM could not go on. ``suberror`` is KVM_INTERNAL_ERROR_*; ``data`` the
+    kernel's diagnostic words; for an emulation failure ``insn`` holds the
+    instruction bytes when the kernel gave them."""
+    __slots__ = ('suberror', 'data', 'insn')
+    reason = ExitReason.INTERNAL_ERROR
+    SUBERRORS = {1: 'emulation failure', 2: 'simultaneous exceptions',
+                 3: 'unexpected exit during event delivery', 4: 'unexpected exit reason'}
+
+    def __init__(self, suberror, data, insn=b''):
+        self.suberror, self.data, self.insn = suberror, data, insn
+
+    def describe(self):
+        text = self.SUBERRORS.get(self.suberror, f'suberror {self.suberror}')
+        if self.insn:
+            text += f', instruction bytes {self.insn.hex(" ")}'
+        if self.data:
+            text += ', data ' + ' '.join(hex(d) for d in self.data)
+        return text
+
+
+class SystemEvent(Exit):
+    __slots__ = ('type', 'data')
+    reason = ExitReason.SYSTEM_EVENT
+
+    def __init__(self, type_, data):
+        self.type, self.data = type_, data
+
+
+class Debug(Exit):
+    """A single step (``exception`` 1) or breakpoint (3) at ``pc``."""
+    __slots__ = ('exception', 'pc', 'dr6', 'dr7')
+    reason = ExitReason.DEBUG
+
+    def __init__(self, exception, pc, dr6, dr7):
+        self.exception, self.pc, self.dr6, self.dr7 = exception, pc, dr6, dr7
+
+
+class Hypercall(Exit):
+    __slots__ = ('nr', 'args', 'longmode', '_run')
+    reason = ExitReason.HYPERCALL
+
+    def __init__(self, nr, args, longmode, run):
+        self.nr, self.args, self.longmode, self._run = nr, args, longmode, run
+
+    def set_result(self, value):
+        self._run.u.hypercall.ret = value
+
+
+class IrqWindowOpen(Exit):
+    __slots__ = ()
+    reason = ExitReason.IRQ_WINDOW_OPEN
+
+
+class Interrupted(Exit):
+    """KVM_RUN stopped for a signal or a kick. ``why`` is ``'timeout'``,
+    ``'stop'``, ``'kick'`` or ``'signal'``."""
+    __slots__ = ('why',)
+    reason = ExitReason.INTR
+
+    def __init__(self, why='signal'):
+        self.why = why
+
+
+class IoapicEoi(Exit):
+    __slots__ = ('vector',)
+    reason = ExitReason.IOAPIC_EOI
+
+    def __init__(self, vector):
+        self.vector = vector
+
+
+class RdMsr(Exit):
+    """A guest ``rdmsr`` sent to user space: call ``reply(value)`` or
+    ``fail()`` (the guest gets #GP) before the next run."""
+    __slots__ = ('index', 'why', '_run')
+    reason = ExitReason.X86_RDMSR
+
+    def __init__(self, index, why, run):
+        self.index, self.why, self._run = index, why, run
+
+    def reply(self, value):
+        self._run.u.msr.data = value & 0xFFFFFFFFFFFFFFFF
+        self._run.u.msr.error = 0
+
+    def fail(self):
+        self._run.u.msr.error = 1
+
+
+class WrMsr(Exit):
+    """A guest ``wrmsr`` sent to user space; ``fail()`` makes it #GP."""
+    __slots__ = ('index', 'data', 'why', '_run')
+    reason = ExitReason.X86_WRMSR
+
+    def __init__(self, index, data, why, run):
+        self.index, self.data, self.why, self._run = index, data, why, run
+
+    def reply(self, value=None):
+        self._run.u.msr.error = 0
+
+    def fail(self):
+        self._run.u.msr.error = 1
+
+
+class ExceptionExit(Exit):
+    __slots__ = ('exception', 'error_code')
+    reason = ExitReason.EXCEPTION
+
+    def __init__(self, exception, error_code):
+        self.exception, self.error_code = exception, error_code
+
+
+class UnknownExit(Exit):
+    """Any exit kvmlite has no class for: ``exit_reason`` and the raw union."""
+    __slots__ = ('exit_reason', 'raw')
+
+    def __init__(self, exit_reason, raw):
+        self.exit_reason, self.raw = exit_reason, raw
+
+    @property
+    def reason(self):
+        try:
+            return ExitReason(self.exit_reason)
+        except ValueError:
+            return self.exit_reason
+
+
+_HLT, _SHUTDOWN, _IRQ_WINDOW = Hlt(), Shutdown(), IrqWindowOpen()
+
+
+# ---------------------------------------------------------------------------
+# Buses
+# ---------------------------------------------------------------------------
+
+_UNPACK = {1: struct.Struct('<B'), 2: struct.Struct('<H'), 4: struct.Struct('<I'),
+           8: struct.Struct('<Q')}
+
+
+class _Bus:
+    """Address ranges mapped to devices. A device sees ``read(offset, size)``
+    and ``write(offset, size, value)`` with ``offset`` from its base.
+    Overlapping ranges are refused; unclaimed reads float high (all ones) and
+    unclaimed accesses are counted in ``unclaimed`` by address."""
+
+    kind = 'bus'
+
+    def __init__(self, lock=None):
+        self._ranges = []            # sorted (base, end, device, name)
+        self.lock = lock or threading.RLock()
+        self.unclaimed = Counter()
+        self.counts = Counter()      # accesses by address, when counting is on
+        self.count_accesses = False
+
+    def register(self, base, device, size=None, name=None):
+        size = device.SIZE if size is None else size
+        if size <= 0:
+            raise ValueError(f'{self.kind} range at {base:#x} has size {size}')
+        end = base + size
+        for b, e, _, n in self._ranges:
+            if base < e and b < end:
+                raise ValueError(
+                    f'{self.kind} range {base:#x}-{end - 1:#x} for {name or type(device).__name__} '
+                    f'overlaps {n} at {b:#x}-{e - 1:#x}')
+        self._ranges.append((base, end, device, name or type(device).__name__))
+        self._ranges.sort(key=lambda r: r[0])
+        self._rebuild()
+
+    def unregister(self, base):
+        self._ranges = [r for r in self._ranges if r[0] != base]
+        self._rebuild()
+
+    def find(self, addr):
+        """(device, base, name) for ``addr``, or None."""
+        for b, e, dev, name in self._ranges:
+            if b <= addr < e:
+                return dev, b, name
+        return None
+
+    def devices(self):
+        return [(b, e - b, name, dev) for b, e, dev, name in self._ranges]
+
+    def _rebuild(self):
+        pass
+
+    def read(self, addr, size):
+        """A guest read: returns an int (all ones when unclaimed)."""
+        hit = self._lookup(addr)
+        if self.count_accesses:
+            self.counts[addr] += 1
+        if hit is None:
+            self.unclaimed[addr] += 1
+            return (1 << (8 * size)) - 1
+        dev, base, name = hit
+        try:
+            with self.lock:
+                return dev.read(addr - base, size) & ((1 << (8 * size)) - 1)
+        except Exception as e:
+            raise DeviceError(f'{name} raised {type(e).__name__}: {e} on a {size}-byte '
+                              f'read at {self.kind} {addr:#x}', self.kind, addr) from e
+
+    def write(self, addr, size, value):
+        hit = self._lookup(addr)
+        if self.count_accesses:
+            self.counts[addr] += 1
+        if hit is None:
+            self.unclaimed[addr] += 1
+            return
+        dev, base, name = hit
+        try:
+            with self.lock:
+                dev.write(addr - base, size, value)
+        except Exception as e:
+            raise DeviceError(f'{name} raised {type(e).__name__}: {e} on a {size}-byte '
+                              f'write of {value:#x} at {self.kind} {addr:#x}', self.kind, addr) from e
+
+
+class PioBus(_Bus):
+    """The 64 KiB port-I/O space; lookups go through a per-port table."""
+    kind = 'port'
+
+    def _rebuild(self):
+        table = {}
+        for b, e, dev, name in self._ranges:
+            for port in range(b, min(e, 0x10000)):
+                table[port] = (dev, b, name)
+        self._table = table
+        self._lookup = table.get
+
+    def __init__(self, lock=None):
+        super().__init__(lock)
+        self._rebuild()
+
+    def io(self, port, size, count, is_out, buf, off):
+        """Serve one KVM_EXIT_IO: ``count`` items (string I/O when > 1) of
+        ``size`` bytes at ``buf[off:]``. The one place string I/O is handled."""
+        st = _UNPACK[size]
+        if is_out:
+            for i in range(count):
+                self.write(port, size, st.unpack_from(buf, off + i * size)[0])
+        else:
+            for i in range(count):
+                st.pack_into(buf, off + i * size, self.read(port, size))
+
+
+class MmioBus(_Bus):
+    """Guest-physical addresses no memory slot backs."""
+    kind = 'mmio'
+
+    def _lookup(self, addr):
+        return self.find(addr)
+
+# ---------------------------------------------------------------------------
+# Kicking a vCPU out of KVM_RUN
+# ---------------------------------------------------------------------------
+
+#: The signal kvmlite sends a vCPU thread to make KVM_RUN return (with
+#: immediate_exit set first, so a kick that lands before the ioctl is not lost).
+KICK_SIGNAL = signal.SIGRTMIN + 3
+_kick_installed = False
+
+
+def _install_kick_handler():
+    """Give KICK_SIGNAL a handler that does nothing, without SA_RESTART, so it
+    interrupts KVM_RUN in any thread. The handler is libc's ``getpid``: async-
+    signal-safe, ignores its argument, and needs no GIL (a Python handler
+    could only be installed from the main thread)."""
+    global _kick_installed
+    if _kick_installed:
+        return
+    class sigaction_t(ctypes.Structure):
+        _fields_ = [('sa_handler', ctypes.c_void_p), ('sa_mask', ctypes.c_uint8 * 128),
+                    ('sa_flags', ctypes.c_int), ('sa_restorer', ctypes.c_void_p)]
+    act = sigaction_t()
+    act.sa_handler = ctypes.cast(_libc.getpid, ctypes.c_void_p).value
+    if _libc.sigaction(int(KICK_SIGNAL), ctypes.byref(act), None) != 0:
+        raise KvmError(ctypes.get_errno(), 'sigaction(KICK_SIGNAL)')
+    _kick_installed = True
+
+
+class _Watchdog:
+    """One thread for the whole process that kicks vCPUs at their deadlines."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._deadlines = {}          # vcpu -> monotonic deadline
+        self._thread = None
+
+    def arm(self, vcpu, deadline):
+        with self._cond:
+            self._deadlines[vcpu] = deadline
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name='kvmlite-watchdog',
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def disarm(self, vcpu):
+        with self._cond:
+            self._deadlines.pop(vcpu, None)
+
+    def _loop(self):
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                due = [v for v, d in self._deadlines.items() if d <= now]
+                for v in due:
+                    del self._deadlines[v]
+                    v.kick('timeout')
+                wait = min(self._deadlines.values(), default=now + 3600) - now
+                self._cond.wait(max(wait, 0))
+
+
+_watchdog = _Watchdog()
+
+
+# ---------------------------------------------------------------------------
+# The system: /dev/kvm
+# ---------------------------------------------------------------------------
+
+class Kvm:
+    """``/dev/kvm``: capabilities, supported CPUID and MSRs, VM creation."""
+
+    def __init__(self, path='/dev/kvm'):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise KvmError(errno.ENOENT, f'opening {path}',
+                           'KVM is not available: load the kvm_intel or kvm_amd module, '
+                           'or enable virtualization (nested, in a VM) on this host') from None
+        except PermissionError:
+            raise KvmError(errno.EACCES, f'opening {path}',
+                           f'add yourself to the group that owns it '
+                           f'(sudo usermod -aG kvm $USER, then log in again) or run as root') from None
+        version = _ioctl(self.fd, KVM_GET_API_VERSION)
+        if version != KVM_API_VERSION:
+            os.close(self.fd)
+            raise KvmError(errno.EINVAL, 'KVM_GET_API_VERSION',
+                           f'the kernel speaks KVM API {version}, kvmlite needs {KVM_API_VERSION}')
+        self.api_version = version
+        self._mmap_size = None
+        self._cpuid = None
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def check_extension(self, cap):
+        """The value of capability ``cap`` (0 when absent)."""
+        return _ioctl(self.fd, KVM_CHECK_EXTENSION, int(cap))
+
+    def capabilities(self):
+        """{Cap: value} for every capability this kernel reports non-zero."""
+        return {c: v for c in Cap if (v := self.check_extension(c))}
+
+    @property
+    def vcpu_mmap_size(self):
+        if self._mmap_size is None:
+            self._mmap_size = _ioctl(self.fd, KVM_GET_VCPU_MMAP_SIZE)
+        return self._mmap_size
+
+    def _cpuid_list(self, request):
+        n = 64
+        while True:
+            buf = kvm_cpuid2(n)()
+            buf.nent = n
+            try:
+                fcntl.ioctl(self.fd, request, buf)
+            except OSError as e:
+                if e.errno == errno.E2BIG and n < 4096:
+                    n *= 2
+                    continue
+                raise KvmError(e.errno, _IOCTL_NAMES[request]) from None
+            return [_copy(buf.entries[i]) for i in range(buf.nent)]
+
+    def supported_cpuid(self):
+        """KVM_GET_SUPPORTED_CPUID: a list of kvm_cpuid_entry2 (cached)."""
+        if self._cpuid is None:
+            self._cpuid = self._cpuid_list(KVM_GET_SUPPORTED_CPUID)
+        return [_copy(e) for e in self._cpuid]
+
+    def emulated_cpuid(self):
+        return self._cpuid_list(KVM_GET_EMULATED_CPUID)
+
+    def _msr_list(self, request):
+        head = kvm_msr_list(0)()
+        try:
+            fcntl.ioctl(self.fd, request, head)
+        except OSError as e:
+            if e.errno != errno.E2BIG:
+                raise KvmError(e.errno, _IOCTL_NAMES[request]) from None
+        buf = kvm_msr_list(head.nmsrs)()
+        buf.nmsrs = head.nmsrs
+        _ioctl(self.fd, request, buf)
+        return list(buf.indices[:buf.nmsrs])
+
+    def msr_index_list(self):
+        return self._msr_list(KVM_GET_MSR_INDEX_LIST)
+
+    def msr_feature_index_list(self):
+        return self._msr_list(KVM_GET_MSR_FEATURE_INDEX_LIST)
+
+    def recommended_vcpus(self):
+        return self.check_extension(Cap.NR_VCPUS) or 4
+
+    def max_vcpus(self):
+        return self.check_extension(Cap.MAX_VCPUS) or self.recommended_vcpus()
+
+    def create_vm(self, **kw):
+        return Vm(self, **kw)
+
+
+def _copy(s):
+    c = type(s)()
+    ctypes.memmove(ctypes.addressof(c), ctypes.addressof(s), ctypes.sizeof(s))
+    return c
+
+
+# ---------------------------------------------------------------------------
+# Guest memory
+# ---------------------------------------------------------------------------
+
+PAGE_SIZE = 4096
+
+
+class MemorySlot:
+    """One KVM memory slot: ``size`` bytes of anonymous memory at ``gpa``."""
+
+    def __init__(self, slot, gpa, size, flags):
+        self.slot, self.gpa, self.size, self.flags = slot, gpa, size, flags
+        self.map = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(
+            mmap, 'MAP_NORESERVE', 0))
+        # the address goes to KVM; the temporary ctypes export is gone at once
+        self.addr = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        self.view = memoryview(self.map)
+
+    readonly = property(lambda self: bool(self.flags & KVM_MEM_READONLY))
+    dirty_logging = property(lambda self: bool(self.flags & KVM_MEM_LOG_DIRTY_PAGES))
+    end = property(lambda self: self.gpa + self.size)
+
+    def __repr__(self):
+        kind = ' read-only' if self.readonly else ''
+        return f'<MemorySlot {self.slot} {self.gpa:#x}-{self.end - 1:#x}{kind}>'
+
+
+# ---------------------------------------------------------------------------
+# Statistics (the binary stats fd, KVM_GET_STATS_FD)
+# ---------------------------------------------------------------------------
+
+class Stats:
+    """The kernel's VM or vCPU statistics, read by name through the binary
+    stats fd (Documentation/virt/kvm/api.rst, "KVM_GET_STATS_FD")."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        raw = os.pread(fd, ctypes.sizeof(kvm_stats_header), 0)
+        hdr = kvm_stats_header.from_buffer_copy(raw)
+        self.id = os.pread(fd, hdr.name_size, hdr.id_offset).split(b'\0')[0].decode()
+        dsize = ctypes.sizeof(kvm_stats_desc) + hdr.name_size
+        descs = os.pread(fd, dsize * hdr.num_desc, hdr.desc_offset)
+        self._data_offset = hdr.data_offset
+        self.descriptors = []     # (name, offset, size, flags, exponent)
+        end = 0
+        for i in range(hdr.num_desc):
+            d = kvm_stats_desc.from_buffer_copy(descs, i * dsize)
+            name = descs[i * dsize + ctypes.sizeof(kvm_stats_desc):(i + 1) * dsize]
+            self.descriptors.append((name.split(b'\0')[0].decode(), d.offset, d.size,
+                                     d.flags, d.exponent))
+            end = max(end, d.offset + 8 * d.size)
+        self._data_size = end
+
+    def read(self):
+        """{name: value} now; histograms are lists."""
+        data = os.pread(self.fd, self._data_size, self._data_offset)
+        out = {}
+        for name, off, size, _, _ in self.descriptors:
+            vals = struct.unpack_from(f'<{size}Q', data, off)
+            out[name] = vals[0] if size == 1 else list(vals)
+        return out
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+# ---------------------------------------------------------------------------
+# A VM
+# ---------------------------------------------------------------------------
+
+class Vm:
+    """A KVM virtual machine: memory slots, vCPUs, buses, irqchip, statistics.
+
+    ``Vm`` is also the guest-physical memory interface (``read``, ``write``,
+    ``view``, ``ram``) that loaders write through. Closing it closes its
+    vCPUs, unmaps memory and closes every fd.
+    """
+
+    def __init__(self, kvm, tss_addr=0xFFFBD000):
+        self.kvm = kvm
+        self.fd = _ioctl(kvm.fd, KVM_CREATE_VM, 0)
+        self.slots = []
+        self.vcpus = []
+        self.lock = threading.RLock()
+        self.pio = PioBus(self.lock)
+        self.mmio = MmioBus(self.lock)
+        self.exit_counts = Counter()       # kvmlite's own count of exits by reason
+        self.irqchip = None                # None, 'kernel' or 'split'
+        self._coalesced = []
+        self._stats = None
+        try:
+            # Intel needs a TSS (3 pages) for real mode; KVM ignores it elsewhere
+            _ioctl(self.fd, KVM_SET_TSS_ADDR, tss_addr)
+        except KvmError:
+            pass
+
+    # -- life cycle --
+    def close(self):
+        for v in self.vcpus:
+            v.close()
+        self.vcpus.clear()
+        if self._stats:
+            self._stats.close()
+        for s in self.slots:
+            s.view.release()
+            try:
+                s.map.close()
+            except BufferError:
+                pass   # a caller still holds a view: the memory goes with it
+        self.slots.clear()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def check_extension(self, cap):
+        return _ioctl(self.fd, KVM_CHECK_EXTENSION, int(cap))
+
+    def enable_cap(self, cap, *args, flags=0):
+        ec = kvm_enable_cap(cap=int(cap), flags=flags)
+        for i, a in enumerate(args):
+            ec.args[i] = a
+        _ioctl(self.fd, KVM_ENABLE_CAP, ec, f'KVM_ENABLE_CAP({Cap(cap).name})')
+
+    # -- memory slots --
+    def add_memory(self, gpa, size, readonly=False, dirty_log=False):
+        """Back ``size`` bytes at guest-physical ``gpa`` with a new slot."""
+        if gpa % PAGE_SIZE or size % PAGE_SIZE or size <= 0:
+            raise GuestMemoryError(f'memory at {gpa:#x} of {size:#x} bytes: address and size '
+                                   f'must be non-zero multiples of {PAGE_SIZE:#x}')
+        for s in self.slots:
+            if gpa < s.end and s.gpa < gpa + size:
+                raise GuestMemoryError(f'memory at {gpa:#x}-{gpa + size - 1:#x} overlaps {s}')
+        used = {s.slot for s in self.slots}
+        slot_id = next(i for i in range(len(used) + 1) if i not in used)
+        flags = (KVM_MEM_READONLY if readonly else 0) | (KVM_MEM_LOG_DIRTY_PAGES if dirty_log else 0)
+        slot = MemorySlot(slot_id, gpa, size, flags)
+        try:
+            self._set_region(slot.slot, flags, gpa, size, slot.addr)
+        except KvmError:
+            slot.view.release()
+            slot.map.close()
+            raise
+        self.slots.append(slot)
+        self.slots.sort(key=lambda s: s.gpa)
+        return slot
+
+    def remove_memory(self, slot):
+        self._set_region(slot.slot, 0, slot.gpa, 0, 0)
+        self.slots.remove(slot)
+        slot.view.release()
+        try:
+            slot.map.close()
+        except BufferError:
+            pass
+
+    def _set_region(self, slot, flags, gpa, size, addr):
+        r = kvm_userspace_memory_region(slot=slot, flags=flags, guest_phys_addr=gpa,
+                                        memory_size=size, userspace_addr=addr)
+        _ioctl(self.fd, KVM_SET_USER_MEMORY_REGION, r)
+
+    @property
+    def ram(self):
+        """[(gpa, size)] of the writable slots, for loaders and e820 maps."""
+        return [(s.gpa, s.size) for s in self.slots if not s.readonly]
+
+    def _slot(self, gpa, size):
+        for s in self.slots:
+            if s.gpa <= gpa and gpa + size <= s.end:
+                return s
+        raise GuestMemoryError(f'guest-physical {gpa:#x}-{gpa + max(size, 1) - 1:#x} is not '
+                               f'inside one memory slot (slots: {self.slots})')
+
+    def view(self, gpa, size):
+        """A zero-copy writable memoryview of guest memory (valid until close)."""
+        s = self._slot(gpa, size)
+        return s.view[gpa - s.gpa:gpa - s.gpa + size]
+
+    def read(self, gpa, size):
+        return bytes(self.view(gpa, size))
+
+    def write(self, gpa, data):
+        self.view(gpa, len(data))[:] = data
+
+    def read_int(self, gpa, size):
+        return int.from_bytes(self.view(gpa, size), 'little')
+
+    def write_int(self, gpa, size, value):
+        self.view(gpa, size)[:] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, 'little')
+
+    def read_struct(self, gpa, ctype):
+        return ctype.from_buffer_copy(self.view(gpa, ctypes.sizeof(ctype)))
+
+    def write_struct(self, gpa, obj):
+        self.write(gpa, bytes(obj))
+
+    # -- dirty log --
+    def get_dirty_log(self, slot):
+        """Guest-physical addresses of the pages written since the last call
+        (KVM_GET_DIRTY_LOG; the slot must have ``dirty_log=True``)."""
+        pages = slot.size // PAGE_SIZE
+        bitmap = ctypes.create_string_buffer(((pages + 63) // 64) * 8)
+        log = kvm_dirty_log(slot=slot.slot, dirty_bitmap=ctypes.addressof(bitmap))
+        _ioctl(self.fd, KVM_GET_DIRTY_LOG, log)
+        return _bitmap_pages(bitmap.raw, pages, slot.gpa)
+
+    def clear_dirty_log(self, slot, first_page=0, num_pages=None):
+        """KVM_CLEAR_DIRTY_LOG (needs Cap.MANUAL_DIRTY_LOG_PROTECT2 enabled)."""
+        num_pages = slot.size // PAGE_SIZE - first_page if num_pages is None else num_pages
+        bitmap = ctypes.create_string_buffer(b'\xff' * (((num_pages + 63) // 64) * 8))
+        c = kvm_clear_dirty_log(slot=slot.slot, num_pages=num_pages, first_page=first_page,
+                                dirty_bitmap=ctypes.addressof(bitmap))
+        _ioctl(self.fd, KVM_CLEAR_DIRTY_LOG, c)
+
+    # -- vCPUs --
+    def create_vcpu(self, index=None):
+        index = len(self.vcpus) if index is None else index
+        v = Vcpu(self, index)
+        self.vcpus.append(v)
+        return v
+
+    # -- irqchip, interrupts, timers --
+    def create_irqchip(self):
+        """In-kernel PIC, IOAPIC and local APICs (before creating vCPUs)."""
+        _ioctl(self.fd, KVM_CREATE_IRQCHIP)
+        self.irqchip = 'kernel'
+
+    def create_split_irqchip(self, ioapic_pins=24):
+        """In-kernel local APICs only; PIC and IOAPIC in user space."""
+        self.enable_cap(Cap.SPLIT_IRQCHIP, ioapic_pins)
+        self.irqchip = 'split'
+
+    def create_pit2(self, flags=KVM_PIT_SPEAKER_DUMMY):
+        _ioctl(self.fd, KVM_CREATE_PIT2, kvm_pit_config(flags=flags))
+
+    def irq_line(self, irq, level):
+        _ioctl(self.fd, KVM_IRQ_LINE, kvm_irq_level(irq=irq, level=level))
+
+    def irq_line_status(self, irq, level):
+        """KVM_IRQ_LINE_STATUS: returns the status (>0 delivered, 0 masked or
+        coalesced, <0 error)."""
+        lv = kvm_irq_level(irq=irq, level=level)
+        _ioctl(self.fd, KVM_IRQ_LINE_STATUS, lv)
+        return ctypes.c_int32(lv.irq).value
+
+    def get_irqchip(self, chip_id):
+        c = kvm_irqchip(chip_id=chip_id)
+        _ioctl(self.fd, KVM_GET_IRQCHIP, c)
+        return c
+
+    def set_irqchip(self, chip):
+        _ioctl(self.fd, KVM_SET_IRQCHIP, chip)
+
+    def get_pit2(self):
+        p = kvm_pit_state2()
+        _ioctl(self.fd, KVM_GET_PIT2, p)
+        return p
+
+    def set_pit2(self, state):
+        _ioctl(self.fd, KVM_SET_PIT2, state)
+
+    def signal_msi(self, address, data):
+        """Deliver an MSI message; returns >0 when delivered, 0 when blocked."""
+        return _ioctl(self.fd, KVM_SIGNAL_MSI, kvm_msi(address_lo=address & 0xFFFFFFFF,
+                                                        address_hi=address >> 32, data=data))
+
+    def set_gsi_routing(self, entries):
+        """``entries``: kvm_irq_routing_entry values (see :func:`route_irqchip`)."""
+        r = kvm_irq_routing(len(entries))(nr=len(entries))
+        for i, e in enumerate(entries):
+            r.entries[i] = e
+        _ioctl(self.fd, KVM_SET_GSI_ROUTING, r)
+
+    def irqfd(self, fd, gsi, deassign=False, resamplefd=None):
+        flags = (KVM_IRQFD_FLAG_DEASSIGN if deassign else 0) | \
+                (KVM_IRQFD_FLAG_RESAMPLE if resamplefd is not None else 0)
+        _ioctl(self.fd, KVM_IRQFD, kvm_irqfd(fd=fd, gsi=gsi, flags=flags,
+                                              resamplefd=resamplefd or 0))
+
+    def ioeventfd(self, fd, addr, length, pio=False, datamatch=None, deassign=False):
+        flags = (KVM_IOEVENTFD_FLAG_PIO if pio else 0) | \
+                (KVM_IOEVENTFD_FLAG_DATAMATCH if datamatch is not None else 0) | \
+                (KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0)
+        _ioctl(self.fd, KVM_IOEVENTFD, kvm_ioeventfd(datamatch=datamatch or 0, addr=addr,
+                                                      len=length, fd=fd, flags=flags))
+
+    def coalesce(self, addr, size, pio=False):
+        """Let KVM buffer guest writes to ``addr``..``addr+size`` in a ring
+        instead of exiting for each: for write-only registers whose writes need
+        no immediate answer. The run loop hands the buffered writes to the bus,
+        in order, before it handles any other exit."""
+        z = kvm_coalesced_mmio_zone(addr=addr, size=size, pio=1 if pio else 0)
+        _ioctl(self.fd, KVM_REGISTER_COALESCED_MMIO, z)
+        self._coalesced.append(z)
+
+    def uncoalesce(self, addr, size, pio=False):
+        z = kvm_coalesced_mmio_zone(addr=addr, size=size, pio=1 if pio else 0)
+        _ioctl(self.fd, KVM_UNREGISTER_COALESCED_MMIO, z)
+        self._coalesced = [c for c in self._coalesced
+                           if (c.addr, c.size, c.pio) != (z.addr, z.size, z.pio)]
+
+    def get_clock(self):
+        c = kvm_clock_data()
+        _ioctl(self.fd, KVM_GET_CLOCK, c)
+        return c
+
+    def set_clock(self, clock_ns, flags=0):
+        _ioctl(self.fd, KVM_SET_CLOCK, kvm_clock_data(clock=clock_ns, flags=flags))
+
+    def set_identity_map_addr(self, addr):
+        _ioctl(self.fd, KVM_SET_IDENTITY_MAP_ADDR, u64(addr))
+
+    def set_msr_filter(self, ranges, default_allow=True):
+        """KVM_X86_SET_MSR_FILTER. ``ranges``: [(flags, base, nmsrs, bitmap
+        bytes)] where a set bit allows the access in ``flags``. Denied accesses
+        exit to user space when Cap.X86_USER_SPACE_MSR is enabled with
+        KVM_MSR_EXIT_REASON_FILTER."""
+        f = kvm_msr_filter(flags=KVM_MSR_FILTER_DEFAULT_ALLOW if default_allow
+                           else KVM_MSR_FILTER_DEFAULT_DENY)
+        keep = []
+        for i, (flags, base, nmsrs, bitmap) in enumerate(ranges):
+            buf = ctypes.create_string_buffer(bytes(bitmap), max(len(bitmap), (nmsrs + 7) // 8))
+            keep.append(buf)
+            f.ranges[i] = kvm_msr_filter_range(flags=flags, nmsrs=nmsrs, base=base,
+                                               bitmap=ctypes.addressof(buf))
+        _ioctl(self.fd, KVM_X86_SET_MSR_FILTER, f)
+
+    # -- statistics --
+    def stats(self):
+        """The kernel's VM statistics by name (``struct kvm_vm_stat``)."""
+        if self._stats is None:
+            self._stats = Stats(_ioctl(self.fd, KVM_GET_STATS_FD))
+        return self._stats.read()
+
+    def _drain_coalesced(self, ring):
+        """Hand the writes KVM buffered in the coalesced ring to the buses, in
+        guest order. ``ring`` is the vCPU mmap's coalesced page."""
+        first, last = struct.unpack_from('<II', ring, 0)
+        while first != last:
+            off = 8 + first * 24
+            addr, length, pio = struct.unpack_from('<QII', ring, off)
+            if length in _UNPACK:
+                value = _UNPACK[length].unpack_from(ring, off + 16)[0]
+                (self.pio if pio else self.mmio).write(addr, length, value)
+            first = (first + 1) % _COALESCED_MAX
+            struct.pack_into('<I', ring, 0, first)
+
+
+_COALESCED_MAX = (PAGE_SIZE - 8) // ctypes.sizeof(kvm_coalesced_mmio)
+
+
+def _bitmap_pages(raw, pages, base):
+    out = []
+    for word_i in range(0, len(raw), 8):
+        word = int.from_bytes(raw[word_i:word_i + 8], 'little')
+        while word:
+            bit = (word & -word).bit_length() - 1
+            page = word_i * 8 + bit
+            if page < pages:
+                out.append(base + page * PAGE_SIZE)
+            word &= word - 1
+    return out
+
+
+def route_irqchip(gsi, chip, pin):
+    e = kvm_irq_routing_entry(gsi=gsi, type=KVM_IRQ_ROUTING_IRQCHIP)
+    e.u.irqchip.irqchip, e.u.irqchip.pin = chip, pin
+    return e
+
+
+def route_msi(gsi, address, data):
+    e = kvm_irq_routing_entry(gsi=gsi, type=KVM_IRQ_ROUTING_MSI)
+    e.u.msi.address_lo, e.u.msi.address_hi, e.u.msi.data = address & 0xFFFFFFFF, address >> 32, data
+    return e
+
+
+# ---------------------------------------------------------------------------
+# A vCPU
+# ---------------------------------------------------------------------------
+
+_U32 = struct.Struct('<I')
+_IO_EXIT = struct.Struct('<BBHIQ')          # kvm_run.io at offset 32
+_MMIO_EXIT = struct.Struct('<Q8sIB')        # kvm_run.mmio at offset 32
+_RUN_U = kvm_run.u.offset
+_SREG_NAMES = ('cs', 'ds', 'es', 'fs', 'gs', 'ss', 'tr', 'ldt')
+
+
+class Vcpu:
+    """One virtual CPU: its fd, the mmap of its ``kvm_run``, its registers.
+
+    ``run()`` is one KVM_RUN returning a typed :class:`Exit`;
+    ``run_loop()`` keeps running, serving port I/O and MMIO from the VM's
+    buses, until an exit that no bus or hook handles.
+    """
+
+    def __init__(self, vm, index):
+        self.vm = vm
+        self.index = index
+        self.fd = _ioctl(vm.fd, KVM_CREATE_VCPU, index)
+        size = vm.kvm.vcpu_mmap_size
+        try:
+            self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            os.close(self.fd)
+            raise KvmError(e.errno, 'mmap of kvm_run') from None
+        self.kvm_run = kvm_run.from_buffer(self._map)      # a view: released in close()
+        self._ring = memoryview(self._map)[KVM_COALESCED_MMIO_PAGE_OFFSET * PAGE_SIZE:
+                                           (KVM_COALESCED_MMIO_PAGE_OFFSET + 1) * PAGE_SIZE] \
+            if size > KVM_COALESCED_MMIO_PAGE_OFFSET * PAGE_SIZE else None
+        self._thread = None           # the thread inside KVM_RUN, for kicks
+        self._why = None              # why the last kick was sent
+        self._stats = None
+        _install_kick_handler()
+
+    def close(self):
+        if self.fd < 0:
+            return
+        if self._stats:
+            self._stats.close()
+        del self.kvm_run
+        if self._ring is not None:
+            self._ring.release()
+        self._map.close()
+        os.close(self.fd)
+        self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f'<Vcpu {self.index}>'
+
+    # -- registers --
+    def _get(self, request, ctype):
+        s = ctype()
+        _ioctl(self.fd, request, s)
+        return s
+
+    def get_regs(self):
+        return self._get(KVM_GET_REGS, kvm_regs)
+
+    def set_regs(self, regs=None, **fields):
+        """Set the general registers: a kvm_regs, or fields by name
+        (``set_regs(rip=0x1000, rax=1)`` changes only those)."""
+        regs = regs if regs is not None else self.get_regs()
+        for k, v in fields.items():
+            setattr(regs, k, v)
+        _ioctl(self.fd, KVM_SET_REGS, regs)
+
+    def get_sregs(self):
+        return self._get(KVM_GET_SREGS, kvm_sregs)
+
+    def set_sregs(self, sregs):
+        _ioctl(self.fd, KVM_SET_SREGS, sregs)
+
+    def get_fpu(self):
+        return self._get(KVM_GET_FPU, kvm_fpu)
+
+    def set_fpu(self, fpu):
+        _ioctl(self.fd, KVM_SET_FPU, fpu)
+
+    def get_msrs(self, indices):
+        """{index: value} for the MSRs in ``indices``."""
+        buf = kvm_msrs(len(indices))(nmsrs=len(indices))
+        for i, idx in enumerate(indices):
+            buf.entries[i].index = idx
+        n = _ioctl(self.fd, KVM_GET_MSRS, buf)
+        if n != len(indices):
+            raise KvmError(errno.EINVAL, 'KVM_GET_MSRS',
+                           f'MSR {indices[n]:#x} cannot be read (KVM read {n} of {len(indices)})')
+        return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
+
+    def set_msrs(self, values):
+        buf = kvm_msrs(len(values))(nmsrs=len(values))
+        for i, (idx, val) in enumerate(values.items()):
+            buf.entries[i].index, buf.entries[i].data = idx, val
+        n = _ioctl(self.fd, KVM_SET_MSRS, buf)
+        if n != len(values):
+            raise KvmError(errno.EINVAL, 'KVM_SET_MSRS',
+                           f'MSR {buf.entries[n].index:#x} cannot be written (KVM wrote {n} of {len(values)})')
+
+    def set_cpuid2(self, entries):
+        buf = kvm_cpuid2(len(entries))(nent=len(entries))
+        for i, e in enumerate(entries):
+            buf.entries[i] = e
+        _ioctl(self.fd, KVM_SET_CPUID2, buf)
+
+    def get_cpuid2(self, max_entries=256):
+        buf = kvm_cpuid2(max_entries)(nent=max_entries)
+        _ioctl(self.fd, KVM_GET_CPUID2, buf)
+        return [_copy(buf.entries[i]) for i in range(buf.nent)]
+
+    def get_lapic(self):
+        return self._get(KVM_GET_LAPIC, kvm_lapic_state)
+
+    def set_lapic(self, lapic):
+        _ioctl(self.fd, KVM_SET_LAPIC, lapic)
+
+    def get_mp_state(self):
+        return self._get(KVM_GET_MP_STATE, kvm_mp_state).mp_state
+
+    def set_mp_state(self, state):
+        _ioctl(self.fd, KVM_SET_MP_STATE, kvm_mp_state(mp_state=state))
+
+    def get_vcpu_events(self):
+        return self._get(KVM_GET_VCPU_EVENTS, kvm_vcpu_events)
+
+    def set_vcpu_events(self, events):
+        _ioctl(self.fd, KVM_SET_VCPU_EVENTS, events)
+
+    def get_debugregs(self):
+        return self._get(KVM_GET_DEBUGREGS, kvm_debugregs)
+
+    def set_debugregs(self, dregs):
+        _ioctl(self.fd, KVM_SET_DEBUGREGS, dregs)
+
+    def get_xsave(self):
+        return self._get(KVM_GET_XSAVE, kvm_xsave)
+
+    def get_xsave2(self):
+        size = max(self.vm.check_extension(Cap.XSAVE2), ctypes.sizeof(kvm_xsave))
+        buf = ctypes.create_string_buffer(size)
+        _ioctl(self.fd, KVM_GET_XSAVE2, buf)
+        return buf.raw
+
+    def set_xsave(self, xsave):
+        if isinstance(xsave, (bytes, bytearray)):
+            xsave = ctypes.create_string_buffer(bytes(xsave), len(xsave))
+        _ioctl(self.fd, KVM_SET_XSAVE, xsave)
+
+    def get_xcrs(self):
+        return self._get(KVM_GET_XCRS, kvm_xcrs)
+
+    def set_xcrs(self, xcrs):
+        _ioctl(self.fd, KVM_SET_XCRS, xcrs)
+
+    def translate(self, linear):
+        """KVM_TRANSLATE: (physical, valid, writeable, usermode)."""
+        t = kvm_translation(linear_address=linear)
+        _ioctl(self.fd, KVM_TRANSLATE, t)
+        return t.physical_address, bool(t.valid), bool(t.writeable), bool(t.usermode)
+
+    def interrupt(self, vector):
+        """KVM_INTERRUPT: queue an external interrupt (no in-kernel PIC)."""
+        _ioctl(self.fd, KVM_INTERRUPT, kvm_interrupt(irq=vector))
+
+    def nmi(self):
+        _ioctl(self.fd, KVM_NMI)
+
+    def smi(self):
+        _ioctl(self.fd, KVM_SMI)
+
+    def set_signal_mask(self, signals=None):
+        """KVM_SET_SIGNAL_MASK: signals blocked while the guest runs (None: no mask)."""
+        if signals is None:
+            _ioctl(self.fd, KVM_SET_SIGNAL_MASK, kvm_signal_mask(0)(len=0))
+            return
+        bits = sum(1 << (int(s) - 1) for s in signals)
+        m = kvm_signal_mask(8)(len=8)
+        m.sigset[:] = list(bits.to_bytes(8, 'little'))
+        _ioctl(self.fd, KVM_SET_SIGNAL_MASK, m)
+
+    def get_tsc_khz(self):
+        return _ioctl(self.fd, KVM_GET_TSC_KHZ)
+
+    def set_tsc_khz(self, khz):
+        _ioctl(self.fd, KVM_SET_TSC_KHZ, khz)
+
+    def enable_cap(self, cap, *args, flags=0):
+        ec = kvm_enable_cap(cap=int(cap), flags=flags)
+        for i, a in enumerate(args):
+            ec.args[i] = a
+        _ioctl(self.fd, KVM_ENABLE_CAP, ec, f'KVM_ENABLE_CAP({Cap(cap).name})')
+
+    def set_guest_debug(self, enable=True, singlestep=False, breakpoints=(), sw_breakpoints=False):
+        """KVM_SET_GUEST_DEBUG. ``breakpoints``: up to four linear addresses
+        for hardware execution breakpoints."""
+        if len(breakpoints) > 4:
+            raise ValueError('x86 has four hardware breakpoints; got %d' % len(breakpoints))
+        d = kvm_guest_debug()
+        if enable:
+            d.control = KVM_GUESTDBG_ENABLE
+            if singlestep:
+                d.control |= KVM_GUESTDBG_SINGLESTEP
+            if sw_breakpoints:
+                d.control |= KVM_GUESTDBG_USE_SW_BP
+            if breakpoints:
+                d.control |= KVM_GUESTDBG_USE_HW_BP
+                dr7 = 0
+                for i, addr in enumerate(breakpoints):
+                    d.arch.debugreg[i] = addr
+                    dr7 |= 1 << (2 * i + 1)        # Gn: enabled, execute, length 1
+                d.arch.debugreg[7] = dr7 | 0x400
+        _ioctl(self.fd, KVM_SET_GUEST_DEBUG, d)
+
+    def stats(self):
+        """The kernel's statistics for this vCPU (``struct kvm_vcpu_stat``)."""
+        if self._stats is None:
+            self._stats = Stats(_ioctl(self.fd, KVM_GET_STATS_FD))
+        return self._stats.read()
+
+    # -- running --
+    @property
+    def request_interrupt_window(self):
+        return self._map[0]
+
+    @request_interrupt_window.setter
+    def request_interrupt_window(self, value):
+        self._map[0] = 1 if value else 0
+
+    @property
+    def ready_for_interrupt_injection(self):
+        return bool(self._map[12])
+
+    @property
+    def if_flag(self):
+        return bool(self._map[13])
+
+    def kick(self, why='kick'):
+        """Make KVM_RUN return promptly (from any thread or a signal handler):
+        the run returns :class:`Interrupted` with ``why``."""
+        self._why = why
+        if self.fd < 0:
+            return
+        self._map[1] = 1                   # immediate_exit: covers a kick before entry
+        t = self._thread
+        if t is not None:
+            try:
+                signal.pthread_kill(t, KICK_SIGNAL)
+            except (ProcessLookupError, OSError):
+                pass
+
+    def _enter(self):
+        """One KVM_RUN; returns the exit reason. A kick returns KVM_EXIT_INTR."""
+        self._thread = threading.get_ident()
+        try:
+            fcntl.ioctl(self.fd, KVM_RUN, 0)
+        except OSError as e:
+            if e.errno not in (errno.EINTR, errno.EAGAIN):
+                raise KvmError(e.errno, 'KVM_RUN') from None
+            self._map[1] = 0
+            return ExitReason.INTR
+        finally:
+            self._thread = None
+        if self.vm._coalesced:
+            self.vm._drain_coalesced(self._ring)
+        return _U32.unpack_from(self._map, 8)[0]
+
+    def run(self, timeout=None):
+        """One KVM_RUN: returns the exit as a value. Buffers in an IoIn or
+        MmioRead point into kvm_run and are valid until the next run."""
+        if timeout is not None:
+            _watchdog.arm(self, time.monotonic() + timeout)
+        try:
+            reason = self._enter()
+        finally:
+            if timeout is not None:
+                _watchdog.disarm(self)
+        self.vm.exit_counts[reason] += 1
+        return self._decode(reason)
+
+    def _decode(self, reason):
+        m = self._map
+        if reason == ExitReason.IO:
+            direction, size, port, count, off = _IO_EXIT.unpack_from(m, _RUN_U)
+            if direction == KVM_EXIT_IO_OUT:
+                return IoOut(port, size, count, bytes(m[off:off + size * count]))
+            return IoIn(port, size, count, memoryview(m)[off:off + size * count])
+        if reason == ExitReason.MMIO:
+            addr, data, length, is_write = _MMIO_EXIT.unpack_from(m, _RUN_U)
+            length = min(length, 8)
+            if is_write:
+                return MmioWrite(addr, data[:length])
+            return MmioRead(addr, memoryview(m)[_RUN_U + 8:_RUN_U + 8 + length])
+        if reason == ExitReason.HLT:
+            return _HLT
+        if reason == ExitReason.INTR:
+            why, self._why = self._why or 'signal', None
+            return Interrupted(why)
+        if reason == ExitReason.IRQ_WINDOW_OPEN:
+            return _IRQ_WINDOW
+        if reason == ExitReason.SHUTDOWN:
+            return _SHUTDOWN
+        u = self.kvm_run.u
+        if reason == ExitReason.IOAPIC_EOI:
+            return IoapicEoi(u.eoi.vector)
+        if reason == ExitReason.X86_RDMSR:
+            return RdMsr(u.msr.index, u.msr.reason, self.kvm_run)
+        if reason == ExitReason.X86_WRMSR:
+            return WrMsr(u.msr.index, u.msr.data, u.msr.reason, self.kvm_run)
+        if reason == ExitReason.DEBUG:
+            d = u.debug
+            return Debug(d.exception, d.pc, d.dr6, d.dr7)
+        if reason == ExitReason.INTERNAL_ERROR:
+            i = u.internal
+            data = list(i.data[:min(i.ndata, 16)])
+            insn = b''
+            if i.suberror == KVM_INTERNAL_ERROR_EMULATION and i.ndata >= 3 and data[0] & 1:
+                raw = struct.pack('<14Q', *i.data[2:16])
+                insn = raw[1:1 + min(raw[0], 15)]      # insn_size, insn_bytes[15]
+            return InternalError(i.suberror, data, insn)
+        if reason == ExitReason.FAIL_ENTRY:
+            return FailEntry(u.fail_entry.hardware_entry_failure_reason, u.fail_entry.cpu)
+        if reason == ExitReason.SYSTEM_EVENT:
+            se = u.system_event
+            return SystemEvent(se.type, list(se.data[:min(se.ndata, 16)]))
+        if reason == ExitReason.HYPERCALL:
+            h = u.hypercall
+            return Hypercall(h.nr, list(h.args), h.longmode, self.kvm_run)
+        if reason == ExitReason.EXCEPTION:
+            return ExceptionExit(u.ex.exception, u.ex.error_code)
+        return UnknownExit(reason, bytes(u.padding))
+
+    def run_loop(self, hooks=None, timeout=None):
+        """Run until an exit nobody handles, and return it.
+
+        Port I/O and MMIO go to the VM's buses (string I/O included), unless
+        ``hooks`` has an entry for ``IoIn``/``IoOut``/``MmioRead``/``MmioWrite``.
+        ``hooks`` maps an exit class to ``f(vcpu, exit) -> bool``: True runs on,
+        False returns the exit. ``timeout`` (seconds) ends the loop with
+        ``Interrupted('timeout')`` even while the guest spins.
+        A device that raises surfaces as :class:`DeviceError` with the vCPU
+        and RIP; the VM stays usable.
+        """
+        hooks = hooks or {}
+        # which directions the buses serve: (in, out) and (read, write)
+        io_bus = (IoIn not in hooks, IoOut not in hooks)
+        mmio_bus = (MmioRead not in hooks, MmioWrite not in hooks)
+        m, counts, vm = self._map, self.vm.exit_counts, self.vm
+        pio_io, mmio = vm.pio.io, vm.mmio
+        unpack_io, unpack_mmio = _IO_EXIT.unpack_from, _MMIO_EXIT.unpack_from
+        enter, decode = self._enter, self._decode
+        if timeout is not None:
+            _watchdog.arm(self, time.monotonic() + timeout)
+        try:
+            while True:
+                reason = enter()
+                counts[reason] += 1
+                try:
+                    if reason == 2:                              # KVM_EXIT_IO
+                        direction, size, port, count, off = unpack_io(m, 32)
+                        if io_bus[direction]:
+                            pio_io(port, size, count, direction, m, off)
+                            continue
+                    elif reason == 6:                            # KVM_EXIT_MMIO
+                        addr, data, length, is_write = unpack_mmio(m, 32)
+                        if mmio_bus[is_write] and length in _UNPACK:
+                            if is_write:
+                                mmio.write(addr, length, _UNPACK[length].unpack_from(data)[0])
+                            else:
+                                _UNPACK[length].pack_into(m, 40, mmio.read(addr, length))
+                            continue
+                except DeviceError as e:
+                    e.vcpu = self.index
+                    e.rip = self.get_regs().rip
+                    e.args = (f'{e.args[0]} (vCPU {e.vcpu}, guest RIP {e.rip:#x})',)
+                    raise
+                exit = decode(reason)
+                hook = hooks.get(type(exit))
+                if hook is None or not hook(self, exit):
+                    return exit
+        finally:
+            if timeout is not None:
+                _watchdog.disarm(self)
+
+
+# ---------------------------------------------------------------------------
+# CPU setup: real, 32-bit protected and 64-bit long mode
+# ---------------------------------------------------------------------------
+# Intel SDM Vol. 3, chapters 3 (segments), 4 (paging) and 9 (mode switching).
+
+GDT_ADDR = 0x500           # the boot GDT (and an empty IDT just after it)
+IDT_ADDR = 0x5F0
+PAGE_TABLE_ADDR = 0x9000   # PML4, PDPT, then one page directory per GiB
+
+SEL_CODE32 = 0x08          # flat 32-bit code
+SEL_CODE64 = 0x10          # 64-bit code: Linux's __BOOT_CS
+SEL_DATA = 0x18            # flat data: Linux's __BOOT_DS
+SEL_TSS = 0x20
+
+BOOT_GDT = (
+    0,                     # null
+    0x00CF9A000000FFFF,    # 0x08: code, base 0, 4 GiB, 32-bit, DPL 0
+    0x00AF9A000000FFFF,    # 0x10: code, 64-bit (L=1)
+    0x00CF92000000FFFF,    # 0x18: data, base 0, 4 GiB, writable
+    0x00008B0000000067,    # 0x20: 32/64-bit TSS (busy), base 0, limit 0x67
+    0,                     #       upper half of the 64-bit TSS descriptor
+)
+
+CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
+CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
+
+
+def segment(selector, base=0, limit=0xFFFFFFFF, type_=0x3, code=False, dpl=0, db=1, l=0, g=1):
+    """A kvm_segment for a flat code (``code=True``: type 0xB) or data segment."""
+    return kvm_segment(base=base, limit=limit, selector=selector,
+                       type=0xB if code else type_, present=1, dpl=dpl, db=db, s=1, l=l,
+                       g=g)
+
+
+def _write_gdt(vm, addr, entries):
+    vm.write(addr, struct.pack(f'<{len(entries)}Q', *entries))
+
+
+def setup_real_mode(vcpu, cs=0, ip=0, sp=0xFFF0):
+    """Real mode at ``cs:ip`` with every data segment equal to ``cs``."""
+    s = vcpu.get_sregs()
+    for name in ('cs', 'ds', 'es', 'fs', 'gs', 'ss'):
+        seg = getattr(s, name)
+        seg.selector, seg.base, seg.limit = cs, cs << 4, 0xFFFF
+    s.cr0 &= ~(CR0_PE | CR0_PG)
+    vcpu.set_sregs(s)
+    vcpu.set_regs(kvm_regs(rip=ip, rsp=sp, rflags=0x2))
+
+
+def _flat_sregs(vcpu, vm, long_mode):
+    _write_gdt(vm, GDT_ADDR, BOOT_GDT)
+    vm.write(IDT_ADDR, bytes(16))
+    s = vcpu.get_sregs()
+    s.gdt.base, s.gdt.limit = GDT_ADDR, len(BOOT_GDT) * 8 - 1
+    s.idt.base, s.idt.limit = IDT_ADDR, 0          # no handlers: a fault is a triple fault
+    s.cs = segment(SEL_CODE64 if long_mode else SEL_CODE32, code=True,
+                   db=0 if long_mode else 1, l=1 if long_mode else 0)
+    for name in ('ds', 'es', 'fs', 'gs', 'ss'):
+        setattr(s, name, segment(SEL_DATA))
+    s.tr = kvm_segment(base=0, limit=0x67, selector=SEL_TSS, type=0xB, present=1)
+    s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE
+    s.cr4 = CR4_OSFXSR | CR4_OSXMMEXCPT
+    return s
+
+
+def setup_protected_mode(vcpu, vm, entry, stack=0x8FF0, **regs):
+    """32-bit flat protected mode, paging off, at ``entry``."""
+    s = _flat_sregs(vcpu, vm, long_mode=False)
+    vcpu.set_sregs(s)
+    vcpu.set_regs(kvm_regs(rip=entry, rsp=stack, rflags=0x2, **regs))
+
+
+def identity_page_tables(vm, map_size=4 << 30, base=PAGE_TABLE_ADDR):
+    """Write 4-level page tables mapping [0, map_size) one-to-one with 2 MiB
+    pages at ``base`` (2 + one page per GiB); returns CR3."""
+    gib = max(1, -(-map_size // (1 << 30)))
+    if gib > 512:
+        raise ValueError(f'identity map of {map_size:#x} bytes: at most 512 GiB')
+    pml4, pdpt = base, base + PAGE_SIZE
+    vm.write(pml4, struct.pack('<Q', pdpt | 3) + bytes(PAGE_SIZE - 8))
+    vm.write(pdpt, struct.pack(f'<{gib}Q', *((base + (2 + i) * PAGE_SIZE) | 3 for i in range(gib)))
+             + bytes(PAGE_SIZE - 8 * gib))
+    for i in range(gib):
+        vm.write(base + (2 + i) * PAGE_SIZE,
+                 struct.pack('<512Q', *(((i << 30) + (j << 21)) | 0x83 for j in range(512))))
+    return pml4
+
+
+def setup_long_mode(vcpu, vm, entry, stack=0x8FF0, map_size=4 << 30, page_tables=PAGE_TABLE_ADDR,
+                    **regs):
+    """64-bit long mode at ``entry`` with [0, map_size) identity-mapped."""
+    s = _flat_sregs(vcpu, vm, long_mode=True)
+    s.cr3 = identity_page_tables(vm, map_size, page_tables)
+    s.cr4 |= CR4_PAE
+    s.cr0 |= CR0_PG | CR0_WP
+    s.efer = EFER_LME | EFER_LMA | EFER_SCE | EFER_NXE
+    vcpu.set_sregs(s)
+    vcpu.set_regs(kvm_regs(rip=entry, rsp=stack, rflags=0x2, **regs))
+
+
+def setup_mode(vcpu, vm, mode, entry, stack=0x8FF0, cs=0, **regs):
+    """Put ``vcpu`` in ``mode`` ('real', 'prot32' or 'long64') at ``entry``."""
+    if mode == 'real':
+        setup_real_mode(vcpu, cs, entry, stack if stack is not None else 0xFFF0)
+        if regs:
+            vcpu.set_regs(**regs)
+    elif mode == 'prot32':
+        setup_protected_mode(vcpu, vm, entry, stack or 0, **regs)
+    elif mode == 'long64':
+        setup_long_mode(vcpu, vm, entry, stack or 0, **regs)
+    else:
+        raise ValueError(f"unknown CPU mode {mode!r}: use 'real', 'prot32' or 'long64'")
+
+
+# ---------------------------------------------------------------------------
+# CPUID policy
+# ---------------------------------------------------------------------------
+# Features whose instructions KVM's emulator cannot run (shared/DESIGN.md): on
+# a host that emulates guest kernel mode, a guest that sees them dies in
+# KVM_EXIT_INTERNAL_ERROR. (leaf, subleaf, register, bit, name)
+EMULATOR_UNSAFE_FEATURES = (
+    (1, 0, 'ecx', 13, 'cx16'),        # cmpxchg16b
+    (1, 0, 'ecx', 23, 'popcnt'),
+    (1, 0, 'ecx', 26, 'xsave'),       # xsave/xrstor
+    (1, 0, 'ecx', 27, 'osxsave'),
+    (7, 0, 'ebx', 20, 'smap'),        # stac/clac
+)
+# ... and one to add: on AMD, without XSAVEERPTR Linux issues fnclex.
+EMULATOR_WANTED_FEATURES = ((0x80000008, 0, 'ebx', 2, 'xsaveerptr'),)
+
+
+def host_emulates_kernel_mode():
+    """True on hosts like kvm_pvm, where guest CPL0 runs in KVM's emulator."""
+    return os.path.isdir('/sys/module/kvm_pvm')
+
+
+def cpuid_entries(kvm, vcpu_index=0, policy='auto', hide=()):
+    """CPUID for a vCPU: KVM's supported list with the APIC ID set and, by
+    ``policy``, features hidden: 'auto' hides EMULATOR_UNSAFE_FEATURES where
+    host_emulates_kernel_mode(), 'safe' always, 'host' never. ``hide`` names
+    more features to hide (as in EMULATOR_UNSAFE_FEATURES)."""
+    if policy not in ('auto', 'safe', 'host'):
+        raise ValueError(f"CPUID policy {policy!r}: use 'auto', 'safe' or 'host'")
+    entries = kvm.supported_cpuid()
+    restrict = policy == 'safe' or (policy == 'auto' and host_emulates_kernel_mode())
+    clear = [f for f in EMULATOR_UNSAFE_FEATURES if restrict] + \
+        [f for f in EMULATOR_UNSAFE_FEATURES + EMULATOR_WANTED_FEATURES if f[4] in hide]
+    add = [f for f in EMULATOR_WANTED_FEATURES if restrict and f[4] not in hide]
+    amd = any(e.function == 0 and struct.pack('<III', e.ebx, e.edx, e.ecx) == b'AuthenticAMD'
+              for e in entries)
+    for e in entries:
+        if e.function == 1:
+            e.ebx = (e.ebx & 0x00FFFFFF) | (vcpu_index << 24)
+        if e.function == 0xB or e.function == 0x1F:
+            e.edx = vcpu_index
+        for leaf, sub, reg, bit, _ in clear:
+            if e.function == leaf and e.index == sub:
+                setattr(e, reg, getattr(e, reg) & ~(1 << bit))
+        for leaf, sub, reg, bit, _ in add:
+            if e.function == leaf and e.index == sub and amd:
+                setattr(e, reg, getattr(e, reg) | (1 << bit))
+    return entries
