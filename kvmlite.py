@@ -2474,3 +2474,21 @@ def cpuid_entries(kvm, vcpu_index=0, policy='auto', hide=()):
             if e.function == leaf and e.index == sub and amd:
                 setattr(e, reg, getattr(e, reg) | (1 << bit))
     return entries
+
+
+# ---------------------------------------------------------------------------
+# Snippets: run a few bytes of machine code, get registers back
+# ---------------------------------------------------------------------------
+# (section: snippet runner)
+
+
+# ---------------------------------------------------------------------------
+# The machine: a PC platform around a Vm, its devices and its run loop
+# ---------------------------------------------------------------------------
+# (section: machine)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+# (section: command line)
