@@ -314,6 +314,17 @@ class IoApic:
         if self.msi is not None:
             self.msi(*msi_message(entry))
 
+    def routes(self):
+        """The (address, data) message of each pin's entry, in pin order.
+
+        In split-irqchip mode KVM exits with KVM_EXIT_IOAPIC_EOI only for
+        vectors of level-triggered MSI routes on GSIs below the reserved
+        IOAPIC pin count, so the wiring mirrors this list into
+        KVM_SET_GSI_ROUTING (GSI = pin) whenever it changes after a guest
+        write; masked pins may stay listed, which costs at most an exit.
+        """
+        return [msi_message(entry) for entry in self.entries]
+
     # -- snapshot and invariants -----------------------------------------
 
     def state(self):

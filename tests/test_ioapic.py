@@ -263,6 +263,15 @@ class DeliveryTests(unittest.TestCase):
         self.h.program(9, 0x39, flags=LEVEL | MASKED)
         self.assertFalse(self.h.entry(9) & REMOTE_IRR)
 
+    def test_routes_mirror_each_entry_for_kvm_eoi_scan(self):
+        self.h.program(9, 0x39, dest=2, flags=LEVEL)
+        self.h.program(3, 0x33, dest=1, flags=LOGICAL, mode=1)
+        routes = self.h.apic.routes()
+        self.assertEqual(len(routes), 24)
+        self.assertEqual(routes[9], (0xFEE02000, 0xC039))
+        self.assertEqual(routes[3], (0xFEE01004, 0x0133))
+        self.assertEqual(routes[0], (0xFEE00000, 0))
+
     def test_pins_out_of_range_are_ignored(self):
         self.h.apic.set_irq(24, 1)
         self.h.apic.set_irq(-1, 1)
