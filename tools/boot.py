@@ -169,8 +169,25 @@ def _unpack(fmt, image, offset, what):
     return struct.unpack_from(fmt, image, offset)
 
 
-def _ram_regions(mem):
-    return sorted((int(start), int(size)) for start, size in mem.ram if size > 0)
+def _merge(ram):
+    """RAM regions sorted, with adjacent or overlapping ones joined."""
+    out = []
+    for start, size in sorted((int(s), int(n)) for s, n in ram if n > 0):
+        if out and start <= out[-1][0] + out[-1][1]:
+            last = out.pop()
+            start, size = last[0], max(last[0] + last[1], start + size) - last[0]
+        out.append((start, size))
+    return out
+
+
+def _write(mem, gpa, data):
+    """mem.write split at the edges of mem.ram's regions (memory slots), so
+    data that spans two adjacent slots is written one slot at a time."""
+    data = memoryview(data)
+    for start, size in sorted(mem.ram):
+        lo, hi = max(gpa, start), min(gpa + len(data), start + size)
+        if lo < hi:
+            mem.write(lo, bytes(data[lo - gpa:hi - gpa]))
 
 
 def _low_ram_end(ram):
@@ -194,7 +211,7 @@ def e820_map(ram):
     is left out, as a PC BIOS does.
     """
     out = []
-    for start, size in sorted(ram):
+    for start, size in _merge(ram):
         end = start + size
         pieces = [(start, min(end, EBDA_START), E820_RAM),
                   (max(start, BIOS_END), end, E820_RAM),
@@ -212,7 +229,7 @@ class _Plan:
 
     def __init__(self, mem, areas=_LOADER_AREAS):
         self.mem = mem
-        self.ram = _ram_regions(mem)
+        self.ram = _merge(mem.ram)
         self.areas = areas
         self.writes = []
 
@@ -243,13 +260,10 @@ class _Plan:
     def commit(self):
         for gpa, data in self.writes:
             if isinstance(data, int):       # a zero fill, written in chunks
-                done = 0
-                while done < data:
-                    n = min(data - done, len(self._ZEROS))
-                    self.mem.write(gpa + done, self._ZEROS[:n])
-                    done += n
+                for done in range(0, data, len(self._ZEROS)):
+                    _write(self.mem, gpa + done, self._ZEROS[:min(data - done, len(self._ZEROS))])
             else:
-                self.mem.write(gpa, bytes(data))
+                _write(self.mem, gpa, data)
 
 
 class _Strings:

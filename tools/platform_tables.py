@@ -1,0 +1,225 @@
+"""MP and ACPI tables that tell a guest OS about its CPUs and interrupt routing.
+
+A firmware-less VM has no BIOS to describe the machine, so kvmlite writes the
+tables an OS looks for into the BIOS area (0xF0000-0xFFFFF, reserved in the
+e820 map; see ``boot.py`` for the whole layout):
+
+* ``mp_tables``: Intel MultiProcessor Specification, version 1.4 (May 1997),
+  chapter 4: the MP floating pointer structure (found by the scan of
+  0xF0000-0xFFFFF), the configuration table header, and processor, bus,
+  I/O APIC, I/O interrupt assignment and local interrupt assignment entries.
+* ``acpi_tables``: ACPI Specification 6.x, section 5.2: RSDP (revision 2),
+  XSDT and RSDT, FADT (revision 6) with its FACS, an empty DSDT and the MADT
+  ("APIC") with processor local APIC, I/O APIC, interrupt source override and
+  local APIC NMI entries. The RSDP is 16-byte aligned below 1 MiB, where an OS
+  scans for it.
+
+Interrupt routing described (as on a PC with an IOAPIC): ISA IRQ 0 (the PIT)
+reaches IOAPIC pin 2, the other ISA IRQs the pin of their number; ISA IRQ 2 is
+the 8259 cascade and is never raised, so it gets no entry (its pin belongs to
+IRQ 0). IRQ 9 is the ACPI SCI, level-triggered and active-high, in the MADT.
+LINT0 of every local APIC is ExtINT (the 8259) and LINT1 is NMI.
+
+Each builder returns ``[(gpa, bytes)]``; ``write_platform_tables`` checks and
+writes them through the guest-memory object the loaders use.
+"""
+
+import struct
+from typing import NamedTuple
+
+from .boot import BIOS_END, BIOS_START, IOAPIC_ADDR, LAPIC_ADDR, BootError, _merge, _write
+
+__all__ = ['PlatformTables', 'mp_tables', 'acpi_tables', 'write_platform_tables', 'checksum',
+           'MP_BASE', 'ACPI_BASE']
+
+MP_BASE = 0xF0000                 # MP floating pointer, then the config table
+ACPI_BASE = 0xF8000               # RSDP, then the ACPI tables
+TABLES_END = BIOS_END
+MAX_CPUS = 254                    # 8-bit APIC ids; 0xFF is "all" and the IOAPIC needs one
+
+# --- MP specification 1.4 -----------------------------------------------------
+MP_FLOATING_SIGNATURE = b'_MP_'
+MP_CONFIG_SIGNATURE = b'PCMP'
+MP_SPEC_REV = 4                   # version 1.4
+MP_OEM_ID = b'KVMLITE '           # 8 bytes, space padded
+MP_PRODUCT_ID = b'KVMLITE     '   # 12 bytes
+MP_PROCESSOR = 0                  # entry types
+MP_BUS = 1
+MP_IOAPIC = 2
+MP_IOINTR = 3
+MP_LINTR = 4
+MP_CPU_EN = 1 << 0                # processor entry flags: usable
+MP_CPU_BP = 1 << 1                # the bootstrap processor
+MP_IOAPIC_EN = 1 << 0             # I/O APIC usable
+MP_INT = 0                        # interrupt types: vectored by the APIC
+MP_NMI = 1
+MP_EXTINT = 3                     # vectored by the 8259
+MP_FLAGS_CONFORM = 0              # polarity/trigger conform to the bus (ISA: edge, high)
+MP_ALL_LAPICS = 0xFF              # destination: every local APIC
+ISA_BUS_ID = 0
+ISA_BUS_TYPE = b'ISA   '
+LAPIC_VERSION = 0x14              # integrated local APIC
+IOAPIC_VERSION = 0x11             # 82093AA-compatible I/O APIC
+CPU_SIGNATURE = 0x600             # family 6
+CPU_FEATURES = (1 << 0) | (1 << 9)  # CPUID.1:EDX FPU and APIC
+
+# --- ACPI 6.x -------------------------------------------------------------------
+ACPI_OEM_ID = b'KVMLTE'           # 6 bytes
+ACPI_OEM_TABLE_ID = b'KVMLITE '   # 8 bytes
+ACPI_CREATOR_ID = b'KVML'
+SDT_HEADER_SIZE = 36
+FADT_SIZE = 276                   # through the hypervisor vendor identity
+FADT_REVISION, FADT_MINOR = 6, 0
+FADT_WBINVD = 1 << 0              # flags: WBINVD works (required since ACPI 2.0)
+FADT_PWR_BUTTON = 1 << 4          # flags: no fixed-feature power button
+FADT_SLP_BUTTON = 1 << 5          # flags: no fixed-feature sleep button
+FADT_HW_REDUCED_ACPI = 1 << 20    # flags: left clear: this is a PC with legacy devices
+IAPC_LEGACY_DEVICES = 1 << 0      # IA-PC boot arch: ISA devices present
+IAPC_8042 = 1 << 1                # IA-PC boot arch: an 8042 keyboard controller
+SCI_IRQ = 9
+MADT_PCAT_COMPAT = 1 << 0         # MADT flags: dual 8259s present
+MADT_LOCAL_APIC, MADT_IO_APIC, MADT_ISO, MADT_LAPIC_NMI = 0, 1, 2, 4
+MADT_ENABLED = 1 << 0             # local APIC flags: usable
+MPS_ACTIVE_HIGH = 0b01            # MPS INTI flags, polarity bits 1:0
+MPS_LEVEL = 0b11 << 2             # MPS INTI flags, trigger bits 3:2
+
+
+class PlatformTables(NamedTuple):
+    mp: int     # address of the MP floating pointer structure, 0 if none
+    rsdp: int   # address of the ACPI RSDP, 0 if none (pass to the loaders)
+
+
+def checksum(data):
+    """The byte that makes ``data`` sum to 0 mod 256 (its own slot holding 0)."""
+    return -sum(data) & 0xFF
+
+
+def _check_ids(cpus, ioapic_id):
+    if not 1 <= cpus <= MAX_CPUS:
+        raise BootError(f'{cpus} CPUs: the MP and ACPI tables describe 1 to {MAX_CPUS} '
+                        '(8-bit APIC ids)')
+    if not cpus <= ioapic_id <= 0xFE:
+        raise BootError(f'IOAPIC id {ioapic_id} collides with a CPU APIC id (0-{cpus - 1}) '
+                        'or is out of range: use an id from the CPU count up to 254')
+
+
+def _mp_entries(cpus, ioapic_id, ioapic_addr):
+    entries = [struct.pack('<BBBBII8x', MP_PROCESSOR, i, LAPIC_VERSION,
+                           MP_CPU_EN | (MP_CPU_BP if i == 0 else 0), CPU_SIGNATURE, CPU_FEATURES)
+               for i in range(cpus)]
+    entries.append(struct.pack('<BB6s', MP_BUS, ISA_BUS_ID, ISA_BUS_TYPE))
+    entries.append(struct.pack('<BBBBI', MP_IOAPIC, ioapic_id, IOAPIC_VERSION, MP_IOAPIC_EN,
+                               ioapic_addr))
+    for irq in range(16):
+        if irq == 2:
+            continue                      # the cascade: pin 2 belongs to IRQ 0
+        pin = 2 if irq == 0 else irq      # the PC's IRQ0 -> INTIN2 override
+        entries.append(struct.pack('<BBHBBBB', MP_IOINTR, MP_INT, MP_FLAGS_CONFORM,
+                                   ISA_BUS_ID, irq, ioapic_id, pin))
+    for kind, lint in ((MP_EXTINT, 0), (MP_NMI, 1)):
+        entries.append(struct.pack('<BBHBBBB', MP_LINTR, kind, MP_FLAGS_CONFORM,
+                                   ISA_BUS_ID, 0, MP_ALL_LAPICS, lint))
+    return entries
+
+
+def mp_tables(cpus, ioapic_id, ioapic_addr=IOAPIC_ADDR, base=MP_BASE):
+    """The MP floating pointer at ``base`` and the configuration table after it."""
+    _check_ids(cpus, ioapic_id)
+    entries = _mp_entries(cpus, ioapic_id, ioapic_addr)
+    body = b''.join(entries)
+    config = bytearray(struct.pack('<4sHBB8s12sIHHIHBx', MP_CONFIG_SIGNATURE, 44 + len(body),
+                                   MP_SPEC_REV, 0, MP_OEM_ID, MP_PRODUCT_ID, 0, 0, len(entries),
+                                   LAPIC_ADDR, 0, 0) + body)
+    config[7] = checksum(config)
+    config_addr = base + 16
+    # length 1 (16-byte units); feature bytes 0: the configuration table is
+    # present and IMCRP clear, i.e. virtual wire mode.
+    floating = bytearray(struct.pack('<4sIBBB5s', MP_FLOATING_SIGNATURE, config_addr, 1,
+                                     MP_SPEC_REV, 0, bytes(5)))
+    floating[10] = checksum(floating)
+    return [(base, bytes(floating)), (config_addr, bytes(config))]
+
+
+def _sdt(signature, revision, body):
+    """An ACPI system description table: the 36-byte header, then ``body``."""
+    table = bytearray(struct.pack('<4sIBB6s8sI4sI', signature, SDT_HEADER_SIZE + len(body),
+                                  revision, 0, ACPI_OEM_ID, ACPI_OEM_TABLE_ID, 1,
+                                  ACPI_CREATOR_ID, 1) + body)
+    table[9] = checksum(table)
+    return bytes(table)
+
+
+def _fadt(facs, dsdt):
+    body = bytearray(FADT_SIZE - SDT_HEADER_SIZE)
+
+    def put(offset, fmt, value):          # offsets as in the spec's FADT table
+        struct.pack_into(fmt, body, offset - SDT_HEADER_SIZE, value)
+    put(36, '<I', facs)                   # FIRMWARE_CTRL
+    put(40, '<I', dsdt)                   # DSDT
+    put(46, '<H', SCI_IRQ)                # SCI_INT; no SMI_CMD: already in ACPI mode
+    put(109, '<H', IAPC_LEGACY_DEVICES | IAPC_8042)   # IAPC_BOOT_ARCH
+    put(112, '<I', FADT_WBINVD | FADT_PWR_BUTTON | FADT_SLP_BUTTON)  # Flags
+    put(131, '<B', FADT_MINOR)            # FADT Minor Version
+    put(132, '<Q', facs)                  # X_FIRMWARE_CTRL
+    put(140, '<Q', dsdt)                  # X_DSDT
+    return _sdt(b'FACP', FADT_REVISION, bytes(body))
+
+
+def _madt(cpus, ioapic_id, ioapic_addr):
+    body = struct.pack('<II', LAPIC_ADDR, MADT_PCAT_COMPAT)
+    for i in range(cpus):                 # processor UID i, APIC id i
+        body += struct.pack('<BBBBI', MADT_LOCAL_APIC, 8, i, i, MADT_ENABLED)
+    body += struct.pack('<BBBxII', MADT_IO_APIC, 12, ioapic_id, ioapic_addr, 0)  # GSI base 0
+    body += struct.pack('<BBBBIH', MADT_ISO, 10, ISA_BUS_ID, 0, 2, MP_FLAGS_CONFORM)
+    body += struct.pack('<BBBBIH', MADT_ISO, 10, ISA_BUS_ID, SCI_IRQ, SCI_IRQ,
+                        MPS_LEVEL | MPS_ACTIVE_HIGH)
+    body += struct.pack('<BBBHB', MADT_LAPIC_NMI, 6, 0xFF, MP_FLAGS_CONFORM, 1)  # all CPUs, LINT1
+    return _sdt(b'APIC', 4, body)
+
+
+def acpi_tables(cpus, ioapic_id=None, ioapic_addr=IOAPIC_ADDR, base=ACPI_BASE):
+    """RSDP at ``base`` (16-byte aligned), then FACS, DSDT, FADT, MADT, RSDT, XSDT."""
+    ioapic_id = cpus if ioapic_id is None else ioapic_id
+    _check_ids(cpus, ioapic_id)
+    if base % 16:
+        raise BootError(f'ACPI RSDP address {base:#x} is not 16-byte aligned')
+    out, addr = [], base + 64
+
+    def place(data, align=16):
+        nonlocal addr
+        addr = -(-addr // align) * align
+        out.append((addr, data))
+        addr += len(data)
+        return addr - len(data)
+    facs = place(struct.pack('<4sIIIIIQB3xI24x', b'FACS', 64, 0, 0, 0, 0, 0, 2, 0), align=64)
+    dsdt = place(_sdt(b'DSDT', 2, b''))  # an empty definition block
+    fadt = place(_fadt(facs, dsdt))
+    madt = place(_madt(cpus, ioapic_id, ioapic_addr))
+    rsdt = place(_sdt(b'RSDT', 1, struct.pack('<II', fadt, madt)))
+    xsdt = place(_sdt(b'XSDT', 1, struct.pack('<QQ', fadt, madt)))
+    rsdp = bytearray(struct.pack('<8sB6sBIIQB3x', b'RSD PTR ', 0, ACPI_OEM_ID, 2, rsdt, 36,
+                                 xsdt, 0))
+    rsdp[8] = checksum(rsdp[:20])         # ACPI 1.0 checksum over the first 20 bytes
+    rsdp[32] = checksum(rsdp)             # extended checksum over all 36
+    return [(base, bytes(rsdp))] + out
+
+
+def write_platform_tables(mem, cpus, mp=True, acpi=True, ioapic_id=None,
+                          ioapic_addr=IOAPIC_ADDR):
+    """Clear the BIOS area and write the MP and/or ACPI tables into it.
+
+    Returns :class:`PlatformTables` with their addresses; give ``.rsdp`` to
+    ``load_bzimage``/``load_pvh``. The IOAPIC id defaults to ``cpus``.
+    """
+    ioapic_id = cpus if ioapic_id is None else ioapic_id
+    blobs = (mp_tables(cpus, ioapic_id, ioapic_addr) if mp else []) + \
+        (acpi_tables(cpus, ioapic_id, ioapic_addr) if acpi else [])
+    for gpa, data in blobs:
+        if not (BIOS_START <= gpa and gpa + len(data) <= TABLES_END):
+            raise BootError(f'platform table at {gpa:#x} ({len(data)} bytes) leaves the BIOS area')
+    if not any(s <= BIOS_START and TABLES_END <= s + n for s, n in _merge(mem.ram)):
+        raise BootError('the BIOS area 0xF0000-0xFFFFF is not guest RAM: give at least 1 MiB of --mem')
+    _write(mem, BIOS_START, bytes(TABLES_END - BIOS_START))   # no stale tables from a last boot
+    for gpa, data in blobs:
+        _write(mem, gpa, data)
+    return PlatformTables(mp=MP_BASE if mp else 0, rsdp=ACPI_BASE if acpi else 0)
