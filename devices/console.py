@@ -1,4 +1,4 @@
-"""Back ends for the serial port: where guest output goes, where input comes from.
+"""Serial port back ends: where guest output goes and input comes from.
 
 Every back end is an output sink for :class:`devices.serial.Serial`
 (``write(data)``) and an input source: ``fileno()`` is the descriptor to
@@ -66,7 +66,7 @@ class Backend:
 
     def __init__(self, limit=OUTPUT_LIMIT):
         self.limit = limit
-        self.dropped = 0        # output bytes lost to a full buffer or no reader
+        self.dropped = 0        # output lost to a full buffer or no reader
         self.eof = False        # the input side has ended
         self._pending = bytearray()
         self._out_fd = None     # where output goes (non-blocking), or None
@@ -78,6 +78,8 @@ class Backend:
 
     def stop(self):
         self.flush()
+        self.dropped += len(self._pending)      # the reader never took it
+        self._pending.clear()
         for fd in self._owned:
             os.close(fd)
         self._owned = []

@@ -60,7 +60,7 @@ UART_LSR = 5        # line status
 UART_MSR = 6        # modem status
 UART_SCR = 7        # scratch
 
-UART_IER_ERBFI = 0x01   # enable received data available (and timeout) interrupt
+UART_IER_ERBFI = 0x01   # enable received data (and timeout) interrupt
 UART_IER_ETBEI = 0x02   # enable transmitter holding register empty interrupt
 UART_IER_ELSI = 0x04    # enable receiver line status interrupt
 UART_IER_EDSSI = 0x08   # enable modem status interrupt
@@ -130,24 +130,22 @@ TIMEOUT_CHARS = 4       # character timeout after 4 character times
 RESET_DIVISOR = 12      # 9600 baud, as a PC BIOS leaves it
 RX_BREAK = 0x100        # flag on a queued character: received as a break
 
-_SIZE = 8
 
-
-def _read_bytes(read_byte, offset, size):
+def _read_bytes(read_byte, span, offset, size):
     """Assemble a wide read from byte reads at successive ports."""
     value = 0
     for i in range(max(1, min(int(size), 8))):
         port = offset + i
-        byte = read_byte(port) if 0 <= port < _SIZE else 0xFF
+        byte = read_byte(port) if 0 <= port < span else 0xFF
         value |= byte << (8 * i)
     return value
 
 
-def _write_bytes(write_byte, offset, size, value):
+def _write_bytes(write_byte, span, offset, size, value):
     """Split a wide write into byte writes at successive ports."""
     for i in range(max(1, min(int(size), 8))):
         port = offset + i
-        if 0 <= port < _SIZE:
+        if 0 <= port < span:
             write_byte(port, (int(value) >> (8 * i)) & 0xFF)
 
 
@@ -166,7 +164,7 @@ class Serial:
     ``write(bytes)`` (None discards); ``clock``: a callable returning ns.
     """
 
-    SIZE = _SIZE
+    SIZE = 8
 
     def __init__(self, irq=None, out=None, clock=None):
         self.irq = irq
@@ -193,10 +191,10 @@ class Serial:
     # -- guest access --------------------------------------------------
 
     def read(self, offset, size):
-        return _read_bytes(self._read_byte, offset, size)
+        return _read_bytes(self._read_byte, self.SIZE, offset, size)
 
     def write(self, offset, size, value):
-        _write_bytes(self._write_byte, offset, size, value)
+        _write_bytes(self._write_byte, self.SIZE, offset, size, value)
 
     def _read_byte(self, port):
         dlab = self.lcr & UART_LCR_DLAB
@@ -317,7 +315,8 @@ class Serial:
         return True
 
     def tick(self):
-        """Recompute the line for clock(); next ns a timeout may fire, or None."""
+        """Recompute the line for clock(); returns the next ns at which a
+        character timeout may fire, or None."""
         self._update_irq()
         if (self.clock is None or not self.ier & UART_IER_ERBFI
                 or not self._fifo_on() or not self.rx):
@@ -452,7 +451,8 @@ class Serial:
         dev._update_irq()       # no line attached yet: only caches the level
         problems = dev.check()
         if problems:
-            raise ValueError('inconsistent Serial state: ' + '; '.join(problems))
+            raise ValueError('inconsistent Serial state: '
+                             + '; '.join(problems))
         # Attach the caller's line only now, so it sees no power-on glitch.
         dev.irq = irq
         if irq is not None:

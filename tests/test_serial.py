@@ -1,4 +1,5 @@
-"""Tests for the 16550A UART (devices.serial) and its back ends (devices.console)."""
+"""Tests for the 16550A UART (devices.serial) and its back ends
+(devices.console)."""
 
 import json
 import os
@@ -601,7 +602,8 @@ class FuzzTest(unittest.TestCase):
         for step in range(20000):
             action = rng.random()
             if action < 0.45:
-                u.dev.write(rng.randrange(-2, 10), rng.choice((1, 2, 4, 8, 0, 3)),
+                u.dev.write(rng.randrange(-2, 10),
+                            rng.choice((1, 2, 4, 8, 0, 3)),
                             rng.randrange(-1, 1 << 64))
             elif action < 0.85:
                 u.dev.read(rng.randrange(-2, 10), rng.choice((1, 2, 4, 8, 0)))
@@ -670,8 +672,8 @@ class TerminalBackendTest(unittest.TestCase):
             from devices.console import TerminalBackend
             term = TerminalBackend(in_fd={self.slave}, out_fd={self.slave})
             term.start()
-            lflag = termios.tcgetattr({self.slave})[3]
-            os.write({ready_w}, b'cooked' if lflag & termios.ICANON else b'raw')
+            raw = not termios.tcgetattr({self.slave})[3] & termios.ICANON
+            os.write({ready_w}, b'raw' if raw else b'cooked')
         ''') + textwrap.dedent(body)
         child = subprocess.Popen([sys.executable, '-c', code],
                                  pass_fds=(self.slave, ready_w))
