@@ -2485,7 +2485,422 @@ def cpuid_entries(kvm, vcpu_index=0, policy='auto', hide=()):
 # ---------------------------------------------------------------------------
 # The machine: a PC platform around a Vm, its devices and its run loop
 # ---------------------------------------------------------------------------
-# (section: machine)
+#: Exit statuses of a run. A guest's debug-exit write of v gives the odd
+#: (v << 1) | 1, as QEMU's isa-debug-exit does; kvmlite's own are even.
+EXIT_OK = 0             # the guest powered off, reset, or halted for good
+EXIT_USAGE = 2          # bad command line or input file
+EXIT_TRIPLE_FAULT = 4   # the guest crashed: triple fault (shutdown)
+EXIT_INTERNAL = 6       # KVM gave up: internal error or failed VM entry
+EXIT_VMM = 8            # a device model or KVM call failed in the VMM
+EXIT_TIMEOUT = 124      # the run's timeout passed
+EXIT_SIGNAL = 130       # stopped by SIGINT, SIGTERM or the console's Ctrl-A x
+
+IRQCHIP_MODES = ('split', 'user', 'kernel')
+RAM_HOLE = 0xC0000000   # guest RAM above 3 GiB moves to 4 GiB (MMIO below)
+IDENTITY_MAP_ADDR = 0xFEFFC000
+APIC_LVT0, APIC_LVT1 = 0x350, 0x360
+APIC_DM_EXTINT, APIC_DM_NMI = 0x700, 0x400
+
+
+def _import_part(package, module):
+    """``devices.serial`` from a checkout or zipapp, ``kvmlite_devices.serial``
+    once installed (setup.py renames the packages to keep site-packages clean)."""
+    import importlib
+    try:
+        return importlib.import_module(f'kvmlite_{package}.{module}')
+    except ModuleNotFoundError:
+        return importlib.import_module(f'{package}.{module}')
+
+
+class _Timed:
+    """A device whose writes may move its next deadline: wakes the timer."""
+
+    def __init__(self, device, wake):
+        self.device, self._wake, self.SIZE = device, wake, device.SIZE
+
+    def read(self, offset, size):
+        return self.device.read(offset, size)
+
+    def write(self, offset, size, value):
+        self.device.write(offset, size, value)
+        self._wake()
+
+
+class RunResult:
+    """How a machine run ended: ``status`` (the process exit status) and a
+    one-line ``reason``."""
+
+    def __init__(self, status, reason):
+        self.status, self.reason = status, reason
+
+    def __repr__(self):
+        return f'RunResult({self.status}, {self.reason!r})'
+
+
+class Machine:
+    """A PC around a :class:`Vm`: RAM, vCPUs, the ISA devices, an interrupt
+    controller mode and a run loop with one thread per vCPU.
+
+    ``irqchip``: 'split' (in-kernel local APIC; PIC, PIT and IOAPIC here),
+    'user' (everything here, one vCPU, interrupts injected with
+    KVM_INTERRUPT) or 'kernel' (KVM's PIC, IOAPIC and PIT). ``console``: a
+    back end from devices.console for COM1 (None discards the output).
+    ``clock``: nanoseconds for the devices (tests may step one).
+    """
+
+    def __init__(self, mem_size=256 << 20, cpus=1, irqchip='split', console=None,
+                 cpuid_policy='auto', kvm=None, clock=time.monotonic_ns, cmdline=b''):
+        if irqchip not in IRQCHIP_MODES:
+            raise ValueError(f'irqchip mode {irqchip!r}: use one of {", ".join(IRQCHIP_MODES)}')
+        if irqchip == 'user' and cpus != 1:
+            raise ValueError('more than one vCPU needs a local APIC: use --irqchip split or kernel')
+        if mem_size < 1 << 20 or mem_size % PAGE_SIZE:
+            raise ValueError(f'memory size {mem_size:#x}: give at least 1 MiB, in whole pages')
+        self.mode, self.clock, self.console = irqchip, clock, console
+        self.mem_size, self.cpus = mem_size, cpus
+        self._own_kvm = kvm is None
+        self.kvm = kvm or Kvm()
+        self.vm = None
+        self.result = None
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._irq_event = threading.Event()
+        self._timed = []
+        self._pending_input = b''
+        try:
+            self._build(cpuid_policy, cmdline)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- construction --
+    def _build(self, cpuid_policy, cmdline):
+        vm = self.vm = self.kvm.create_vm()
+        try:
+            vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+        except KvmError:
+            pass
+        if self.mode == 'kernel':
+            vm.create_irqchip()
+            vm.create_pit2()
+        elif self.mode == 'split':
+            vm.create_split_irqchip(24)
+        low = min(self.mem_size, RAM_HOLE)
+        vm.add_memory(0, low)
+        if self.mem_size > low:
+            vm.add_memory(1 << 32, self.mem_size - low)
+        for i in range(self.cpus):
+            self._setup_vcpu(vm.create_vcpu(), cpuid_policy)
+        self._wire_pc(cmdline)
+
+    def _setup_vcpu(self, vcpu, policy):
+        entries = cpuid_entries(self.kvm, vcpu.index, policy)
+        if self.mode == 'user':
+            for e in entries:           # no local APIC to offer
+                if e.function == 1:
+                    e.edx &= ~(1 << 9)
+                    e.ecx &= ~(1 << 21)
+        vcpu.set_cpuid2(entries)
+        if self.mode != 'user':
+            # virtual-wire mode, as a BIOS leaves it: PIC through LINT0, NMI on LINT1
+            regs = bytearray(vcpu.get_lapic())
+            struct.pack_into('<I', regs, APIC_LVT0, APIC_DM_EXTINT)
+            struct.pack_into('<I', regs, APIC_LVT1, APIC_DM_NMI)
+            vcpu.set_lapic(kvm_lapic_state.from_buffer_copy(regs))
+
+    def _wire_pc(self, cmdline):
+        """The PC's devices at their ports and IRQs: the one place for wiring."""
+        pic_m, pit_m, rtc_m, serial_m, legacy_m, ioapic_m = (
+            _import_part('devices', n) for n in ('pic', 'pit', 'rtc', 'serial', 'legacy', 'ioapic'))
+        self._IrqLine = sys.modules[pic_m.__name__.rpartition('.')[0]].IrqLine
+        vm, pio, clock = self.vm, self.vm.pio, self.clock
+        self.pic = self.pit = self.ioapic = None
+        if self.mode != 'kernel':
+            self.pic = pic_m.PicPair(intr=self._line(self._on_intr))
+            pio.register(0x20, self.pic.master, name='8259A master PIC')
+            pio.register(0xA0, self.pic.slave, name='8259A slave PIC')
+            pio.register(0x4D0, self.pic.elcr, name='ELCR')
+            self.pit = pit_m.Pit(clock, irq=self.irq(0))
+            pio.register(0x40, _Timed(self.pit, self.wake), name='8254 PIT')
+            pio.register(0x61, self.pit.port61, name='port B (PIT gate 2, speaker)')
+            self._timed.append(self.pit)
+        if self.mode == 'split':
+            self.ioapic = ioapic_m.IoApic(msi=self._msi)
+            vm.mmio.register(ioapic_m.IoApic.BASE, _Routed(self.ioapic, self), name='IOAPIC')
+        self.i8042 = legacy_m.I8042(on_reset=lambda: self.stop(EXIT_OK, 'the guest reset the machine'),
+                                    irq=self.irq(1))
+        pio.register(0x60, self.i8042.data_port, name='8042 data')
+        pio.register(0x64, self.i8042.command_port, name='8042 status/command')
+        self.rtc = rtc_m.Rtc(clock, irq=self.irq(8))
+        pio.register(0x70, _Timed(self.rtc, self.wake), name='CMOS RTC')
+        self._timed.append(self.rtc)
+        self.post = legacy_m.PostCode()
+        pio.register(0x80, self.post, name='POST code')      # write-only: coalesced
+        vm.coalesce(0x80, 1, pio=True)
+        self.debug_exit = legacy_m.DebugExit(on_exit=lambda s: self.stop(s, f'the guest wrote debug-exit status {s}'))
+        pio.register(0xF4, self.debug_exit, name='debug exit')
+        self.pci = legacy_m.PciConfig(on_reset=lambda: self.stop(EXIT_OK, 'the guest reset the machine'))
+        pio.register(0xCF8, self.pci, name='PCI configuration (no devices)')
+        self.fw_cfg = legacy_m.FwCfg(ram_size=self.mem_size, cpus=self.cpus, cmdline=cmdline)
+        pio.register(0x510, self.fw_cfg, name='fw_cfg')
+        self.serials = []
+        for i, (base, irq) in enumerate(serial_m.COM_PORTS):
+            s = serial_m.Serial(irq=self.irq(irq), out=self.console if i == 0 else None, clock=clock)
+            pio.register(base, s, name=f'COM{i + 1} 16550A')
+            self.serials.append(s)
+            self._timed.append(s)
+        if self.mode == 'kernel':
+            # as on a PC with an interrupt source override: ISA IRQ 0 is IOAPIC pin 2
+            routes = [route_irqchip(i, KVM_IRQCHIP_PIC_MASTER if i < 8 else KVM_IRQCHIP_PIC_SLAVE, i % 8)
+                      for i in range(16) if i != 2]
+            routes += [route_irqchip(i, KVM_IRQCHIP_IOAPIC, 2 if i == 0 else i)
+                       for i in range(24) if i != 2]
+            vm.set_gsi_routing(routes)
+
+    def _line(self, sink):
+        return self._IrqLine(sink)
+
+    def irq(self, n):
+        """An interrupt line for ISA IRQ ``n``, routed for this irqchip mode:
+        to the PIC and the IOAPIC (IRQ 0 on pin 2) here, or to KVM_IRQ_LINE."""
+        if self.mode == 'kernel':
+            vm = self.vm
+            return self._line(lambda level: vm.irq_line(n, level))
+        pic, mode = self.pic, self.mode
+
+        def sink(level):
+            pic.set_irq(n, level)
+            if mode == 'split':
+                self.ioapic.set_irq(2 if n == 0 else n, level)
+        return self._line(sink)
+
+    # -- interrupts --
+    def _msi(self, address, data):
+        self.vm.signal_msi(address, data)
+
+    def _on_intr(self, level):
+        """The PIC's INTR changed: get vCPU 0 out of KVM_RUN (or HLT) to inject."""
+        if level:
+            self._irq_event.set()
+            self.vm.vcpus[0].kick('irq')
+
+    def _inject(self, vcpu):
+        with self.vm.lock:
+            if not self.pic.pending():
+                vcpu.request_interrupt_window = 0
+            elif vcpu.ready_for_interrupt_injection:
+                vcpu.interrupt(self.pic.acknowledge())
+                vcpu.request_interrupt_window = 0
+            else:
+                vcpu.request_interrupt_window = 1
+
+    def _on_eoi(self, vcpu, exit):
+        with self.vm.lock:
+            self.ioapic.eoi(exit.vector)
+        return True
+
+    def sync_ioapic_routes(self):
+        """Mirror the IOAPIC's entries into KVM's GSI routes: in split mode
+        KVM reports EOIs (KVM_EXIT_IOAPIC_EOI) only for routed level vectors."""
+        routes = [route_msi(pin, addr, data) for pin, (addr, data) in enumerate(self.ioapic.routes())]
+        if routes != getattr(self, '_routes', None):
+            self.vm.set_gsi_routing(routes)
+            self._routes = routes
+
+    # -- the timer and console thread --
+    def wake(self):
+        """Wake the timer thread (a deadline may have moved)."""
+        try:
+            os.write(self._wake_w, b'.')
+        except BlockingIOError:
+            pass
+
+    def _io_thread(self):
+        import select
+        poll_halt = self.mode != 'user'
+        next_poll = time.monotonic() + 1.0
+        while not self._stopping.is_set():
+            with self.vm.lock:
+                deadlines = [d for d in (dev.tick() for dev in self._timed) if d is not None]
+                self._feed_console()
+            now_ns = self.clock()
+            timeout = min([(d - now_ns) / 1e9 for d in deadlines] + [next_poll - time.monotonic()])
+            fds = [self._wake_r]
+            con = self.console.fileno() if self.console is not None else None
+            if con is not None and not self._pending_input:
+                fds.append(con)
+            elif self._pending_input:
+                timeout = min(timeout, 0.01)
+            ready, _, _ = select.select(fds, [], [], max(timeout, 0))
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            if poll_halt and time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + 1.0
+                for v in self.vm.vcpus:
+                    v.kick('poll')            # lets the run loop spot a final halt
+
+    def _feed_console(self):
+        """Move console input into COM1, keeping what its FIFO has no room for."""
+        con = self.console
+        if con is None:
+            return
+        con.flush()
+        if not self._pending_input:
+            self._pending_input = con.read_input()
+            if getattr(con, 'quit_requested', False):
+                self.stop(EXIT_SIGNAL, 'quit from the console (Ctrl-A x)')
+        if self._pending_input:
+            n = self.serials[0].receive(self._pending_input)
+            self._pending_input = self._pending_input[n:]
+
+    # -- running --
+    def stop(self, status=EXIT_OK, reason='stopped'):
+        """End the run (from any thread, a device callback or a signal handler):
+        the first reason given wins."""
+        if self.result is None:
+            self.result = RunResult(status, reason)
+        self._stopping.set()
+        self._irq_event.set()
+        for v in self.vm.vcpus if self.vm else ():
+            v.kick('stop')
+        self.wake()
+
+    def run(self, timeout=None):
+        """Run every vCPU until the guest ends or ``timeout`` seconds pass;
+        returns a :class:`RunResult`. The calling thread runs vCPU 0, so a
+        Ctrl-C there stops the machine cleanly."""
+        self._stopping.clear()
+        self.result = None
+        threads = [threading.Thread(target=self._io_thread, name='kvmlite-timers', daemon=True)]
+        threads += [threading.Thread(target=self._vcpu_thread, args=(v,), name=f'kvmlite-vcpu{v.index}',
+                                     daemon=True) for v in self.vm.vcpus[1:]]
+        timer = threading.Timer(timeout, self.stop, (EXIT_TIMEOUT, f'timeout after {timeout} s')) \
+            if timeout is not None else None
+        for t in threads + [timer] if timer else threads:
+            t.start()
+        try:
+            self._vcpu_thread(self.vm.vcpus[0])
+        except KeyboardInterrupt:
+            self.stop(EXIT_SIGNAL, 'interrupted (SIGINT)')
+        finally:
+            self.stop(EXIT_OK, 'stopped')
+            if timer:
+                timer.cancel()
+            for t in threads:
+                t.join(timeout=5)
+        return self.result
+
+    def _vcpu_thread(self, vcpu):
+        try:
+            self._run_vcpu(vcpu)
+        except DeviceError as e:
+            self.stop(EXIT_VMM, f'device error: {e}')
+        except KvmError as e:
+            self.stop(EXIT_VMM, f'KVM error on vCPU {vcpu.index}: {e}')
+
+    def _run_vcpu(self, vcpu):
+        hooks = {IoapicEoi: self._on_eoi}
+        inject = self.pic is not None and vcpu.index == 0
+        stopping = self._stopping
+        while not stopping.is_set():
+            if inject:
+                self._inject(vcpu)
+            exit = vcpu.run_loop(hooks)
+            if stopping.is_set():
+                return
+            self._handle(vcpu, exit)
+
+    def _handle(self, vcpu, exit):
+        kind = type(exit)
+        if kind is Interrupted:
+            if exit.why == 'poll' and self._halted_for_good():
+                self.stop(EXIT_OK, 'the guest halted with interrupts disabled')
+        elif kind is Hlt:
+            self._wait_for_interrupt(vcpu)
+        elif kind is IrqWindowOpen:
+            pass
+        elif kind is Shutdown:
+            self.stop(EXIT_TRIPLE_FAULT, f'triple fault on vCPU {vcpu.index} at RIP {vcpu.get_regs().rip:#x}')
+        elif kind is InternalError:
+            self.stop(EXIT_INTERNAL, f'internal error on vCPU {vcpu.index} at RIP '
+                      f'{vcpu.get_regs().rip:#x}: {exit.describe()}')
+        elif kind is FailEntry:
+            self.stop(EXIT_INTERNAL, f'VM entry failed on vCPU {vcpu.index}: hardware reason '
+                      f'{exit.hardware_entry_failure_reason:#x}')
+        elif kind is SystemEvent:
+            if exit.type == KVM_SYSTEM_EVENT_CRASH:
+                self.stop(EXIT_TRIPLE_FAULT, 'the guest reported a crash')
+            else:
+                self.stop(EXIT_OK, 'the guest ' + ('reset' if exit.type == KVM_SYSTEM_EVENT_RESET
+                                                   else 'powered off'))
+        elif kind is MmioRead:
+            exit.buf[:] = b'\xff' * len(exit.buf)       # an access size no bus decodes
+        elif kind is MmioWrite:
+            pass
+        else:
+            self.stop(EXIT_INTERNAL, f'unexpected exit on vCPU {vcpu.index}: {exit!r}')
+
+    def _wait_for_interrupt(self, vcpu):
+        """User mode: the guest halted; sleep until the PIC has an interrupt."""
+        if not vcpu.if_flag:
+            self.stop(EXIT_OK, 'the guest halted with interrupts disabled')
+            return
+        ev = self._irq_event
+        ev.clear()
+        while not self._stopping.is_set():
+            with self.vm.lock:
+                if self.pic.pending():
+                    return
+            ev.wait(0.5)
+            ev.clear()
+
+    def _halted_for_good(self):
+        for v in self.vm.vcpus:
+            if v.get_mp_state() != KVM_MP_STATE_HALTED or v.get_regs().rflags & 0x200:
+                return False
+        return True
+
+    # -- loading guests --
+    def load(self, boot):
+        """Put vCPU 0 at the entry of a loaded image (a tools.boot.Boot)."""
+        setup_mode(self.vm.vcpus[0], self.vm, boot.mode, boot.entry, stack=boot.stack,
+                   cs=getattr(boot, 'cs', 0), **boot.regs)
+
+    def close(self):
+        if self.vm is not None:
+            self.vm.close()
+        if self._own_kvm and self.kvm is not None:
+            self.kvm.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _Routed:
+    """The IOAPIC on the MMIO bus: after a guest write, mirror its entries
+    into KVM's GSI routes (see Machine.sync_ioapic_routes)."""
+
+    def __init__(self, ioapic, machine):
+        self.ioapic, self.machine, self.SIZE = ioapic, machine, ioapic.SIZE
+
+    def read(self, offset, size):
+        return self.ioapic.read(offset, size)
+
+    def write(self, offset, size, value):
+        self.ioapic.write(offset, size, value)
+        self.machine.sync_ioapic_routes()
 
 
 # ---------------------------------------------------------------------------
