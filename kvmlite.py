@@ -2906,4 +2906,192 @@ class _Routed:
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
-# (section: command line)
+def _parse_size(text):
+    """'256', '256M', '1G', '65536K' -> bytes (a bare number means MiB, as lkvm)."""
+    units = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30}
+    t = text.strip().upper().removesuffix('B').removesuffix('I')
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t) << 20
+    except ValueError:
+        raise ValueError(f'memory size {text!r}: give a number of MiB or a size like 512M or 2G') from None
+
+
+def detect_format(image):
+    """'multiboot', 'bzimage', 'pvh', 'elf' or 'flat' for a kernel image."""
+    if len(image) > 0x206 and image[0x202:0x206] == b'HdrS':
+        return 'bzimage'
+    head = image[:8192]
+    for off in range(0, len(head) - 11, 4):
+        magic, flags, check = struct.unpack_from('<III', head, off)
+        if magic == 0x1BADB002 and (magic + flags + check) & 0xFFFFFFFF == 0:
+            return 'multiboot'
+    if image[:4] == b'\x7fELF':
+        boot = _import_part('tools', 'boot')
+        try:
+            boot._pvh_entry(image, boot._parse_elf(image))
+            return 'pvh'
+        except boot.BootError:
+            return 'elf'
+    return 'flat'
+
+
+def _read_input_file(path, what):
+    try:
+        with open(path, 'rb') as f:          # read-only: kvmlite never writes inputs
+            return f.read()
+    except OSError as e:
+        raise ValueError(f'cannot read {what} {path!r}: {e.strerror}') from None
+
+
+def load_kernel(machine, image, fmt='auto', cmdline=b'', initrd=None):
+    """Load ``image`` (bytes) into ``machine`` by its format and set vCPU 0 at
+    its entry; returns the tools.boot.Boot. Writes the MP and ACPI tables
+    first when the machine has APICs."""
+    boot = _import_part('tools', 'boot')
+    tables = _import_part('tools', 'platform_tables')
+    fmt = detect_format(image) if fmt == 'auto' else fmt
+    rsdp = 0
+    if machine.mode != 'user':
+        rsdp = tables.write_platform_tables(machine.vm, machine.cpus).rsdp
+    if fmt == 'flat':
+        b = boot.load_flat(image, machine.vm)
+    elif fmt == 'elf':
+        b = boot.load_elf(image, machine.vm)
+    elif fmt == 'multiboot':
+        mods = [(initrd, b'initrd')] if initrd is not None else []
+        b = boot.load_multiboot(image, machine.vm, cmdline=cmdline, modules=mods)
+    elif fmt == 'bzimage':
+        b = boot.load_bzimage(image, machine.vm, cmdline=cmdline, initrd=initrd, rsdp=rsdp)
+    elif fmt == 'pvh':
+        b = boot.load_pvh(image, machine.vm, cmdline=cmdline, initrd=initrd, rsdp=rsdp)
+    else:
+        raise ValueError(f'kernel format {fmt!r}: use auto, flat, elf, multiboot, bzimage or pvh')
+    if initrd is not None and fmt in ('flat', 'elf'):
+        raise ValueError(f'an initrd needs a kernel that takes one (multiboot, bzImage, PVH); '
+                         f'this one is {fmt}')
+    machine.load(b)
+    return b
+
+
+def _cmd_info(args, out=sys.stdout):
+    with Kvm() as kvm:
+        p = lambda *a: print(*a, file=out)  # noqa: E731
+        p(f'KVM API version: {kvm.api_version}')
+        p(f'vCPUs: recommended {kvm.recommended_vcpus()}, maximum {kvm.max_vcpus()}')
+        p(f'vCPU mmap size: {kvm.vcpu_mmap_size} bytes')
+        emulated = host_emulates_kernel_mode()
+        p(f'host: {"guest kernel mode emulated by KVM (kvm_pvm)" if emulated else "hardware virtualization"}')
+        p('capabilities:')
+        for cap, value in sorted(kvm.capabilities().items()):
+            p(f'  {cap.name:32} {value}')
+        entries = kvm.supported_cpuid()
+        vendor = next((struct.pack('<III', e.ebx, e.edx, e.ecx).decode('ascii', 'replace')
+                       for e in entries if e.function == 0), '?')
+        maxleaf = max((e.function for e in entries if e.function < 0x40000000), default=0)
+        p(f'CPUID: {len(entries)} entries, vendor {vendor}, highest basic leaf {maxleaf:#x}')
+        leaf1 = next((e for e in entries if e.function == 1), None)
+        if leaf1:
+            names = {('edx', 0): 'fpu', ('edx', 9): 'apic', ('edx', 25): 'sse', ('edx', 26): 'sse2',
+                     ('ecx', 0): 'sse3', ('ecx', 9): 'ssse3', ('ecx', 13): 'cx16', ('ecx', 19): 'sse4.1',
+                     ('ecx', 20): 'sse4.2', ('ecx', 21): 'x2apic', ('ecx', 23): 'popcnt',
+                     ('ecx', 26): 'xsave', ('ecx', 28): 'avx'}
+            have = [n for (reg, bit), n in names.items() if getattr(leaf1, reg) >> bit & 1]
+            p(f'  leaf 1 features: {" ".join(have)}')
+        policy = 'hides ' + ', '.join(f[4] for f in EMULATOR_UNSAFE_FEATURES) if emulated else 'hides nothing'
+        p(f'  CPUID policy "auto" {policy} (run --cpuid safe|host to choose)')
+        msrs = kvm.msr_index_list()
+        p(f'MSRs: {len(msrs)} saved/restored, {len(kvm.msr_feature_index_list())} feature MSRs')
+    return 0
+
+
+def _cmd_run(args):
+    tools_pkg = 'tools'
+    console = None
+    try:
+        mem = _parse_size(args.mem)
+        cmdline = args.append.encode()
+        image = _read_input_file(args.kernel, 'kernel') if args.kernel else None
+        initrd = _read_input_file(args.initrd, 'initrd') if args.initrd else None
+        console = _make_console(args.console)
+        machine = Machine(mem_size=mem, cpus=args.cpus, irqchip=args.irqchip, console=console,
+                          cpuid_policy=args.cpuid, cmdline=cmdline)
+    except (ValueError, KvmError) as e:
+        if console is not None:
+            console.stop()
+        print(f'kvmlite: {e}', file=sys.stderr)
+        return EXIT_USAGE
+    with machine:
+        try:
+            if image is None:
+                demo = _import_part(tools_pkg, 'demo')
+                demo.load(machine)
+            else:
+                load_kernel(machine, image, args.format, cmdline, initrd)
+        except ValueError as e:                      # BootError is a ValueError
+            console.stop()
+            print(f'kvmlite: {e}', file=sys.stderr)
+            return EXIT_USAGE
+        prev = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, lambda *a: machine.stop(EXIT_SIGNAL, 'stopped by SIGTERM'))
+        try:
+            console.start()
+            result = machine.run(timeout=args.timeout)
+        finally:
+            console.stop()
+            signal.signal(signal.SIGTERM, prev)
+    if result.status != EXIT_OK or args.verbose:
+        print(f'kvmlite: {result.reason}', file=sys.stderr)
+    return result.status
+
+
+def _make_console(spec):
+    console = _import_part('devices', 'console')
+    if spec == 'stdio':
+        return console.TerminalBackend()
+    if spec == 'none':
+        return console.MemoryBackend(limit=0)
+    return console.FileBackend(spec)
+
+
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(prog='kvmlite', description='Drive Linux KVM from pure Python.')
+    sub = ap.add_subparsers(dest='command')
+    sub.add_parser('info', help='show the KVM API version, capabilities, CPUID and MSRs')
+    r = sub.add_parser('run', help='boot a kernel (with no --kernel: the built-in demo guest)')
+    r.add_argument('-k', '--kernel', help='kernel image: bzImage, PVH vmlinux, multiboot, ELF or flat')
+    r.add_argument('-i', '--initrd', help='initrd / initramfs (a multiboot module for multiboot kernels)')
+    r.add_argument('-p', '--append', default='', help='kernel command line')
+    r.add_argument('-m', '--mem', default='256', help='guest RAM in MiB, or a size like 1G (default 256)')
+    r.add_argument('-c', '--cpus', type=int, default=1, help='number of vCPUs (default 1)')
+    r.add_argument('--irqchip', choices=IRQCHIP_MODES, default='split',
+                   help='interrupt controllers: split (default), user or kernel')
+    r.add_argument('--console', default='stdio', metavar='{stdio,none,FILE}',
+                   help="COM1: the terminal (default; Ctrl-A x quits), 'none', or a file to append to")
+    r.add_argument('--format', default='auto', choices=('auto', 'flat', 'elf', 'multiboot', 'bzimage', 'pvh'),
+                   help='kernel format (default: detected)')
+    r.add_argument('--cpuid', default='auto', choices=('auto', 'safe', 'host'),
+                   help='CPUID policy: auto hides emulator-unsafe features on hosts that need it')
+    r.add_argument('--timeout', type=float, help='stop the guest after this many seconds')
+    r.add_argument('-v', '--verbose', action='store_true', help='say why the run ended even when it went well')
+    args = ap.parse_args(argv)
+    try:
+        if args.command == 'info':
+            return _cmd_info(args)
+        if args.command in (None, 'run'):
+            if args.command is None:
+                args = r.parse_args([])
+            return _cmd_run(args)
+    except KvmError as e:
+        print(f'kvmlite: {e}', file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        sys.stderr.close()           # the reader went away (| head): nothing to say
+        return EXIT_OK
+    return EXIT_USAGE
+
+
+if __name__ == '__main__':
+    sys.exit(main())
