@@ -355,14 +355,14 @@ class _Counter:
         level = bool(level)
         if level == self.gate:
             return
-        clk, out = self.elapsed(now), self.out(now)
+        clk = self.elapsed(now)
         self.gate = level
         if level and self.mode in (1, 2, 3, 5) and self.cr_valid:
             self._begin_run(now, clk)       # a trigger reloads the CE from CR
         elif self.mode in (0, 2, 3, 4):     # the level pauses or resumes the CE
             self.base, self.seg_ns = clk, now
-            if not level and not out and self.period is not None:
-                self.edge_base += 1         # modes 2, 3: OUT forced high
+        # (edges are counted for IRQ 0 only, and counter 0's gate never moves,
+        # so OUT forced high by a falling gate needs no edge bookkeeping)
 
     # -- snapshot and invariants --------------------------------------------
 
