@@ -677,9 +677,9 @@ def _check_bzimage(hdr, image, setup_size):
     if hdr['version'] >= 0x20C and not hdr['xloadflags'] & XLF_KERNEL_64:
         raise BootError(f'bzImage (protocol {version}) has no 64-bit entry point '
                         '(XLF_KERNEL_64 clear): build an x86-64 kernel')
-    if setup_size >= len(image):
+    if setup_size + STARTUP_64_OFFSET >= len(image):
         raise BootError(f'bzImage is truncated: {setup_size} bytes of setup code '
-                        f'(setup_sects) but the file has {len(image)} bytes')
+                        f'(setup_sects) and no startup_64 after them in {len(image)} bytes')
     if hdr['syssize'] * 16 > len(image) - setup_size + 15:
         raise BootError(f'bzImage is truncated: syssize says {_size(hdr["syssize"] * 16)} of kernel '
                         f'but the file holds {_size(len(image) - setup_size)} after the setup code')
@@ -811,6 +811,8 @@ def load_pvh(image, mem, cmdline=b'', initrd=None, rsdp=0):
     entry = _pvh_entry(image, elf)
     plan = _Plan(mem)
     lo, hi = _plan_segments(plan, elf, image, 'vmlinux')
+    if not any(s.type == PT_LOAD and s.paddr <= entry < s.paddr + s.filesz for s in elf.segments):
+        raise BootError(f'PVH entry point {_hex(entry)} is not in the loaded code of any PT_LOAD segment')
     cmd_addr = _Strings(plan).add(cmdline, 'the command line')
     initrd = _as_bytes(initrd or b'', 'initrd')
     nmods = 0
