@@ -1954,6 +1954,7 @@ class Vcpu:
         self._thread = None           # the thread inside KVM_RUN, for kicks
         self._why = None              # why the last kick was sent
         self._stats = None
+        self._buf = None              # the IoIn/MmioRead buffer handed out, until the next run
         _install_kick_handler()
 
     def close(self):
@@ -1961,6 +1962,7 @@ class Vcpu:
             return
         if self._stats:
             self._stats.close()
+        self._release_buf()           # an exit the caller still holds must not pin the map
         del self.kvm_run
         if self._ring is not None:
             self._ring.release()
@@ -2177,8 +2179,17 @@ class Vcpu:
             except (ProcessLookupError, OSError):
                 pass
 
+    def _release_buf(self):
+        # the buffer of the last IoIn/MmioRead exports the kvm_run mmap: while
+        # it lives, mmap.close() refuses; after it, a stale write raises
+        if self._buf is not None:
+            self._buf.release()
+            self._buf = None
+
     def _enter(self):
         """One KVM_RUN; returns the exit reason. A kick returns KVM_EXIT_INTR."""
+        if self._buf is not None:
+            self._release_buf()
         self._thread = threading.get_ident()
         try:
             fcntl.ioctl(self.fd, KVM_RUN, 0)
@@ -2212,13 +2223,15 @@ class Vcpu:
             direction, size, port, count, off = _IO_EXIT.unpack_from(m, _RUN_U)
             if direction == KVM_EXIT_IO_OUT:
                 return IoOut(port, size, count, bytes(m[off:off + size * count]))
-            return IoIn(port, size, count, memoryview(m)[off:off + size * count])
+            self._buf = memoryview(m)[off:off + size * count]
+            return IoIn(port, size, count, self._buf)
         if reason == ExitReason.MMIO:
             addr, data, length, is_write = _MMIO_EXIT.unpack_from(m, _RUN_U)
             length = min(length, 8)
             if is_write:
                 return MmioWrite(addr, data[:length])
-            return MmioRead(addr, memoryview(m)[_RUN_U + 8:_RUN_U + 8 + length])
+            self._buf = memoryview(m)[_RUN_U + 8:_RUN_U + 8 + length]
+            return MmioRead(addr, self._buf)
         if reason == ExitReason.HLT:
             return _HLT
         if reason == ExitReason.INTR:
