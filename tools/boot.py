@@ -408,6 +408,11 @@ def _plan_segments(plan, elf, image, what):
         if s.offset + s.filesz > len(image):
             raise BootError(f'{label} is truncated: its bytes {_span(s.offset, s.filesz)} run '
                             f'past the end of the {len(image)}-byte file')
+        if s.offset == 0 and s.filesz and EBDA_START < s.paddr + s.memsz and s.paddr < BIOS_END:
+            # GNU ld -Ttext 0x100000 maps the ELF headers in a page just below
+            raise BootError(f'{label} maps the ELF headers at {_span(s.paddr, s.memsz)}, in the '
+                            'reserved BIOS area: link with "ld -n" or a linker script so that '
+                            f'nothing lies below {_hex(KERNEL_START)}')
         plan.claim(s.paddr, s.memsz, label)
         plan.put(s.paddr, memoryview(image)[s.offset:s.offset + s.filesz], label)
         plan.zero(s.paddr + s.filesz, s.memsz - s.filesz, f'{label} bss')
