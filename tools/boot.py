@@ -367,7 +367,8 @@ def _parse_elf(image, what='ELF file'):
     ident = _unpack('<16s', image, 0, 'ELF identification')[0]
     layout = _ELF_LAYOUT.get(ident[4])
     if layout is None:
-        raise BootError(f'{what}: unknown ELF class {ident[4]} (expected 1 for ELF32 or 2 for ELF64)')
+        raise BootError(f'{what}: unknown ELF class {ident[4]} (expected 1 for ELF32 or 2 for '
+                        'ELF64)')
     if ident[5] != ELFDATA2LSB:
         raise BootError(f'{what}: EI_DATA is {ident[5]}, not little-endian: not an x86 image')
     ehdr, phdr, _, machine, machine_name = layout
@@ -375,12 +376,14 @@ def _parse_elf(image, what='ELF file'):
      shentsize, shnum, _) = _unpack(ehdr, image, 0, 'ELF header')
     bits = 32 if ident[4] == ELFCLASS32 else 64
     if e_type != ET_EXEC:
-        raise BootError(f'{what}: ELF type {e_type} is not ET_EXEC (2): link a static, non-PIE executable')
+        raise BootError(f'{what}: ELF type {e_type} is not ET_EXEC (2): link a static, non-PIE '
+                        'executable')
     if e_machine != machine:
         raise BootError(f'{what}: ELF{bits} file for machine {e_machine} '
                         f'(expected {machine_name}, {machine})')
     if phnum and phentsize < struct.calcsize(phdr):
-        raise BootError(f'{what}: e_phentsize {phentsize} is smaller than an ELF{bits} program header')
+        raise BootError(f'{what}: e_phentsize {phentsize} is smaller than an ELF{bits} program '
+                        'header')
     if phoff + phnum * phentsize > len(image):
         raise BootError(f'{what} is truncated: {phnum} program headers at {_hex(phoff)} '
                         f'run past the end of the {len(image)}-byte file')
@@ -504,26 +507,30 @@ def _plan_aout(plan, image, off):
     header_addr, load_addr, load_end, bss_end, entry = \
         _unpack('<5I', image, off + 12, 'multiboot header address fields')
     if load_addr > header_addr:
-        raise BootError(f'multiboot load_addr {_hex(load_addr)} is above header_addr {_hex(header_addr)}')
+        raise BootError(f'multiboot load_addr {_hex(load_addr)} is above header_addr '
+                        f'{_hex(header_addr)}')
     start = off - (header_addr - load_addr)
     if start < 0:
         raise BootError(f'multiboot header_addr - load_addr ({_hex(header_addr - load_addr)}) '
                         f'puts the text before the start of the file')
     if load_end and load_end < load_addr:
-        raise BootError(f'multiboot load_end_addr {_hex(load_end)} is below load_addr {_hex(load_addr)}')
+        raise BootError(f'multiboot load_end_addr {_hex(load_end)} is below load_addr '
+                        f'{_hex(load_addr)}')
     size = load_end - load_addr if load_end else len(image) - start
     if start + size > len(image):
         raise BootError(f'multiboot image is truncated: load_end_addr asks for {_size(size)} '
                         f'from file offset {_hex(start)} but the file has {len(image)} bytes')
     end = load_addr + size
     if bss_end and bss_end < end:
-        raise BootError(f'multiboot bss_end_addr {_hex(bss_end)} is below the end of the text {_hex(end)}')
+        raise BootError(f'multiboot bss_end_addr {_hex(bss_end)} is below the end of the text '
+                        f'{_hex(end)}')
     top = max(end, bss_end)
     plan.claim(load_addr, top - load_addr, 'multiboot kernel')
     plan.put(load_addr, memoryview(image)[start:start + size], 'multiboot kernel')
     plan.zero(end, top - end, 'multiboot kernel bss')
     if not load_addr <= entry < end:
-        raise BootError(f'multiboot entry_addr {_hex(entry)} is outside the loaded text {_span(load_addr, size)}')
+        raise BootError(f'multiboot entry_addr {_hex(entry)} is outside the loaded text '
+                        f'{_span(load_addr, size)}')
     return entry, load_addr, top
 
 
@@ -669,7 +676,8 @@ def _kernel_address(hdr):
     if hdr['relocatable_kernel']:
         align = hdr['kernel_alignment']
         if align == 0 or align & (align - 1):
-            raise BootError(f'bzImage setup header: kernel_alignment {_hex(align)} is not a power of two')
+            raise BootError(f'bzImage setup header: kernel_alignment {_hex(align)} is not a power '
+                            'of two')
         addr = _align_up(max(addr, KERNEL_START), align)
     return addr
 
@@ -686,7 +694,8 @@ def _check_bzimage(hdr, image, setup_size):
         raise BootError(f'bzImage is truncated: {setup_size} bytes of setup code '
                         f'(setup_sects) and no startup_64 after them in {len(image)} bytes')
     if hdr['syssize'] * 16 > len(image) - setup_size + 15:
-        raise BootError(f'bzImage is truncated: syssize says {_size(hdr["syssize"] * 16)} of kernel '
+        claimed = _size(hdr['syssize'] * 16)
+        raise BootError(f'bzImage is truncated: syssize says {claimed} of kernel '
                         f'but the file holds {_size(len(image) - setup_size)} after the setup code')
 
 
@@ -724,7 +733,8 @@ def load_bzimage(image, mem, cmdline=b'', initrd=None, rsdp=0):
     plan.claim(load, need, f'the kernel with its init_size of {_size(need)}')
     plan.put(load, kernel, 'the protected-mode kernel')
     if load + STARTUP_64_OFFSET >= 4 * GiB:
-        raise BootError(f'bzImage pref_address {_hex(load)} is above 4 GiB, outside the identity map')
+        raise BootError(f'bzImage pref_address {_hex(load)} is above 4 GiB, outside the identity '
+                        'map')
     cmdline = _as_bytes(cmdline, 'command line')
     if hdr['cmdline_size'] < len(cmdline):
         raise BootError(f'command line of {len(cmdline)} bytes is longer than the kernel\'s '
@@ -739,10 +749,11 @@ def load_bzimage(image, mem, cmdline=b'', initrd=None, rsdp=0):
     plan.put(BOOT_INFO, zp, 'the zero page', own=True)
     plan.commit()
     entry = load + STARTUP_64_OFFSET
-    return Boot('long64', entry, regs={'rsi': BOOT_INFO}, stack=BOOT_STACK,
-                describe=f'bzImage protocol {_version(hdr["version"])}, kernel at {_hex(load)} '
-                         f'({_size(len(kernel))}), entry {_hex(entry)}'
-                         + (f', initrd {_size(len(initrd))} at {_hex(initrd_addr)}' if initrd else ''))
+    what = f'bzImage protocol {_version(hdr["version"])}, kernel at {_hex(load)} ' \
+        f'({_size(len(kernel))}), entry {_hex(entry)}'
+    if initrd:
+        what += f', initrd {_size(len(initrd))} at {_hex(initrd_addr)}'
+    return Boot('long64', entry, regs={'rsi': BOOT_INFO}, stack=BOOT_STACK, describe=what)
 
 
 # --- PVH (Xen's direct boot ABI, used by Linux's vmlinux) ---------------------
@@ -802,8 +813,9 @@ def _pvh_entry(image, elf):
             if entry >= 4 * GiB:
                 raise BootError(f'PVH entry point {_hex(entry)} is above 4 GiB: not a 32-bit entry')
             return entry
-    raise BootError('no PVH entry: the ELF has no "Xen" note of type 18 (XEN_ELFNOTE_PHYS32_ENTRY), '
-                    'so the kernel was built without CONFIG_PVH; boot the bzImage instead')
+    raise BootError('no PVH entry: the ELF has no "Xen" note of type 18 '
+                    '(XEN_ELFNOTE_PHYS32_ENTRY), so the kernel was built without CONFIG_PVH; '
+                    'boot the bzImage instead')
 
 
 def load_pvh(image, mem, cmdline=b'', initrd=None, rsdp=0):
@@ -817,7 +829,8 @@ def load_pvh(image, mem, cmdline=b'', initrd=None, rsdp=0):
     plan = _Plan(mem)
     lo, hi = _plan_segments(plan, elf, image, 'vmlinux')
     if not any(s.type == PT_LOAD and s.paddr <= entry < s.paddr + s.filesz for s in elf.segments):
-        raise BootError(f'PVH entry point {_hex(entry)} is not in the loaded code of any PT_LOAD segment')
+        raise BootError(f'PVH entry point {_hex(entry)} is not in the loaded code of any PT_LOAD '
+                        'segment')
     cmd_addr = _Strings(plan).add(cmdline, 'the command line')
     initrd = _as_bytes(initrd or b'', 'initrd')
     nmods = 0

@@ -100,7 +100,8 @@ def _clean_name(name):
         raise ValueError(f'cpio entry {name!r}: ".." is not allowed in archive names')
     cleaned = '/'.join(parts) or '.'
     if '\0' in cleaned or len(os.fsencode(cleaned)) > NAME_MAX:
-        raise ValueError(f'cpio entry {name!r}: names must be NUL-free and at most {NAME_MAX} bytes')
+        raise ValueError(f'cpio entry {name!r}: names must be NUL-free and at most {NAME_MAX} '
+                         'bytes')
     return cleaned
 
 
@@ -215,7 +216,8 @@ def _field(header, i, offset):
             raise ValueError
         return int(text, 16)
     except ValueError:
-        raise ValueError(f'cpio header at offset {offset:#x}: field {i} {text!r} is not 8 hex digits') from None
+        raise ValueError(f'cpio header at offset {offset:#x}: field {i} {text!r} is not 8 hex '
+                         'digits') from None
 
 
 def read_cpio(data):

@@ -218,7 +218,8 @@ def write_platform_tables(mem, cpus, mp=True, acpi=True, ioapic_id=None,
         if not (BIOS_START <= gpa and gpa + len(data) <= TABLES_END):
             raise BootError(f'platform table at {gpa:#x} ({len(data)} bytes) leaves the BIOS area')
     if not any(s <= BIOS_START and TABLES_END <= s + n for s, n in _merge(mem.ram)):
-        raise BootError('the BIOS area 0xF0000-0xFFFFF is not guest RAM: give at least 1 MiB of --mem')
+        raise BootError('the BIOS area 0xF0000-0xFFFFF is not guest RAM: give at least 1 MiB of '
+                        '--mem')
     _write(mem, BIOS_START, bytes(TABLES_END - BIOS_START))   # no stale tables from a last boot
     for gpa, data in blobs:
         _write(mem, gpa, data)
