@@ -194,7 +194,7 @@ def _low_ram_end(ram):
     """End of the RAM region at address 0 (at most 3 GiB)."""
     for start, size in ram:
         if start == 0:
-            return size
+            return min(size, LOW_RAM_MAX)
     raise BootError('guest RAM has no region at address 0: the loaders need low memory')
 
 
