@@ -263,7 +263,7 @@ KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC = 0, 1, 2
 
 class _kvm_irqchip_u(_Union):
     _fields_ = [
-        ('dummy', ctypes.c_char * 512),
+        ('dummy', u8 * 512),
         ('pic', kvm_pic_state),
         ('ioapic', kvm_ioapic_state),
     ]
@@ -415,7 +415,7 @@ KVM_APIC_REG_SIZE = 0x400
 
 
 class kvm_lapic_state(_Struct):
-    _fields_ = [('regs', ctypes.c_char * KVM_APIC_REG_SIZE)]
+    _fields_ = [('regs', u8 * KVM_APIC_REG_SIZE)]
 
 
 # --- include/uapi/linux/kvm.h -----------------------------------------------
@@ -678,7 +678,7 @@ class _run_exit_u(_Union):
         ('eoi', type('_run_eoi', (_Struct,), {'_fields_': [('vector', u8)]})),
         ('msr', _run_msr),
         ('notify', type('_run_notify', (_Struct,), {'_fields_': [('flags', u32)]})),
-        ('padding', ctypes.c_char * 256),
+        ('padding', u8 * 256),
     ]
 
 
@@ -696,7 +696,7 @@ class kvm_run(_Struct):
         ('u', _run_exit_u),
         ('kvm_valid_regs', u64),
         ('kvm_dirty_regs', u64),
-        ('s', ctypes.c_char * 2048),
+        ('s', u8 * 2048),
     ]
 
 
