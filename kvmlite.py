@@ -2256,8 +2256,10 @@ class Vcpu:
             data = list(i.data[:min(i.ndata, 16)])
             insn = b''
             if i.suberror == KVM_INTERNAL_ERROR_EMULATION and i.ndata >= 3 and data[0] & 1:
-                raw = struct.pack('<14Q', *i.data[2:16])
-                insn = raw[1:1 + min(raw[0], 15)]      # insn_size, insn_bytes[15]
+                # emulation_failure: flags (data[0]), then insn_size and
+                # insn_bytes[15] in the next 16 bytes (data[1], data[2])
+                raw = struct.pack('<2Q', *i.data[1:3])
+                insn = raw[1:1 + min(raw[0], 15)]
             return InternalError(i.suberror, data, insn)
         if reason == ExitReason.FAIL_ENTRY:
             return FailEntry(u.fail_entry.hardware_entry_failure_reason, u.fail_entry.cpu)
