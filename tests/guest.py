@@ -1,0 +1,178 @@
+"""Helpers for tests that run guest code under real KVM (/dev/kvm).
+
+``Guest(code, mode=...)`` makes a VM with RAM at guest-physical 0, one or
+more vCPUs in real, 32-bit protected or 64-bit long mode (or 64-bit user
+mode, CPL3), and ``code`` assembled by ``tools.asm`` at :data:`CODE`.
+``guest.expect(cls, **fields)`` runs a vCPU once and fails the test with the
+whole exit (and the guest's registers) when the exit is not the one asked
+for. Tests that need KVM are decorated with :data:`requires_kvm`: it skips
+them, saying why, only when /dev/kvm does not exist; if it exists and cannot
+be used, the tests fail.
+
+Guest-physical layout (kvmlite's CPU setup owns 0x500-0xEFFF):
+  0x0500 GDT and empty IDT (kvmlite.GDT_ADDR), 0x1000 IDT for tests that take
+  interrupts, 0x8FF0 stack top, 0x9000 page tables, 0x10000 code, 0x20000
+  data, RAM up to 2 MiB; long mode maps [0, 4 GiB) one-to-one so MMIO
+  addresses (0xD0000000, the LAPIC at 0xFEE00000) are reachable.
+"""
+
+import os
+import struct
+import unittest
+
+import kvmlite as K
+from tools.asm import assemble
+
+KVM_PATH = '/dev/kvm'
+requires_kvm = unittest.skipUnless(
+    os.path.exists(KVM_PATH),
+    f'{KVM_PATH} does not exist on this host (no KVM): the guest tests need it')
+
+IDT = 0x1000
+STACK = 0x8FF0
+CODE = 0x10000
+DATA = 0x20000
+RAM_SIZE = 2 << 20
+MMIO = 0xD0000000           # an address no slot backs
+
+BITS = {'real': 16, 'prot32': 32, 'long64': 64, 'user64': 64}
+
+# user64: a 64-bit code and a data segment with DPL 3 after kvmlite's boot GDT
+SEL_USER_CODE = len(K.BOOT_GDT) * 8 | 3          # 0x33
+SEL_USER_DATA = SEL_USER_CODE + 8                # 0x3B
+USER_GDT = K.BOOT_GDT + (
+    0x00AFFA000000FFFF,     # 64-bit code, DPL 3
+    0x00CFF2000000FFFF,     # flat data, DPL 3, writable
+)
+PTE_US = 1 << 2             # page-table entry: user accessible
+
+_kvm = None
+
+
+def kvm():
+    """The process's one open /dev/kvm (opening it is not free)."""
+    global _kvm
+    if _kvm is None:
+        _kvm = K.Kvm(KVM_PATH)
+    return _kvm
+
+
+def asm(text, mode='long64', origin=CODE):
+    """Assemble guest code for ``mode``; real-mode code runs at CS:0 with CS
+    = CODE >> 4, so it is assembled at origin 0."""
+    if mode == 'real' and origin == CODE:
+        origin = 0
+    return assemble(text, bits=BITS[mode], origin=origin)
+
+
+class Guest:
+    """A VM with ``ram`` bytes at 0 and ``vcpus`` vCPUs, each entering
+    ``code`` (assembly text or bytes) at CODE in ``mode``: 'real', 'prot32',
+    'long64', or 'user64' (long mode at CPL3, pages user-accessible).
+    ``irqchip`` is None, 'split' or 'kernel'. A context manager."""
+
+    def __init__(self, code='', mode='long64', ram=RAM_SIZE, irqchip=None, vcpus=1, **regs):
+        self.mode = mode
+        self.vm = kvm().create_vm()
+        try:
+            if irqchip == 'split':
+                self.vm.create_split_irqchip()
+            elif irqchip == 'kernel':
+                self.vm.create_irqchip()
+            self.ram = self.vm.add_memory(0, ram)
+            if code:
+                self.vm.write(CODE, code if isinstance(code, bytes) else asm(code, mode))
+            for i in range(vcpus):
+                vcpu = self.vm.create_vcpu()
+                vcpu.set_cpuid2(K.cpuid_entries(kvm(), i))
+                self._enter(vcpu, **regs)
+        except BaseException:
+            self.vm.close()
+            raise
+        self.vcpu = self.vm.vcpus[0]
+
+    def _enter(self, vcpu, **regs):
+        if self.mode == 'real':
+            K.setup_real_mode(vcpu, cs=CODE >> 4, ip=0, sp=STACK)
+        elif self.mode == 'prot32':
+            K.setup_protected_mode(vcpu, self.vm, CODE, STACK)
+        else:
+            K.setup_long_mode(vcpu, self.vm, CODE, STACK)
+            if self.mode == 'user64':
+                self._to_user(vcpu)
+        if regs:
+            vcpu.set_regs(**regs)
+
+    def _to_user(self, vcpu):
+        """Drop to CPL3: DPL-3 CS and SS, and the U/S bit on the page-table
+        entries that map the low 2 MiB (kvmlite's map leaves it clear)."""
+        s = vcpu.get_sregs()
+        pml4, pdpt = s.cr3, s.cr3 + K.PAGE_SIZE
+        pd = self.vm.read_int(pdpt, 8) & ~0xFFF
+        for entry in (pml4, pdpt, pd):
+            self.vm.write_int(entry, 8, self.vm.read_int(entry, 8) | PTE_US)
+        self.vm.write(K.GDT_ADDR, struct.pack(f'<{len(USER_GDT)}Q', *USER_GDT))
+        s.gdt.limit = len(USER_GDT) * 8 - 1
+        s.cs = K.segment(SEL_USER_CODE, code=True, dpl=3, db=0, l=1)
+        for name in ('ds', 'es', 'fs', 'gs', 'ss'):
+            setattr(s, name, K.segment(SEL_USER_DATA, dpl=3))
+        vcpu.set_sregs(s)
+
+    def set_handler(self, vector, address):
+        """Point IDT entry ``vector`` (64-bit interrupt gate at IDT) at
+        ``address`` and load the IDT into every vCPU."""
+        gate = struct.pack('<HHBBHII', address & 0xFFFF, K.SEL_CODE64, 0, 0x8E,
+                           (address >> 16) & 0xFFFF, address >> 32, 0)
+        self.vm.write(IDT + 16 * vector, gate)
+        for vcpu in self.vm.vcpus:
+            s = vcpu.get_sregs()
+            s.idt.base, s.idt.limit = IDT, 256 * 16 - 1
+            vcpu.set_sregs(s)
+
+    def close(self):
+        self.vm.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def expect(self, cls, vcpu=None, timeout=10, **fields):
+        """Run ``vcpu`` (default the first) once; return the exit, failing
+        with the exit and the registers unless it is a ``cls`` whose
+        attributes equal ``fields``."""
+        vcpu = vcpu or self.vcpu
+        exit = vcpu.run(timeout=timeout)
+        check_exit(vcpu, exit, cls, **fields)
+        return exit
+
+
+def describe(vcpu, exit):
+    """One line that says where the guest was and what the exit carried."""
+    text = repr(exit)
+    if isinstance(exit, K.InternalError):
+        text += f' ({exit.describe()})'
+    try:
+        r = vcpu.get_regs()
+        s = vcpu.get_sregs()
+        text += (f'; RIP {r.rip:#x} RAX {r.rax:#x} RSP {r.rsp:#x} RFLAGS {r.rflags:#x}'
+                 f' CS {s.cs.selector:#x} CR0 {s.cr0:#x}')
+    except K.KvmError as e:
+        text += f'; registers unreadable: {e}'
+    return text
+
+
+def check_exit(vcpu, exit, cls, **fields):
+    if not isinstance(exit, cls):
+        raise AssertionError(f'expected {cls.__name__}, got {describe(vcpu, exit)}')
+    for name, want in fields.items():
+        got = getattr(exit, name)
+        if got != want:
+            raise AssertionError(f'{cls.__name__}.{name} is {got!r}, expected {want!r}: '
+                                 f'{describe(vcpu, exit)}')
+
+
+def open_fds():
+    """The number of file descriptors this process has open."""
+    return len(os.listdir('/proc/self/fd'))
