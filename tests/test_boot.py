@@ -692,10 +692,10 @@ def mutate(rng, image):
 class HostileImageTest(unittest.TestCase):
     def check_load(self, loader, image, label):
         mem = FakeMem(32 * MiB)
+        extra = {boot.load_bzimage: {'initrd': b'I' * 100}, boot.load_pvh: {'initrd': b'I' * 100},
+                 boot.load_multiboot: {'modules': [(b'M' * 5000, b'mod')]}}.get(loader, {})
         try:
-            b = loader(image, mem, initrd=b'I' * 100) if loader in (boot.load_bzimage,
-                                                                     boot.load_pvh) \
-                else loader(image, mem)
+            b = loader(image, mem, **extra)
         except BootError as e:
             self.assertTrue(str(e), label)
             self.assertEqual(mem.writes, [], f'{label}: refused but wrote {mem.writes[:3]}')
@@ -715,7 +715,7 @@ class HostileImageTest(unittest.TestCase):
         rng = random.Random(20261125)
         for name, (loader, make) in VALID_IMAGES.items():
             image, outcomes = make(), set()
-            for i in range(400):
+            for i in range(1000):
                 outcomes.add(self.check_load(loader, mutate(rng, image), f'{name} mutation {i}'))
             self.assertEqual(outcomes, {True, False}, name)   # the mutator hits both ways
 
