@@ -21,7 +21,7 @@ import struct
 import unittest
 
 import kvmlite as K
-from tools.asm import assemble
+from tools.asm import assemble_with_labels
 
 KVM_PATH = '/dev/kvm'
 requires_kvm = unittest.skipUnless(
@@ -58,11 +58,11 @@ def kvm():
 
 
 def asm(text, mode='long64', origin=CODE):
-    """Assemble guest code for ``mode``; real-mode code runs at CS:0 with CS
-    = CODE >> 4, so it is assembled at origin 0."""
+    """Assemble guest code for ``mode``: (bytes, {label: address}). Real-mode
+    code runs at CS:0 with CS = CODE >> 4, so it is assembled at origin 0."""
     if mode == 'real' and origin == CODE:
         origin = 0
-    return assemble(text, bits=BITS[mode], origin=origin)
+    return assemble_with_labels(text, bits=BITS[mode], origin=origin)
 
 
 class Guest:
@@ -80,8 +80,12 @@ class Guest:
             elif irqchip == 'kernel':
                 self.vm.create_irqchip()
             self.ram = self.vm.add_memory(0, ram)
+            #: the code's labels, by name (guest addresses, or offsets in real mode)
+            self.labels = {}
+            if isinstance(code, str):
+                code, self.labels = asm(code, mode)
             if code:
-                self.vm.write(CODE, code if isinstance(code, bytes) else asm(code, mode))
+                self.vm.write(CODE, code)
             for i in range(vcpus):
                 vcpu = self.vm.create_vcpu()
                 vcpu.set_cpuid2(K.cpuid_entries(kvm(), i))

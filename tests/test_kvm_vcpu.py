@@ -58,7 +58,7 @@ class RegisterTest(unittest.TestCase):
             g.expect(K.Hlt)
             r = g.vcpu.get_regs()
             self.assertEqual((r.rax, r.rcx, r.r15), (42, 42, 0x123456789ABC))
-            self.assertEqual(r.rip, CODE + len(asm(code)))
+            self.assertEqual(r.rip, CODE + len(asm(code)[0]))
 
     def test_special_registers_round_trip(self):
         with Guest() as g:
