@@ -2494,7 +2494,849 @@ def cpuid_entries(kvm, vcpu_index=0, policy='auto', hide=()):
 # ---------------------------------------------------------------------------
 # Snippets: run a few bytes of machine code, get registers back
 # ---------------------------------------------------------------------------
-# (section: snippet runner)
+# Intel SDM Vol. 3: 4.5 (4-level paging), 5.8-5.12 (privilege levels, gates),
+# 6.12-6.14 (exception frames in each mode), 7.2 and 8.7 (the TSS and its I/O
+# permission bitmap), 17.2-17.3 (debug traps); AMD APM Vol. 2, 6.1 (SYSCALL,
+# STAR/LSTAR/SFMASK). The API mirrors unicorn's Uc (mem_map, mem_write,
+# reg_write, emu_start, hook_*), but the code runs on the real CPU.
+#
+# How a snippet reports back: kvmlite owns a system area (SNIPPET_SYSTEM) with
+# a GDT, a TSS, an IDT whose 256 gates each point to a 4-byte stub
+# ``out SNIPPET_TRAP_PORT, al; hlt``, and, in long mode, the page tables. The
+# stub's port write exits to Python, its RIP says which vector it was, and
+# Python unwinds the frame the CPU pushed, so the registers read back as they
+# were at the faulting instruction. ``syscall`` enters another such stub (on
+# kvm_pvm it arrives there still at CPL3: the TSS's I/O bitmap lets CPL3 use
+# every port, so the stub works at either level). At CPL3 the snippet runs
+# natively; only the stubs run at CPL0.
+
+import dataclasses as _dataclasses
+import unittest as _unittest
+
+__all__ += ['Snippet', 'Stop', 'SnippetError', 'SnippetTestCase', 'kvm_unavailable']
+
+SNIPPET_MODES = ('real', 'prot32', 'long64')
+SNIPPET_CODE_ADDR = 0x1000          # where run(code_bytes) puts the code
+SNIPPET_TRAP_PORT = 0xEF            # the stubs' port; the RIP tells stubs from the snippet
+# mode -> (base, size) of kvmlite's system area: below the 3 pages Intel's
+# KVM_SET_TSS_ADDR takes at 0xFFFBD000; in real mode just above 1 MiB, where
+# FFFF:E410 reaches the stubs (KVM does not mask A20)
+SNIPPET_SYSTEM = {'real': (0x10E000, 0x1000), 'prot32': (0xFF800000, 0x8000),
+                  'long64': (0xFF800000, 0x400000)}
+_SYS_GDT, _SYS_IDT, _SYS_TSS = 0x0, 0x1000, 0x2000       # protected and long mode
+_SYS_STUBS, _SYS_STACK_TOP, _SYS_PAGE_TABLES = 0x5000, 0x7000, 0x8000
+_REAL_STUBS, _REAL_STUB_SEG = 0x400, 0xFFFF               # the IVT is at offset 0
+_STUB = bytes((0xE6, SNIPPET_TRAP_PORT, 0xF4, 0x90))    # out port, al; hlt; nop
+_SYSCALL_STUB = 256                 # the stub after the 256 vectors' is LSTAR's
+_IOPB = 0x68                        # the I/O permission bitmap follows the TSS proper
+_TSS_LIMIT = _IOPB + 8192           # 8 KiB of zeros (every port allowed) + 0xFF
+
+# GDT (protected and long mode); the selectors follow Linux's so that STAR's
+# SYSRET base 0x23 gives user CS 0x33 and SS 0x2b
+SNIPPET_GDT = (
+    0,
+    0x00CF9B000000FFFF,    # 0x08: ring-0 code, 32-bit
+    0x00AF9B000000FFFF,    # 0x10: ring-0 code, 64-bit
+    0x00CF93000000FFFF,    # 0x18: ring-0 data
+    0x00CFFB000000FFFF,    # 0x23: ring-3 code, 32-bit
+    0x00CFF3000000FFFF,    # 0x2b: ring-3 data
+    0x00AFFB000000FFFF,    # 0x33: ring-3 code, 64-bit
+)                          # 0x38: the TSS (16 bytes)
+_SEL_TSS = 0x38
+# mode, cpl -> (CS selector, data/stack selector)
+_SNIPPET_SELECTORS = {('prot32', 0): (0x08, 0x18), ('prot32', 3): (0x23, 0x2B),
+                      ('long64', 0): (0x10, 0x18), ('long64', 3): (0x33, 0x2B)}
+
+MSR_STAR, MSR_LSTAR, MSR_SFMASK = 0xC0000081, 0xC0000082, 0xC0000084
+PTE_P, PTE_RW, PTE_US, PTE_PS, PTE_NX = 1, 2, 4, 0x80, 1 << 63
+RFLAGS_TF, RFLAGS_RF = 1 << 8, 1 << 16
+SNIPPET_FLAGS = {'CF': 0, 'PF': 2, 'AF': 4, 'ZF': 6, 'SF': 7, 'TF': 8, 'IF': 9, 'DF': 10,
+                 'OF': 11}
+
+EXCEPTION_NAMES = ('DE', 'DB', 'NMI', 'BP', 'OF', 'BR', 'UD', 'NM', 'DF', 'MP', 'TS', 'NP',
+                   'SS', 'GP', 'PF', '15', 'MF', 'AC', 'MC', 'XM', 'VE', 'CP')
+_ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17, 21, 29, 30))
+_USER_GATES = frozenset((3, 4, 0x80))   # int3, into and int 0x80 are allowed at CPL3
+
+
+class SnippetError(KvmliteError, ValueError):
+    """A bad request to a Snippet: unknown register, overlapping map..."""
+
+
+@_dataclasses.dataclass
+class Stop:
+    """Why :meth:`Snippet.run` returned.
+
+    ``reason`` is one of: 'hlt' (RIP after the HLT), 'breakpoint' (an int3
+    at ``address``; RIP after it), 'until' (reached the ``until`` address),
+    'count' (ran ``count`` instructions), 'timeout', 'stopped' (a hook
+    called :meth:`Snippet.stop`), 'exception' (``vector``, ``error_code``
+    or None, ``address``: CR2 for #PF, else the faulting instruction; RIP
+    is that instruction for a fault, the next one for a trap), 'syscall'
+    (no syscall hook; RIP after the syscall), 'mmio' (an access to
+    ``address`` that no memory backs and no MMIO hook answered), 'shutdown'
+    (triple fault) or 'error' (KVM could not go on; ``exit`` says why).
+    """
+    reason: str
+    rip: int
+    vector: int = None
+    error_code: int = None
+    address: int = None
+    exit: object = None
+
+    @property
+    def name(self):
+        """'#PF' for an exception vector, 'int 0x21' for a software interrupt."""
+        if self.vector is None:
+            return None
+        if self.vector < len(EXCEPTION_NAMES):
+            return '#' + EXCEPTION_NAMES[self.vector]
+        return f'int {self.vector:#x}'
+
+    def __str__(self):
+        text = f'{self.reason} at rip {self.rip:#x}'
+        if self.vector is not None:
+            text += f': {self.name}'
+            if self.error_code is not None:
+                text += f' error code {self.error_code:#x}'
+        if self.address is not None:
+            text += f', address {self.address:#x}'
+        if isinstance(self.exit, InternalError):
+            text += f' ({self.exit.describe()})'
+        elif self.exit is not None:
+            text += f' ({self.exit!r})'
+        return text
+
+
+def _snippet_registers():
+    """Register name -> (kvm_regs field, shift, bits) for every GPR view."""
+    table = {}
+    for r in 'abcd':
+        q = f'r{r}x'
+        table.update({q: (q, 0, 64), f'e{r}x': (q, 0, 32), f'{r}x': (q, 0, 16),
+                      f'{r}l': (q, 0, 8), f'{r}h': (q, 8, 8)})
+    for r in ('si', 'di', 'sp', 'bp'):
+        q = 'r' + r
+        table.update({q: (q, 0, 64), 'e' + r: (q, 0, 32), r: (q, 0, 16), r + 'l': (q, 0, 8)})
+    for i in range(8, 16):
+        q = f'r{i}'
+        table.update({q: (q, 0, 64), q + 'd': (q, 0, 32), q + 'w': (q, 0, 16), q + 'b': (q, 0, 8)})
+    for q, e, w in (('rip', 'eip', 'ip'), ('rflags', 'eflags', 'flags')):
+        table.update({q: (q, 0, 64), e: (q, 0, 32), w: (q, 0, 16)})
+    return table
+
+
+_SNIPPET_GPRS = _snippet_registers()
+_SNIPPET_SEGS = ('cs', 'ds', 'es', 'fs', 'gs', 'ss')
+_SNIPPET_SREGS = ('cr0', 'cr2', 'cr3', 'cr4', 'cr8', 'efer')
+_XSAVE_XMM, _XSAVE_MXCSR, _XSAVE_BV = 160, 24, 512   # offsets in the XSAVE legacy area
+_XFEATURE_SSE = 1 << 1
+
+
+def kvm_unavailable(path='/dev/kvm'):
+    """None when KVM can be used here, else a sentence saying why not."""
+    if not os.path.exists(path):
+        return f'{path} is missing: this host has no KVM'
+    try:
+        Kvm(path).close()
+    except KvmError as e:
+        return str(e)
+    return None
+
+
+class Snippet:
+    """A one-vCPU VM that runs a few bytes of machine code and reports back.
+
+    ``mode`` is 'real', 'prot32' or 'long64'; ``cpl`` 0 or 3 (real mode is
+    CPL0). ``mem_size`` bytes of rwx RAM are mapped at 0 (0: map nothing, as
+    unicorn does). Memory, registers and hooks persist across runs.
+    Addresses are linear and mapped one-to-one (in real mode CS:IP is the
+    linear ``CS * 16 + IP``); ``SNIPPET_SYSTEM[mode]`` is kvmlite's own.
+    On hosts like kvm_pvm CPL0 and real-mode code is emulated (about a
+    thousand times slower, and some instructions fail: 'error' stops);
+    CPL3 code runs natively. A context manager.
+    """
+
+    def __init__(self, mode='long64', cpl=0, mem_size=0x100000, kvm=None):
+        if mode not in SNIPPET_MODES:
+            raise SnippetError(f'unknown mode {mode!r}: use one of {", ".join(SNIPPET_MODES)}')
+        if cpl not in (0, 3) or (mode == 'real' and cpl):
+            raise SnippetError(f'cpl {cpl!r} in {mode}: use 0 or 3 (real mode runs at 0)')
+        self.mode, self.cpl = mode, cpl
+        self._own_kvm = kvm is None
+        self.kvm = Kvm() if kvm is None else kvm
+        self.vm = None
+        self._regions = []             # [(addr, size, perms)]; perms '' is MMIO
+        self._system = None            # the system area's memory slot
+        self._tables_dirty = True      # long mode: the page tables lag the regions
+        self._hooks = {}               # kind -> callable
+        self._ran = False
+        self._stop = None              # set by a handler that ends the run
+        self._until = self._patched = self._steps = None
+        try:
+            self.vm = Vm(self.kvm)
+            self.vcpu = self.vm.create_vcpu()
+            self.vcpu.set_cpuid2(cpuid_entries(self.kvm))
+            self._write_system_area()
+            self._enter_mode()
+            if mem_size:
+                self.mem_map(0, mem_size)
+                # the stack starts at the top of RAM (SP 0 wraps to 0xFFFE in real mode)
+                self.vcpu.set_regs(rsp=min(mem_size, 0x10000) & 0xFFFF if mode == 'real'
+                                   else mem_size)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        if self.vm is not None:
+            self.vm.close()
+            self.vm = None
+        if self._own_kvm:
+            self.kvm.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- the system area: GDT, TSS, IDT, stubs, page tables --------------------
+    @property
+    def _stubs(self):
+        """Guest address of vector 0's stub."""
+        return self._system.gpa + (_REAL_STUBS if self.mode == 'real' else _SYS_STUBS)
+
+    def _write_system_area(self):
+        """(Re)create the system area. A new slot, not a rewrite: KVM's shadow
+        MMU would keep using page tables that user space rewrote behind it."""
+        if self._system is not None:
+            self.vm.remove_memory(self._system)
+        base, size = SNIPPET_SYSTEM[self.mode]
+        self._system = self.vm.add_memory(base, size)
+        stubs = _STUB * (_SYSCALL_STUB + 1)
+        if self.mode == 'real':
+            off = self._stubs - (_REAL_STUB_SEG << 4)
+            self.vm.write(base, b''.join(struct.pack('<HH', off + 4 * v, _REAL_STUB_SEG)
+                                         for v in range(256)))
+            self.vm.write(self._stubs, stubs)
+            return
+        gdt = SNIPPET_GDT + _tss_descriptor(base + _SYS_TSS, _TSS_LIMIT)
+        self.vm.write(base + _SYS_GDT, struct.pack(f'<{len(gdt)}Q', *gdt))
+        self.vm.write(base + _SYS_IDT, b''.join(self._gate(v) for v in range(256)))
+        tss = bytearray(_TSS_LIMIT + 1)
+        stack = base + _SYS_STACK_TOP
+        if self.mode == 'long64':
+            struct.pack_into('<QQ', tss, 4, stack, 0)      # RSP0
+            struct.pack_into('<Q', tss, 0x24, stack)       # IST1: every gate uses it
+        else:
+            struct.pack_into('<II', tss, 4, stack, 0x18)   # ESP0, SS0
+        struct.pack_into('<H', tss, 0x66, _IOPB)
+        tss[-1] = 0xFF                                     # the bitmap's terminator
+        self.vm.write(base + _SYS_TSS, bytes(tss))
+        self.vm.write(self._stubs, stubs)
+        if self.mode == 'long64':
+            self._write_page_tables()
+
+    def _gate(self, vector):
+        """An interrupt gate to ``vector``'s stub."""
+        target = self._stubs + 4 * vector
+        dpl = 3 if vector in _USER_GATES else 0
+        kind = 0x8E | dpl << 5                             # present, interrupt gate
+        if self.mode == 'long64':                          # IST 1, 64-bit code
+            return struct.pack('<HHBBHIxxxx', target & 0xFFFF, 0x10, 1, kind,
+                               target >> 16 & 0xFFFF, target >> 32)
+        return struct.pack('<HHBBH', target & 0xFFFF, 0x08, 0, kind, target >> 16)
+
+    def _enter_mode(self):
+        """Set the vCPU straight into ``mode`` at ``cpl``: no code runs to get there."""
+        s = self.vcpu.get_sregs()
+        base = self._system.gpa
+        if self.mode == 'real':
+            for name in _SNIPPET_SEGS:
+                seg = getattr(s, name)
+                seg.selector, seg.base, seg.limit = 0, 0, 0xFFFF
+            s.cr0 &= ~(CR0_PE | CR0_PG)
+            s.idt.base, s.idt.limit = base, 256 * 4 - 1
+        else:
+            code, data = _SNIPPET_SELECTORS[self.mode, self.cpl]
+            long_mode = self.mode == 'long64'
+            s.cs = segment(code, code=True, dpl=self.cpl, db=0 if long_mode else 1,
+                           l=1 if long_mode else 0)
+            for name in ('ds', 'es', 'fs', 'gs', 'ss'):
+                setattr(s, name, segment(data, dpl=self.cpl))
+            s.tr = kvm_segment(base=base + _SYS_TSS, limit=_TSS_LIMIT, selector=_SEL_TSS,
+                               type=0xB, present=1)
+            s.gdt.base, s.gdt.limit = base + _SYS_GDT, (len(SNIPPET_GDT) + 2) * 8 - 1
+            s.idt.base, s.idt.limit = base + _SYS_IDT, 256 * (16 if long_mode else 8) - 1
+            s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE
+            s.cr4 = CR4_OSFXSR | CR4_OSXMMEXCPT
+            s.efer = 0
+            if long_mode:
+                s.cr0 |= CR0_PG | CR0_WP
+                s.cr4 |= CR4_PAE
+                s.cr3 = base + _SYS_PAGE_TABLES
+                s.efer = EFER_LME | EFER_LMA | EFER_SCE | EFER_NXE
+                self.vcpu.set_msrs({MSR_LSTAR: self._stubs + 4 * _SYSCALL_STUB,
+                                    MSR_STAR: 0x10 << 32 | 0x23 << 48,
+                                    MSR_SFMASK: 0x4700})   # TF, IF, DF, NT
+        self._user_cs, self._user_ss = _copy(s.cs), _copy(s.ss)
+        self.vcpu.set_sregs(s)
+        self.vcpu.set_regs(kvm_regs(rflags=0x2))
+
+    def _page_plan(self):
+        """(address, size, PTE flags) of every range the guest may touch."""
+        sys = self._system.gpa
+        plan = [(sys, _SYS_STUBS, PTE_P | PTE_RW | PTE_NX),          # GDT, IDT, TSS
+                (self._stubs, PAGE_SIZE, PTE_P | PTE_US),            # stubs (LSTAR's at CPL3 too)
+                (sys + _SYS_STUBS + PAGE_SIZE, PAGE_SIZE, PTE_P | PTE_RW | PTE_NX)]   # stack
+        for addr, size, perms in self._regions:
+            nx = 0 if 'x' in perms else PTE_NX
+            plan.append((addr, size, PTE_P | PTE_RW | PTE_US | nx))
+        return plan
+
+    def _write_page_tables(self):
+        """A 4-level identity map of the regions: 2 MiB pages where a region
+        covers a whole aligned 2 MiB, 4 KiB pages elsewhere."""
+        leaves = {}                  # 2 MiB chunk -> big-page entry or a page table
+        for addr, size, flags in self._page_plan():
+            end = addr + size
+            while addr < end:
+                chunk = addr >> 21
+                if not addr & 0x1FFFFF and end - addr >= 1 << 21:
+                    leaves[chunk] = addr | flags | PTE_PS
+                    addr += 1 << 21
+                    continue
+                table, stop = leaves.setdefault(chunk, bytearray(PAGE_SIZE)), min(end, (chunk + 1) << 21)
+                for a in range(addr, stop, PAGE_SIZE):
+                    struct.pack_into('<Q', table, (a >> 12 & 511) * 8, a | flags)
+                addr = stop
+        tables = {}                  # guest address -> table contents
+        room = range(self._system.gpa + _SYS_PAGE_TABLES, self._system.end, PAGE_SIZE)
+
+        def new(contents=None):
+            if len(tables) == len(room):
+                raise SnippetError(f'the regions need more than {len(room)} page tables: '
+                                   'map fewer, larger or 2 MiB-aligned regions')
+            a = room[len(tables)]
+            tables[a] = contents if contents is not None else bytearray(PAGE_SIZE)
+            return a
+
+        def child(table, index):
+            entry = struct.unpack_from('<Q', tables[table], index * 8)[0]
+            if not entry:
+                entry = new() | PTE_P | PTE_RW | PTE_US
+                struct.pack_into('<Q', tables[table], index * 8, entry)
+            return entry & 0x000FFFFFFFFFF000
+
+        pml4 = new()
+        for chunk, leaf in sorted(leaves.items()):
+            va = chunk << 21
+            pd = child(child(pml4, va >> 39 & 511), va >> 30 & 511)
+            entry = leaf if isinstance(leaf, int) else new(leaf) | PTE_P | PTE_RW | PTE_US
+            struct.pack_into('<Q', tables[pd], (va >> 21 & 511) * 8, entry)
+        for a, contents in tables.items():
+            self.vm.write(a, contents)
+        self._tables_dirty = False
+
+    # -- memory ----------------------------------------------------------------
+    def mem_map(self, addr, size, perms='rwx'):
+        """Map ``size`` bytes of zeroed RAM at ``addr`` (both 4 KiB-aligned).
+        Without 'w' the region is read-only: writes reach the MMIO hook.
+        Without 'x' (long64 only: NX) fetches fault with #PF. x86 pages are
+        always readable, so ``perms`` must hold 'r'."""
+        if not set(perms) <= set('rwx') or 'r' not in perms:
+            raise SnippetError(f"perms {perms!r}: use 'r' plus any of 'w', 'x' "
+                               '(x86 memory is always readable)')
+        self._claim(addr, size, 'memory')
+        self.vm.add_memory(addr, size, readonly='w' not in perms)
+        self._add_region(addr, size, perms)
+
+    def mmio_map(self, addr, size):
+        """Make ``addr``..``addr + size`` device memory: no RAM, every access
+        goes to the MMIO hook. (In real and prot32 mode, which run without
+        paging, any unmapped address already does; in long64 only mapped
+        pages are present, the rest faults with #PF.)"""
+        self._claim(addr, size, 'MMIO')
+        self._add_region(addr, size, '')
+
+    def _claim(self, addr, size, what):
+        if addr % PAGE_SIZE or size % PAGE_SIZE or size <= 0:
+            raise SnippetError(f'{what} at {addr:#x} of {size:#x} bytes: address and size must '
+                               f'be multiples of {PAGE_SIZE:#x} (4 KiB), size above 0')
+        if self.mode == 'long64' and addr + size > 1 << 47:
+            raise SnippetError(f'{what} at {addr:#x}-{addr + size - 1:#x}: long64 maps '
+                               'identity pages below 0x800000000000 only')
+        taken = [(a, s, 'MMIO' if not p else f'memory ({p})') for a, s, p in self._regions]
+        taken.append((self._system.gpa, self._system.size, "kvmlite's system area"))
+        for a, s, name in taken:
+            if addr < a + s and a < addr + size:
+                raise SnippetError(f'{what} at {addr:#x}-{addr + size - 1:#x} overlaps '
+                                   f'{name} at {a:#x}-{a + s - 1:#x}')
+
+    def _add_region(self, addr, size, perms):
+        self._regions.append((addr, size, perms))
+        self._regions.sort()
+        self._tables_dirty = self.mode == 'long64'
+
+    def _ram_pieces(self, addr, size):
+        """(address, length) pieces of ``addr``..``addr + size``, one per slot."""
+        while size > 0:
+            slot = next((s for s in self.vm.slots if s.gpa <= addr < s.end), None)
+            if slot is None:
+                raise SnippetError(f'{addr:#x} is not in mapped memory (mem_map it first)')
+            n = min(size, slot.end - addr)
+            yield addr, n
+            addr, size = addr + n, size - n
+
+    def mem_write(self, addr, data):
+        data = bytes(data)
+        done = 0
+        for a, n in list(self._ram_pieces(addr, len(data))):
+            self.vm.write(a, data[done:done + n])
+            done += n
+
+    def mem_read(self, addr, size):
+        return b''.join(self.vm.read(a, n) for a, n in self._ram_pieces(addr, size))
+
+    def _peek(self, addr):
+        """The byte at ``addr``, or None where no RAM is."""
+        try:
+            return self.vm.read(addr, 1)[0]
+        except GuestMemoryError:
+            return None
+
+    # -- registers -------------------------------------------------------------
+    def reg_read(self, name):
+        """A register by name: rax..r15 and their 32/16/8-bit views (eax, ax,
+        al, ah, r8d...), rip/eip/ip, rflags/eflags/flags, cs..ss (selectors),
+        cs_base..gs_base, cr0, cr2, cr3, cr4, cr8, efer, xmm0-xmm15 (128-bit
+        ints) and mxcsr."""
+        where, key = self._register(name)
+        if where == 'gpr':
+            field, shift, bits = key
+            return getattr(self.vcpu.get_regs(), field) >> shift & ((1 << bits) - 1)
+        if where == 'xsave':
+            raw = bytes(self.vcpu.get_xsave())
+            return int.from_bytes(raw[key[0]:key[0] + key[1]], 'little')
+        s = self.vcpu.get_sregs()
+        if where == 'seg':
+            seg, attr = key
+            return getattr(getattr(s, seg), attr)
+        return getattr(s, key)
+
+    def reg_write(self, name, value):
+        """Set a register (see :meth:`reg_read`). A narrow view keeps the other
+        bits (as unicorn does); xmm registers take an int or 16 bytes. Segment
+        selectors can be written in real mode only (the base follows)."""
+        where, key = self._register(name)
+        if where == 'xsave':
+            off, size = key
+            if isinstance(value, (bytes, bytearray)):
+                if len(value) != size:
+                    raise SnippetError(f'{name} takes {size} bytes, got {len(value)}')
+                value = int.from_bytes(value, 'little')
+            raw = bytearray(bytes(self.vcpu.get_xsave()))
+            raw[off:off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, 'little')
+            # a clear XSTATE_BV bit would make KVM load the SSE state as all zeros
+            struct.pack_into('<Q', raw, _XSAVE_BV,
+                             struct.unpack_from('<Q', raw, _XSAVE_BV)[0] | _XFEATURE_SSE)
+            self.vcpu.set_xsave(bytes(raw))
+            return
+        if not isinstance(value, int):
+            raise SnippetError(f'{name} takes an int, got {type(value).__name__}')
+        if where == 'gpr':
+            field, shift, bits = key
+            regs = self.vcpu.get_regs()
+            mask = ((1 << bits) - 1) << shift
+            setattr(regs, field, getattr(regs, field) & ~mask | (value << shift) & mask)
+            self.vcpu.set_regs(regs)
+            return
+        s = self.vcpu.get_sregs()
+        if where == 'seg':
+            seg, attr = key
+            if attr == 'selector':
+                if self.mode != 'real':
+                    raise SnippetError(f'{name}: selectors are kvmlite\'s in {self.mode}; '
+                                       f'write {name}_base instead')
+                getattr(s, seg).base = (value & 0xFFFF) << 4
+            setattr(getattr(s, seg), attr, value)
+        else:
+            setattr(s, key, value)
+        self.vcpu.set_sregs(s)
+
+    def _register(self, name):
+        """(where, key) of a register name, or SnippetError."""
+        n = name.lower() if isinstance(name, str) else ''
+        if n in _SNIPPET_GPRS:
+            return 'gpr', _SNIPPET_GPRS[n]
+        if n in _SNIPPET_SEGS:
+            return 'seg', (n, 'selector')
+        if n.endswith('_base') and n[:-5] in _SNIPPET_SEGS:
+            return 'seg', (n[:-5], 'base')
+        if n in _SNIPPET_SREGS:
+            return 'sreg', n
+        if n.startswith('xmm') and n[3:].isdigit() and int(n[3:]) < 16:
+            return 'xsave', (_XSAVE_XMM + 16 * int(n[3:]), 16)
+        if n == 'mxcsr':
+            return 'xsave', (_XSAVE_MXCSR, 4)
+        raise SnippetError(f'unknown register {name!r}: use rax..r15 (or eax, ax, al...), rip, '
+                           'rflags, cs..ss, fs_base, gs_base, cr0..cr4, efer, xmm0..xmm15, mxcsr')
+
+    def flags(self):
+        """The names of the status and control flags set in RFLAGS ('CF', 'ZF'...)."""
+        rflags = self.vcpu.get_regs().rflags
+        return frozenset(f for f, bit in SNIPPET_FLAGS.items() if rflags >> bit & 1)
+
+    # -- hooks -----------------------------------------------------------------
+    # Each hook gets the Snippet first, so it can read and write registers and
+    # memory, or call stop(). Adding a hook of a kind replaces the last one.
+    def hook_io(self, fn):
+        """``fn(snippet, port, size, value)`` for each ``out`` (``value`` an
+        int) and ``in`` (``value`` None: return the value; None reads all
+        ones). Without a hook, port I/O goes to ``snippet.vm.pio``."""
+        self._hooks['io'] = fn
+
+    def hook_mmio(self, fn):
+        """``fn(snippet, address, size, value)`` for each access to memory
+        no RAM backs (see mmio_map) and each write to read-only memory;
+        ``value`` is None for a read: return the value (None reads all ones).
+        Without a hook such an access stops the run ('mmio')."""
+        self._hooks['mmio'] = fn
+
+    def hook_msr(self, fn, msrs=None):
+        """``fn(snippet, index, value)`` for each ``rdmsr`` (``value`` None:
+        return the value) and ``wrmsr`` of the MSRs in ``msrs`` (default: all).
+        Return None to let KVM do what it would have done, False to make the
+        instruction raise #GP. rdmsr and wrmsr are CPL0 instructions."""
+        if msrs is not None and len(msrs) > KVM_MSR_FILTER_MAX_RANGES:
+            raise SnippetError(f'hook_msr takes at most {KVM_MSR_FILTER_MAX_RANGES} MSRs '
+                               f'(one filter range each), or None for all')
+        self.vm.enable_cap(Cap.X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER |
+                           KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_INVAL)
+        both = KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE
+        # a filter bit of 0 denies the access, and a denied access exits to us;
+        # KVM refuses a deny-all filter without ranges, hence the one empty range
+        ranges = [(both, index, 1, b'\0') for index in (msrs if msrs is not None else [0])]
+        self.vm.set_msr_filter(ranges, default_allow=msrs is not None)
+        self._hooks['msr'] = fn
+
+    def hook_cpuid(self, fn, leaves=()):
+        """``fn(snippet, leaf, subleaf)`` returns ``(eax, ebx, ecx, edx)`` or
+        None (keep KVM's answer). KVM answers the guest's ``cpuid`` from a
+        table that is fixed once the vCPU has run, so ``fn`` is asked now, for
+        every leaf in KVM's table and in ``leaves`` (ints or (leaf, subleaf)),
+        and the guest's ``cpuid`` then returns its answers."""
+        if self._ran:
+            raise SnippetError('hook_cpuid must come before the first run: KVM fixes the '
+                               'CPUID table once the vCPU has run')
+        entries = cpuid_entries(self.kvm)
+        known = {(e.function, e.index) for e in entries}
+        for leaf in leaves:
+            leaf, sub = leaf if isinstance(leaf, tuple) else (leaf, 0)
+            if (leaf, sub) not in known:
+                entries.append(kvm_cpuid_entry2(function=leaf, index=sub,
+                                                flags=KVM_CPUID_FLAG_SIGNIFCANT_INDEX if sub else 0))
+        for e in entries:
+            answer = fn(self, e.function, e.index)
+            if answer is not None:
+                e.eax, e.ebx, e.ecx, e.edx = (v & 0xFFFFFFFF for v in answer)
+        self.vcpu.set_cpuid2(entries)
+        self._hooks['cpuid'] = fn
+
+    def hook_syscall(self, fn):
+        """``fn(snippet)`` for each ``syscall`` (long64) and ``int 0x80``
+        (at CPL3): it reads the arguments with reg_read and returns the result
+        for RAX (None leaves RAX as it is). The snippet goes on after the
+        instruction; SYSCALL's RCX and R11 hold the return RIP and RFLAGS, as
+        on hardware. Without a hook a system call stops the run ('syscall')."""
+        self._hooks['syscall'] = fn
+
+    def hook_exception(self, fn):
+        """``fn(snippet, stop)`` for each exception (and software interrupt
+        other than int3 and system calls): ``stop`` is the :class:`Stop` the
+        run would return. Return True to go on (from the registers as the hook
+        left them: a fault's RIP is the faulting instruction), else the run
+        stops with ``stop``."""
+        self._hooks['exception'] = fn
+
+    def stop(self):
+        """End the current run (from a hook or another thread): it returns
+        Stop('stopped'). Unicorn calls this emu_stop."""
+        self.vcpu.kick('stop')
+
+    emu_stop = stop
+
+    # -- running ---------------------------------------------------------------
+    def run(self, start=None, until=None, timeout=1.0, count=None):
+        """Run until something stops the snippet; returns a :class:`Stop`.
+
+        ``start``: code bytes (written at SNIPPET_CODE_ADDR and run from
+        there), an address, or None (go on from RIP). ``until``: stop on
+        reaching this address (an instruction's). ``count``: stop after this
+        many instructions (single-stepped: slow). ``timeout``: seconds, or None.
+        """
+        if isinstance(start, (bytes, bytearray, memoryview)):
+            self.mem_write(SNIPPET_CODE_ADDR, start)
+            start = SNIPPET_CODE_ADDR
+        if start is not None:
+            self._jump(start)
+        if count is not None and count < 1:
+            raise SnippetError(f'count {count}: run at least one instruction, or pass None')
+        if self._tables_dirty:
+            self._write_system_area() if self._ran else self._write_page_tables()
+        self._stop = None
+        self.vcpu.kvm_run.immediate_exit = 0       # a stop() between runs is spent
+        self._arm(until, count)
+        try:
+            self._ran = True
+            exit = self.vcpu.run_loop(self._handlers(), timeout=timeout)
+            if self._stop is None:
+                self._stop = self._final(exit)
+        finally:
+            self._disarm()
+        return self._stop
+
+    def emu_start(self, begin, until, timeout=0, count=0):
+        """unicorn's emu_start: ``timeout`` in microseconds and ``count`` in
+        instructions, 0 for no limit. Returns the Stop."""
+        return self.run(begin, until=until, timeout=timeout / 1e6 if timeout else None,
+                        count=count or None)
+
+    def _jump(self, address):
+        if self.mode != 'real':
+            self.vcpu.set_regs(rip=address)
+            return
+        cs = 0 if address < 0x10000 else address >> 4
+        s = self.vcpu.get_sregs()
+        s.cs.selector, s.cs.base = cs, cs << 4
+        self.vcpu.set_sregs(s)
+        self.vcpu.set_regs(rip=address - (cs << 4))
+
+    def _emulated(self):
+        return self.cpl == 0 or self.mode == 'real'
+
+    def _arm(self, until, count):
+        """``until``: KVM's hardware breakpoint where the code is emulated
+        (kvm_pvm's CPL3 ignores it, and the emulator cannot run int3), an int3
+        written over the target at CPL3. ``count``: the trap flag."""
+        self._until, self._patched, self._steps = until, None, count
+        if until is not None:
+            if self._emulated():
+                self.vcpu.set_guest_debug(breakpoints=[until])
+            elif self._peek(until) is not None:
+                self._patched = self._peek(until)
+                self.vm.write(until, b'\xcc')
+            elif self.mode != 'long64':      # long64 catches the fetch's #PF instead
+                raise SnippetError(f'until {until:#x} is not in mapped memory')
+        if count is not None:
+            self.vcpu.set_regs(rflags=self.vcpu.get_regs().rflags | RFLAGS_TF)
+
+    def _disarm(self):
+        if self._until is not None and self._emulated():
+            self.vcpu.set_guest_debug(enable=False)
+        if self._patched is not None:
+            self.vm.write(self._until, bytes((self._patched,)))
+        if self._steps is not None:
+            self.vcpu.set_regs(rflags=self.vcpu.get_regs().rflags & ~RFLAGS_TF)
+        self._until = self._patched = self._steps = None
+
+    def _handlers(self):
+        return {IoOut: self._on_io, IoIn: self._on_io, MmioRead: self._on_mmio,
+                MmioWrite: self._on_mmio, RdMsr: self._on_msr, WrMsr: self._on_msr,
+                Debug: self._on_debug}
+
+    def _halt(self, stop):
+        """End the run with ``stop`` (a handler's return value)."""
+        self._stop = stop
+        return False
+
+    def _final(self, exit):
+        """The Stop for an exit no handler took."""
+        rip = self.vcpu.get_regs().rip
+        if isinstance(exit, Hlt):
+            return Stop('hlt', rip)
+        if isinstance(exit, Interrupted):
+            if exit.why == 'timeout' and self._in_stub():
+                return self._finish_trap() or Stop('timeout', self.vcpu.get_regs().rip)
+            return Stop('timeout' if exit.why == 'timeout' else 'stopped', rip)
+        if isinstance(exit, Shutdown):
+            return Stop('shutdown', rip, exit=exit)
+        linear = self._linear(rip)
+        if isinstance(exit, InternalError) and self._peek(linear) == 0xCC:
+            # the emulator cannot run int3: report it as the CPU would have
+            self.vcpu.set_regs(rip=rip + 1)
+            return Stop('breakpoint', rip + 1, address=linear)
+        return Stop('error', rip, exit=exit)
+
+    def _linear(self, ip):
+        if self.mode != 'real':
+            return ip
+        return self.vcpu.get_sregs().cs.base + ip
+
+    def _in_stub(self):
+        rip = self._linear(self.vcpu.get_regs().rip)
+        return self._stubs <= rip < self._stubs + 4 * (_SYSCALL_STUB + 1)
+
+    def _finish_trap(self):
+        """A timeout caught the vCPU inside a stub: let it reach the port
+        write, so the registers read back as the snippet's. Returns the Stop
+        the trap makes, or None."""
+        exit = self.vcpu.run(timeout=1.0)
+        if isinstance(exit, IoOut) and not self._on_io(self.vcpu, exit):
+            return self._stop
+        return None
+
+    # -- exit handlers: True runs on, False ends the run with self._stop -------
+    def _on_io(self, vcpu, exit):
+        if exit.port == SNIPPET_TRAP_PORT and isinstance(exit, IoOut) and self._in_stub():
+            regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+            return self._on_trap(regs, sregs, (self._linear(regs.rip) - 2 - self._stubs) // 4)
+        hook, size = self._hooks.get('io'), exit.size
+        ones = (1 << 8 * size) - 1
+        for i in range(exit.count):
+            if isinstance(exit, IoOut):
+                value = int.from_bytes(exit.data[i * size:(i + 1) * size], 'little')
+                hook(self, exit.port, size, value) if hook else self.vm.pio.write(exit.port, size, value)
+            else:
+                value = hook(self, exit.port, size, None) if hook else self.vm.pio.read(exit.port, size)
+                value = ones if value is None else value & ones
+                exit.buf[i * size:(i + 1) * size] = value.to_bytes(size, 'little')
+        return True
+
+    def _on_trap(self, regs, sregs, vector):
+        """The snippet took ``vector`` (or, for _SYSCALL_STUB, a syscall)."""
+        if vector == _SYSCALL_STUB:
+            regs.rip, regs.rflags = regs.rcx, regs.r11    # where SYSRET would return
+            sregs.cs, sregs.ss = _copy(self._user_cs), _copy(self._user_ss)
+            self.vcpu.set_sregs(sregs)
+            self.vcpu.set_regs(regs)
+            return self._on_syscall()
+        error_code = self._unwind(regs, sregs, vector)
+        rip = regs.rip
+        linear = self._linear(rip)
+        if vector == 1 and self._steps is not None:
+            self._steps -= 1
+            return self._steps > 0 or self._halt(Stop('count', rip))
+        if vector == 3:
+            if self._patched is not None and linear - 1 == self._until:
+                self.vcpu.set_regs(rip=rip - 1)
+                return self._halt(Stop('until', rip - 1, address=self._until))
+            return self._halt(Stop('breakpoint', rip, address=linear - 1))
+        if vector == 13 and self.cpl == 3 and error_code == 0 and self._peek(linear) == 0xF4:
+            self.vcpu.set_regs(rip=rip + 1)         # where HLT leaves RIP at CPL0
+            return self._halt(Stop('hlt', rip + 1))
+        if vector == 0x80 and self.mode != 'real':
+            return self._on_syscall()
+        address = sregs.cr2 if vector == 14 else linear
+        if vector == 14 and self._until is not None and address == self._until and error_code & 0x10:
+            return self._halt(Stop('until', rip, address=address))   # fetch from unmapped until
+        stop = Stop('exception', rip, vector, error_code, address)
+        hook = self._hooks.get('exception')
+        return bool(hook and hook(self, stop)) or self._halt(stop)
+
+    def _unwind(self, regs, sregs, vector):
+        """Pop the frame the CPU pushed for ``vector`` and put the snippet's
+        RIP, RFLAGS, RSP, CS and SS back. Returns the error code, or None."""
+        has_code = vector in _ERROR_CODE_VECTORS and self.mode != 'real'
+        if self.mode == 'real':          # IP, CS, FLAGS on the snippet's stack
+            sp = regs.rsp & 0xFFFF
+            ip, cs, flags = struct.unpack('<3H', self.vm.read(sregs.ss.base + sp, 6))
+            regs.rip, regs.rsp = ip, regs.rsp & ~0xFFFF | (sp + 6) & 0xFFFF
+            regs.rflags = regs.rflags & ~0xFFFF | flags
+            sregs.cs.selector, sregs.cs.base = cs, cs << 4
+            error_code = None
+        else:
+            word, fmt = (8, '<Q') if self.mode == 'long64' else (4, '<I')
+            sp = regs.rsp & (0xFFFFFFFF if word == 4 else ~0)
+            n = 4 if has_code else 3
+
+            def pop(i):
+                return struct.unpack(fmt, self.vm.read(sp + word * i, word))[0]
+            error_code = pop(0) if has_code else None
+            regs.rip, cs, regs.rflags = pop(n - 3), pop(n - 2), pop(n - 1)
+            if word == 8 or cs & 3:      # the CPU pushed SS:RSP too
+                regs.rsp = pop(n)
+            else:                        # 32-bit, same privilege: the frame was on its stack
+                regs.rsp = sp + word * n
+            sregs.cs, sregs.ss = _copy(self._user_cs), _copy(self._user_ss)
+        self.vcpu.set_sregs(sregs)
+        self.vcpu.set_regs(regs)
+        return error_code
+
+    def _on_syscall(self):
+        hook = self._hooks.get('syscall')
+        if hook is None:
+            return self._halt(Stop('syscall', self.vcpu.get_regs().rip))
+        result = hook(self)
+        if result is not None:
+            self.vcpu.set_regs(rax=result & 0xFFFFFFFFFFFFFFFF)
+        return True
+
+    def _on_mmio(self, vcpu, exit):
+        hook = self._hooks.get('mmio')
+        is_write = isinstance(exit, MmioWrite)
+        size = len(exit.data) if is_write else len(exit.buf)
+        if hook is None:
+            return self._halt(Stop('mmio', vcpu.get_regs().rip, address=exit.addr, exit=exit))
+        value = hook(self, exit.addr, size, exit.value if is_write else None)
+        if not is_write:
+            exit.set((1 << 8 * size) - 1 if value is None else value)
+        return True
+
+    def _on_msr(self, vcpu, exit):
+        is_write = isinstance(exit, WrMsr)
+        answer = self._hooks['msr'](self, exit.index, exit.data if is_write else None)
+        if answer is False:
+            exit.fail()
+        elif answer is None:             # what KVM would have done
+            try:
+                if is_write:
+                    vcpu.set_msrs({exit.index: exit.data})
+                    exit.reply()
+                else:
+                    exit.reply(vcpu.get_msrs([exit.index])[exit.index])
+            except KvmError:
+                exit.fail()
+        else:
+            exit.reply(answer)
+        return True
+
+    def _on_debug(self, vcpu, exit):
+        # only `until` arms KVM's debugging
+        return self._halt(Stop('until', vcpu.get_regs().rip, address=exit.pc, exit=exit))
+
+
+def _tss_descriptor(base, limit):
+    """A 16-byte available 64-bit TSS descriptor (its first half serves 32-bit mode)."""
+    low = (limit & 0xFFFF) | (base & 0xFFFFFF) << 16 | 0x89 << 40 | (limit >> 16 & 0xF) << 48 \
+        | (base >> 24 & 0xFF) << 56
+    return (low, base >> 32)
+
+
+class SnippetTestCase(_unittest.TestCase):
+    """A TestCase whose every test gets a fresh ``self.snippet`` (a
+    :class:`Snippet` of the class's ``mode``, ``cpl`` and ``mem_size``),
+    closed after the test. Skips, saying why, where KVM cannot be used."""
+    mode, cpl, mem_size = 'long64', 3, 0x100000
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        reason = kvm_unavailable()
+        if reason:
+            raise _unittest.SkipTest(reason)
+
+    def setUp(self):
+        super().setUp()
+        self.snippet = self.make_snippet()
+
+    def make_snippet(self, mode=None, cpl=None, mem_size=None):
+        """Another Snippet (other mode or CPL), closed after the test."""
+        s = Snippet(mode or self.mode, self.cpl if cpl is None else cpl,
+                    self.mem_size if mem_size is None else mem_size)
+        self.addCleanup(s.close)
+        return s
 
 
 # ---------------------------------------------------------------------------
