@@ -57,6 +57,14 @@ def kvm():
     return _kvm
 
 
+def require_cap(test, *caps):
+    """Skip ``test``, naming the capability, when this host's KVM lacks one
+    of ``caps`` (kvmlite.Cap members)."""
+    for cap in caps:
+        if not kvm().check_extension(cap):
+            test.skipTest(f"this host's KVM lacks KVM_CAP_{cap.name}")
+
+
 def asm(text, mode='long64', origin=CODE):
     """Assemble guest code for ``mode``: (bytes, {label: address}). Real-mode
     code runs at CS:0 with CS = CODE >> 4, so it is assembled at origin 0."""

@@ -7,7 +7,7 @@ KVM_REGISTER_COALESCED_MMIO; KVM_GET_STATS_FD)."""
 import unittest
 
 import kvmlite as K
-from tests.guest import CODE, DATA, MMIO, Guest, asm, check_exit, requires_kvm
+from tests.guest import CODE, DATA, MMIO, Guest, asm, check_exit, require_cap, requires_kvm
 
 
 class Recorder:
@@ -287,6 +287,7 @@ class BusDispatchTest(unittest.TestCase):
             jnz again
             hlt
         '''
+        require_cap(self, K.Cap.COALESCED_PIO)
         with Guest(code) as g:
             dev = Recorder()
             g.vm.pio.register(0x80, dev, size=1, name='post')
@@ -315,6 +316,9 @@ class DebugAndStatsTest(unittest.TestCase):
         out 0x10, al
         hlt
     '''
+
+    def setUp(self):
+        require_cap(self, K.Cap.SET_GUEST_DEBUG)
 
     def test_single_step_stops_after_every_instruction(self):
         with Guest(self.CODE) as g:
@@ -346,6 +350,7 @@ class DebugAndStatsTest(unittest.TestCase):
             jnz again
             hlt
         '''
+        require_cap(self, K.Cap.BINARY_STATS_FD)
         with Guest(code) as g:
             before = g.vcpu.stats()
             self.assertIn('exits', before)

@@ -10,7 +10,7 @@ import os
 import unittest
 
 import kvmlite as K
-from tests.guest import MMIO, Guest, check_exit, kvm, requires_kvm
+from tests.guest import MMIO, Guest, require_cap, requires_kvm
 
 MSI_ADDR = 0xFEE00000           # MSI address: destination APIC ID in bits 19:12
 
@@ -69,6 +69,7 @@ class InKernelIrqchipTest(unittest.TestCase):
             g.vm.irq_line(4, 0)
 
     def test_pit_state_round_trips(self):
+        require_cap(self, K.Cap.PIT2)
         with Guest(irqchip='kernel') as g:
             g.vm.create_pit2()
             pit = g.vm.get_pit2()
@@ -87,6 +88,9 @@ class InKernelIrqchipTest(unittest.TestCase):
 @requires_kvm
 class SplitIrqchipTest(unittest.TestCase):
 
+    def setUp(self):
+        require_cap(self, K.Cap.SPLIT_IRQCHIP)
+
     def guest(self):
         g = Guest(APIC_GUEST, irqchip='split')
         g.set_handler(0x40, g.labels['handler40'])
@@ -95,12 +99,14 @@ class SplitIrqchipTest(unittest.TestCase):
         return g
 
     def test_signal_msi_interrupts_the_guest_with_its_vector(self):
+        require_cap(self, K.Cap.SIGNAL_MSI)
         with self.guest() as g:
             self.assertEqual(g.vm.signal_msi(MSI_ADDR | (7 << 12), 0x41), 0)   # no APIC 7
             self.assertGreater(g.vm.signal_msi(MSI_ADDR, 0x40), 0)
             g.expect(K.IoOut, port=0x11, value=0x40)
 
     def test_irqfd_with_msi_routing_interrupts_the_guest(self):
+        require_cap(self, K.Cap.IRQFD, K.Cap.IRQ_ROUTING)
         with self.guest() as g:
             efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             try:
@@ -113,6 +119,7 @@ class SplitIrqchipTest(unittest.TestCase):
                 os.close(efd)
 
     def test_ioeventfd_takes_matching_writes_without_an_exit(self):
+        require_cap(self, K.Cap.IOEVENTFD)
         code = f'''
             mov al, 0x41
             out 0x71, al          ; no match: an exit

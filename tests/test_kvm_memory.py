@@ -7,7 +7,7 @@ import ctypes
 import unittest
 
 import kvmlite as K
-from tests.guest import DATA, MMIO, Guest, requires_kvm
+from tests.guest import DATA, MMIO, Guest, require_cap, requires_kvm
 
 PAGE = K.PAGE_SIZE
 EXTRA = 0x400000            # a second slot, above the 2 MiB of RAM
@@ -111,6 +111,7 @@ class GuestMemoryTest(unittest.TestCase):
             out 0x10, eax
             hlt
         '''
+        require_cap(self, K.Cap.READONLY_MEM)
         with Guest(code) as g:
             rom = g.vm.add_memory(EXTRA, PAGE, readonly=True)
             self.assertTrue(rom.readonly)
@@ -169,6 +170,27 @@ class DirtyLogTest(unittest.TestCase):
             g.expect(K.Hlt)
             self.assertEqual(g.vm.get_dirty_log(log), [EXTRA + 15 * PAGE])
             self.assertEqual(g.vm.read_int(EXTRA + 6 * PAGE + PAGE - 1, 1), 3)
+
+    def test_manual_protect_keeps_the_log_until_it_is_cleared(self):
+        require_cap(self, K.Cap.MANUAL_DIRTY_LOG_PROTECT2)
+        code = f'''
+            mov rdx, {EXTRA}
+            mov byte ptr [rdx + 2 * {PAGE}], 1
+            hlt
+            mov byte ptr [rdx + 2 * {PAGE} + 1], 2
+            mov byte ptr [rdx + 3 * {PAGE}], 3
+            hlt
+        '''
+        with Guest(code) as g:
+            g.vm.enable_cap(K.Cap.MANUAL_DIRTY_LOG_PROTECT2, 1)     # ..._MANUAL_PROTECT_ENABLE
+            log = g.vm.add_memory(EXTRA, 8 * PAGE, dirty_log=True)
+            g.expect(K.Hlt)
+            self.assertEqual(g.vm.get_dirty_log(log), [EXTRA + 2 * PAGE])
+            self.assertEqual(g.vm.get_dirty_log(log), [EXTRA + 2 * PAGE])   # not cleared
+            g.vm.clear_dirty_log(log)
+            self.assertEqual(g.vm.get_dirty_log(log), [])
+            g.expect(K.Hlt)                # writes the cleared page again, and one more
+            self.assertEqual(g.vm.get_dirty_log(log), [EXTRA + 2 * PAGE, EXTRA + 3 * PAGE])
 
     def test_dirty_log_of_a_slot_without_logging_fails_naming_the_ioctl(self):
         with Guest() as g:
