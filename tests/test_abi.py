@@ -14,6 +14,7 @@ Two layers of checks:
 """
 
 import ctypes
+import inspect
 import os
 import shutil
 import subprocess
@@ -226,7 +227,8 @@ def kvmlite_structs():
             continue
         if isinstance(value, type) and issubclass(value, (ctypes.Structure, ctypes.Union)):
             out[name] = value
-        elif isinstance(value, types.FunctionType):
+        elif isinstance(value, types.FunctionType) and \
+                list(inspect.signature(value).parameters) == ['n']:
             out[name] = value(0)          # kvm_msrs(n), kvm_cpuid2(n), ...
     return out
 
