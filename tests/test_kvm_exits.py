@@ -113,6 +113,18 @@ class ExitTest(unittest.TestCase):
         self.assertEqual(g.vcpu.fd, -1)
 
 
+    def test_emulation_failure_carries_the_instruction_bytes(self):
+        # regression: InternalError.insn was read one word late, from data[2]
+        if not K.host_emulates_kernel_mode():
+            self.skipTest('needs a host whose KVM emulates guest kernel mode (kvm_pvm), '
+                          'where SSE moves at CPL0 fail')
+        with Guest('nop\nfail:\nmovq rax, xmm0\nhlt') as g:
+            e = g.expect(K.InternalError, suberror=K.KVM_INTERNAL_ERROR_EMULATION)
+            self.assertEqual(e.insn[:5], bytes.fromhex('66480f7ec0'), e.describe())
+            self.assertIn('instruction bytes 66 48 0f 7e c0', e.describe())
+            self.assertEqual(g.vcpu.get_regs().rip, g.labels['fail'])
+
+
 @requires_kvm
 class BusDispatchTest(unittest.TestCase):
 
