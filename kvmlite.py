@@ -1149,6 +1149,8 @@ class Debug(Exit):
 
 
 class Hypercall(Exit):
+    # _run (here, in RdMsr and WrMsr) is the Vcpu, not its kvm_run: a held
+    # ctypes view of kvm_run would pin the mmap and make Vcpu.close() fail
     __slots__ = ('nr', 'args', 'longmode', '_run')
     reason = ExitReason.HYPERCALL
 
@@ -1156,7 +1158,7 @@ class Hypercall(Exit):
         self.nr, self.args, self.longmode, self._run = nr, args, longmode, run
 
     def set_result(self, value):
-        self._run.u.hypercall.ret = value
+        self._run.kvm_run.u.hypercall.ret = value
 
 
 class IrqWindowOpen(Exit):
@@ -1192,11 +1194,11 @@ class RdMsr(Exit):
         self.index, self.why, self._run = index, why, run
 
     def reply(self, value):
-        self._run.u.msr.data = value & 0xFFFFFFFFFFFFFFFF
-        self._run.u.msr.error = 0
+        self._run.kvm_run.u.msr.data = value & 0xFFFFFFFFFFFFFFFF
+        self._run.kvm_run.u.msr.error = 0
 
     def fail(self):
-        self._run.u.msr.error = 1
+        self._run.kvm_run.u.msr.error = 1
 
 
 class WrMsr(Exit):
@@ -1208,10 +1210,10 @@ class WrMsr(Exit):
         self.index, self.data, self.why, self._run = index, data, why, run
 
     def reply(self, value=None):
-        self._run.u.msr.error = 0
+        self._run.kvm_run.u.msr.error = 0
 
     def fail(self):
-        self._run.u.msr.error = 1
+        self._run.kvm_run.u.msr.error = 1
 
 
 class ExceptionExit(Exit):
@@ -2245,9 +2247,9 @@ class Vcpu:
         if reason == ExitReason.IOAPIC_EOI:
             return IoapicEoi(u.eoi.vector)
         if reason == ExitReason.X86_RDMSR:
-            return RdMsr(u.msr.index, u.msr.reason, self.kvm_run)
+            return RdMsr(u.msr.index, u.msr.reason, self)
         if reason == ExitReason.X86_WRMSR:
-            return WrMsr(u.msr.index, u.msr.data, u.msr.reason, self.kvm_run)
+            return WrMsr(u.msr.index, u.msr.data, u.msr.reason, self)
         if reason == ExitReason.DEBUG:
             d = u.debug
             return Debug(d.exception, d.pc, d.dr6, d.dr7)
@@ -2268,7 +2270,7 @@ class Vcpu:
             return SystemEvent(se.type, list(se.data[:min(se.ndata, 16)]))
         if reason == ExitReason.HYPERCALL:
             h = u.hypercall
-            return Hypercall(h.nr, list(h.args), h.longmode, self.kvm_run)
+            return Hypercall(h.nr, list(h.args), h.longmode, self)
         if reason == ExitReason.EXCEPTION:
             return ExceptionExit(u.ex.exception, u.ex.error_code)
         return UnknownExit(reason, bytes(u.padding))
