@@ -8,7 +8,7 @@ import struct
 import unittest
 
 import kvmlite as K
-from tests.guest import CODE, DATA, Guest, asm, kvm, requires_kvm
+from tests.guest import CODE, DATA, Guest, asm, kvm, require_cap, requires_kvm
 
 MSR_IA32_SYSENTER_CS = 0x174
 MSR_IA32_SYSENTER_ESP = 0x175
@@ -140,6 +140,38 @@ class MsrCpuidTest(unittest.TestCase):
             g.expect(K.IoOut, value=0x1234)
             g.expect(K.Hlt)
             self.assertEqual(g.vcpu.get_msrs([MSR_LSTAR]), {MSR_LSTAR: 0xFFFFFFFF89ABCDEF})
+
+    def test_unknown_msrs_exit_to_user_space_which_answers_or_faults(self):
+        require_cap(self, K.Cap.X86_USER_SPACE_MSR)
+        code = '''
+            mov ecx, 0x1234
+            rdmsr
+            out 0x10, eax
+            mov eax, edx
+            out 0x10, eax
+            mov ecx, 0x1235
+            mov eax, 0x55667788
+            mov edx, 0x11
+            wrmsr
+            out 0x12, al
+            wrmsr
+            hlt
+        '''
+        g = Guest(code)
+        try:
+            g.vm.enable_cap(K.Cap.X86_USER_SPACE_MSR, K.KVM_MSR_EXIT_REASON_UNKNOWN)
+            g.expect(K.RdMsr, index=0x1234, why=K.KVM_MSR_EXIT_REASON_UNKNOWN) \
+                .reply(0xAABBCCDD11223344)
+            g.expect(K.IoOut, value=0x11223344)
+            g.expect(K.IoOut, value=0xAABBCCDD)
+            g.expect(K.WrMsr, index=0x1235, data=0x1155667788).reply()
+            g.expect(K.IoOut, port=0x12)
+            held = g.expect(K.WrMsr, index=0x1235)
+            held.fail()
+            g.expect(K.Shutdown)             # #GP with no IDT: a triple fault
+        finally:
+            g.close()                        # regression: a held WrMsr pinned kvm_run
+        self.assertEqual(g.vcpu.fd, -1)
 
     def test_an_msr_kvm_does_not_know_is_an_error_naming_it(self):
         with Guest() as g:
