@@ -3028,10 +3028,14 @@ class Snippet:
         None (keep KVM's answer). KVM answers the guest's ``cpuid`` from a
         table that is fixed once the vCPU has run, so ``fn`` is asked now, for
         every leaf in KVM's table and in ``leaves`` (ints or (leaf, subleaf)),
-        and the guest's ``cpuid`` then returns its answers."""
+        and the guest's ``cpuid`` then returns its answers. (On kvm_pvm a
+        CPL3 ``cpuid`` bypasses KVM: there the hook needs CPL0.)"""
         if self._ran:
             raise SnippetError('hook_cpuid must come before the first run: KVM fixes the '
                                'CPUID table once the vCPU has run')
+        if self.cpl == 3 and host_emulates_kernel_mode():
+            raise SnippetError('hook_cpuid at CPL3: on kvm_pvm a CPL3 cpuid runs on the host '
+                               'CPU and never reaches KVM (nor does CPUID faulting); use cpl=0')
         entries = cpuid_entries(self.kvm)
         known = {(e.function, e.index) for e in entries}
         for leaf in leaves:
@@ -3217,6 +3221,16 @@ class Snippet:
         error_code = self._unwind(regs, sregs, vector)
         rip = regs.rip
         linear = self._linear(rip)
+        if vector == 6 and self.cpl == 3 and self._peek(linear) == 0xCD:
+            # kvm_pvm raises #UD for `int n` at CPL3: deliver it as the CPU would
+            n = self._peek(linear + 1)
+            if n not in _USER_GATES:
+                vector, error_code = 13, n * 8 + 2           # the gate's DPL is 0
+            else:
+                self.vcpu.set_regs(rip=rip + 2)
+                if n == 3:
+                    return self._halt(Stop('breakpoint', rip + 2, address=linear))
+                rip, linear, vector = rip + 2, linear + 2, n
         if vector == 1 and self._steps is not None:
             self._steps -= 1
             return self._steps > 0 or self._halt(Stop('count', rip))
