@@ -10,35 +10,39 @@ with it, so none of them needs binutils::
                 mov eax, cr0
                 or al, 1
                 mov cr0, eax
-                jmp 0x08:pm32
+                jmp 0x08:pm32           ; ptr16:16 far jump into 32-bit code
         bits 32
         pm32:   mov ax, 0x10
                 ...
-    ''', origin=0x7c00)
+    ''', bits=16, origin=0x7c00)
 
 Encodings follow the Intel 64 and IA-32 Architectures Software Developer's
 Manual, Volume 2: chapter 2 (instruction format, legacy and REX prefixes,
-ModRM/SIB tables 2-1 to 2-3, RIP-relative addressing), the instruction
-pages of chapters 3-4 and the opcode map of appendix A.  Where the manual
-allows two encodings, the one GNU as picks is used, so the test suite can
-compare the bytes with GNU as.
+ModRM/SIB tables 2-1 to 2-3, RIP-relative addressing), the instruction pages
+of chapters 3-5 and the opcode map of appendix A.  Where the manual allows two
+encodings, the one GNU as picks is used, so tests can compare with GNU as.
 
-Syntax: one statement per line; ``;`` or ``#`` starts a comment; labels
-``name:`` (``.name`` is local to the last plain label); numbers in decimal,
-``0x`` hex, ``0b`` binary, ``NNh`` hex or ``'A'`` characters; expressions
-with ``+ - * / % << >> & ^ | ~`` and parentheses over numbers, labels,
-``symbols``, ``$`` (this statement's address) and ``$$`` (the origin).
-Directives: ``bits 16|32|64``, ``org N`` (sets the origin before any output,
-pads with zeros up to N after), ``align N[, fill]`` (pads with nops after
-code, zeros after data), ``db/dw/dd/dq`` (lists; quoted strings), ``resb/
-resw/resd/resq N``, ``times N <statement>`` and ``NAME equ EXPR``.
+Syntax: one statement per line; ``;`` or ``#`` starts a comment; ``name:``
+defines a label (``.name`` is local to the last plain label); numbers are
+decimal, ``0x`` hex, ``0b`` binary, ``NNh`` hex or ``'A'`` characters;
+expressions use ``+ - * / % << >> & ^ | ~`` and parentheses over numbers,
+labels, ``symbols``, ``$`` (this statement's address) and ``$$`` (the
+origin).  Memory operands are ``[base + index*scale + disp]``, optionally
+``byte/word/dword/qword`` sized and ``fs:`` overridden; in bits 64,
+``[rel label]`` is RIP-relative and ``[disp]`` is absolute.
 
-Sizes are settled by repeated passes: jumps start short (rel8) and grow to
-near once their target is out of range, never back, so the passes converge.
+Directives: ``bits 16|32|64``; ``org N`` (sets the origin before any output,
+pads with zeros up to N after); ``align N[, fill]`` (pads with nops after
+code, zeros after data); ``db/dw/dd/dq`` lists (quoted strings too);
+``resb/resw/resd/resq N``; ``times N <statement>``; ``NAME equ EXPR``.
+
+Sizes settle over repeated passes: a jump starts short (rel8) and becomes
+near once its target is out of reach, never back, so the passes converge.
 Immediates and displacements that involve a label get the full-width field
 (as GNU as does for relocatable values); plain numbers get the shortest.
 """
 
+import operator
 import re
 from dataclasses import dataclass
 
@@ -63,17 +67,17 @@ class _Fail(Exception):
 class Reg:
     name: str
     kind: str       # 'gpr', 'seg', 'cr' or 'xmm'
-    size: int       # bits
-    num: int        # register number as encoded (0-15)
+    size: int       # bits (0 for control registers)
+    num: int        # register number as encoded, 0-15
 
 
 @dataclass
 class Imm:
     value: int
     reloc: bool = False         # depends on a label address
-    size: int = None            # from a size keyword (push dword 5)
+    size: int = None            # from a size keyword: push dword 5
     kw: str = None              # short / near / far
-    unresolved: bool = False    # a name not (yet) defined in this pass
+    unresolved: bool = False    # names a symbol not (yet) defined
 
 
 @dataclass
@@ -98,10 +102,9 @@ class Far:
 
 def _make_regs():
     regs = {}
-    names = {8: 'al cl dl bl ah ch dh bh', 16: 'ax cx dx bx sp bp si di',
-             32: 'eax ecx edx ebx esp ebp esi edi',
-             64: 'rax rcx rdx rbx rsp rbp rsi rdi'}
-    for size, row in names.items():
+    rows = {8: 'al cl dl bl ah ch dh bh', 16: 'ax cx dx bx sp bp si di',
+            32: 'eax ecx edx ebx esp ebp esi edi', 64: 'rax rcx rdx rbx rsp rbp rsi rdi'}
+    for size, row in rows.items():
         for num, name in enumerate(row.split()):
             regs[name] = Reg(name, 'gpr', size, num)
     for num, name in enumerate(('spl', 'bpl', 'sil', 'dil'), 4):
@@ -119,10 +122,33 @@ def _make_regs():
 
 
 _REGS = _make_regs()
-_HIGH8 = {'ah', 'ch', 'dh', 'bh'}       # not encodable with a REX prefix
-_SEG_PREFIX = [0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65]      # es cs ss ds fs gs
+_HIGH8 = {'ah', 'ch', 'dh', 'bh'}       # not encodable together with a REX prefix
+_SEG_PREFIX = [0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65]      # es cs ss ds fs gs overrides
 _SIZES = {'byte': 8, 'word': 16, 'dword': 32, 'qword': 64, 'fword': 48,
           'tword': 80, 'oword': 128, 'xmmword': 128}
+
+
+def _kind(op):
+    return op.kind if isinstance(op, Reg) else None
+
+
+def _gpr(op):
+    return isinstance(op, Reg) and op.kind == 'gpr'
+
+
+def _rm(op):
+    """A general register or memory: what a ModRM r/m field can name."""
+    return _gpr(op) or isinstance(op, Mem)
+
+
+def _acc(op):
+    """al/ax/eax/rax, which have short opcode forms."""
+    return _gpr(op) and op.num == 0
+
+
+def _xmm_rm(op):
+    return _kind(op) == 'xmm' or isinstance(op, Mem)
+
 
 # ------------------------------------------------------------ opcode tables
 
@@ -133,41 +159,51 @@ _CC = {'o': 0, 'no': 1, 'b': 2, 'c': 2, 'nae': 2, 'ae': 3, 'nb': 3, 'nc': 3,
        'e': 4, 'z': 4, 'ne': 5, 'nz': 5, 'be': 6, 'na': 6, 'a': 7, 'nbe': 7,
        's': 8, 'ns': 9, 'p': 10, 'pe': 10, 'np': 11, 'po': 11, 'l': 12,
        'nge': 12, 'ge': 13, 'nl': 13, 'le': 14, 'ng': 14, 'g': 15, 'nle': 15}
-_BT = {'bt': 0, 'bts': 1, 'btr': 2, 'btc': 3}       # 0F A3+8k /r, 0F BA /4+k ib
-_DESC = {'sgdt': 0, 'sidt': 1, 'lgdt': 2, 'lidt': 3, 'invlpg': 7}    # 0F 01 /n
-_SYSSEG = {'sldt': 0, 'str': 1, 'lldt': 2, 'ltr': 3, 'verr': 4, 'verw': 5}  # 0F 00 /n
+_BT = {'bt': 0, 'bts': 1, 'btr': 2, 'btc': 3}       # 0F A3+8k /r and 0F BA /4+k ib
 _LOOP = {'loopne': (0xE0, None), 'loopnz': (0xE0, None), 'loope': (0xE1, None),
          'loopz': (0xE1, None), 'loop': (0xE2, None), 'jcxz': (0xE3, 16),
-         'jecxz': (0xE3, 32), 'jrcxz': (0xE3, 64)}    # rel8, counter size
+         'jecxz': (0xE3, 32), 'jrcxz': (0xE3, 64)}    # opcode, counter (address) size
+# reg, r/m of the register's size: mnemonic -> opcode.
+_REG_RM = {'bsf': '0fbc', 'bsr': '0fbd', 'imul': '0faf',
+           **{'cmov' + cc: f'0f{0x40 + n:02x}' for cc, n in _CC.items()}}
+# r/m, reg with a byte form one below: mnemonic -> opcode of the non-byte form.
+_RM_REG = {'cmpxchg': '0fb1', 'xadd': '0fc1'}
+# One r/m operand: mnemonic -> (opcode, /digit, registers allowed: None for
+# memory only, 8 for byte registers, 16 for any without a size prefix, 'sized'
+# for any with the operand size of the register).
+_GROUP = {'sgdt': ('0f01', 0, None), 'sidt': ('0f01', 1, None), 'lgdt': ('0f01', 2, None),
+          'lidt': ('0f01', 3, None), 'invlpg': ('0f01', 7, None),
+          'sldt': ('0f00', 0, 'sized'), 'str': ('0f00', 1, 'sized'), 'lldt': ('0f00', 2, 16),
+          'ltr': ('0f00', 3, 16), 'verr': ('0f00', 4, 16), 'verw': ('0f00', 5, 16),
+          'cmpxchg8b': ('0fc7', 1, None), 'cmpxchg16b': ('0fc7', 1, None),
+          **{'set' + cc: (f'0f{0x90 + n:02x}', 0, 8) for cc, n in _CC.items()}}
 
 # Operand-less instructions: mnemonic -> (opcode hex, operand size, default-64).
 _SIMPLE = {
-    'nop': ('90',), 'hlt': ('f4',), 'cli': ('fa',), 'sti': ('fb',),
-    'cld': ('fc',), 'std': ('fd',), 'clc': ('f8',), 'stc': ('f9',),
-    'cmc': ('f5',), 'int3': ('cc',), 'into': ('ce',), 'int1': ('f1',),
-    'leave': ('c9',), 'iret': ('cf',), 'iretw': ('cf', 16), 'iretd': ('cf', 32),
-    'iretq': ('cf', 64), 'pushf': ('9c',), 'pushfw': ('9c', 16, True),
-    'pushfd': ('9c', 32, True), 'pushfq': ('9c', 64, True), 'popf': ('9d',),
-    'popfw': ('9d', 16, True), 'popfd': ('9d', 32, True), 'popfq': ('9d', 64, True),
-    'pusha': ('60',), 'popa': ('61',), 'pushad': ('60', 32), 'popad': ('61', 32),
+    'nop': ('90',), 'hlt': ('f4',), 'cli': ('fa',), 'sti': ('fb',), 'cld': ('fc',),
+    'std': ('fd',), 'clc': ('f8',), 'stc': ('f9',), 'cmc': ('f5',), 'int3': ('cc',),
+    'into': ('ce',), 'int1': ('f1',), 'leave': ('c9',), 'iret': ('cf',),
+    'iretw': ('cf', 16), 'iretd': ('cf', 32), 'iretq': ('cf', 64),
+    'pushf': ('9c',), 'pushfw': ('9c', 16, True), 'pushfd': ('9c', 32, True),
+    'pushfq': ('9c', 64, True), 'popf': ('9d',), 'popfw': ('9d', 16, True),
+    'popfd': ('9d', 32, True), 'popfq': ('9d', 64, True), 'pusha': ('60',),
+    'popa': ('61',), 'pushad': ('60', 32), 'popad': ('61', 32),
     'cbw': ('98', 16), 'cwde': ('98', 32), 'cdqe': ('98', 64),
-    'cwd': ('99', 16), 'cdq': ('99', 32), 'cqo': ('99', 64),
-    'lahf': ('9f',), 'sahf': ('9e',), 'cpuid': ('0fa2',), 'rdtsc': ('0f31',),
-    'rdtscp': ('0f01f9',), 'rdmsr': ('0f32',), 'wrmsr': ('0f30',),
-    'rdpmc': ('0f33',), 'syscall': ('0f05',), 'sysret': ('0f07',),
+    'cwd': ('99', 16), 'cdq': ('99', 32), 'cqo': ('99', 64), 'lahf': ('9f',), 'sahf': ('9e',),
+    'cpuid': ('0fa2',), 'rdtsc': ('0f31',), 'rdtscp': ('0f01f9',), 'rdmsr': ('0f32',),
+    'wrmsr': ('0f30',), 'rdpmc': ('0f33',), 'syscall': ('0f05',), 'sysret': ('0f07',),
     'sysretq': ('0f07', 64), 'sysenter': ('0f34',), 'sysexit': ('0f35',),
     'pause': ('f390',), 'ud2': ('0f0b',), 'wbinvd': ('0f09',), 'invd': ('0f08',),
-    'clac': ('0f01ca',), 'stac': ('0f01cb',), 'swapgs': ('0f01f8',),
-    'mfence': ('0faef0',), 'lfence': ('0faee8',), 'sfence': ('0faef8',),
-    'fninit': ('dbe3',), 'finit': ('9bdbe3',), 'fwait': ('9b',), 'wait': ('9b',),
-    'rsm': ('0faa',), 'clts': ('0f06',), 'monitor': ('0f01c8',), 'mwait': ('0f01c9',),
+    'clac': ('0f01ca',), 'stac': ('0f01cb',), 'swapgs': ('0f01f8',), 'clts': ('0f06',),
+    'mfence': ('0faef0',), 'lfence': ('0faee8',), 'sfence': ('0faef8',), 'rsm': ('0faa',),
+    'monitor': ('0f01c8',), 'mwait': ('0f01c9',), 'fninit': ('dbe3',),
+    'finit': ('9bdbe3',), 'fwait': ('9b',), 'wait': ('9b',),
 }
-for _name, _op in (('movs', 0xA4), ('cmps', 0xA6), ('stos', 0xAA),
-                   ('lods', 0xAC), ('scas', 0xAE), ('ins', 0x6C), ('outs', 0x6E)):
+for _name, _op in (('movs', 0xA4), ('cmps', 0xA6), ('stos', 0xAA), ('lods', 0xAC),
+                   ('scas', 0xAE), ('ins', 0x6C), ('outs', 0x6E)):
     _SIMPLE[_name + 'b'] = (f'{_op:02x}', 8)
-    for _suffix, _size in (('w', 16), ('d', 32), ('q', 64)):
-        if not (_name in ('ins', 'outs') and _size == 64):
-            _SIMPLE[_name + _suffix] = (f'{_op + 1:02x}', _size)
+    for _suffix, _size in (('w', 16), ('d', 32), ('q', 64))[:2 if _name in ('ins', 'outs') else 3]:
+        _SIMPLE[_name + _suffix] = (f'{_op + 1:02x}', _size)
 _NOT64 = {'into', 'pusha', 'popa', 'pushad', 'popad'}
 
 # SSE moves: mnemonic -> (mandatory prefix, load opcode, store opcode).
@@ -175,30 +211,29 @@ _SSE_MOV = {'movdqa': (0x66, 0x6F, 0x7F), 'movdqu': (0xF3, 0x6F, 0x7F),
             'movaps': (None, 0x28, 0x29), 'movups': (None, 0x10, 0x11),
             'movapd': (0x66, 0x28, 0x29), 'movupd': (0x66, 0x10, 0x11),
             'movsd': (0xF2, 0x10, 0x11), 'movss': (0xF3, 0x10, 0x11)}
-# SSE xmm, xmm/m operations: mnemonic -> (mandatory prefix, opcode).
+# SSE xmm, xmm/m: mnemonic -> (mandatory prefix, opcode after 0F).
 _SSE_OP = {
-    'paddb': (0x66, 0xFC), 'paddw': (0x66, 0xFD), 'paddd': (0x66, 0xFE),
-    'paddq': (0x66, 0xD4), 'psubb': (0x66, 0xF8), 'psubw': (0x66, 0xF9),
-    'psubd': (0x66, 0xFA), 'psubq': (0x66, 0xFB), 'pxor': (0x66, 0xEF),
-    'pand': (0x66, 0xDB), 'pandn': (0x66, 0xDF), 'por': (0x66, 0xEB),
+    'paddb': (0x66, 0xFC), 'paddw': (0x66, 0xFD), 'paddd': (0x66, 0xFE), 'paddq': (0x66, 0xD4),
+    'psubb': (0x66, 0xF8), 'psubw': (0x66, 0xF9), 'psubd': (0x66, 0xFA), 'psubq': (0x66, 0xFB),
+    'pxor': (0x66, 0xEF), 'pand': (0x66, 0xDB), 'pandn': (0x66, 0xDF), 'por': (0x66, 0xEB),
     'pcmpeqb': (0x66, 0x74), 'pcmpeqd': (0x66, 0x76), 'pmuludq': (0x66, 0xF4),
-    'addps': (None, 0x58), 'addpd': (0x66, 0x58), 'addss': (0xF3, 0x58), 'addsd': (0xF2, 0x58),
-    'mulps': (None, 0x59), 'mulpd': (0x66, 0x59), 'mulss': (0xF3, 0x59), 'mulsd': (0xF2, 0x59),
-    'subps': (None, 0x5C), 'subpd': (0x66, 0x5C), 'subss': (0xF3, 0x5C), 'subsd': (0xF2, 0x5C),
-    'divps': (None, 0x5E), 'divpd': (0x66, 0x5E), 'divss': (0xF3, 0x5E), 'divsd': (0xF2, 0x5E),
-    'sqrtps': (None, 0x51), 'sqrtpd': (0x66, 0x51), 'sqrtss': (0xF3, 0x51), 'sqrtsd': (0xF2, 0x51),
-    'xorps': (None, 0x57), 'xorpd': (0x66, 0x57), 'andps': (None, 0x54),
-    'andpd': (0x66, 0x54), 'orps': (None, 0x56), 'orpd': (0x66, 0x56),
+    'punpcklqdq': (0x66, 0x6C), 'unpcklpd': (0x66, 0x14),
     'ucomisd': (0x66, 0x2E), 'comisd': (0x66, 0x2F), 'ucomiss': (None, 0x2E),
     'comiss': (None, 0x2F), 'cvtsd2ss': (0xF2, 0x5A), 'cvtss2sd': (0xF3, 0x5A),
-    'punpcklqdq': (0x66, 0x6C), 'unpcklpd': (0x66, 0x14),
+    'xorps': (None, 0x57), 'xorpd': (0x66, 0x57), 'andps': (None, 0x54),
+    'andpd': (0x66, 0x54), 'orps': (None, 0x56), 'orpd': (0x66, 0x56),
 }
-# xmm <-> general register conversions: mnemonic -> (prefix, opcode, xmm is dest).
+for _name, _op in (('add', 0x58), ('mul', 0x59), ('sub', 0x5C), ('div', 0x5E), ('sqrt', 0x51)):
+    for _suffix, _mand in (('ps', None), ('pd', 0x66), ('ss', 0xF3), ('sd', 0xF2)):
+        _SSE_OP[_name + _suffix] = (_mand, _op)
+# xmm <-> general register: mnemonic -> (mandatory prefix, opcode, xmm is the destination).
 _SSE_CVT = {'cvtsi2sd': (0xF2, 0x2A, True), 'cvtsi2ss': (0xF3, 0x2A, True),
             'cvttsd2si': (0xF2, 0x2C, False), 'cvtsd2si': (0xF2, 0x2D, False),
             'cvttss2si': (0xF3, 0x2C, False), 'cvtss2si': (0xF3, 0x2D, False)}
 _PREFIXES = {'lock': 0xF0, 'rep': 0xF3, 'repe': 0xF3, 'repz': 0xF3,
              'repne': 0xF2, 'repnz': 0xF2}
+_DATA = {'db': 1, 'dw': 2, 'dd': 4, 'dq': 8}
+_RES = {'resb': 1, 'resw': 2, 'resd': 4, 'resq': 8}
 
 # --------------------------------------------------------------- expressions
 
@@ -208,7 +243,28 @@ _TOKEN = re.compile(r"""\s*(?:
   | (?P<name>\$\$|\$|[A-Za-z_.@?][\w.@?$]*)
   | (?P<op><<|>>|[-+*/%|&^~()])
   )""", re.X)
-_BINARY = [('|',), ('^',), ('&',), ('<<', '>>'), ('+', '-'), ('*', '/', '%')]
+
+
+def _div(a, b):
+    """Division truncating toward zero, as in C and NASM."""
+    if b == 0:
+        raise _Fail('division by zero')
+    return abs(a) // abs(b) * (1 if (a < 0) == (b < 0) else -1)
+
+
+def _shift(fn):
+    def apply(a, b):
+        if b < 0:
+            raise _Fail('negative shift count')
+        return fn(a, b)
+    return apply
+
+
+# Binary operators by precedence, loosest first.
+_BINARY = [{'|': operator.or_}, {'^': operator.xor}, {'&': operator.and_},
+           {'<<': _shift(operator.lshift), '>>': _shift(operator.rshift)},
+           {'+': operator.add, '-': operator.sub},
+           {'*': operator.mul, '/': _div, '%': lambda a, b: a - b * _div(a, b)}]
 
 
 def _tokens(text):
@@ -225,13 +281,9 @@ def _tokens(text):
 
 def _number(text):
     t = text.replace('_', '').lower()
-    if t.startswith('0x'):
-        return int(t[2:], 16)
-    if t.startswith('0b'):
-        return int(t[2:], 2)
-    if t.endswith('h'):
-        return int(t[:-1], 16)
-    return int(t, 10)
+    if t.startswith(('0x', '0b')):
+        return int(t[2:], 16 if t[1] == 'x' else 2)
+    return int(t[:-1], 16) if t.endswith('h') else int(t)
 
 
 def _split_top(text, sep=','):
@@ -242,17 +294,14 @@ def _split_top(text, sep=','):
             quote = None if ch == quote else quote
         elif ch in '\'"':
             quote = ch
-        elif ch in '[(':
-            depth += 1
-        elif ch in '])':
-            depth -= 1
+        elif ch in '[(' or ch in '])':
+            depth += 1 if ch in '[(' else -1
         elif ch == sep and depth == 0:
             parts.append(cur.strip())
             cur = ''
             continue
         cur += ch
-    parts.append(cur.strip())
-    return parts
+    return parts + [cur.strip()]
 
 
 def _strip_comment(line):
@@ -268,6 +317,7 @@ def _strip_comment(line):
 
 
 def _fits(value, bits):
+    """Whether `value` fits `bits` bits as a signed or an unsigned number."""
     return -(1 << (bits - 1)) <= value < (1 << bits)
 
 
@@ -281,8 +331,8 @@ _MAX_PASSES = 100
 
 
 class Assembler:
-    """Assembles a source text; after ``assemble()``, ``labels`` maps every
-    label and ``equ`` name to its value."""
+    """Assembles source text; after ``assemble()``, ``labels`` maps every label
+    and ``equ`` name to its value."""
 
     def __init__(self, bits=64, origin=0, symbols=None):
         if bits not in (16, 32, 64):
@@ -291,7 +341,7 @@ class Assembler:
         self.symbols = dict(symbols or {})
         self.labels = {}
 
-    # ------------------------------------------------------------ passes
+    # ------------------------------------------------------------- passes
 
     def assemble(self, source):
         lines = self._split_lines(source)
@@ -300,7 +350,7 @@ class Assembler:
             grown = len(self._grown)
             self._pass(lines, strict=False)
             if self._defs == self._prev and len(self._grown) == grown:
-                out = self._pass(lines, strict=True)
+                out = self._pass(lines, strict=True)     # sizes settled: check everything
                 self.labels = {name: value for name, (value, _) in self._defs.items()}
                 return bytes(out)
             self._prev = self._defs
@@ -308,10 +358,11 @@ class Assembler:
 
     @staticmethod
     def _split_lines(source):
+        """(line number, text, labels, statement) for each non-empty line."""
         lines = []
         for lineno, raw in enumerate(source.splitlines(), 1):
             body, labels = _strip_comment(raw).strip(), []
-            while (m := _LABEL.match(body)) and body[:m.end(1)].lower() not in _REGS:
+            while (m := _LABEL.match(body)) and m.group(1).lower() not in _REGS:
                 labels.append(m.group(1))
                 body = body[m.end():].strip()
             if labels or body:
@@ -319,12 +370,13 @@ class Assembler:
         return lines
 
     def _pass(self, lines, strict):
+        """One pass over the source; before the last, unknown names count as 0."""
         self.strict, self.bits = strict, self.start_bits
         self.origin, self.out = self.start_origin, bytearray()
         self._defs, self._scope, self._after_data = {}, '', False
         for index, (lineno, text, labels, body) in enumerate(lines):
             try:
-                is_equ = body.split(None, 1)[:1] == ['equ']
+                is_equ = body.split(None, 1)[:1] == ['equ']      # "name: equ 5"
                 for label in labels[:-1] if is_equ else labels:
                     self._define(label, self.pc, True)
                 if is_equ:
@@ -351,7 +403,7 @@ class Assembler:
     # -------------------------------------------------------- expressions
 
     def _expr(self, text):
-        """Value of an expression and whether it depends on a label address."""
+        """(value, depends on a label address) of an expression."""
         self._unresolved = False
         toks = _tokens(text)
         if not toks:
@@ -368,15 +420,13 @@ class Assembler:
         while pos < len(toks) and toks[pos][0] == 'op' and toks[pos][1] in _BINARY[level]:
             op = toks[pos][1]
             b, rb, pos = self._binary(toks, pos + 1, level + 1)
-            if op in '/%' and b == 0:
+            try:
+                a = _BINARY[level][op](a, b)
+            except _Fail:
                 if self.strict:
-                    raise _Fail('division by zero')
-                b = 1
-            a = {'|': a | b, '^': a ^ b, '&': a & b, '+': a + b, '-': a - b, '*': a * b,
-                 '<<': a << b if op == '<<' else 0, '>>': a >> b if op == '>>' else 0,
-                 '/': int(a / b) if op == '/' else 0,
-                 '%': a - b * int(a / b) if op == '%' else 0}[op]
-            ra = (ra != rb) if op == '-' else (ra or rb)    # label - label is a constant
+                    raise
+                a = 0       # a forward reference still counted as 0
+            ra = (ra != rb) if op == '-' else (ra or rb)    # label - label is a number
         return a, ra, pos
 
     def _unary(self, toks, pos):
@@ -396,19 +446,16 @@ class Assembler:
         if kind == 'chr':
             return int.from_bytes(text[1:-1].encode('latin-1'), 'little'), False, pos + 1
         if kind == 'name':
-            v, r = self._symbol(text)
-            return v, r, pos + 1
+            return (*self._symbol(text), pos + 1)
         raise _Fail(f"unexpected '{text}' in expression")
 
     def _symbol(self, name):
-        if name == '$':
-            return self.pc, True
-        if name == '$$':
-            return self.start_origin, True
+        if name in ('$', '$$'):
+            return (self.pc if name == '$' else self.start_origin), True
         if name.lower() in _REGS:
             raise _Fail(f"register '{name}' not allowed here")
         full = self._scope + name if name.startswith('.') else name
-        for table in (self._defs, self._prev):
+        for table in (self._defs, self._prev):      # this pass, else the last one
             if full in table:
                 return table[full]
         if name in self.symbols:
@@ -438,8 +485,7 @@ class Assembler:
                 raise _Fail(f"size keyword before register '{t}'")
             return _REGS[t.lower()]
         seg = None
-        m = re.match(r'(es|cs|ss|ds|fs|gs)\s*:\s*(?=\[)', t, re.I)
-        if m:
+        if (m := re.match(r'([c-gs]s)\s*:\s*(?=\[)', t, re.I)) and m.group(1).lower() in _REGS:
             seg, t = _REGS[m.group(1).lower()], t[m.end():]
         if t.startswith('['):
             return self._memory(t, size, seg, kw)
@@ -455,10 +501,9 @@ class Assembler:
         inner, rel = t[1:-1].strip(), False
         if (m := re.match(r'rel\b\s*', inner, re.I)):
             inner, rel = inner[m.end():], True
-        if (m := re.match(r'(es|cs|ss|ds|fs|gs)\s*:', inner, re.I)):
+        if (m := re.match(r'([c-gs]s)\s*:', inner, re.I)) and m.group(1).lower() in _REGS:
             seg, inner = _REGS[m.group(1).lower()], inner[m.end():]
-        mem = Mem(size=size, rel=rel, seg=seg, kw=kw)
-        disp, scaled = [], None
+        mem, disp, regs = Mem(size=size, rel=rel, seg=seg, kw=kw), [], []
         for sign, term in self._terms(_tokens(inner)):
             names = [tok for kind, tok in term if kind == 'name' and tok.lower() in _REGS]
             if not names:
@@ -468,22 +513,20 @@ class Assembler:
             if reg.kind != 'gpr' or sign != '+' or len(names) > 1:
                 raise _Fail(f"bad address '{inner}'")
             if len(term) == 1:
-                if mem.base is None:
-                    mem.base = reg
-                elif mem.index is None:
-                    mem.index = reg
-                else:
-                    raise _Fail(f"too many registers in '{inner}'")
-            elif len(term) == 3 and term[1][1] == '*' and scaled is None:
-                other = term[2] if term[0][1] == names[0] else term[0]
-                mem.scale = self._expr(other[1])[0]
-                scaled = reg
+                regs.append((reg, None))
+            elif len(term) == 3 and term[1][1] == '*':
+                regs.append((reg, self._expr(term[2 if term[0][1] == names[0] else 0][1])[0]))
             else:
                 raise _Fail(f"bad address '{inner}'")
-        if scaled:
-            if mem.index is not None:
-                raise _Fail(f"too many registers in '{inner}'")
-            mem.index = scaled
+        scaled = [r for r in regs if r[1] is not None]
+        if len(regs) > 2 or len(scaled) > 1:
+            raise _Fail(f"too many registers in '{inner}'")
+        plain = [r for r, s in regs if s is None]
+        if scaled:      # a scaled register is the index, a plain one the base
+            mem.index, mem.scale = scaled[0]
+        elif len(plain) == 2:
+            mem.index = plain.pop()
+        mem.base = plain[0] if plain else None
         if mem.scale not in (1, 2, 4, 8):
             raise _Fail(f'scale must be 1, 2, 4 or 8, not {mem.scale}')
         if disp:
@@ -502,40 +545,37 @@ class Assembler:
                 cur, sign = [], tok
             else:
                 cur.append((kind, tok))
-        if cur:
-            terms.append((sign, cur))
-        return terms
+        return terms + [(sign, cur)] if cur else terms
 
     # --------------------------------------------------------- statements
 
     def _statement(self, body, key):
-        self._key = key
-        head, _, rest = body.partition(' ')
-        head, rest = head.lower(), rest.strip()
+        self._key = key         # identifies the statement for jump growth
+        words = body.split(None, 1)
+        head, rest = words[0].lower(), (words[1] if len(words) > 1 else '').strip()
         if head.startswith('[') and body.endswith(']'):      # NASM's [bits 16]
             return self._statement(body[1:-1].strip(), key)
-        if rest.split(None, 1)[:1] and rest.split(None, 1)[0].lower() == 'equ':
-            return self._define(body.split(None, 1)[0], *self._expr(rest.split(None, 1)[1]))
-        directive = getattr(self, '_dir_' + head, None)
-        if directive:
-            return directive(rest)
-        rep = lock = None
+        if rest[:4].lower() == 'equ ' or rest.lower() == 'equ':
+            return self._define(words[0], *self._expr(rest[3:]))
+        if head in _DATA or head in _RES:
+            return self._data(rest, head)
+        if head in ('bits', 'org', 'align', 'times'):
+            return getattr(self, '_dir_' + head)(rest)
+        self._rep = self._lock = None
         while head in _PREFIXES:
             if head == 'lock':
-                lock = 0xF0
+                self._lock = 0xF0
             else:
-                rep = _PREFIXES[head]
-            head, _, rest = rest.partition(' ')
-            head, rest = head.lower(), rest.strip()
-        if not head:
-            raise _Fail('prefix without an instruction')
+                self._rep = _PREFIXES[head]
+            if not rest:
+                raise _Fail('prefix without an instruction')
+            words = rest.split(None, 1)
+            head, rest = words[0].lower(), (words[1] if len(words) > 1 else '').strip()
         handler = _HANDLERS.get(head)
         if handler is None:
             raise _Fail(f"unknown instruction '{head}'")
-        self._rep, self._lock = rep, lock
         ops = [self._operand(t) for t in _split_top(rest)] if rest else []
-        code = handler[0](self, head, ops, *handler[1:])
-        self.out += code
+        self.out += handler[0](self, head, ops, *handler[1:])
         self._after_data = False
 
     def _dir_bits(self, rest):
@@ -561,8 +601,15 @@ class Assembler:
         fill = self._expr(args[1])[0] if len(args) > 1 else (0 if self._after_data else 0x90)
         self.out += bytes([fill & 0xFF]) * (-self.pc % n)
 
-    def _data(self, rest, width):
-        for item in _split_top(rest):
+    def _data(self, rest, head):
+        """db/dw/dd/dq lists and resb/resw/resd/resq reservations."""
+        if head in _RES:
+            count = self._expr(rest)[0]
+            if count < 0:
+                raise _Fail('negative size')
+            self.out += bytes(count * _RES[head])
+        for item in _split_top(rest) if head in _DATA else ():
+            width = _DATA[head]
             if len(item) >= 2 and item[0] == item[-1] and item[0] in '\'"':
                 raw = item[1:-1].encode('latin-1')
                 self.out += raw + bytes(-len(raw) % width)
@@ -570,51 +617,18 @@ class Assembler:
                 self.out += self._imm(self._expr(item)[0], width * 8)
         self._after_data = True
 
-    def _dir_db(self, rest):
-        self._data(rest, 1)
-
-    def _dir_dw(self, rest):
-        self._data(rest, 2)
-
-    def _dir_dd(self, rest):
-        self._data(rest, 4)
-
-    def _dir_dq(self, rest):
-        self._data(rest, 8)
-
-    def _reserve(self, rest, width):
-        count = self._expr(rest)[0]
-        if count < 0:
-            raise _Fail('negative size')
-        self.out += bytes(count * width)
-        self._after_data = True
-
-    def _dir_resb(self, rest):
-        self._reserve(rest, 1)
-
-    def _dir_resw(self, rest):
-        self._reserve(rest, 2)
-
-    def _dir_resd(self, rest):
-        self._reserve(rest, 4)
-
-    def _dir_resq(self, rest):
-        self._reserve(rest, 8)
-
     def _dir_times(self, rest):
-        words = rest.split()
-        for i, word in enumerate(words):       # the count ends where a statement starts
-            if word.lower() in _HANDLERS or word.lower() in _PREFIXES or hasattr(self, '_dir_' + word.lower()):
-                count = self._expr(' '.join(words[:i]))[0]
-                stmt = rest[rest.index(word, len(' '.join(words[:i]))):]
+        for m in re.finditer(r'\S+', rest):     # the count ends where a statement starts
+            w = m.group().lower()
+            if w in _HANDLERS or w in _PREFIXES or w in _DATA or w in _RES:
+                count, stmt = self._expr(rest[:m.start()])[0], rest[m.start():]
                 break
         else:
             raise _Fail('times without a statement')
         if count < 0:
             raise _Fail('negative repeat count')
-        index = self._key[0]
         for n in range(count):
-            self._statement(stmt, (index, n))
+            self._statement(stmt, (self._key[0], n))
 
     # ----------------------------------------------------------- encoding
 
@@ -625,18 +639,15 @@ class Assembler:
         return (value & ((1 << bits) - 1)).to_bytes(bits // 8, 'little')
 
     def _simm(self, value, bits):
-        """A signed field (displacements, rel, imm32 sign-extended to 64)."""
-        if value >= 1 << 63:
-            value -= 1 << 64
+        """A signed field: displacement, relative target, imm32 sign-extended to 64."""
+        value = _signed(value, 64) if 0 <= value < 1 << 64 else value
         if not -(1 << (bits - 1)) <= value < (1 << (bits - 1)) and self.strict:
             raise _Fail(f'value {value:#x} does not fit in a signed {bits}-bit field')
         return (value & ((1 << bits) - 1)).to_bytes(bits // 8, 'little')
 
     def _immz(self, imm, size):
-        """The immediate of a `size`-bit operation: 64-bit ones take a sign-extended imm32."""
-        if size == 64:
-            return self._simm(imm.value, 32)
-        return self._imm(imm.value, size)
+        """The immediate of a `size`-bit operation; 64-bit ones take a sign-extended imm32."""
+        return self._simm(imm.value, 32) if size == 64 else self._imm(imm.value, size)
 
     def _fits8(self, imm, size):
         """Whether the sign-extended imm8 form carries `imm` for a `size`-bit operation."""
@@ -648,6 +659,9 @@ class Assembler:
             return False
         return -128 <= _signed(imm.value, size) <= 127
 
+    def _imm8(self, imm, size):
+        return bytes([_signed(imm.value, size) & 0xFF])
+
     def _address(self, m, regfield):
         """ModRM (with `regfield`), SIB and displacement of memory operand `m`.
 
@@ -656,45 +670,37 @@ class Assembler:
         asize = regs[0].size if regs else None
         if any(r.size != asize for r in regs):
             raise _Fail('address registers of different sizes')
-        if asize is None:       # [disp]: the mode's size, 32 if beyond 64K in bits 16
+        if asize is None:       # [disp]: the mode's size, 32 beyond 64K in bits 16
             asize = 32 if self.bits == 16 and not _fits(m.disp, 16) else self.bits
         if asize not in ((32, 64) if self.bits == 64 else (16, 32)):
             raise _Fail(f'{asize}-bit address registers not usable in bits {self.bits}')
-        p67 = asize != self.bits
         if m.rel and (self.bits != 64 or regs):
             raise _Fail('rel needs bits 64 and no registers')
         if asize == 16:
-            return self._address16(m, regfield) + (p67, None)
-        mod_rm = lambda mod, rm: bytes([mod << 6 | regfield << 3 | rm])
+            return self._address16(m, regfield) + (asize != self.bits, None)
         base, index, d = m.base, m.index, m.disp
-        rex = (index.num >> 3 << 1 if index else 0) | (base.num >> 3 if base else 0)
-        disp32 = self._simm(d, 32) if asize == 64 else self._imm(d, 32)
-        sib = lambda b: bytes([{1: 0, 2: 1, 4: 2, 8: 3}[m.scale] << 6
-                               | (index.num & 7 if index else 4) << 3 | b])
         if index is not None and index.num == 4:
             raise _Fail(f"'{index.name}' cannot be an index register")
-        if m.rel:
-            return mod_rm(0, 5) + bytes(4), 0, False, (1, d)
-        if base is None:
+        modrm = lambda mod, rm: bytes([mod << 6 | regfield << 3 | rm])
+        sib = lambda b: bytes([{1: 0, 2: 1, 4: 2, 8: 3}[m.scale] << 6
+                               | (index.num & 7 if index else 4) << 3 | b])
+        rex = (index.num >> 3 << 1 if index else 0) | (base.num >> 3 if base else 0)
+        disp32 = self._simm(d, 32) if asize == 64 else self._imm(d, 32)
+        if m.rel:           # disp32 from the end of the instruction, patched by _emit
+            return modrm(0, 5) + bytes(4), 0, False, (1, d)
+        if base is None:    # absolute; in bits 64 with a SIB, as mod 0 rm 5 is RIP there
             if index is None and self.bits != 64:
-                return mod_rm(0, 5) + disp32, rex, p67, None
-            return mod_rm(0, 4) + sib(5) + disp32, rex, p67, None
+                return modrm(0, 5) + disp32, rex, asize != self.bits, None
+            return modrm(0, 4) + sib(5) + disp32, rex, asize != self.bits, None
         if m.reloc or not -128 <= _signed(d, asize) <= 127:
             mod, tail = 2, disp32
-        elif d == 0 and base.num & 7 != 5:
+        elif d == 0 and base.num & 7 != 5:      # [ebp]/[r13] need a disp8 of 0
             mod, tail = 0, b''
         else:
             mod, tail = 1, self._simm(_signed(d, asize), 8)
-        if index is None and base.num & 7 != 4:
-            return mod_rm(mod, base.num & 7) + tail, rex, p67, None
-        return mod_rm(mod, 4) + sib(base.num & 7) + tail, rex, p67, None
-
-    def _override(self, m):
-        """The segment override of `m`, None when it names the default segment."""
-        stack = m.base is not None and m.base.name in ('bp', 'sp', 'ebp', 'esp', 'rbp', 'rsp')
-        if m.seg is not None and m.seg.name != ('ss' if stack else 'ds'):
-            return m.seg
-        return None
+        if index is None and base.num & 7 != 4:     # [esp]/[r12] need a SIB
+            return modrm(mod, base.num & 7) + tail, rex, asize != self.bits, None
+        return modrm(mod, 4) + sib(base.num & 7) + tail, rex, asize != self.bits, None
 
     _RM16 = {('bx', 'si'): 0, ('bx', 'di'): 1, ('bp', 'si'): 2, ('bp', 'di'): 3,
              ('si',): 4, ('di',): 5, ('bp',): 6, ('bx',): 7}
@@ -713,9 +719,15 @@ class Assembler:
         rm = self._RM16[names]
         if m.reloc or not -128 <= _signed(d, 16) <= 127:
             return bytes([0x80 | regfield << 3 | rm]) + self._imm(d, 16), 0
-        if d == 0 and rm != 6:
+        if d == 0 and rm != 6:      # rm 6 with mod 0 is [disp16], so [bp] takes a disp8
             return bytes([regfield << 3 | rm]), 0
         return bytes([0x40 | regfield << 3 | rm]) + self._simm(_signed(d, 16), 8), 0
+
+    @staticmethod
+    def _override(m):
+        """The segment override of `m`; None when it names the default segment."""
+        stack = m.base is not None and m.base.name in ('bp', 'sp', 'ebp', 'esp', 'rbp', 'rsp')
+        return m.seg if m.seg is not None and m.seg.name != ('ss' if stack else 'ds') else None
 
     def _emit(self, op, rm=None, reg=0, size=None, imm=b'', mand=None, w=False,
               d64=False, opreg=None, seg=None, p67=False):
@@ -723,7 +735,8 @@ class Assembler:
 
         `size` is the operand size (8/16/32/64) that decides 0x66 and REX.W;
         `d64` marks instructions whose operand size defaults to 64 in long mode;
-        `opreg` is a register added to the opcode's low 3 bits (push r, bswap)."""
+        `opreg` is a register added to the opcode's low 3 bits (push r, bswap);
+        `mand` a mandatory SSE prefix."""
         if size == 64:
             if self.bits != 64:
                 raise _Fail('64-bit operands need bits 64')
@@ -731,8 +744,8 @@ class Assembler:
         elif size == 32 and d64 and self.bits == 64:
             raise _Fail('32-bit operand not encodable in 64-bit mode')
         rex, need_rex, high = 8 if w else 0, False, False
-        for r in (reg, rm, opreg):
-            if isinstance(r, Reg) and r.kind == 'gpr' and r.size == 8:
+        for r in (reg, rm, opreg):      # spl..dil and r8b.. need a REX; ah..bh forbid one
+            if _gpr(r) and r.size == 8:
                 high |= r.name in _HIGH8
                 need_rex |= r.num >= 4 and r.name not in _HIGH8
         regnum = reg.num if isinstance(reg, Reg) else reg
@@ -746,25 +759,23 @@ class Assembler:
             rex |= rm.num >> 3
         elif isinstance(rm, Mem):
             body, xb, p67, rip = self._address(rm, regnum & 7)
-            rex, seg = rex | xb, self._override(rm) or seg
+            rex, seg = rex | xb, self._override(rm)
         if (rex or need_rex) and self.bits != 64:
             raise _Fail('r8-r15, spl/bpl/sil/dil and REX need bits 64')
         if (rex or need_rex) and high:
             raise _Fail('ah/bh/ch/dh cannot be used with a REX prefix')
-        pre = bytearray()
+        pre = bytearray()       # in GNU as's order: segment, 67, 66, F2/F3, F0, REX
         if seg is not None:
             pre.append(_SEG_PREFIX[seg.num])
         if p67:
             pre.append(0x67)
         if size in (16, 32) and (size == 16) != (self.bits == 16) or mand == 0x66:
             pre.append(0x66)
-        for p in (self._rep, mand if mand != 0x66 else None, self._lock):
-            if p:
-                pre.append(p)
+        pre += bytes(p for p in (self._rep, mand if mand != 0x66 else None, self._lock) if p)
         if rex or need_rex:
             pre.append(0x40 | rex)
         code = pre + op + body + imm
-        if rip is not None:         # RIP-relative: counts from the next instruction
+        if rip is not None:
             at = len(pre) + len(op) + rip[0]
             code[at:at + 4] = self._simm(rip[1] - (self.pc + len(code)), 32)
         return bytes(code)
@@ -775,10 +786,11 @@ class Assembler:
     def _count(ops, *counts):
         if len(ops) not in counts:
             raise _Fail(f"takes {' or '.join(map(str, counts))} operand(s), not {len(ops)}")
+        return ops
 
     @staticmethod
     def _size(*ops):
-        """The operand size the operands agree on; fails when none is given."""
+        """The operand size the operands agree on; fails when none gives one."""
         sizes = {o.size for o in ops if isinstance(o, (Reg, Mem, Imm)) and o.size}
         if len(sizes) > 1:
             raise _Fail('operand sizes differ')
@@ -791,69 +803,61 @@ class Assembler:
         if not ok:
             raise _Fail(what)
 
-    def _imm8(self, imm, size):
-        return bytes([_signed(imm.value, size) & 0xFF])
-
-    def _rm_reg(self, op, dst, src, size):
-        """The `op r/m, reg` form (op+1 for non-byte), or `op+2 reg, r/m` for a memory source."""
-        wide = size != 8
-        if _gpr(src) and (_gpr(dst) or isinstance(dst, Mem)):
-            return self._emit([op + wide], rm=dst, reg=src, size=size)
-        self._need(_gpr(dst) and isinstance(src, Mem))
-        return self._emit([op + 2 + wide], rm=src, reg=dst, size=size)
-
     def _i_simple(self, mn, ops):
         self._count(ops, 0)
-        if mn in _NOT64 and self.bits == 64:
-            raise _Fail(f'{mn} is not valid in 64-bit mode')
+        self._need(not (mn in _NOT64 and self.bits == 64), f'{mn} is not valid in bits 64')
         op, size, d64 = (_SIMPLE[mn] + (None, False))[:3]
         return self._emit(bytes.fromhex(op), size=size, d64=d64)
 
+    def _rm_reg(self, op, dst, src, size):
+        """`op r/m, reg` (op+1 unless byte-sized), or `op+2 reg, r/m` from memory."""
+        if _gpr(src) and _rm(dst):
+            return self._emit([op + (size != 8)], rm=dst, reg=src, size=size)
+        self._need(_gpr(dst) and isinstance(src, Mem))
+        return self._emit([op + 2 + (size != 8)], rm=src, reg=dst, size=size)
+
     def _i_alu(self, mn, ops, n):
-        self._count(ops, 2)
-        dst, src = ops
+        dst, src = self._count(ops, 2)
         size = self._size(dst, src)
-        if isinstance(src, Imm):
-            self._need(_gpr(dst) or isinstance(dst, Mem))
-            if size == 8:
-                if _acc(dst):
-                    return self._emit([4 + 8 * n], size=8, imm=self._imm(src.value, 8))
-                return self._emit([0x80], rm=dst, reg=n, size=8, imm=self._imm(src.value, 8))
-            if self._fits8(src, size):
-                return self._emit([0x83], rm=dst, reg=n, size=size, imm=self._imm8(src, size))
+        if not isinstance(src, Imm):
+            return self._rm_reg(8 * n, dst, src, size)
+        self._need(_rm(dst))
+        if size == 8:
             if _acc(dst):
-                return self._emit([5 + 8 * n], size=size, imm=self._immz(src, size))
-            return self._emit([0x81], rm=dst, reg=n, size=size, imm=self._immz(src, size))
-        return self._rm_reg(8 * n, dst, src, size)
+                return self._emit([4 + 8 * n], size=8, imm=self._imm(src.value, 8))
+            return self._emit([0x80], rm=dst, reg=n, size=8, imm=self._imm(src.value, 8))
+        if self._fits8(src, size):
+            return self._emit([0x83], rm=dst, reg=n, size=size, imm=self._imm8(src, size))
+        if _acc(dst):
+            return self._emit([5 + 8 * n], size=size, imm=self._immz(src, size))
+        return self._emit([0x81], rm=dst, reg=n, size=size, imm=self._immz(src, size))
 
     def _i_mov(self, mn, ops):
-        self._count(ops, 2)
-        dst, src = ops
-        kinds = {o.kind for o in ops if isinstance(o, Reg)}
+        dst, src = self._count(ops, 2)
+        kinds = {_kind(dst), _kind(src)}
         if 'seg' in kinds:
             return self._mov_seg(dst, src)
         if 'cr' in kinds:
             gpr, cr = (src, dst) if _kind(dst) == 'cr' else (dst, src)
             self._need(_gpr(gpr) and gpr.size == (64 if self.bits == 64 else 32),
-                       'control registers move to/from a 32-bit (64 in bits 64) register')
+                       'control registers move to/from a 32-bit (bits 64: 64-bit) register')
             return self._emit([0x0F, 0x22 if cr is dst else 0x20], rm=gpr, reg=cr)
         size = self._size(dst, src)
         if isinstance(src, Imm):
-            if _gpr(dst):
-                if size == 64 and (src.reloc or not -(1 << 31) <= _signed(src.value, 64) < (1 << 31)):
+            if _gpr(dst) and size == 64:     # imm32 sign-extended if it fits, else imm64
+                if src.reloc or not -(1 << 31) <= _signed(src.value, 64) < (1 << 31):
                     return self._emit([0xB8], opreg=dst, size=64, imm=self._imm(src.value, 64))
-                if size != 64:
-                    return self._emit([0xB0 if size == 8 else 0xB8], opreg=dst, size=size,
-                                      imm=self._imm(src.value, size))
-            self._need(_gpr(dst) or isinstance(dst, Mem))
-            return self._emit([0xC6 + (size != 8)], rm=dst, reg=0, size=size,
-                              imm=self._immz(src, size))
-        if self.bits != 64:     # mov al/ax/eax <-> [moffs]
-            for acc, mem, op in ((dst, src, 0xA0), (src, dst, 0xA2)):
-                if _acc(acc) and isinstance(mem, Mem) and not (mem.base or mem.index):
-                    asize = self.bits if _fits(mem.disp, self.bits) else 32
-                    return self._emit([op + (size != 8)], size=size, seg=mem.seg,
-                                      p67=asize != self.bits, imm=self._imm(mem.disp, asize))
+            elif _gpr(dst):
+                return self._emit([0xB0 if size == 8 else 0xB8], opreg=dst, size=size,
+                                  imm=self._imm(src.value, size))
+            self._need(_rm(dst))
+            return self._emit([0xC6 + (size != 8)], rm=dst, size=size, imm=self._immz(src, size))
+        for acc, mem, op in ((dst, src, 0xA0), (src, dst, 0xA2)):   # al/ax/eax <-> [moffs]
+            if (self.bits != 64 and _acc(acc) and isinstance(mem, Mem)
+                    and not (mem.base or mem.index or mem.rel)):
+                asize = self.bits if _fits(mem.disp, self.bits) else 32
+                return self._emit([op + (size != 8)], size=size, seg=self._override(mem),
+                                  p67=asize != self.bits, imm=self._imm(mem.disp, asize))
         return self._rm_reg(0x88, dst, src, size)
 
     def _mov_seg(self, dst, src):
@@ -862,15 +866,14 @@ class Assembler:
             self._need(_gpr(src) and src.size > 8 or isinstance(src, Mem))
             return self._emit([0x8E], rm=src, reg=dst)
         self._need(_gpr(dst) and dst.size > 8 or isinstance(dst, Mem))
-        return self._emit([0x8C], rm=dst, reg=src, size=dst.size if _gpr(dst) and dst.size < 64 else None)
+        size = dst.size if _gpr(dst) and dst.size < 64 else None
+        return self._emit([0x8C], rm=dst, reg=src, size=size)
 
     def _i_movx(self, mn, ops):
-        """movzx/movsx r, r/m8|r/m16; movsx/movsxd r64, r/m32."""
-        self._count(ops, 2)
-        dst, src = ops
-        self._need(_gpr(dst) and dst.size > 8 and (_gpr(src) or isinstance(src, Mem)))
-        if src.size is None:
-            raise _Fail('operand size not specified (use byte/word)')
+        """movzx/movsx r, r/m8|r/m16 and movsx/movsxd r64, r/m32."""
+        dst, src = self._count(ops, 2)
+        self._need(_gpr(dst) and dst.size > 8 and _rm(src))
+        self._need(src.size, 'operand size not specified (use byte/word)')
         if src.size == 32 and mn != 'movzx':
             self._need(dst.size == 64)
             return self._emit([0x63], rm=src, reg=dst, size=64)
@@ -879,51 +882,46 @@ class Assembler:
         return self._emit([0x0F, op], rm=src, reg=dst, size=dst.size)
 
     def _i_lea(self, mn, ops):
-        self._count(ops, 2)
-        self._need(_gpr(ops[0]) and ops[0].size > 8 and isinstance(ops[1], Mem))
-        return self._emit([0x8D], rm=ops[1], reg=ops[0], size=ops[0].size)
+        dst, src = self._count(ops, 2)
+        self._need(_gpr(dst) and dst.size > 8 and isinstance(src, Mem))
+        return self._emit([0x8D], rm=src, reg=dst, size=dst.size)
 
     def _i_test(self, mn, ops):
-        self._count(ops, 2)
-        a, b = ops
+        a, b = self._count(ops, 2)
         size = self._size(a, b)
         if isinstance(b, Imm):
             imm = self._imm(b.value, 8) if size == 8 else self._immz(b, size)
             if _acc(a):
                 return self._emit([0xA8 + (size != 8)], size=size, imm=imm)
-            self._need(_gpr(a) or isinstance(a, Mem))
+            self._need(_rm(a))
             return self._emit([0xF6 + (size != 8)], rm=a, reg=0, size=size, imm=imm)
-        if isinstance(b, Mem):
-            a, b = b, a
-        self._need(_gpr(b) and (_gpr(a) or isinstance(a, Mem)))
+        a, b = (b, a) if isinstance(b, Mem) else (a, b)
+        self._need(_gpr(b) and _rm(a))
         return self._emit([0x84 + (size != 8)], rm=a, reg=b, size=size)
 
     def _i_xchg(self, mn, ops):
-        self._count(ops, 2)
-        a, b = ops
+        a, b = self._count(ops, 2)
         size = self._size(a, b)
         if _gpr(a) and _gpr(b) and size > 8 and (_acc(a) or _acc(b)):
             other = b if _acc(a) else a
             if not (other.num == 0 and size == 32 and self.bits == 64):  # 90 is nop there
                 return self._emit([0x90], opreg=other, size=size)
-        if isinstance(b, Mem):
-            a, b = b, a
-        self._need(_gpr(b) and (_gpr(a) or isinstance(a, Mem)))
+        a, b = (b, a) if isinstance(b, Mem) else (a, b)
+        self._need(_gpr(b) and _rm(a))
         return self._emit([0x86 + (size != 8)], rm=a, reg=b, size=size)
 
     def _i_unary(self, mn, ops, n):
-        self._count(ops, 1)
-        (o,) = ops
-        self._need(_gpr(o) or isinstance(o, Mem))
+        """not/neg/mul/div/idiv/imul r/m: F6/F7 /n."""
+        (o,) = self._count(ops, 1)
+        self._need(_rm(o))
         size = self._size(o)
         return self._emit([0xF6 + (size != 8)], rm=o, reg=n, size=size)
 
     def _i_incdec(self, mn, ops, n):
-        self._count(ops, 1)
-        (o,) = ops
-        self._need(_gpr(o) or isinstance(o, Mem))
+        (o,) = self._count(ops, 1)
+        self._need(_rm(o))
         size = self._size(o)
-        if _gpr(o) and size in (16, 32) and self.bits != 64:    # the one-byte 40+r / 48+r
+        if _gpr(o) and size in (16, 32) and self.bits != 64:    # 40+r / 48+r (REX in bits 64)
             return self._emit([0x40 + 8 * n], opreg=o, size=size)
         return self._emit([0xFE + (size != 8)], rm=o, reg=n, size=size)
 
@@ -931,41 +929,75 @@ class Assembler:
         self._count(ops, 1, 2, 3)
         if len(ops) == 1:
             return self._i_unary(mn, ops, 5)
-        if len(ops) == 2 and isinstance(ops[1], Imm):
-            ops = [ops[0], ops[0], ops[1]]
-        dst, src = ops[:2]
-        self._need(_gpr(dst) and dst.size > 8 and (_gpr(src) or isinstance(src, Mem)))
+        if len(ops) == 2 and not isinstance(ops[1], Imm):
+            return self._i_reg_rm(mn, ops, _REG_RM['imul'])
+        dst, src, imm = ops if len(ops) == 3 else (ops[0], ops[0], ops[1])
+        self._need(_gpr(dst) and dst.size > 8 and _rm(src) and isinstance(imm, Imm))
         size = self._size(dst, src)
-        if len(ops) == 2:
-            return self._emit([0x0F, 0xAF], rm=src, reg=dst, size=size)
-        imm = ops[2]
-        self._need(isinstance(imm, Imm))
         if self._fits8(imm, size):
             return self._emit([0x6B], rm=src, reg=dst, size=size, imm=self._imm8(imm, size))
         return self._emit([0x69], rm=src, reg=dst, size=size, imm=self._immz(imm, size))
 
+    def _i_reg_rm(self, mn, ops, op):
+        """bsf/bsr/cmovcc/imul reg, r/m."""
+        dst, src = self._count(ops, 2)
+        self._need(_gpr(dst) and dst.size > 8 and _rm(src))
+        return self._emit(bytes.fromhex(op), rm=src, reg=dst, size=self._size(dst, src))
+
+    def _i_rm_reg(self, mn, ops, op):
+        """cmpxchg/xadd r/m, reg."""
+        a, b = self._count(ops, 2)
+        self._need(_gpr(b) and _rm(a))
+        size = self._size(a, b)
+        return self._emit(bytes.fromhex(op)[:-1] + bytes([int(op[-2:], 16) - (size == 8)]),
+                          rm=a, reg=b, size=size)
+
+    def _i_group(self, mn, ops, op, ext, regs):
+        """One r/m operand with an opcode extension: lgdt, ltr, setcc, cmpxchg16b..."""
+        (o,) = self._count(ops, 1)
+        if regs is None:
+            self._need(isinstance(o, Mem), f'{mn} needs a memory operand')
+        else:
+            self._need(isinstance(o, Mem) or _gpr(o) and (o.size == 8) == (regs == 8))
+        size = o.size if regs == 'sized' and _gpr(o) else None
+        return self._emit(bytes.fromhex(op), rm=o, reg=ext, size=size, w=mn == 'cmpxchg16b')
+
     def _i_shift(self, mn, ops, n):
-        self._count(ops, 1, 2)
-        dst, count = ops[0], ops[1] if len(ops) == 2 else Imm(1)
-        self._need(_gpr(dst) or isinstance(dst, Mem))
-        size, wide = self._size(dst), self._size(dst) != 8
+        dst, count = self._count(ops, 1, 2) if len(ops) == 2 else (*self._count(ops, 1), Imm(1))
+        self._need(_rm(dst))
+        size = self._size(dst)
         if isinstance(count, Imm) and count.value == 1 and not count.reloc:
-            return self._emit([0xD0 + wide], rm=dst, reg=n, size=size)
+            return self._emit([0xD0 + (size != 8)], rm=dst, reg=n, size=size)
         if isinstance(count, Imm):
-            return self._emit([0xC0 + wide], rm=dst, reg=n, size=size, imm=self._imm(count.value, 8))
+            return self._emit([0xC0 + (size != 8)], rm=dst, reg=n, size=size,
+                              imm=self._imm(count.value, 8))
         self._need(count == _REGS['cl'], 'shift count must be an immediate or cl')
-        return self._emit([0xD2 + wide], rm=dst, reg=n, size=size)
+        return self._emit([0xD2 + (size != 8)], rm=dst, reg=n, size=size)
+
+    def _i_bt(self, mn, ops, k):
+        a, b = self._count(ops, 2)
+        self._need(_rm(a))
+        if isinstance(b, Imm):
+            return self._emit([0x0F, 0xBA], rm=a, reg=4 + k, size=self._size(a),
+                              imm=self._imm(b.value, 8))
+        self._need(_gpr(b))
+        return self._emit([0x0F, 0xA3 + 8 * k], rm=a, reg=b, size=self._size(a, b))
+
+    def _i_bswap(self, mn, ops):
+        (o,) = self._count(ops, 1)
+        self._need(_gpr(o) and o.size >= 32)
+        return self._emit([0x0F, 0xC8], opreg=o, size=o.size)
 
     _PUSH_SEG = {'es': '06', 'cs': '0e', 'ss': '16', 'ds': '1e', 'fs': '0fa0', 'gs': '0fa8'}
     _POP_SEG = {'es': '07', 'ss': '17', 'ds': '1f', 'fs': '0fa1', 'gs': '0fa9'}
 
     def _i_push(self, mn, ops):
-        self._count(ops, 1)
-        (o,) = ops
+        """push/pop of registers, memory, segment registers; push imm."""
+        (o,) = self._count(ops, 1)
         push = mn == 'push'
         if _kind(o) == 'seg':
             table = self._PUSH_SEG if push else self._POP_SEG
-            self._need(o.name in table and (self.bits != 64 or o.name in 'fsgs'),
+            self._need(o.name in table and (self.bits != 64 or o.name in ('fs', 'gs')),
                        f'cannot {mn} {o.name} in bits {self.bits}')
             return self._emit(bytes.fromhex(table[o.name]))
         size = o.size or self.bits
@@ -974,234 +1006,135 @@ class Assembler:
                 return self._emit([0x6A], size=size, d64=True, imm=self._imm8(o, size))
             imm = self._imm(o.value, 16) if size == 16 else self._immz(o, size)
             return self._emit([0x68], size=size, d64=True, imm=imm)
-        self._need(size > 8 and (_gpr(o) or isinstance(o, Mem)))
+        self._need(size > 8 and _rm(o))
         if _gpr(o):
             return self._emit([0x50 if push else 0x58], opreg=o, size=size, d64=True)
         return self._emit([0xFF if push else 0x8F], rm=o, reg=6 if push else 0, size=size, d64=True)
 
     def _i_jump(self, mn, ops, cc=None):
-        """jmp/call (relative, indirect, far) and jcc; rel8 when it reaches."""
-        self._count(ops, 1)
-        (t,) = ops
+        """jmp/call (relative, indirect, far) and jcc; rel8 when the target is in reach."""
+        (t,) = self._count(ops, 1)
         call = mn == 'call'
         if isinstance(t, Far):
             self._need(cc is None and self.bits != 64, 'far pointers need bits 16 or 32')
             size = t.size or (16 if self.bits == 16 else 32)
             return self._emit([0x9A if call else 0xEA], size=size,
                               imm=self._imm(t.off, size) + self._imm(t.seg, 16))
-        if isinstance(t, (Reg, Mem)):
-            self._need(cc is None and (_gpr(t) or isinstance(t, Mem)), 'invalid jump target')
-            far = getattr(t, 'kw', None) == 'far'
-            ext = (2 if call else 4) + far                      # FF /2 /3 /4 /5
-            size = t.size if _gpr(t) or not far else None
-            return self._emit([0xFF], rm=t, reg=ext, size=size or (None if far else self.bits), d64=True)
-        width = 16 if self.bits == 16 else 32
-        short_ok = not call and t.kw != 'near' and self._key not in self._grown
-        if short_ok:
+        if not isinstance(t, Imm):
+            self._need(cc is None and _rm(t), 'invalid jump target')
+            if isinstance(t, Mem) and t.kw == 'far':        # FF /3, /5: m16:16/32
+                return self._emit([0xFF], rm=t, reg=3 if call else 5)
+            return self._emit([0xFF], rm=t, reg=2 if call else 4, size=t.size or self.bits, d64=True)
+        if not call and t.kw != 'near' and self._key not in self._grown:
             rel = t.value - (self.pc + 2)
-            if -128 <= rel <= 127 or t.unresolved or not self.strict and t.kw == 'short':
+            if -128 <= rel <= 127 or t.unresolved or t.kw == 'short' and not self.strict:
                 return self._emit([0xEB if cc is None else 0x70 + cc], imm=self._simm(rel, 8))
-            if t.kw == 'short':
-                raise _Fail(f'short jump out of range ({rel})')
-            self._grown.add(self._key)
+            self._need(t.kw != 'short', f'short jump out of range ({rel})')
+            self._grown.add(self._key)      # near from now on
         op = [0xE8] if call else [0xE9] if cc is None else [0x0F, 0x80 + cc]
+        width = 16 if self.bits == 16 else 32
         rel = t.value - (self.pc + len(op) + width // 8)
-        if width == 16:
-            rel = _signed(rel, 16)      # IP wraps at 64K
-        return self._emit(op, imm=self._simm(rel, width))
+        return self._emit(op, imm=self._simm(_signed(rel, 16) if width == 16 else rel, width))
 
     def _i_loop(self, mn, ops):
-        self._count(ops, 1)
+        (t,) = self._count(ops, 1)
         op, asize = _LOOP[mn]
         asize = asize or self.bits
-        self._need(asize in ((32, 64) if self.bits == 64 else (16, 32)), f'{mn} is not valid in bits {self.bits}')
-        extra = int(asize != self.bits)
-        rel = ops[0].value - (self.pc + 2 + extra)
-        if not -128 <= rel <= 127 and self.strict:
-            raise _Fail(f'{mn} target out of range ({rel})')
-        return self._emit([op], p67=bool(extra), imm=self._simm(rel, 8))
+        self._need(asize in ((32, 64) if self.bits == 64 else (16, 32)),
+                   f'{mn} is not valid in bits {self.bits}')
+        rel = t.value - (self.pc + 2 + (asize != self.bits))
+        self._need(-128 <= rel <= 127 or not self.strict, f'{mn} target out of range ({rel})')
+        return self._emit([op], p67=asize != self.bits, imm=self._simm(rel, 8))
 
     def _i_ret(self, mn, ops):
-        self._count(ops, 0, 1)
         far = mn == 'retf'
-        if not ops:
+        if not self._count(ops, 0, 1):
             return self._emit([0xCB if far else 0xC3])
         return self._emit([0xCA if far else 0xC2], imm=self._imm(ops[0].value, 16))
 
     def _i_int(self, mn, ops):
-        self._count(ops, 1)
-        self._need(isinstance(ops[0], Imm))
-        if ops[0].value == 3:
-            return self._emit([0xCC])       # GNU as encodes int 3 as int3
-        return self._emit([0xCD], imm=self._imm(ops[0].value, 8))
+        (n,) = self._count(ops, 1)
+        self._need(isinstance(n, Imm))
+        if n.value == 3:
+            return self._emit([0xCC])       # as GNU as encodes it
+        return self._emit([0xCD], imm=self._imm(n.value, 8))
 
     def _i_inout(self, mn, ops):
-        self._count(ops, 2)
-        acc, port = ops if mn == 'in' else ops[::-1]
+        acc, port = self._count(ops, 2)[::1 if mn == 'in' else -1]
         self._need(_acc(acc) and acc.size <= 32, f'{mn} needs al, ax or eax')
-        op = 0xE4 if mn == 'in' else 0xE6
+        op = (0xE4 if mn == 'in' else 0xE6) + (acc.size != 8)
         if isinstance(port, Imm):
-            return self._emit([op + (acc.size != 8)], size=acc.size,
-                              imm=self._imm(port.value & 0xFFFF if port.value < 256 else port.value, 8))
+            self._need(0 <= port.value <= 255, 'port number must be 0-255 (else use dx)')
+            return self._emit([op], size=acc.size, imm=bytes([port.value]))
         self._need(port == _REGS['dx'], 'port must be an imm8 or dx')
-        return self._emit([op + 8 + (acc.size != 8)], size=acc.size)
-
-    def _i_bt(self, mn, ops, k):
-        self._count(ops, 2)
-        a, b = ops
-        self._need(_gpr(a) or isinstance(a, Mem))
-        if isinstance(b, Imm):
-            return self._emit([0x0F, 0xBA], rm=a, reg=4 + k, size=self._size(a),
-                              imm=self._imm(b.value, 8))
-        self._need(_gpr(b))
-        return self._emit([0x0F, 0xA3 + 8 * k], rm=a, reg=b, size=self._size(a, b))
-
-    def _i_bsf(self, mn, ops):
-        self._count(ops, 2)
-        dst, src = ops
-        self._need(_gpr(dst) and (_gpr(src) or isinstance(src, Mem)))
-        return self._emit([0x0F, 0xBC if mn == 'bsf' else 0xBD], rm=src, reg=dst,
-                          size=self._size(dst, src))
-
-    def _i_xadd(self, mn, ops):
-        """cmpxchg/xadd r/m, reg."""
-        self._count(ops, 2)
-        a, b = ops
-        self._need(_gpr(b) and (_gpr(a) or isinstance(a, Mem)))
-        size = self._size(a, b)
-        return self._emit([0x0F, (0xB0 if mn == 'cmpxchg' else 0xC0) + (size != 8)],
-                          rm=a, reg=b, size=size)
-
-    def _i_cmpxchg8b(self, mn, ops):
-        self._count(ops, 1)
-        self._need(isinstance(ops[0], Mem))
-        return self._emit([0x0F, 0xC7], rm=ops[0], reg=1, w=mn == 'cmpxchg16b')
-
-    def _i_bswap(self, mn, ops):
-        self._count(ops, 1)
-        self._need(_gpr(ops[0]) and ops[0].size >= 32)
-        return self._emit([0x0F, 0xC8], opreg=ops[0], size=ops[0].size)
-
-    def _i_setcc(self, mn, ops, cc):
-        self._count(ops, 1)
-        o = ops[0]
-        self._need(_gpr(o) and o.size == 8 or isinstance(o, Mem) and o.size in (None, 8))
-        return self._emit([0x0F, 0x90 + cc], rm=o, reg=0)
-
-    def _i_cmov(self, mn, ops, cc):
-        self._count(ops, 2)
-        dst, src = ops
-        self._need(_gpr(dst) and dst.size > 8 and (_gpr(src) or isinstance(src, Mem)))
-        return self._emit([0x0F, 0x40 + cc], rm=src, reg=dst, size=self._size(dst, src))
-
-    def _i_desc(self, mn, ops, n):
-        """lgdt/lidt/sgdt/sidt/invlpg [m]: 0F 01 /n."""
-        self._count(ops, 1)
-        self._need(isinstance(ops[0], Mem), f'{mn} needs a memory operand')
-        return self._emit([0x0F, 0x01], rm=ops[0], reg=n)
-
-    def _i_sysseg(self, mn, ops, n):
-        """ltr/lldt/str/sldt/verr/verw r/m16: 0F 00 /n."""
-        self._count(ops, 1)
-        o = ops[0]
-        self._need(_gpr(o) and o.size > 8 or isinstance(o, Mem))
-        size = o.size if _gpr(o) and mn in ('str', 'sldt') else None
-        return self._emit([0x0F, 0x00], rm=o, reg=n, size=size)
+        return self._emit([op + 8], size=acc.size)
 
     # ------------------------------------------------------------------ SSE
 
     def _i_sse_mov(self, mn, ops):
         if mn == 'movsd' and not ops:
             return self._i_simple(mn, ops)      # the string instruction
-        self._count(ops, 2)
-        dst, src = ops
+        dst, src = self._count(ops, 2)
         mand, load, store = _SSE_MOV[mn]
-        if _kind(dst) == 'xmm' and (_kind(src) == 'xmm' or isinstance(src, Mem)):
+        if _kind(dst) == 'xmm' and _xmm_rm(src):
             return self._emit([0x0F, load], rm=src, reg=dst, mand=mand)
         self._need(isinstance(dst, Mem) and _kind(src) == 'xmm')
         return self._emit([0x0F, store], rm=dst, reg=src, mand=mand)
 
     def _i_sse_op(self, mn, ops):
-        self._count(ops, 2)
-        dst, src = ops
-        self._need(_kind(dst) == 'xmm' and (_kind(src) == 'xmm' or isinstance(src, Mem)))
-        mand, op = _SSE_OP[mn]
-        return self._emit([0x0F, op], rm=src, reg=dst, mand=mand)
-
-    def _i_pshufd(self, mn, ops):
-        self._count(ops, 3)
-        dst, src, imm = ops
-        self._need(_kind(dst) == 'xmm' and (_kind(src) == 'xmm' or isinstance(src, Mem))
-                   and isinstance(imm, Imm))
-        return self._emit([0x0F, 0x70], rm=src, reg=dst, mand=0x66, imm=self._imm(imm.value, 8))
+        if mn == 'pshufd':
+            dst, src, imm = self._count(ops, 3)
+            self._need(isinstance(imm, Imm))
+            mand, op, imm = 0x66, 0x70, self._imm(imm.value, 8)
+        else:
+            (dst, src), (mand, op), imm = self._count(ops, 2), _SSE_OP[mn], b''
+        self._need(_kind(dst) == 'xmm' and _xmm_rm(src))
+        return self._emit([0x0F, op], rm=src, reg=dst, mand=mand, imm=imm)
 
     def _i_movdq(self, mn, ops):
-        """movd/movq between xmm and general registers or memory."""
-        self._count(ops, 2)
-        dst, src = ops
-        if mn == 'movq' and _kind(dst) == 'xmm' and (_kind(src) == 'xmm' or isinstance(src, Mem)):
+        """movd/movq between xmm registers, general registers and memory."""
+        dst, src = self._count(ops, 2)
+        if mn == 'movq' and _kind(dst) == 'xmm' and _xmm_rm(src):
             return self._emit([0x0F, 0x7E], rm=src, reg=dst, mand=0xF3)
         if mn == 'movq' and isinstance(dst, Mem) and _kind(src) == 'xmm':
             return self._emit([0x0F, 0xD6], rm=dst, reg=src, mand=0x66)
         xmm, other, op = (dst, src, 0x6E) if _kind(dst) == 'xmm' else (src, dst, 0x7E)
-        self._need(_kind(xmm) == 'xmm' and (_gpr(other) or isinstance(other, Mem)))
-        size = other.size or (64 if mn == 'movq' else 32)
-        self._need(size == (64 if mn == 'movq' else 32) or mn == 'movd' and size == 64)
+        self._need(_kind(xmm) == 'xmm' and _rm(other))
+        size = other.size or 32
+        self._need(size == 64 or size == 32 and mn == 'movd')
         return self._emit([0x0F, op], rm=other, reg=xmm, mand=0x66, w=size == 64)
 
     def _i_sse_cvt(self, mn, ops):
-        self._count(ops, 2)
-        dst, src = ops
+        dst, src = self._count(ops, 2)
         mand, op, to_xmm = _SSE_CVT[mn]
         if to_xmm:
-            self._need(_kind(dst) == 'xmm' and (_gpr(src) or isinstance(src, Mem)))
-            size = self._size(src)
-            return self._emit([0x0F, op], rm=src, reg=dst, mand=mand, w=size == 64)
-        self._need(_gpr(dst) and dst.size >= 32 and (_kind(src) == 'xmm' or isinstance(src, Mem)))
+            self._need(_kind(dst) == 'xmm' and _rm(src))
+            return self._emit([0x0F, op], rm=src, reg=dst, mand=mand, w=self._size(src) == 64)
+        self._need(_gpr(dst) and dst.size >= 32 and _xmm_rm(src))
         return self._emit([0x0F, op], rm=src, reg=dst, mand=mand, w=dst.size == 64)
 
 
-def _kind(op):
-    return op.kind if isinstance(op, Reg) else None
-
-
-def _gpr(op):
-    return isinstance(op, Reg) and op.kind == 'gpr'
-
-
-def _acc(op):
-    """al, ax, eax or rax: the accumulator that has short opcode forms."""
-    return _gpr(op) and op.num == 0
-
-
 def _make_handlers():
+    """mnemonic -> (Assembler method, extra arguments)."""
     a = Assembler
     table = {mn: (a._i_simple,) for mn in _SIMPLE}
-    table.update({mn: (a._i_alu, n) for mn, n in _ALU.items()})
-    table.update({mn: (a._i_shift, n) for mn, n in _SHIFT.items()})
-    table.update({mn: (a._i_unary, n) for mn, n in _UNARY.items()})
-    table.update({mn: (a._i_bt, n) for mn, n in _BT.items()})
-    table.update({mn: (a._i_desc, n) for mn, n in _DESC.items()})
-    table.update({mn: (a._i_sysseg, n) for mn, n in _SYSSEG.items()})
+    for group, method in ((_ALU, a._i_alu), (_SHIFT, a._i_shift), (_UNARY, a._i_unary),
+                          (_BT, a._i_bt), (_REG_RM, a._i_reg_rm), (_RM_REG, a._i_rm_reg)):
+        table.update({mn: (method, arg) for mn, arg in group.items()})
+    table.update({mn: (a._i_group, *arg) for mn, arg in _GROUP.items()})
     table.update({mn: (a._i_loop,) for mn in _LOOP})
     table.update({mn: (a._i_sse_mov,) for mn in _SSE_MOV})
-    table.update({mn: (a._i_sse_op,) for mn in _SSE_OP})
+    table.update({mn: (a._i_sse_op,) for mn in list(_SSE_OP) + ['pshufd']})
     table.update({mn: (a._i_sse_cvt,) for mn in _SSE_CVT})
-    for cc, n in _CC.items():
-        table['j' + cc] = (a._i_jump, n)
-        table['set' + cc] = (a._i_setcc, n)
-        table['cmov' + cc] = (a._i_cmov, n)
+    table.update({'j' + cc: (a._i_jump, n) for cc, n in _CC.items()})
     table.update({
         'mov': (a._i_mov,), 'movzx': (a._i_movx,), 'movsx': (a._i_movx,),
         'movsxd': (a._i_movx,), 'lea': (a._i_lea,), 'test': (a._i_test,),
         'xchg': (a._i_xchg,), 'inc': (a._i_incdec, 0), 'dec': (a._i_incdec, 1),
         'imul': (a._i_imul,), 'push': (a._i_push,), 'pop': (a._i_push,),
-        'jmp': (a._i_jump,), 'call': (a._i_jump,), 'ret': (a._i_ret,),
-        'retf': (a._i_ret,), 'int': (a._i_int,), 'in': (a._i_inout,),
-        'out': (a._i_inout,), 'bsf': (a._i_bsf,), 'bsr': (a._i_bsf,),
-        'cmpxchg': (a._i_xadd,), 'xadd': (a._i_xadd,), 'cmpxchg8b': (a._i_cmpxchg8b,),
-        'cmpxchg16b': (a._i_cmpxchg8b,), 'bswap': (a._i_bswap,),
-        'pshufd': (a._i_pshufd,), 'movd': (a._i_movdq,), 'movq': (a._i_movdq,),
+        'jmp': (a._i_jump,), 'call': (a._i_jump,), 'ret': (a._i_ret,), 'retf': (a._i_ret,),
+        'int': (a._i_int,), 'in': (a._i_inout,), 'out': (a._i_inout,),
+        'bswap': (a._i_bswap,), 'movd': (a._i_movdq,), 'movq': (a._i_movdq,),
     })
     return table
 
@@ -1210,14 +1143,14 @@ _HANDLERS = _make_handlers()
 
 
 def assemble_with_labels(source, bits=64, origin=0, symbols=None):
-    """Assemble `source`; returns (code bytes, {label or equ name: value})."""
+    """Assemble `source`; returns (code, {label or equ name: value})."""
     asm = Assembler(bits, origin, symbols)
-    code = asm.assemble(source)
-    return code, asm.labels
+    return asm.assemble(source), asm.labels
 
 
 def assemble(source, bits=64, origin=0, symbols=None):
-    """Assemble Intel-syntax `source` starting in `bits` mode at address `origin`.
+    """Assemble Intel-syntax `source`, starting in `bits` mode at address `origin`.
 
-    `symbols` maps extra names to values for expressions.  Raises AsmError."""
+    `symbols` gives values to extra names used in expressions.  Raises AsmError
+    naming the line and what is wrong."""
     return assemble_with_labels(source, bits, origin, symbols)[0]
