@@ -1409,8 +1409,9 @@ class _Watchdog:
             self._cond.notify()
 
     def disarm(self, vcpu):
+        """Returns False if the deadline had already fired (a kick is set)."""
         with self._cond:
-            self._deadlines.pop(vcpu, None)
+            return self._deadlines.pop(vcpu, None) is not None
 
     def _loop(self):
         with self._cond:
@@ -2211,13 +2212,21 @@ class Vcpu:
         MmioRead point into kvm_run and are valid until the next run."""
         if timeout is not None:
             _watchdog.arm(self, time.monotonic() + timeout)
+        reason = None
         try:
             reason = self._enter()
         finally:
             if timeout is not None:
-                _watchdog.disarm(self)
+                self._disarm(reason)
         self.vm.exit_counts[reason] += 1
         return self._decode(reason)
+
+    def _disarm(self, reason):
+        """Cancel a timeout; if it fired after KVM_RUN had already returned
+        for another reason, drop its kick so the next run is not cut short."""
+        if not _watchdog.disarm(self) and reason != ExitReason.INTR:
+            self._map[1] = 0
+            self._why = None
 
     def _decode(self, reason):
         m = self._map
@@ -2296,6 +2305,7 @@ class Vcpu:
         enter, decode = self._enter, self._decode
         if timeout is not None:
             _watchdog.arm(self, time.monotonic() + timeout)
+        reason = None
         try:
             while True:
                 reason = enter()
@@ -2325,7 +2335,7 @@ class Vcpu:
                     return exit
         finally:
             if timeout is not None:
-                _watchdog.disarm(self)
+                self._disarm(reason)
 
 
 # ---------------------------------------------------------------------------
@@ -3157,6 +3167,13 @@ class Snippet:
         self._stop = stop
         return False
 
+    def _resume(self):
+        """Go on after a hook (a handler's return value); a hook that mapped
+        memory needs the page tables to show it first."""
+        if self._tables_dirty:
+            self._write_system_area()
+        return True
+
     def _final(self, exit):
         """The Stop for an exit no handler took."""
         rip = self.vcpu.get_regs().rip
@@ -3208,7 +3225,7 @@ class Snippet:
                 value = hook(self, exit.port, size, None) if hook else self.vm.pio.read(exit.port, size)
                 value = ones if value is None else value & ones
                 exit.buf[i * size:(i + 1) * size] = value.to_bytes(size, 'little')
-        return True
+        return self._resume()
 
     def _on_trap(self, regs, sregs, vector):
         """The snippet took ``vector`` (or, for _SYSCALL_STUB, a syscall)."""
@@ -3249,7 +3266,9 @@ class Snippet:
             return self._halt(Stop('until', rip, address=address))   # fetch from unmapped until
         stop = Stop('exception', rip, vector, error_code, address)
         hook = self._hooks.get('exception')
-        return bool(hook and hook(self, stop)) or self._halt(stop)
+        if hook and hook(self, stop):
+            return self._resume()
+        return self._halt(stop)
 
     def _unwind(self, regs, sregs, vector):
         """Pop the frame the CPU pushed for ``vector`` and put the snippet's
@@ -3287,7 +3306,7 @@ class Snippet:
         result = hook(self)
         if result is not None:
             self.vcpu.set_regs(rax=result & 0xFFFFFFFFFFFFFFFF)
-        return True
+        return self._resume()
 
     def _on_mmio(self, vcpu, exit):
         hook = self._hooks.get('mmio')
@@ -3298,7 +3317,7 @@ class Snippet:
         value = hook(self, exit.addr, size, exit.value if is_write else None)
         if not is_write:
             exit.set((1 << 8 * size) - 1 if value is None else value)
-        return True
+        return self._resume()
 
     def _on_msr(self, vcpu, exit):
         is_write = isinstance(exit, WrMsr)
@@ -3316,7 +3335,7 @@ class Snippet:
                 exit.fail()
         else:
             exit.reply(answer)
-        return True
+        return self._resume()
 
     def _on_debug(self, vcpu, exit):
         # only `until` arms KVM's debugging
