@@ -5,6 +5,8 @@ docs/snippets.md run as written.
 
 Keep CPL0 and real-mode guests tiny: on kvm_pvm hosts they are emulated."""
 
+import contextlib
+import io
 import os
 import re
 import unittest
@@ -565,7 +567,21 @@ class DocsExamplesTest(unittest.TestCase):
         self.assertGreaterEqual(len(blocks), 3)
         for i, block in enumerate(blocks):
             with self.subTest(example=i + 1, first_line=block.splitlines()[0]):
-                exec(compile(block, f'{DOCS} example {i + 1}', 'exec'), {'__name__': 'example'})
+                namespace = {'__name__': 'example'}
+                with contextlib.redirect_stdout(io.StringIO()):
+                    exec(compile(block, f'{DOCS} example {i + 1}', 'exec'), namespace)
+                self.run_test_cases(namespace)
+
+    def run_test_cases(self, namespace):
+        """Run the TestCase classes an example defines: they must pass."""
+        loader = unittest.TestLoader()
+        for value in namespace.values():
+            if isinstance(value, type) and issubclass(value, unittest.TestCase) \
+                    and value.__module__ == 'example':
+                result = unittest.TextTestRunner(stream=io.StringIO()).run(
+                    loader.loadTestsFromTestCase(value))
+                self.assertTrue(result.wasSuccessful() and result.testsRun,
+                                f'{value.__name__}: {result.failures + result.errors}')
 
 
 if __name__ == '__main__':
