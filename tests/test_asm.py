@@ -84,6 +84,19 @@ def every_mode(m, mb):
         'divsd xmm5, xmm6', 'sqrtsd xmm7, xmm0', f'sqrtsd xmm1, {m}', 'movsd xmm0, xmm1',
         f'movsd xmm2, {m}', f'movsd {m}, xmm3', 'subsd xmm0, xmm1', 'ucomisd xmm0, xmm1',
         'movss xmm0, xmm1', 'cvtsd2si eax, xmm1', 'pcmpeqd xmm0, xmm1',
+        f'movss {m}, xmm2', 'movapd xmm1, xmm2', f'movapd {m}, xmm3', f'movupd xmm4, {m}',
+        'psubq xmm0, xmm1', 'psubb xmm1, xmm2', 'psubw xmm2, xmm3', 'paddb xmm3, xmm4',
+        'paddw xmm4, xmm5', 'pandn xmm5, xmm6', 'pcmpeqb xmm6, xmm7', 'pmuludq xmm0, xmm1',
+        'punpcklqdq xmm1, xmm2', 'unpcklpd xmm2, xmm3', 'subps xmm0, xmm1', 'subpd xmm1, xmm2',
+        'subss xmm2, xmm3', 'divps xmm3, xmm4', 'divpd xmm4, xmm5', 'divss xmm5, xmm6',
+        'sqrtps xmm6, xmm7', 'sqrtpd xmm7, xmm0', 'sqrtss xmm0, xmm1', 'addss xmm1, xmm2',
+        'mulss xmm2, xmm3', 'xorpd xmm3, xmm4', 'andps xmm4, xmm5', 'andpd xmm5, xmm6',
+        'orps xmm6, xmm7', 'orpd xmm7, xmm0', 'comisd xmm0, xmm1', 'ucomiss xmm1, xmm2',
+        'comiss xmm2, xmm3', 'cvtsd2ss xmm3, xmm4', 'cvtss2sd xmm4, xmm5',
+        'cvtsi2ss xmm5, ecx', 'cvttss2si edx, xmm6', 'cvtss2si esi, xmm7', 'verr ax',
+        f'verw {m}', 'rsm', 'monitor', 'mwait', 'int1', 'rdpmc', 'cmpsw', 'cmpsd', 'scasw',
+        'stosb', 'loop $', 'jmp $', 'jmp $+2', 'xadd bx, cx', f'cmpxchg {m}, bl',
+        'btc bx, 3', f'btc {m}, ecx', 'bsf si, di', f'bsr esi, {m}',
     ]
     lines += [f'set{cc} al' for cc in CCS] + [f'set{cc} byte {m}' for cc in CCS[:4]]
     lines += [f'cmov{cc} eax, ecx' for cc in CCS] + [f'cmove si, {m}', f'cmovl ebx, {m}']
@@ -291,6 +304,295 @@ class AgainstGnuAs(unittest.TestCase):
     def test_jumps_and_labels_in_bits64(self):
         self.assert_same_as_gas(64, jumps(64))
 
+
+
+def hexa(source, bits=64, **kw):
+    return assemble(source, bits, **kw).hex(' ')
+
+
+class Jumps(unittest.TestCase):
+    """Labels, forward references and the short/near choice."""
+
+    def test_forward_jump_within_127_bytes_is_short(self):
+        code = assemble('jmp x\ntimes 127 nop\nx:')
+        self.assertEqual(code[:2], bytes([0xEB, 127]))
+
+    def test_forward_jump_128_bytes_ahead_is_near(self):
+        code = assemble('jmp x\ntimes 128 nop\nx:')
+        self.assertEqual(code[:5], bytes([0xE9, 128, 0, 0, 0]))
+
+    def test_backward_jump_of_minus_128_is_short_and_minus_129_near(self):
+        self.assertEqual(assemble('x: times 126 nop\njmp x')[-2:], bytes([0xEB, 0x80]))
+        self.assertEqual(assemble('x: times 127 nop\njmp x')[-5:],
+                         (-132).to_bytes(4, 'little', signed=True).rjust(5, b'\xe9'))
+
+    def test_conditional_jump_grows_to_0f_8x(self):
+        code = assemble('jne x\ntimes 200 nop\nx:', bits=32)
+        self.assertEqual(code[:6], bytes([0x0F, 0x85, 200, 0, 0, 0]))
+
+    def test_near_jump_in_bits16_takes_rel16(self):
+        code = assemble('jmp x\ntimes 300 nop\nx: je x', bits=16)
+        self.assertEqual(code[:3], bytes([0xE9, 0x2C, 0x01]))
+        self.assertEqual(code[-2:], bytes([0x74, 0xFE]))
+
+    def test_growing_jump_moves_the_labels_after_it(self):
+        code, labels = assemble_with_labels('a: jmp c\nb: times 130 nop\nc: jmp b')
+        self.assertEqual(labels, {'a': 0, 'b': 5, 'c': 135})
+        self.assertEqual(code[-5:], bytes([0xE9]) + (5 - 140).to_bytes(4, 'little', signed=True))
+
+    def test_chain_of_jumps_that_push_each_other_out_of_range_settles(self):
+        source = '\n'.join(['jmp end'] * 70) + '\nend: ret'
+        code = assemble(source)
+        # the last jumps reach 'end' short, the first ones only near: each must land on it
+        pc, end = 0, len(code) - 1
+        while pc < end:
+            if code[pc] == 0xEB:
+                self.assertEqual(pc + 2 + int.from_bytes(code[pc + 1:pc + 2], 'little', signed=True), end)
+                pc += 2
+            else:
+                self.assertEqual(code[pc], 0xE9)
+                self.assertEqual(pc + 5 + int.from_bytes(code[pc + 1:pc + 5], 'little', signed=True), end)
+                pc += 5
+        self.assertEqual(pc, end)
+
+    def test_short_and_near_keywords_force_the_size(self):
+        self.assertEqual(hexa('jmp near x\nx:'), 'e9 00 00 00 00')
+        self.assertEqual(hexa('jmp short x\nx:'), 'eb 00')
+        with self.assertRaisesRegex(AsmError, 'short jump out of range'):
+            assemble('jmp short x\ntimes 200 nop\nx:')
+
+    def test_call_is_always_near(self):
+        self.assertEqual(hexa('call x\nx:'), 'e8 00 00 00 00')
+        self.assertEqual(hexa('call x\nx:', bits=16), 'e8 00 00')
+
+    def test_labels_count_from_the_origin_and_jumps_stay_relative(self):
+        code, labels = assemble_with_labels('start: nop\nloop: jmp start', origin=0x7C00)
+        self.assertEqual(labels, {'start': 0x7C00, 'loop': 0x7C01})
+        self.assertEqual(code, bytes([0x90, 0xEB, 0xFD]))
+
+    def test_label_on_the_line_of_an_instruction_and_local_labels(self):
+        code, labels = assemble_with_labels('f: .l: dec ecx\n jnz .l\ng: .l: jmp f.l')
+        self.assertEqual(labels, {'f': 0, 'f.l': 0, 'g': 4, 'g.l': 4})
+        self.assertEqual(code, bytes([0xFF, 0xC9, 0x75, 0xFC, 0xEB, 0xFA]))
+
+    def test_rip_relative_counts_from_the_end_including_the_immediate(self):
+        self.assertEqual(hexa('mov dword [rel x], 5\nx:'), 'c7 05 00 00 00 00 05 00 00 00')
+        self.assertEqual(hexa('x: cmp byte [rel x], 1'), '80 3d f9 ff ff ff 01')
+        self.assertEqual(hexa('lea rax, [rel x + 8]\nx:'), '48 8d 05 08 00 00 00')
+
+    def test_label_immediates_and_displacements_take_the_full_field(self):
+        self.assertEqual(hexa('add eax, x\nx:', bits=32), '05 05 00 00 00')
+        self.assertEqual(hexa('mov eax, [ebx + x]\nx:', bits=32), '8b 83 06 00 00 00')
+        self.assertEqual(hexa('mov rax, x\nx:'), '48 b8 0a 00 00 00 00 00 00 00')
+        self.assertEqual(hexa('add eax, b - a\na: nop\nb:'), '83 c0 01 90')
+
+    def test_far_jump_takes_ptr16_16_or_ptr16_32(self):
+        self.assertEqual(hexa('jmp 0x08:x\nx:', bits=16, origin=0x7C00), 'ea 05 7c 08 00')
+        self.assertEqual(hexa('jmp dword 0x08:x\nx:', bits=16), '66 ea 08 00 00 00 08 00')
+        self.assertEqual(hexa('call 0x10:x\nx:', bits=32), '9a 07 00 00 00 10 00')
+        with self.assertRaisesRegex(AsmError, 'far pointers need bits 16 or 32'):
+            assemble('jmp 0x08:0')
+
+    def test_real_to_long_mode_trampoline(self):
+        code, labels = assemble_with_labels("""
+            bits 16
+            start:  cli
+                    lgdt [gdtr]
+                    mov eax, cr0
+                    or al, 1
+                    mov cr0, eax
+                    jmp 0x08:pm
+            bits 32
+            pm:     mov ax, 0x10
+                    mov ds, ax
+                    mov eax, cr4
+                    or eax, 1 << 5          ; PAE
+                    mov cr4, eax
+                    mov ecx, 0xC0000080     ; EFER
+                    rdmsr
+                    or eax, 1 << 8          ; LME
+                    wrmsr
+                    jmp 0x18:lm
+            bits 64
+            lm:     mov rax, 0x1122334455667788
+                    hlt
+                    align 8
+            gdt:    dq 0, 0x00cf9a000000ffff, 0x00cf92000000ffff, 0x00af9a000000ffff
+            gdtr:   dw $ - gdt - 1
+                    dd gdt
+        """, bits=16, origin=0x1000)
+        self.assertEqual(code[:6], bytes.fromhex('fa 0f 01 16') + labels['gdtr'].to_bytes(2, 'little'))
+        pm, lm = labels['pm'], labels['lm']
+        self.assertEqual(code[pm - 0x1000 - 5:pm - 0x1000], bytes([0xEA]) + pm.to_bytes(2, 'little') + b'\x08\x00')
+        self.assertEqual(code[lm - 0x1000 - 7:lm - 0x1000], bytes([0xEA]) + lm.to_bytes(4, 'little') + b'\x18\x00')
+        self.assertEqual(code[lm - 0x1000:lm - 0x1000 + 10], bytes.fromhex('48b88877665544332211'))
+        self.assertEqual(labels['gdt'] % 8, 0)
+        self.assertEqual(code[-6:], (31).to_bytes(2, 'little') + labels['gdt'].to_bytes(4, 'little'))
+
+
+class Expressions(unittest.TestCase):
+
+    def value(self, expr, **symbols):
+        return int.from_bytes(assemble(f'dq {expr}', symbols=symbols), 'little', signed=True)
+
+    def test_precedence_and_parentheses(self):
+        self.assertEqual(self.value('1 + 2 * 3'), 7)
+        self.assertEqual(self.value('(1 + 2) * 3'), 9)
+        self.assertEqual(self.value('1 << 4 | 1'), 17)
+        self.assertEqual(self.value('1 | 2 ^ 3 & 6'), 1 | (2 ^ (3 & 6)))
+        self.assertEqual(self.value('0x10 - 1 - 1'), 14)
+        self.assertEqual(self.value('-(2 + 3) * ~0'), 5)
+        self.assertEqual(self.value('0x100 >> 4'), 16)
+
+    def test_number_forms(self):
+        self.assertEqual(self.value('0x1F + 0b101 + 10 + 0ffh'), 31 + 5 + 10 + 255)
+        self.assertEqual(self.value("'A'"), 65)
+        self.assertEqual(self.value("'AB'"), 0x4241)
+        self.assertEqual(self.value('1_000'), 1000)
+
+    def test_division_truncates_toward_zero(self):
+        self.assertEqual(self.value('-7 / 2'), -3)
+        self.assertEqual(self.value('-7 % 2'), -1)
+        self.assertEqual(self.value('7 / 2'), 3)
+
+    def test_symbols_and_equ_including_forward_references(self):
+        self.assertEqual(self.value('BASE + 4', BASE=0x1000), 0x1004)
+        code, labels = assemble_with_labels('mov eax, SIZE\nSIZE equ COUNT * 4\nCOUNT equ 3', bits=32)
+        self.assertEqual(code, bytes.fromhex('b80c000000'))
+        self.assertEqual(labels, {'SIZE': 12, 'COUNT': 3})
+
+    def test_dollar_is_this_statement_and_double_dollar_the_origin(self):
+        self.assertEqual(hexa('nop\njmp $'), '90 eb fe')
+        self.assertEqual(hexa('nop\nnop\ndw $, $ - $$', origin=0x100), '90 90 02 01 02 00')
+
+    def test_constant_immediates_take_the_short_form(self):
+        self.assertEqual(hexa('add eax, N\nN equ 4'), '83 c0 04')
+
+
+class Directives(unittest.TestCase):
+
+    def test_data_lists_strings_and_widths(self):
+        self.assertEqual(assemble('db "Hi", 0, \'a;b\', -1\ndw 0x1234, \'ab\'\ndd 1\ndq -2'),
+                         b'Hi\x00a;b\xff' + b'\x34\x12ab' + b'\x01\x00\x00\x00'
+                         + b'\xfe' + b'\xff' * 7)
+
+    def test_times_repeats_data_and_instructions(self):
+        self.assertEqual(assemble('times 3 db 7\ntimes 2 nop\ntimes 0 hlt'), b'\x07\x07\x07\x90\x90')
+        self.assertEqual(assemble('times 2 db \'a  b\''), b'a  ba  b')
+
+    def test_boot_sector_padding(self):
+        code = assemble('org 0x7c00\njmp $\ntimes 510-($-$$) db 0\ndw 0xaa55', bits=16)
+        self.assertEqual(len(code), 512)
+        self.assertEqual(code[:2] + code[-2:], bytes([0xEB, 0xFE, 0x55, 0xAA]))
+
+    def test_res_reserves_zeroed_space(self):
+        self.assertEqual(assemble('resb 3\nresw 1\nresd 1\nresq 1'), bytes(17))
+
+    def test_align_pads_code_with_nops_and_data_with_zeros(self):
+        self.assertEqual(assemble('hlt\nalign 4'), bytes([0xF4, 0x90, 0x90, 0x90]))
+        self.assertEqual(assemble('db 1\nalign 4'), bytes([1, 0, 0, 0]))
+        self.assertEqual(assemble('db 1\nalign 4, 0xcc\nalign 4'), bytes([1, 0xCC, 0xCC, 0xCC]))
+
+    def test_org_sets_the_origin_first_and_pads_later(self):
+        code, labels = assemble_with_labels('org 0x100\nnop\norg 0x104\nx: nop')
+        self.assertEqual(code, bytes([0x90, 0, 0, 0, 0x90]))
+        self.assertEqual(labels['x'], 0x104)
+        with self.assertRaisesRegex(AsmError, 'behind'):
+            assemble('nop\nnop\norg 1', origin=0)
+
+    def test_bits_switches_operand_size_mid_source(self):
+        self.assertEqual(hexa('mov ax, 1\nbits 32\nmov ax, 1\n[bits 64]\nmov rax, rbx', bits=16),
+                         'b8 01 00 66 b8 01 00 48 89 d8')
+
+    def test_comments_and_blank_lines(self):
+        self.assertEqual(assemble('; only a comment\n\n  nop # hash comment\n\tret ; done'),
+                         bytes([0x90, 0xC3]))
+
+
+class Encodings(unittest.TestCase):
+    """Forms GNU as's Intel dialect spells differently, checked against the SDM."""
+
+    def test_sized_push_immediates(self):
+        self.assertEqual(hexa('push word 7\npush dword 0x12345', bits=32),
+                         '66 6a 07 68 45 23 01 00')
+        self.assertEqual(hexa('push dword 5', bits=16), '66 6a 05')
+
+    def test_sysret_forms(self):
+        self.assertEqual(hexa('sysret\nsysretq'), '0f 07 48 0f 07')
+
+    def test_movsd_is_the_string_op_without_operands(self):
+        self.assertEqual(hexa('movsd\nmovsd xmm0, xmm1'), 'a5 f2 0f 10 c1')
+
+    def test_absolute_address_in_bits64_uses_sib_not_rip(self):
+        self.assertEqual(hexa('mov eax, [0x1000]'), '8b 04 25 00 10 00 00')
+
+    def test_address_beyond_64k_in_bits16_uses_the_address_size_prefix(self):
+        self.assertEqual(hexa('mov ax, [0x12345]', bits=16), '67 a1 45 23 01 00')
+        self.assertEqual(hexa('inc byte [0x12345]', bits=16), '67 fe 05 45 23 01 00')
+
+
+class Errors(unittest.TestCase):
+
+    def assert_error(self, source, reason, bits=64, lineno=1):
+        with self.assertRaises(AsmError) as caught:
+            assemble(source, bits)
+        e = caught.exception
+        self.assertEqual((e.lineno, e.reason), (lineno, reason))
+        self.assertEqual(str(e), f"line {lineno} '{e.text}': {reason}")
+        return e
+
+    def test_message_names_line_number_text_and_reason(self):
+        e = self.assert_error('nop\n\n   mov al, bx   ; oops\n', 'operand sizes differ', lineno=3)
+        self.assertEqual(str(e), "line 3 'mov al, bx   ; oops': operand sizes differ")
+        self.assertIsInstance(e, ValueError)
+
+    def test_undefined_symbol(self):
+        self.assert_error('jmp nowhere', "undefined symbol 'nowhere'")
+
+    def test_unknown_instruction(self):
+        self.assert_error('frob eax', "unknown instruction 'frob'")
+
+    def test_size_must_be_given_for_memory_and_immediate(self):
+        self.assert_error('mov [rax], 1', 'operand size not specified (use byte/word/dword/qword)')
+
+    def test_64_bit_registers_outside_bits64(self):
+        self.assert_error('mov r8d, 1', 'r8-r15, spl/bpl/sil/dil and REX need bits 64', bits=32)
+        self.assert_error('mov rax, 1', '64-bit operands need bits 64', bits=16)
+
+    def test_high_byte_registers_with_rex(self):
+        self.assert_error('mov ah, sil', 'ah/bh/ch/dh cannot be used with a REX prefix')
+
+    def test_label_defined_twice(self):
+        self.assert_error('a: nop\na: nop', "'a' is defined twice", lineno=2)
+
+    def test_values_out_of_range(self):
+        self.assert_error('mov al, 300', 'value 0x12c does not fit in 8 bits')
+        self.assert_error('add rax, 0x80000000',
+                          'value 0x80000000 does not fit in a signed 32-bit field')
+        self.assert_error('loop x\ntimes 200 nop\nx:', 'loop target out of range (200)')
+
+    def test_bad_addresses(self):
+        self.assert_error('mov ax, [bx+ax]', '[bx+ax] is not a 16-bit address form', bits=16)
+        self.assert_error('mov eax, [ebx+ecx+edx]', "too many registers in 'ebx+ecx+edx'", bits=32)
+        self.assert_error('mov eax, [rax+esp*2]', 'address registers of different sizes')
+        self.assert_error('mov eax, [rax+rsp*2]', "'rsp' cannot be an index register")
+        self.assert_error('mov eax, [rax*3]', 'scale must be 1, 2, 4 or 8, not 3')
+        self.assert_error('mov eax, [rel 0x10]', 'rel needs bits 64 and no registers', bits=32)
+
+    def test_instructions_invalid_in_the_mode(self):
+        self.assert_error('push es', 'cannot push es in bits 64')
+        self.assert_error('pusha', 'pusha is not valid in bits 64')
+        self.assert_error('mov cs, ax', 'cs cannot be loaded with mov')
+
+    def test_wrong_operand_count_and_kinds(self):
+        self.assert_error('add eax', 'takes 2 operand(s), not 1')
+        self.assert_error('lgdt eax', 'lgdt needs a memory operand')
+        self.assert_error('mov 5, eax', 'invalid operands')
+
+    def test_bad_mode_argument(self):
+        with self.assertRaises(ValueError):
+            Assembler(bits=8)
+        self.assert_error('bits 8', 'bits must be 16, 32 or 64')
 
 if __name__ == '__main__':
     unittest.main()

@@ -375,6 +375,7 @@ class Assembler:
         self.origin, self.out = self.start_origin, bytearray()
         self._defs, self._scope, self._after_data = {}, '', False
         for index, (lineno, text, labels, body) in enumerate(lines):
+            self._here = self.pc
             try:
                 is_equ = body.split(None, 1)[:1] == ['equ']      # "name: equ 5"
                 for label in labels[:-1] if is_equ else labels:
@@ -451,7 +452,7 @@ class Assembler:
 
     def _symbol(self, name):
         if name in ('$', '$$'):
-            return (self.pc if name == '$' else self.start_origin), True
+            return (self._here if name == '$' else self.start_origin), True
         if name.lower() in _REGS:
             raise _Fail(f"register '{name}' not allowed here")
         full = self._scope + name if name.startswith('.') else name
@@ -550,7 +551,7 @@ class Assembler:
     # --------------------------------------------------------- statements
 
     def _statement(self, body, key):
-        self._key = key         # identifies the statement for jump growth
+        self._key, self._here = key, self.pc    # jump growth key; the address '$' names
         words = body.split(None, 1)
         head, rest = words[0].lower(), (words[1] if len(words) > 1 else '').strip()
         if head.startswith('[') and body.endswith(']'):      # NASM's [bits 16]
