@@ -2475,6 +2475,17 @@ def host_emulates_kernel_mode():
     return os.path.isdir('/sys/module/kvm_pvm')
 
 
+def cpuid_restricted(policy):
+    """Whether CPUID ``policy`` hides the emulator-unsafe features here."""
+    return policy == 'safe' or (policy == 'auto' and host_emulates_kernel_mode())
+
+
+#: What a Linux command line gets where the policy hides features: on
+#: kvm_pvm a CPL0 ``cpuid`` reports leaf 1 and 7 from the host CPU whatever
+#: the CPUID table says, so the kernel must be told as well.
+LINUX_CLEARCPUID = b'clearcpuid=xsave,smap,popcnt'
+
+
 def cpuid_entries(kvm, vcpu_index=0, policy='auto', hide=()):
     """CPUID for a vCPU: KVM's supported list with the APIC ID set and, by
     ``policy``, features hidden: 'auto' hides EMULATOR_UNSAFE_FEATURES where
@@ -2483,7 +2494,7 @@ def cpuid_entries(kvm, vcpu_index=0, policy='auto', hide=()):
     if policy not in ('auto', 'safe', 'host'):
         raise ValueError(f"CPUID policy {policy!r}: use 'auto', 'safe' or 'host'")
     entries = kvm.supported_cpuid()
-    restrict = policy == 'safe' or (policy == 'auto' and host_emulates_kernel_mode())
+    restrict = cpuid_restricted(policy)
     clear = [f for f in EMULATOR_UNSAFE_FEATURES if restrict] + \
         [f for f in EMULATOR_UNSAFE_FEATURES + EMULATOR_WANTED_FEATURES if f[4] in hide]
     add = [f for f in EMULATOR_WANTED_FEATURES if restrict and f[4] not in hide]
@@ -2794,7 +2805,9 @@ class Snippet:
                                     MSR_SFMASK: 0x4700})   # TF, IF, DF, NT
         self._user_cs, self._user_ss = _copy(s.cs), _copy(s.ss)
         self.vcpu.set_sregs(s)
-        self.vcpu.set_regs(kvm_regs(rflags=0x2))
+        # user code runs with interrupts on, as under any OS (and kvm_pvm's
+        # R11 after a CPL3 syscall says IF=1 whatever RFLAGS said); none come
+        self.vcpu.set_regs(kvm_regs(rflags=0x202 if self.cpl == 3 else 0x2))
 
     def _page_plan(self):
         """(address, size, PTE flags) of every range the guest may touch."""
@@ -3249,6 +3262,8 @@ class Snippet:
                     return self._halt(Stop('breakpoint', rip + 2, address=linear))
                 rip, linear, vector = rip + 2, linear + 2, n
         if vector == 1 and self._steps is not None:
+            if linear == self._stubs + 4 * _SYSCALL_STUB:
+                return True              # a syscall's own step: its stub counts it
             self._steps -= 1
             return self._steps > 0 or self._halt(Stop('count', rip))
         if vector == 3:
@@ -3306,6 +3321,10 @@ class Snippet:
         result = hook(self)
         if result is not None:
             self.vcpu.set_regs(rax=result & 0xFFFFFFFFFFFFFFFF)
+        if self._steps is not None:      # a system call is one step (its trap is lost)
+            self._steps -= 1
+            if not self._steps:
+                return self._halt(Stop('count', self.vcpu.get_regs().rip))
         return self._resume()
 
     def _on_mmio(self, vcpu, exit):
@@ -3449,6 +3468,7 @@ class Machine:
         if mem_size < 1 << 20 or mem_size % PAGE_SIZE:
             raise ValueError(f'memory size {mem_size:#x}: give at least 1 MiB, in whole pages')
         self.mode, self.clock, self.console = irqchip, clock, console
+        self.cpuid_policy = cpuid_policy
         self.mem_size, self.cpus = mem_size, cpus
         self._own_kvm = kvm is None
         self.kvm = kvm or Kvm()
@@ -3844,6 +3864,9 @@ def load_kernel(machine, image, fmt='auto', cmdline=b'', initrd=None):
     boot = _import_part('tools', 'boot')
     tables = _import_part('tools', 'platform_tables')
     fmt = detect_format(image) if fmt == 'auto' else fmt
+    if fmt in ('bzimage', 'pvh') and cpuid_restricted(machine.cpuid_policy) \
+            and b'clearcpuid=' not in cmdline:
+        cmdline = (cmdline + b' ' + LINUX_CLEARCPUID).strip()
     rsdp = 0
     if machine.mode != 'user':
         rsdp = tables.write_platform_tables(machine.vm, machine.cpus).rsdp

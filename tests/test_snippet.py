@@ -198,6 +198,21 @@ class LongModeUserTest(AsmTestCase):
         self.assertEqual(self.snippet.reg_read('eax'), 2)
         self.assertNotIn('TF', self.snippet.flags())
 
+    def test_count_takes_a_system_call_as_one_instruction(self):
+        self.snippet.hook_syscall(lambda s: 100)
+        code = assemble('mov eax, 1\nsyscall\nmov ebx, eax\nhlt', origin=CODE)
+        stop = self.snippet.run(code, count=2)
+        self.assertStop(stop, 'count', rip=CODE + 7)
+        self.assertEqual((self.snippet.reg_read('eax'), self.snippet.reg_read('ebx')), (100, 0))
+        self.assertStop(self.snippet.run(code, count=3), 'count', rip=CODE + 9)
+
+    def test_user_mode_starts_with_interrupts_on_and_a_syscall_keeps_the_flags(self):
+        self.snippet.hook_syscall(lambda s: 0)
+        self.assertEqual(self.snippet.flags(), {'IF'})
+        self.run_asm('stc\nsyscall\nhlt')
+        self.assertEqual(self.snippet.flags(), {'IF', 'CF'})
+        self.assertEqual(self.snippet.reg_read('r11') & 0xFFF, 0x203)
+
     def test_timeout_ends_an_infinite_loop(self):
         stop = self.run_asm('jmp $', timeout=0.05)
         self.assertStop(stop, 'timeout', rip=CODE)
