@@ -3409,6 +3409,7 @@ EXIT_SIGNAL = 130       # stopped by SIGINT, SIGTERM or the console's Ctrl-A x
 IRQCHIP_MODES = ('split', 'user', 'kernel')
 RAM_HOLE = 0xC0000000   # guest RAM above 3 GiB moves to 4 GiB (MMIO below)
 IDENTITY_MAP_ADDR = 0xFEFFC000
+HALT_POLL_S = 0.25      # how often an in-kernel-irqchip run looks for a final halt
 APIC_LVT0, APIC_LVT1 = 0x350, 0x360
 APIC_DM_EXTINT, APIC_DM_NMI = 0x700, 0x400
 
@@ -3630,7 +3631,7 @@ class Machine:
     def _io_thread(self):
         import select
         poll_halt = self.mode != 'user'
-        next_poll = time.monotonic() + 1.0
+        next_poll = time.monotonic() + HALT_POLL_S
         while not self._stopping.is_set():
             with self.vm.lock:
                 deadlines = [d for d in (dev.tick() for dev in self._timed) if d is not None]
@@ -3650,7 +3651,7 @@ class Machine:
                 except BlockingIOError:
                     pass
             if poll_halt and time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + 1.0
+                next_poll = time.monotonic() + HALT_POLL_S
                 for v in self.vm.vcpus:
                     v.kick('poll')            # lets the run loop spot a final halt
 
