@@ -2,6 +2,7 @@
 and labels, jump sizing, expressions, directives and errors on their own."""
 
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -303,6 +304,18 @@ class AgainstGnuAs(unittest.TestCase):
 
     def test_jumps_and_labels_in_bits64(self):
         self.assert_same_as_gas(64, jumps(64))
+
+    def test_random_jump_mazes_relax_like_gnu_as(self):
+        rng = random.Random(7)
+        for bits in (16, 32, 64) * 4:
+            lines, count = [], rng.randint(5, 40)
+            for i in range(count):
+                lines.append(f'M{i}:')
+                if rng.random() < 0.5:
+                    lines.append(f"{rng.choice(['jmp', 'je', 'jne', 'jl'])} L{rng.randrange(count)}")
+                else:
+                    lines += ['nop'] * rng.randint(0, 60)
+            self.assert_same_as_gas(bits, lines)
 
 
 

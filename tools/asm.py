@@ -328,6 +328,7 @@ def _signed(value, bits):
 
 _LABEL = re.compile(r'\s*([A-Za-z_.@?][\w.@?$]*)\s*:(?!:)')
 _MAX_PASSES = 100
+_MAX_OUTPUT = 1 << 28       # bytes; a typo in resb/times/org must not eat the host's memory
 
 
 class Assembler:
@@ -378,6 +379,8 @@ class Assembler:
             self._here = self.pc
             try:
                 is_equ = body.split(None, 1)[:1] == ['equ']      # "name: equ 5"
+                if is_equ and not labels:
+                    raise _Fail('equ needs a name')
                 for label in labels[:-1] if is_equ else labels:
                     self._define(label, self.pc, True)
                 if is_equ:
@@ -590,7 +593,7 @@ class Assembler:
         if not self.out:
             self.origin = self.start_origin = where
         elif where >= self.pc:
-            self.out += bytes(where - self.pc)
+            self._pad(where - self.pc, 0)
         elif self.strict:
             raise _Fail(f'org {where:#x} is behind the current address {self.pc:#x}')
 
@@ -600,15 +603,17 @@ class Assembler:
         if n <= 0 or n & (n - 1):
             raise _Fail('align needs a power of two')
         fill = self._expr(args[1])[0] if len(args) > 1 else (0 if self._after_data else 0x90)
-        self.out += bytes([fill & 0xFF]) * (-self.pc % n)
+        self._pad(-self.pc % n, fill)
+
+    def _pad(self, count, fill):
+        if count < 0 or len(self.out) + count > _MAX_OUTPUT:
+            raise _Fail(f'size {count} out of range')
+        self.out += bytes([fill & 0xFF]) * count
 
     def _data(self, rest, head):
         """db/dw/dd/dq lists and resb/resw/resd/resq reservations."""
         if head in _RES:
-            count = self._expr(rest)[0]
-            if count < 0:
-                raise _Fail('negative size')
-            self.out += bytes(count * _RES[head])
+            self._pad(self._expr(rest)[0] * _RES[head], 0)
         for item in _split_top(rest) if head in _DATA else ():
             width = _DATA[head]
             if len(item) >= 2 and item[0] == item[-1] and item[0] in '\'"':
@@ -626,8 +631,8 @@ class Assembler:
                 break
         else:
             raise _Fail('times without a statement')
-        if count < 0:
-            raise _Fail('negative repeat count')
+        if not 0 <= count <= _MAX_OUTPUT:
+            raise _Fail(f'repeat count {count} out of range')
         for n in range(count):
             self._statement(stmt, (self._key[0], n))
 
@@ -1039,6 +1044,7 @@ class Assembler:
 
     def _i_loop(self, mn, ops):
         (t,) = self._count(ops, 1)
+        self._need(isinstance(t, Imm), f'{mn} needs a label')
         op, asize = _LOOP[mn]
         asize = asize or self.bits
         self._need(asize in ((32, 64) if self.bits == 64 else (16, 32)),
@@ -1051,6 +1057,7 @@ class Assembler:
         far = mn == 'retf'
         if not self._count(ops, 0, 1):
             return self._emit([0xCB if far else 0xC3])
+        self._need(isinstance(ops[0], Imm))
         return self._emit([0xCA if far else 0xC2], imm=self._imm(ops[0].value, 16))
 
     def _i_int(self, mn, ops):
