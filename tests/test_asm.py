@@ -312,7 +312,7 @@ class AgainstGnuAs(unittest.TestCase):
             for i in range(count):
                 lines.append(f'M{i}:')
                 if rng.random() < 0.5:
-                    lines.append(f"{rng.choice(['jmp', 'je', 'jne', 'jl'])} L{rng.randrange(count)}")
+                    lines.append(f"{rng.choice(['jmp', 'je', 'jne', 'jl'])} M{rng.randrange(count)}")
                 else:
                     lines += ['nop'] * rng.randint(0, 60)
             self.assert_same_as_gas(bits, lines)
