@@ -3051,8 +3051,11 @@ class Snippet:
         None (keep KVM's answer). KVM answers the guest's ``cpuid`` from a
         table that is fixed once the vCPU has run, so ``fn`` is asked now, for
         every leaf in KVM's table and in ``leaves`` (ints or (leaf, subleaf)),
-        and the guest's ``cpuid`` then returns its answers. (On kvm_pvm a
-        CPL3 ``cpuid`` bypasses KVM: there the hook needs CPL0.)"""
+        and the guest's ``cpuid`` then returns its answers. Answers that take
+        away what the mode needs (long mode, the physical address width) stop
+        the VM. On kvm_pvm a CPL3 ``cpuid`` bypasses KVM (the hook needs
+        CPL0), and even at CPL0 leaf 1's ECX and EDX, leaf 7 and leaf 0xD
+        report the host CPU's features whatever the table says."""
         if self._ran:
             raise SnippetError('hook_cpuid must come before the first run: KVM fixes the '
                                'CPUID table once the vCPU has run')
