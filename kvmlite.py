@@ -2572,7 +2572,7 @@ _SNIPPET_SELECTORS = {('prot32', 0): (0x08, 0x18), ('prot32', 3): (0x23, 0x2B),
 
 MSR_STAR, MSR_LSTAR, MSR_SFMASK = 0xC0000081, 0xC0000082, 0xC0000084
 PTE_P, PTE_RW, PTE_US, PTE_PS, PTE_NX = 1, 2, 4, 0x80, 1 << 63
-RFLAGS_TF, RFLAGS_RF = 1 << 8, 1 << 16
+RFLAGS_TF = 1 << 8                  # the trap flag: single-step
 SNIPPET_FLAGS = {'CF': 0, 'PF': 2, 'AF': 4, 'ZF': 6, 'SF': 7, 'TF': 8, 'IF': 9, 'DF': 10,
                  'OF': 11}
 
@@ -2814,7 +2814,7 @@ class Snippet:
         sys = self._system.gpa
         plan = [(sys, _SYS_STUBS, PTE_P | PTE_RW | PTE_NX),          # GDT, IDT, TSS
                 (self._stubs, PAGE_SIZE, PTE_P | PTE_US),            # stubs (LSTAR's at CPL3 too)
-                (sys + _SYS_STUBS + PAGE_SIZE, PAGE_SIZE, PTE_P | PTE_RW | PTE_NX)]   # stack
+                (sys + _SYS_STACK_TOP - PAGE_SIZE, PAGE_SIZE, PTE_P | PTE_RW | PTE_NX)]  # stack
         for addr, size, perms in self._regions:
             nx = 0 if 'x' in perms else PTE_NX
             plan.append((addr, size, PTE_P | PTE_RW | PTE_US | nx))
@@ -2832,7 +2832,8 @@ class Snippet:
                     leaves[chunk] = addr | flags | PTE_PS
                     addr += 1 << 21
                     continue
-                table, stop = leaves.setdefault(chunk, bytearray(PAGE_SIZE)), min(end, (chunk + 1) << 21)
+                table = leaves.setdefault(chunk, bytearray(PAGE_SIZE))
+                stop = min(end, (chunk + 1) << 21)
                 for a in range(addr, stop, PAGE_SIZE):
                     struct.pack_into('<Q', table, (a >> 12 & 511) * 8, a | flags)
                 addr = stop
@@ -3067,14 +3068,13 @@ class Snippet:
         for leaf in leaves:
             leaf, sub = leaf if isinstance(leaf, tuple) else (leaf, 0)
             if (leaf, sub) not in known:
-                entries.append(kvm_cpuid_entry2(function=leaf, index=sub,
-                                                flags=KVM_CPUID_FLAG_SIGNIFCANT_INDEX if sub else 0))
+                flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX if sub else 0
+                entries.append(kvm_cpuid_entry2(function=leaf, index=sub, flags=flags))
         for e in entries:
             answer = fn(self, e.function, e.index)
             if answer is not None:
                 e.eax, e.ebx, e.ecx, e.edx = (v & 0xFFFFFFFF for v in answer)
         self.vcpu.set_cpuid2(entries)
-        self._hooks['cpuid'] = fn
 
     def hook_syscall(self, fn):
         """``fn(snippet)`` for each ``syscall`` (long64) and ``int 0x80``
@@ -3115,8 +3115,10 @@ class Snippet:
             self._jump(start)
         if count is not None and count < 1:
             raise SnippetError(f'count {count}: run at least one instruction, or pass None')
-        if self._tables_dirty:
-            self._write_system_area() if self._ran else self._write_page_tables()
+        if self._tables_dirty and self._ran:
+            self._write_system_area()
+        elif self._tables_dirty:             # nothing cached yet: rewriting is enough
+            self._write_page_tables()
         self._stop = None
         self.vcpu.kvm_run.immediate_exit = 0       # a stop() between runs is spent
         self._arm(until, count)
@@ -3231,16 +3233,19 @@ class Snippet:
         if exit.port == SNIPPET_TRAP_PORT and isinstance(exit, IoOut) and self._in_stub():
             regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
             return self._on_trap(regs, sregs, (self._linear(regs.rip) - 2 - self._stubs) // 4)
-        hook, size = self._hooks.get('io'), exit.size
+        hook, port, size = self._hooks.get('io'), exit.port, exit.size
         ones = (1 << 8 * size) - 1
-        for i in range(exit.count):
+        for i in range(exit.count):              # string I/O: one call per item
+            item = slice(i * size, (i + 1) * size)
             if isinstance(exit, IoOut):
-                value = int.from_bytes(exit.data[i * size:(i + 1) * size], 'little')
-                hook(self, exit.port, size, value) if hook else self.vm.pio.write(exit.port, size, value)
+                value = int.from_bytes(exit.data[item], 'little')
+                if hook:
+                    hook(self, port, size, value)
+                else:
+                    self.vm.pio.write(port, size, value)
             else:
-                value = hook(self, exit.port, size, None) if hook else self.vm.pio.read(exit.port, size)
-                value = ones if value is None else value & ones
-                exit.buf[i * size:(i + 1) * size] = value.to_bytes(size, 'little')
+                value = hook(self, port, size, None) if hook else self.vm.pio.read(port, size)
+                exit.buf[item] = (ones if value is None else value & ones).to_bytes(size, 'little')
         return self._resume()
 
     def _on_trap(self, regs, sregs, vector):
@@ -3280,8 +3285,8 @@ class Snippet:
         if vector == 0x80 and self.mode != 'real':
             return self._on_syscall()
         address = sregs.cr2 if vector == 14 else linear
-        if vector == 14 and self._until is not None and address == self._until and error_code & 0x10:
-            return self._halt(Stop('until', rip, address=address))   # fetch from unmapped until
+        if vector == 14 and address == self._until and error_code & 0x10:
+            return self._halt(Stop('until', rip, address=address))   # fetched unmapped `until`
         stop = Stop('exception', rip, vector, error_code, address)
         hook = self._hooks.get('exception')
         if hook and hook(self, stop):
