@@ -97,7 +97,8 @@ def every_mode(m, mb):
         'cvtsi2ss xmm5, ecx', 'cvttss2si edx, xmm6', 'cvtss2si esi, xmm7', 'verr ax',
         f'verw {m}', 'rsm', 'monitor', 'mwait', 'int1', 'rdpmc', 'cmpsw', 'cmpsd', 'scasw',
         'stosb', 'loop $', 'jmp $', 'jmp $+2', 'xadd bx, cx', f'cmpxchg {m}, bl',
-        'btc bx, 3', f'btc {m}, ecx', 'bsf si, di', f'bsr esi, {m}',
+        'vmcall', 'vmmcall', 'xgetbv', 'xsetbv', 'smsw ax', 'smsw eax', f'smsw {m}', 'lmsw ax',
+        f'lmsw {m}', 'btc bx, 3', f'btc {m}, ecx', 'bsf si, di', f'bsr esi, {m}',
     ]
     lines += [f'set{cc} al' for cc in CCS] + [f'set{cc} byte {m}' for cc in CCS[:4]]
     lines += [f'cmov{cc} eax, ecx' for cc in CCS] + [f'cmove si, {m}', f'cmovl ebx, {m}']
@@ -492,6 +493,7 @@ class Directives(unittest.TestCase):
     def test_times_repeats_data_and_instructions(self):
         self.assertEqual(assemble('times 3 db 7\ntimes 2 nop\ntimes 0 hlt'), b'\x07\x07\x07\x90\x90')
         self.assertEqual(assemble('times 2 db \'a  b\''), b'a  ba  b')
+        self.assertEqual(assemble('db "→", 0'), '→'.encode() + b'\0')
 
     def test_boot_sector_padding(self):
         code = assemble('org 0x7c00\njmp $\ntimes 510-($-$$) db 0\ndw 0xaa55', bits=16)

@@ -164,7 +164,7 @@ _LOOP = {'loopne': (0xE0, None), 'loopnz': (0xE0, None), 'loope': (0xE1, None),
          'loopz': (0xE1, None), 'loop': (0xE2, None), 'jcxz': (0xE3, 16),
          'jecxz': (0xE3, 32), 'jrcxz': (0xE3, 64)}    # opcode, counter (address) size
 # reg, r/m of the register's size: mnemonic -> opcode.
-_REG_RM = {'bsf': '0fbc', 'bsr': '0fbd', 'imul': '0faf',
+_REG_RM = {'bsf': '0fbc', 'bsr': '0fbd', 'imul': '0faf', 'lea': '8d',
            **{'cmov' + cc: f'0f{0x40 + n:02x}' for cc, n in _CC.items()}}
 # r/m, reg with a byte form one below: mnemonic -> opcode of the non-byte form.
 _RM_REG = {'cmpxchg': '0fb1', 'xadd': '0fc1'}
@@ -172,7 +172,8 @@ _RM_REG = {'cmpxchg': '0fb1', 'xadd': '0fc1'}
 # memory only, 8 for byte registers, 16 for any without a size prefix, 'sized'
 # for any with the operand size of the register).
 _GROUP = {'sgdt': ('0f01', 0, None), 'sidt': ('0f01', 1, None), 'lgdt': ('0f01', 2, None),
-          'lidt': ('0f01', 3, None), 'invlpg': ('0f01', 7, None),
+          'lidt': ('0f01', 3, None), 'smsw': ('0f01', 4, 'sized'), 'lmsw': ('0f01', 6, 16),
+          'invlpg': ('0f01', 7, None),
           'sldt': ('0f00', 0, 'sized'), 'str': ('0f00', 1, 'sized'), 'lldt': ('0f00', 2, 16),
           'ltr': ('0f00', 3, 16), 'verr': ('0f00', 4, 16), 'verw': ('0f00', 5, 16),
           'cmpxchg8b': ('0fc7', 1, None), 'cmpxchg16b': ('0fc7', 1, None),
@@ -196,7 +197,8 @@ _SIMPLE = {
     'pause': ('f390',), 'ud2': ('0f0b',), 'wbinvd': ('0f09',), 'invd': ('0f08',),
     'clac': ('0f01ca',), 'stac': ('0f01cb',), 'swapgs': ('0f01f8',), 'clts': ('0f06',),
     'mfence': ('0faef0',), 'lfence': ('0faee8',), 'sfence': ('0faef8',), 'rsm': ('0faa',),
-    'monitor': ('0f01c8',), 'mwait': ('0f01c9',), 'fninit': ('dbe3',),
+    'monitor': ('0f01c8',), 'mwait': ('0f01c9',), 'xgetbv': ('0f01d0',), 'xsetbv': ('0f01d1',),
+    'vmcall': ('0f01c1',), 'vmmcall': ('0f01d9',), 'fninit': ('dbe3',),
     'finit': ('9bdbe3',), 'fwait': ('9b',), 'wait': ('9b',),
 }
 for _name, _op in (('movs', 0xA4), ('cmps', 0xA6), ('stos', 0xAA), ('lods', 0xAC),
@@ -448,7 +450,7 @@ class Assembler:
         if kind == 'num':
             return _number(text), False, pos + 1
         if kind == 'chr':
-            return int.from_bytes(text[1:-1].encode('latin-1'), 'little'), False, pos + 1
+            return int.from_bytes(text[1:-1].encode(), 'little'), False, pos + 1
         if kind == 'name':
             return (*self._symbol(text), pos + 1)
         raise _Fail(f"unexpected '{text}' in expression")
@@ -617,7 +619,7 @@ class Assembler:
         for item in _split_top(rest) if head in _DATA else ():
             width = _DATA[head]
             if len(item) >= 2 and item[0] == item[-1] and item[0] in '\'"':
-                raw = item[1:-1].encode('latin-1')
+                raw = item[1:-1].encode()      # UTF-8
                 self.out += raw + bytes(-len(raw) % width)
             else:
                 self.out += self._imm(self._expr(item)[0], width * 8)
@@ -887,11 +889,6 @@ class Assembler:
         op = (0xB6 if mn == 'movzx' else 0xBE) + (src.size == 16)
         return self._emit([0x0F, op], rm=src, reg=dst, size=dst.size)
 
-    def _i_lea(self, mn, ops):
-        dst, src = self._count(ops, 2)
-        self._need(_gpr(dst) and dst.size > 8 and isinstance(src, Mem))
-        return self._emit([0x8D], rm=src, reg=dst, size=dst.size)
-
     def _i_test(self, mn, ops):
         a, b = self._count(ops, 2)
         size = self._size(a, b)
@@ -917,19 +914,13 @@ class Assembler:
         return self._emit([0x86 + (size != 8)], rm=a, reg=b, size=size)
 
     def _i_unary(self, mn, ops, n):
-        """not/neg/mul/div/idiv/imul r/m: F6/F7 /n."""
+        """not/neg/mul/div/idiv/imul r/m: F6/F7 /n; inc/dec: FE/FF /n."""
         (o,) = self._count(ops, 1)
         self._need(_rm(o))
-        size = self._size(o)
-        return self._emit([0xF6 + (size != 8)], rm=o, reg=n, size=size)
-
-    def _i_incdec(self, mn, ops, n):
-        (o,) = self._count(ops, 1)
-        self._need(_rm(o))
-        size = self._size(o)
-        if _gpr(o) and size in (16, 32) and self.bits != 64:    # 40+r / 48+r (REX in bits 64)
-            return self._emit([0x40 + 8 * n], opreg=o, size=size)
-        return self._emit([0xFE + (size != 8)], rm=o, reg=n, size=size)
+        size, incdec = self._size(o), mn in ('inc', 'dec')
+        if incdec and _gpr(o) and size in (16, 32) and self.bits != 64:    # 40+r / 48+r are REX
+            return self._emit([0x40 + 8 * n], opreg=o, size=size)         # prefixes in bits 64
+        return self._emit([(0xFE if incdec else 0xF6) + (size != 8)], rm=o, reg=n, size=size)
 
     def _i_imul(self, mn, ops):
         self._count(ops, 1, 2, 3)
@@ -945,10 +936,13 @@ class Assembler:
         return self._emit([0x69], rm=src, reg=dst, size=size, imm=self._immz(imm, size))
 
     def _i_reg_rm(self, mn, ops, op):
-        """bsf/bsr/cmovcc/imul reg, r/m."""
+        """bsf/bsr/cmovcc/imul reg, r/m; lea reg, m (of any size)."""
         dst, src = self._count(ops, 2)
         self._need(_gpr(dst) and dst.size > 8 and _rm(src))
-        return self._emit(bytes.fromhex(op), rm=src, reg=dst, size=self._size(dst, src))
+        if mn == 'lea':
+            self._need(isinstance(src, Mem), 'lea needs a memory operand')
+        size = dst.size if mn == 'lea' else self._size(dst, src)
+        return self._emit(bytes.fromhex(op), rm=src, reg=dst, size=size)
 
     def _i_rm_reg(self, mn, ops, op):
         """cmpxchg/xadd r/m, reg."""
@@ -1137,8 +1131,8 @@ def _make_handlers():
     table.update({'j' + cc: (a._i_jump, n) for cc, n in _CC.items()})
     table.update({
         'mov': (a._i_mov,), 'movzx': (a._i_movx,), 'movsx': (a._i_movx,),
-        'movsxd': (a._i_movx,), 'lea': (a._i_lea,), 'test': (a._i_test,),
-        'xchg': (a._i_xchg,), 'inc': (a._i_incdec, 0), 'dec': (a._i_incdec, 1),
+        'movsxd': (a._i_movx,), 'test': (a._i_test,), 'xchg': (a._i_xchg,),
+        'inc': (a._i_unary, 0), 'dec': (a._i_unary, 1),
         'imul': (a._i_imul,), 'push': (a._i_push,), 'pop': (a._i_push,),
         'jmp': (a._i_jump,), 'call': (a._i_jump,), 'ret': (a._i_ret,), 'retf': (a._i_ret,),
         'int': (a._i_int,), 'in': (a._i_inout,), 'out': (a._i_inout,),
