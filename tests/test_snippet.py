@@ -9,6 +9,7 @@ import contextlib
 import io
 import os
 import re
+import threading
 import unittest
 from unittest import mock
 
@@ -239,6 +240,20 @@ class LongModeUserTest(AsmTestCase):
         self.run_asm('mov al, 0x41\nout 0x80, al\nmov dx, 0x1234\nin ax, dx\nhlt')
         self.assertEqual(calls, [(0x80, 1, 0x41), (0x1234, 2, None)])
         self.assertEqual(self.snippet.reg_read('ax'), 0xBEEF)
+
+    def test_string_io_calls_the_hook_once_per_item(self):
+        seen = []
+        self.snippet.hook_io(lambda s, port, size, value: seen.append((port, size, value)))
+        self.snippet.mem_write(0x8000, b'\x01\x00\x02\x00\x03\x00')
+        self.run_asm('mov rsi, 0x8000\nmov ecx, 3\nmov dx, 0x3f8\nrep outsw\nhlt')
+        self.assertEqual(seen, [(0x3F8, 2, 1), (0x3F8, 2, 2), (0x3F8, 2, 3)])
+
+    def test_stop_from_another_thread_ends_a_spinning_snippet(self):
+        def io(s, port, size, value):              # the snippet is running: stop it
+            threading.Thread(target=s.stop).start()
+        self.snippet.hook_io(io)
+        stop = self.run_asm('out 0x80, al\njmp $', timeout=10)
+        self.assertStop(stop, 'stopped')
 
     def test_port_in_without_hook_floats_high(self):
         self.run_asm('xor eax, eax\nin al, 0x99\nhlt')
@@ -529,6 +544,15 @@ class BadInputTest(SnippetTestCase):
         with self.assertRaisesRegex(SnippetError, r'memory at 0xff000-0x100fff overlaps '
                                                   r'memory \(rwx\) at 0x0-0xfffff'):
             self.snippet.mem_map(0xFF000, 0x2000)
+
+    def test_memory_access_may_span_adjacent_regions(self):
+        s = self.snippet
+        s.mem_map(0x100000, 0x1000, 'r')
+        s.mem_write(0xFFFFE, b'abcd')
+        self.assertEqual(s.mem_read(0xFFFFC, 8), b'\0\0abcd\0\0')
+        with self.assertRaisesRegex(SnippetError, '0x101000 is not in mapped memory'):
+            s.mem_write(0x100FFF, b'xy')
+        self.assertEqual(s.mem_read(0x100FFF, 1), b'\0')   # nothing written
 
     def test_mem_map_over_the_system_area_is_refused(self):
         base = K.SNIPPET_SYSTEM['long64'][0]
