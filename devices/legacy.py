@@ -40,7 +40,7 @@ value)``, ``reset()``, ``state()``, ``from_state()`` and ``check()``.  The two
 
 import struct
 
-from devices import IrqLine
+from . import IrqLine
 
 __all__ = ['I8042', 'DebugExit', 'PostCode', 'PciConfig', 'FwCfg']
 

@@ -47,7 +47,7 @@ Choices where the datasheet leaves room, or the PC differs from it:
 
 __all__ = ['PicPair', 'CASCADE_IRQ', 'ELCR_WRITABLE']
 
-from devices import IrqLine
+from . import IrqLine
 
 # ICW1 (write to A0=0 with D4=1).
 ICW1_IC4 = 0x01       # ICW4 will follow
