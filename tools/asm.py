@@ -475,7 +475,7 @@ class Assembler:
 
     def _operand(self, text):
         t, size, kw = text.strip(), None, None
-        while (m := re.match(r'([a-zA-Z]+)\b\s*', t)):
+        while (m := re.match(r'([a-zA-Z]+)(?![\w.])\s*', t)):
             word = m.group(1).lower()
             if word in _SIZES:
                 size = _SIZES[word]
