@@ -20,7 +20,7 @@ The contract every device follows (after rust-vmm's vm-superio and kvmtool):
   ``from_state(state, ...)`` rebuilds a device from it with new wiring.
 """
 
-__all__ = ['IrqLine', 'SteppedClock']
+__all__ = ['IrqLine', 'SteppedClock', 'read_bytes', 'write_bytes']
 
 
 class IrqLine:
@@ -69,3 +69,29 @@ class SteppedClock:
     def advance(self, ns):
         self.now += int(ns)
         return self.now
+
+
+def read_bytes(read_byte, span, offset, size):
+    """A wide read as the ISA bus does it: byte reads at successive ports.
+
+    ``read_byte(port)`` reads one of the device's ``span`` ports; bytes past
+    the device float high (0xFF). Sizes are clamped to 1..8.
+    """
+    if size == 1 and 0 <= offset < span:
+        return read_byte(offset)            # the common case, kept cheap
+    value = 0
+    for i in range(max(1, min(int(size), 8))):
+        port = offset + i
+        value |= (read_byte(port) if 0 <= port < span else 0xFF) << (8 * i)
+    return value
+
+
+def write_bytes(write_byte, span, offset, size, value):
+    """A wide write split into byte writes at successive ports; bytes past
+    the device's ``span`` ports are dropped."""
+    if size == 1 and 0 <= offset < span:
+        write_byte(offset, int(value) & 0xFF)
+        return
+    for i in range(max(1, min(int(size), 8))):
+        if 0 <= offset + i < span:
+            write_byte(offset + i, (int(value) >> (8 * i)) & 0xFF)

@@ -47,7 +47,7 @@ Choices where the datasheet leaves room, or the PC differs from it:
 
 __all__ = ['PicPair', 'CASCADE_IRQ', 'ELCR_WRITABLE']
 
-from . import IrqLine
+from . import IrqLine, read_bytes, write_bytes
 
 # ICW1 (write to A0=0 with D4=1).
 ICW1_IC4 = 0x01       # ICW4 will follow
@@ -96,24 +96,6 @@ _BYTE_FIELDS = ('irr', 'isr', 'imr', 'lines', 'elcr', 'icw1', 'vector_base',
                 'icw3', 'icw4')
 _SMALL_FIELDS = ('init_state', 'lowest')
 _FLAG_FIELDS = ('rotate_aeoi', 'special_mask', 'read_isr', 'poll')
-
-
-def _read_bytes(read_byte, span, offset, size):
-    """Assemble a wide read from byte reads at successive ports."""
-    value = 0
-    for i in range(max(1, min(int(size), 8))):
-        port = offset + i
-        byte = read_byte(port) if 0 <= port < span else 0xFF
-        value |= byte << (8 * i)
-    return value
-
-
-def _write_bytes(write_byte, span, offset, size, value):
-    """Split a wide write into byte writes at successive ports."""
-    for i in range(max(1, min(int(size), 8))):
-        port = offset + i
-        if 0 <= port < span:
-            write_byte(port, (int(value) >> (8 * i)) & 0xFF)
 
 
 class _Pic:
@@ -203,12 +185,12 @@ class _Pic:
     # -- register interface --------------------------------------------------
 
     def read(self, offset, size):
-        value = _read_bytes(self._read_byte, self.SIZE, offset, size)
+        value = read_bytes(self._read_byte, self.SIZE, offset, size)
         self._pair._update_irq()
         return value
 
     def write(self, offset, size, value):
-        _write_bytes(self._write_byte, self.SIZE, offset, size, value)
+        write_bytes(self._write_byte, self.SIZE, offset, size, value)
         self._pair._update_irq()
 
     def _read_byte(self, port):
@@ -341,11 +323,11 @@ class _Elcr:
         return self._pair.master if port == 0 else self._pair.slave
 
     def read(self, offset, size):
-        return _read_bytes(lambda port: self._chip(port).elcr,
+        return read_bytes(lambda port: self._chip(port).elcr,
                            self.SIZE, offset, size)
 
     def write(self, offset, size, value):
-        _write_bytes(lambda port, byte: self._chip(port).set_elcr(byte),
+        write_bytes(lambda port, byte: self._chip(port).set_elcr(byte),
                      self.SIZE, offset, size, value)
         self._pair._update_irq()
 

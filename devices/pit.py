@@ -45,6 +45,8 @@ Choices where the datasheet leaves room:
 
 __all__ = ['Pit', 'SystemControlPort', 'PIT_FREQ_HZ']
 
+from . import read_bytes, write_bytes
+
 PIT_FREQ_HZ = 1193182           # the PC's CLK input (14.31818 MHz / 12)
 NS_PER_S = 1_000_000_000
 
@@ -93,21 +95,6 @@ def _from_bcd(raw):
 
 def _to_bcd(value):
     return int(str(value % 10000), 16)
-
-
-def _read_bytes(read_byte, span, offset, size):
-    """A wide access is split into byte cycles at successive ports (ISA)."""
-    value = 0
-    for i in range(max(1, min(int(size), 8))):
-        port = offset + i
-        value |= (read_byte(port) if 0 <= port < span else 0xFF) << (8 * i)
-    return value
-
-
-def _write_bytes(write_byte, span, offset, size, value):
-    for i in range(max(1, min(int(size), 8))):
-        if 0 <= offset + i < span:
-            write_byte(offset + i, (int(value) >> (8 * i)) & 0xFF)
 
 
 class _Counter:
@@ -434,10 +421,10 @@ class Pit:
     # -- guest accesses -----------------------------------------------------
 
     def read(self, offset, size):
-        return _read_bytes(self._read_byte, self.SIZE, offset, size)
+        return read_bytes(self._read_byte, self.SIZE, offset, size)
 
     def write(self, offset, size, value):
-        _write_bytes(self._write_byte, self.SIZE, offset, size, value)
+        write_bytes(self._write_byte, self.SIZE, offset, size, value)
 
     def _read_byte(self, offset):
         if offset == PORT_CONTROL:
@@ -568,10 +555,10 @@ class SystemControlPort:
         self.bits = 0                       # the writable bits 0-3
 
     def read(self, offset, size):
-        return _read_bytes(self._read_byte, self.SIZE, offset, size)
+        return read_bytes(self._read_byte, self.SIZE, offset, size)
 
     def write(self, offset, size, value):
-        _write_bytes(self._write_byte, self.SIZE, offset, size, value)
+        write_bytes(self._write_byte, self.SIZE, offset, size, value)
 
     def _read_byte(self, offset):
         now = self._pit._clock()

@@ -48,6 +48,8 @@ from datetime import date, timedelta
 
 __all__ = ['Rtc']
 
+from . import read_bytes, write_bytes
+
 NS_PER_S = 1_000_000_000
 
 # Register indices (datasheet "Address Map").
@@ -119,21 +121,6 @@ def _clamp(value, low, high):
     return max(low, min(high, value))
 
 
-def _read_bytes(read_byte, span, offset, size):
-    """A wide access is split into byte cycles at successive ports (ISA)."""
-    value = 0
-    for i in range(max(1, min(int(size), 8))):
-        port = offset + i
-        value |= (read_byte(port) if 0 <= port < span else 0xFF) << (8 * i)
-    return value
-
-
-def _write_bytes(write_byte, span, offset, size, value):
-    for i in range(max(1, min(int(size), 8))):
-        if 0 <= offset + i < span:
-            write_byte(offset + i, (int(value) >> (8 * i)) & 0xFF)
-
-
 def _bcd(value):
     return (value // 10) << 4 | value % 10
 
@@ -187,10 +174,10 @@ class Rtc:
     # -- guest accesses -----------------------------------------------------
 
     def read(self, offset, size):
-        return _read_bytes(self._read_byte, self.SIZE, offset, size)
+        return read_bytes(self._read_byte, self.SIZE, offset, size)
 
     def write(self, offset, size, value):
-        _write_bytes(self._write_byte, self.SIZE, offset, size, value)
+        write_bytes(self._write_byte, self.SIZE, offset, size, value)
 
     def _read_byte(self, port):
         if port == PORT_INDEX:

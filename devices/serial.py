@@ -38,6 +38,8 @@ Where the model differs from the chip, or the datasheet leaves room:
 
 __all__ = ['Serial', 'COM_PORTS', 'FIFO_SIZE']
 
+from . import read_bytes, write_bytes
+
 # Base port and ISA IRQ of COM1-COM4.
 COM_PORTS = [
     (0x3F8, 4),     # COM1
@@ -131,24 +133,6 @@ RESET_DIVISOR = 12      # 9600 baud, as a PC BIOS leaves it
 RX_BREAK = 0x100        # flag on a queued character: received as a break
 
 
-def _read_bytes(read_byte, span, offset, size):
-    """Assemble a wide read from byte reads at successive ports."""
-    value = 0
-    for i in range(max(1, min(int(size), 8))):
-        port = offset + i
-        byte = read_byte(port) if 0 <= port < span else 0xFF
-        value |= byte << (8 * i)
-    return value
-
-
-def _write_bytes(write_byte, span, offset, size, value):
-    """Split a wide write into byte writes at successive ports."""
-    for i in range(max(1, min(int(size), 8))):
-        port = offset + i
-        if 0 <= port < span:
-            write_byte(port, (int(value) >> (8 * i)) & 0xFF)
-
-
 def _loop_inputs(mcr):
     """MSR input bits that the MCR outputs drive in loopback."""
     return (((mcr & UART_MCR_RTS) << 3)       # RTS -> CTS
@@ -191,10 +175,10 @@ class Serial:
     # -- guest access --------------------------------------------------
 
     def read(self, offset, size):
-        return _read_bytes(self._read_byte, self.SIZE, offset, size)
+        return read_bytes(self._read_byte, self.SIZE, offset, size)
 
     def write(self, offset, size, value):
-        _write_bytes(self._write_byte, self.SIZE, offset, size, value)
+        write_bytes(self._write_byte, self.SIZE, offset, size, value)
 
     def _read_byte(self, port):
         dlab = self.lcr & UART_LCR_DLAB
