@@ -20,7 +20,7 @@ The contract every device follows (after rust-vmm's vm-superio and kvmtool):
   ``from_state(state, ...)`` rebuilds a device from it with new wiring.
 """
 
-__all__ = ['IrqLine', 'SteppedClock', 'read_bytes', 'write_bytes']
+__all__ = ['IrqLine', 'SteppedClock', 'ByteRegisters', 'read_bytes', 'write_bytes']
 
 
 class IrqLine:
@@ -95,3 +95,15 @@ def write_bytes(write_byte, span, offset, size, value):
     for i in range(max(1, min(int(size), 8))):
         if 0 <= offset + i < span:
             write_byte(offset + i, (int(value) >> (8 * i)) & 0xFF)
+
+
+class ByteRegisters:
+    """A device of byte-wide registers: ``read``/``write`` split any access
+    into ``_read_byte(port)`` / ``_write_byte(port, value)`` calls on the
+    device's ``SIZE`` ports, as the ISA bus does."""
+
+    def read(self, offset, size):
+        return read_bytes(self._read_byte, self.SIZE, offset, size)
+
+    def write(self, offset, size, value):
+        write_bytes(self._write_byte, self.SIZE, offset, size, value)

@@ -45,7 +45,7 @@ Choices where the datasheet leaves room:
 
 __all__ = ['Pit', 'SystemControlPort', 'PIT_FREQ_HZ']
 
-from . import read_bytes, write_bytes
+from . import ByteRegisters
 
 PIT_FREQ_HZ = 1193182           # the PC's CLK input (14.31818 MHz / 12)
 NS_PER_S = 1_000_000_000
@@ -392,7 +392,7 @@ class _Counter:
         return problems
 
 
-class Pit:
+class Pit(ByteRegisters):
     """The 8254 at ports 0x40-0x43; ``port61`` is port 0x61 beside it.
 
     ``clock()`` returns nanoseconds; ``irq`` (a :class:`devices.IrqLine`)
@@ -419,12 +419,6 @@ class Pit:
         self._update_irq(self._clock())
 
     # -- guest accesses -----------------------------------------------------
-
-    def read(self, offset, size):
-        return read_bytes(self._read_byte, self.SIZE, offset, size)
-
-    def write(self, offset, size, value):
-        write_bytes(self._write_byte, self.SIZE, offset, size, value)
 
     def _read_byte(self, offset):
         if offset == PORT_CONTROL:
@@ -540,7 +534,7 @@ class Pit:
         return problems
 
 
-class SystemControlPort:
+class SystemControlPort(ByteRegisters):
     """Port 0x61 (PC/AT port B): timer 2 gate and speaker, refresh, OUT2.
 
     Created by :class:`Pit` as ``pit.port61``; its bits are part of the
@@ -553,12 +547,6 @@ class SystemControlPort:
     def __init__(self, pit):
         self._pit = pit
         self.bits = 0                       # the writable bits 0-3
-
-    def read(self, offset, size):
-        return read_bytes(self._read_byte, self.SIZE, offset, size)
-
-    def write(self, offset, size, value):
-        write_bytes(self._write_byte, self.SIZE, offset, size, value)
 
     def _read_byte(self, offset):
         now = self._pit._clock()

@@ -48,7 +48,7 @@ from datetime import date, timedelta
 
 __all__ = ['Rtc']
 
-from . import read_bytes, write_bytes
+from . import ByteRegisters
 
 NS_PER_S = 1_000_000_000
 
@@ -129,7 +129,7 @@ def _alarm_matches(alarm, byte):
     return alarm & ALARM_DONT_CARE == ALARM_DONT_CARE or alarm == byte
 
 
-class Rtc:
+class Rtc(ByteRegisters):
     """The CMOS RTC at ports 0x70 (index, NMI mask) and 0x71 (data).
 
     ``clock()`` returns nanoseconds; ``irq`` (a :class:`devices.IrqLine`)
@@ -172,12 +172,6 @@ class Rtc:
         self._update_irq()
 
     # -- guest accesses -----------------------------------------------------
-
-    def read(self, offset, size):
-        return read_bytes(self._read_byte, self.SIZE, offset, size)
-
-    def write(self, offset, size, value):
-        write_bytes(self._write_byte, self.SIZE, offset, size, value)
 
     def _read_byte(self, port):
         if port == PORT_INDEX:

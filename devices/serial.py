@@ -38,7 +38,7 @@ Where the model differs from the chip, or the datasheet leaves room:
 
 __all__ = ['Serial', 'COM_PORTS', 'FIFO_SIZE']
 
-from . import read_bytes, write_bytes
+from . import ByteRegisters
 
 # Base port and ISA IRQ of COM1-COM4.
 COM_PORTS = [
@@ -141,7 +141,7 @@ def _loop_inputs(mcr):
             | ((mcr & UART_MCR_OUT2) << 4))   # OUT2 -> DCD
 
 
-class Serial:
+class Serial(ByteRegisters):
     """One 16550A UART.
 
     ``irq``: an IrqLine-like object with ``set(level)``; ``out``: a sink with
@@ -173,12 +173,6 @@ class Serial:
         self._update_irq()
 
     # -- guest access --------------------------------------------------
-
-    def read(self, offset, size):
-        return read_bytes(self._read_byte, self.SIZE, offset, size)
-
-    def write(self, offset, size, value):
-        write_bytes(self._write_byte, self.SIZE, offset, size, value)
 
     def _read_byte(self, port):
         dlab = self.lcr & UART_LCR_DLAB
