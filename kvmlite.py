@@ -3658,9 +3658,10 @@ class Machine:
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     pass
-            if poll_halt and time.monotonic() >= next_poll:
+            if time.monotonic() >= next_poll:
+                # advance it in user mode too, or the select timeout stays 0 (a busy loop)
                 next_poll = time.monotonic() + HALT_POLL_S
-                for v in self.vm.vcpus:
+                for v in self.vm.vcpus if poll_halt else ():
                     v.kick('poll')            # lets the run loop spot a final halt
 
     def _feed_console(self):
