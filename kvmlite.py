@@ -3781,7 +3781,10 @@ class Machine:
 
     def _halted_for_good(self):
         for v in self.vm.vcpus:
-            if v.get_mp_state() != KVM_MP_STATE_HALTED or v.get_regs().rflags & 0x200:
+            state = v.get_mp_state()
+            if state in (KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED):
+                continue                # an AP never started: only INIT/SIPI wakes it
+            if state != KVM_MP_STATE_HALTED or v.get_regs().rflags & 0x200:
                 return False
         return True
 
