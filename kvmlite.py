@@ -1246,6 +1246,10 @@ _HLT, _SHUTDOWN, _IRQ_WINDOW = Hlt(), Shutdown(), IrqWindowOpen()
 # Buses
 # ---------------------------------------------------------------------------
 
+#: How many distinct addresses a bus counts accesses for: a guest that sweeps
+#: the address space must not grow the VMM's memory (64 bytes or so each).
+BUS_COUNTED_ADDRESSES = 4096
+
 _UNPACK = {1: struct.Struct('<B'), 2: struct.Struct('<H'), 4: struct.Struct('<I'),
            8: struct.Struct('<Q')}
 
@@ -1254,7 +1258,10 @@ class _Bus:
     """Address ranges mapped to devices. A device sees ``read(offset, size)``
     and ``write(offset, size, value)`` with ``offset`` from its base.
     Overlapping ranges are refused; unclaimed reads float high (all ones) and
-    unclaimed accesses are counted in ``unclaimed`` by address."""
+    unclaimed accesses are counted in ``unclaimed`` by address. A guest
+    picks the addresses, so the counters keep at most BUS_COUNTED_ADDRESSES
+    of them; accesses elsewhere only add to ``unclaimed_other`` (and
+    ``counts_other``)."""
 
     kind = 'bus'
 
@@ -1262,7 +1269,9 @@ class _Bus:
         self._ranges = []            # sorted (base, end, device, name)
         self.lock = lock or threading.RLock()
         self.unclaimed = Counter()
+        self.unclaimed_other = 0     # unclaimed accesses past BUS_COUNTED_ADDRESSES
         self.counts = Counter()      # accesses by address, when counting is on
+        self.counts_other = 0
         self.count_accesses = False
 
     def register(self, base, device, size=None, name=None):
@@ -1296,13 +1305,27 @@ class _Bus:
     def _rebuild(self):
         pass
 
+    def _count_unclaimed(self, addr):
+        c = self.unclaimed
+        if addr in c or len(c) < BUS_COUNTED_ADDRESSES:
+            c[addr] += 1
+        else:
+            self.unclaimed_other += 1
+
+    def _count_access(self, addr):
+        c = self.counts
+        if addr in c or len(c) < BUS_COUNTED_ADDRESSES:
+            c[addr] += 1
+        else:
+            self.counts_other += 1
+
     def read(self, addr, size):
         """A guest read: returns an int (all ones when unclaimed)."""
         hit = self._lookup(addr)
         if self.count_accesses:
-            self.counts[addr] += 1
+            self._count_access(addr)
         if hit is None:
-            self.unclaimed[addr] += 1
+            self._count_unclaimed(addr)
             return (1 << (8 * size)) - 1
         dev, base, name = hit
         try:
@@ -1315,9 +1338,9 @@ class _Bus:
     def write(self, addr, size, value):
         hit = self._lookup(addr)
         if self.count_accesses:
-            self.counts[addr] += 1
+            self._count_access(addr)
         if hit is None:
-            self.unclaimed[addr] += 1
+            self._count_unclaimed(addr)
             return
         dev, base, name = hit
         try:
