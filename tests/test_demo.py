@@ -205,6 +205,41 @@ class DemoOptionsTest(unittest.TestCase):
                          (K.EXIT_OK, 'the guest halted with interrupts disabled'), out)
         self.assertIn('  fw_cfg  signature "QEMU", 2 CPUs, 256 MiB of RAM\r\n', out)
 
+    def test_rtc_is_decoded_as_register_b_says(self):
+        # (register B, hours register, hour shown); SET stops the clock while
+        # the test writes 2099-12-31 hh:34:56, clearing SET starts it again
+        cases = ((0x00, 0x12, 0, 'BCD, 12-hour'),          # 12 AM is 00
+                 (0x00, 0x92, 12, 'BCD, 12-hour'),         # 12 PM is 12
+                 (0x04, 0x80 | 11, 23, 'binary, 12-hour'),
+                 (0x06, 7, 7, 'binary, 24-hour'),
+                 (0x02, 0x21, 21, 'BCD, 24-hour'))
+        for b, hours, shown, mode in cases:
+            with self.subTest(register_b=b, hours=hours):
+                con = MemoryBackend()
+                with K.Machine(irqchip='user', console=con, kvm=kvm()) as m:
+                    bcd = not b & 0x04
+                    date = {0x09: 0x99 if bcd else 99, 0x08: 0x12 if bcd else 12,
+                            0x07: 0x31 if bcd else 31, 0x04: hours,
+                            0x02: 0x34 if bcd else 34, 0x00: 0x56 if bcd else 56}
+                    self.cmos_write(m, 0x0B, b | 0x80)
+                    for index, value in date.items():
+                        self.cmos_write(m, index, value)
+                    self.cmos_write(m, 0x32, 0x20)      # century, BCD
+                    self.cmos_write(m, 0x0B, b)
+                    demo.load(m, ticks=1)
+                    result = m.run(timeout=TIMEOUT)
+                out = con.output.decode()
+                self.assertEqual(result.status, K.EXIT_OK, out)
+                match = re.search(r'  RTC     2099-12-31 (\d\d):34:(\d\d) \((.*) clock\)\r\n', out)
+                self.assertIsNotNone(match, out)
+                self.assertEqual((int(match.group(1)), match.group(3)), (shown, mode), out)
+                self.assertIn(int(match.group(2)), (56, 57, 58), out)
+
+    @staticmethod
+    def cmos_write(machine, index, value):
+        machine.rtc.write(0, 1, index)          # port 0x70: index
+        machine.rtc.write(1, 1, value)          # port 0x71: data
+
     def test_cpu_exception_prints_its_vector_and_exits_with_status_3(self):
         image = demo.build()
         con = MemoryBackend()

@@ -41,7 +41,8 @@ Specifications followed: Intel 8259A datasheet (231468), Intel 8254
 datasheet (231164), Intel 82093AA IOAPIC datasheet (290566), Intel SDM
 Vol. 3 chapter 6 (64-bit IDT gates, ``iretq``) and chapter 11 (local APIC
 registers: ID, version, EOI, SVR), National Semiconductor PC16550D datasheet,
-Motorola MC146818A datasheet (with the PC's century byte at CMOS 0x32),
+Motorola MC146818A datasheet (with the PC BIOS's century byte at CMOS 0x32,
+BCD in either data mode, as kvmlite's RTC keeps it),
 QEMU's ``docs/specs/fw_cfg.rst``, and the ELF gABI (ELF64 header and program
 header) for the image.
 """
@@ -658,7 +659,7 @@ show_rtc:
         jnz .hours
         mov rsi, rtc_now
         mov rdi, rtc_now
-        mov ecx, 7
+        mov ecx, 6                      ; seconds to year
 .conv:  lodsb
         call bcd2bin
         stosb
@@ -675,7 +676,9 @@ show_rtc:
 .am:    mov [rtc_now + 2], dl
 .print: mov rsi, msg_rtc
         call puts
-        movzx eax, byte [rtc_now + 6]   ; century (CMOS 0x32)
+        mov al, [rtc_now + 6]           ; century: BCD in any data mode,
+        call bcd2bin                    ; as a PC BIOS keeps it
+        movzx eax, al
         test eax, eax
         jnz .century
         mov eax, 20
