@@ -3660,12 +3660,25 @@ class Machine:
             pass
 
     def _io_thread(self):
+        try:
+            self._io_loop()
+        except Exception as e:          # noqa: BLE001 - end the run, saying why
+            what = e if isinstance(e, DeviceError) else f'{type(e).__name__}: {e}'
+            self.stop(EXIT_VMM, f'device error in the timer thread: {what}')
+
+    def _tick(self, dev):
+        try:
+            return dev.tick()
+        except Exception as e:
+            raise DeviceError(f'{type(dev).__name__}.tick() raised {type(e).__name__}: {e}') from e
+
+    def _io_loop(self):
         import select
         poll_halt = self.mode != 'user'
         next_poll = time.monotonic() + HALT_POLL_S
         while not self._stopping.is_set():
             with self.vm.lock:
-                deadlines = [d for d in (dev.tick() for dev in self._timed) if d is not None]
+                deadlines = [d for d in map(self._tick, self._timed) if d is not None]
                 self._feed_console()
             now_ns = self.clock()
             timeout = min([(d - now_ns) / 1e9 for d in deadlines] + [next_poll - time.monotonic()])
