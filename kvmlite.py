@@ -3747,6 +3747,7 @@ class Machine:
             self.stop(EXIT_OK, 'stopped')
             if timer:
                 timer.cancel()
+                timer.join()        # a cancelled Timer ends at once: leave no thread behind
             for t in threads:
                 t.join(timeout=5)
         return self.result
