@@ -3678,8 +3678,9 @@ class Machine:
         next_poll = time.monotonic() + HALT_POLL_S
         while not self._stopping.is_set():
             with self.vm.lock:
-                deadlines = [d for d in map(self._tick, self._timed) if d is not None]
+                # input first: a character in the UART's FIFO starts its timeout
                 self._feed_console()
+                deadlines = [d for d in map(self._tick, self._timed) if d is not None]
             now_ns = self.clock()
             timeout = min([(d - now_ns) / 1e9 for d in deadlines] + [next_poll - time.monotonic()])
             fds = [self._wake_r]
