@@ -2404,9 +2404,11 @@ def setup_real_mode(vcpu, cs=0, ip=0, sp=0xFFF0):
     """Real mode at ``cs:ip`` with every data segment equal to ``cs``."""
     s = vcpu.get_sregs()
     for name in ('cs', 'ds', 'es', 'fs', 'gs', 'ss'):
-        seg = getattr(s, name)
-        seg.selector, seg.base, seg.limit = cs, cs << 4, 0xFFFF
+        # whole descriptors, as at reset: a vCPU that ran in long mode has CS.L set
+        setattr(s, name, kvm_segment(selector=cs, base=cs << 4, limit=0xFFFF, present=1, s=1,
+                                     type=0xB if name == 'cs' else 0x3))
     s.cr0 &= ~(CR0_PE | CR0_PG)
+    s.efer = 0               # KVM refuses LME/LMA left from long mode with paging off
     vcpu.set_sregs(s)
     vcpu.set_regs(kvm_regs(rip=ip, rsp=sp, rflags=0x2))
 
@@ -2424,6 +2426,7 @@ def _flat_sregs(vcpu, vm, long_mode):
     s.tr = kvm_segment(base=0, limit=0x67, selector=SEL_TSS, type=0xB, present=1)
     s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE
     s.cr4 = CR4_OSFXSR | CR4_OSXMMEXCPT
+    s.efer = 0               # long mode sets its own; left from long mode, KVM refuses it
     return s
 
 

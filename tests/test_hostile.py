@@ -11,9 +11,37 @@ SIGTERM to the command line on a pty, and malformed kernel images through the
 command line complete the set.
 """
 
+import contextlib
+import io
+import os
+import pty
+import random
+import select
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import threading
+import time
+import tracemalloc
 import unittest
 
 import kvmlite as K
+from devices.console import MemoryBackend
+from tests.guest import (PTE_US, SEL_USER_CODE, SEL_USER_DATA, USER_GDT, Guest, check_exit, kvm,
+                         open_fds, requires_kvm)
+from tools.asm import assemble_with_labels
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MEM = 16 << 20              # guest RAM of the hostile machines
+CODE = 0x100000             # where their code goes (long mode, CPL0)
+IDT = 0x1000                # 256 interrupt gates, for the guests that take interrupts
+COUNTER = 0x20000           # a qword the guests' interrupt handlers count in
+TABLE = 0x200000            # data the host hands a guest (garbage to write)
+RSS_SLACK_KIB = 2048        # how much a run may grow the VMM's resident set
+LATE_LIMIT_S = 0.050        # a timeout returns within 50 ms of its deadline (issue #6)
 
 
 class BusBoundsTest(unittest.TestCase):
@@ -39,6 +67,723 @@ class BusBoundsTest(unittest.TestCase):
         self.assertEqual(len(bus.counts), K.BUS_COUNTED_ADDRESSES)
         self.assertEqual(bus.counts_other, 10)
 
+
+def rss_kib():
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1])
+    raise AssertionError('no VmRSS in /proc/self/status')
+
+
+def problems(m):
+    """Every device's check() of machine ``m``, as 'device: problem' strings."""
+    devs = [('PIC', m.pic), ('PIT', m.pit), ('IOAPIC', m.ioapic), ('RTC', m.rtc),
+            ('8042', m.i8042), ('POST', m.post), ('debug exit', m.debug_exit), ('PCI', m.pci),
+            ('fw_cfg', m.fw_cfg)] + [(f'COM{i + 1}', s) for i, s in enumerate(m.serials)]
+    return [f'{name}: {p}' for name, dev in devs if dev is not None for p in dev.check()]
+
+
+# 256 interrupt gates at IDT, all to `handler` (which the guest defines)
+IDT_SETUP = f'''
+    mov rdi, {IDT}
+    mov ecx, 256
+    mov rax, handler
+fill_idt:
+    mov word ptr [rdi], ax
+    mov word ptr [rdi + 2], {K.SEL_CODE64}
+    mov word ptr [rdi + 4], 0x8e00
+    mov rbx, rax
+    shr rbx, 16
+    mov word ptr [rdi + 6], bx
+    mov qword ptr [rdi + 8], 0
+    add rdi, 16
+    dec ecx
+    jnz fill_idt
+    lidt [idtr]
+'''
+IDTR = f'''
+idtr:
+    dw 4095
+    dq {IDT}
+'''
+# both 8259As: vectors 0x20-0x2F, cascade on IRQ 2, 8086 mode, nothing masked
+PIC_INIT = '''
+    mov al, 0x11
+    out 0x20, al
+    out 0xa0, al
+    mov al, 0x20
+    out 0x21, al
+    mov al, 0x28
+    out 0xa1, al
+    mov al, 4
+    out 0x21, al
+    mov al, 2
+    out 0xa1, al
+    mov al, 1
+    out 0x21, al
+    out 0xa1, al
+    xor al, al
+    out 0x21, al
+    out 0xa1, al
+'''
+# count an interrupt, EOI both 8259As, return
+COUNTING_HANDLER = f'''
+handler:
+    push rax
+    mov rax, {COUNTER}
+    inc qword ptr [rax]
+    mov al, 0x20
+    out 0xa0, al
+    out 0x20, al
+    pop rax
+    iretq
+'''
+DEBUG_EXIT_7 = '''
+    mov al, 7
+    out 0xf4, al
+'''
+
+
+class HostileCase(unittest.TestCase):
+    """Machines with hostile code at CODE in long mode (CPL0), and the
+    measures that say the VMM came through: devices consistent, fds and
+    resident set flat."""
+
+    @classmethod
+    def setUpClass(cls):
+        # the first machine of the process imports and caches what every one uses
+        with K.Machine(mem_size=MEM, kvm=kvm(), console=MemoryBackend()) as m:
+            code, _ = assemble_with_labels('cli\nhlt', bits=64, origin=CODE)
+            m.vm.write(CODE, code)
+            K.setup_mode(m.vm.vcpus[0], m.vm, 'long64', CODE)
+            m.run(timeout=5)
+
+    def machine(self, src, irqchip='split', user=False, **kw):
+        m = K.Machine(mem_size=MEM, irqchip=irqchip, kvm=kvm(), console=MemoryBackend(), **kw)
+        self.addCleanup(m.close)
+        code, m.labels = assemble_with_labels(src, bits=64, origin=CODE)
+        m.vm.write(CODE, code)
+        K.setup_mode(m.vm.vcpus[0], m.vm, 'long64', CODE)
+        if user:
+            to_user(m)
+        return m
+
+    @contextlib.contextmanager
+    def flat(self):
+        """The block leaks no fd or thread and grows the RSS by at most RSS_SLACK_KIB."""
+        fds, threads, rss = open_fds(), threading.active_count(), rss_kib()
+        yield
+        self.assertEqual(open_fds(), fds, 'file descriptors leaked')
+        self.assertEqual(threading.active_count(), threads, 'threads left running')
+        self.assertLessEqual(rss_kib() - rss, RSS_SLACK_KIB, 'resident set grew')
+
+    def run_machine(self, m, timeout):
+        """Run ``m`` once; returns (RunResult, seconds). Its devices must be consistent."""
+        start = time.monotonic()
+        result = m.run(timeout=timeout)
+        took = time.monotonic() - start
+        self.assertEqual(problems(m), [])
+        self.assertNotIn('\n', result.reason)
+        return result, took
+
+    def assertResult(self, result, status, reason):
+        self.assertEqual(result.status, status, result.reason)
+        self.assertRegex(result.reason, reason)
+
+
+def to_user(m):
+    """Drop vCPU 0 of ``m`` to CPL3 with IOPL 3: user-accessible page tables
+    for the low 1 GiB, DPL-3 code and data segments (as tests.guest does)."""
+    vm, vcpu = m.vm, m.vm.vcpus[0]
+    s = vcpu.get_sregs()
+    pml4, pdpt = s.cr3, s.cr3 + K.PAGE_SIZE
+    pd = vm.read_int(pdpt, 8) & ~0xFFF
+    for entry in [pml4, pdpt] + [pd + 8 * i for i in range(512)]:
+        vm.write_int(entry, 8, vm.read_int(entry, 8) | PTE_US)
+    vm.write(K.GDT_ADDR, struct.pack(f'<{len(USER_GDT)}Q', *USER_GDT))
+    s.gdt.limit = len(USER_GDT) * 8 - 1
+    s.cs = K.segment(SEL_USER_CODE, code=True, dpl=3, db=0, l=1)
+    for name in ('ds', 'es', 'fs', 'gs', 'ss'):
+        setattr(s, name, K.segment(SEL_USER_DATA, dpl=3))
+    vcpu.set_sregs(s)
+    vcpu.set_regs(rflags=0x3002)
+
+
+@requires_kvm
+class SweepTest(HostileCase):
+
+    def test_every_port_read_and_written_in_every_size_ends_in_the_guests_exit(self):
+        # the writes skip only the debug-exit ports, the guest's own way out
+        src = '''
+            xor edx, edx
+        reads:
+            in al, dx
+            in ax, dx
+            in eax, dx
+            inc edx
+            cmp edx, 0x10000
+            jne reads
+            xor edx, edx
+            mov eax, 0x5a5a5a5a
+        writes:
+            cmp edx, 0xf4
+            jb write
+            cmp edx, 0xf8
+            jb skip
+        write:
+            out dx, al
+            out dx, ax
+            out dx, eax
+        skip:
+            inc edx
+            cmp edx, 0x10000
+            jne writes
+        ''' + DEBUG_EXIT_7
+        with self.flat():
+            m = self.machine(src)
+            result, _ = self.run_machine(m, timeout=60)
+            self.assertResult(result, 15, 'debug-exit status 15')
+            self.assertEqual(m.vm.vcpus[0].get_regs().rdx, 0x10000)
+            self.assertLessEqual(len(m.vm.pio.unclaimed), K.BUS_COUNTED_ADDRESSES)
+            self.assertGreater(m.vm.pio.unclaimed_other, 0)
+            m.close()
+
+    def test_unmapped_guest_physical_space_reads_all_ones_and_ends_in_the_guests_exit(self):
+        # every MiB from the end of RAM to the IOAPIC, every page from there
+        # to 0xFF000000, every 64 KiB above; reads that nothing claims float
+        # high (folded into r9, r10d and r11b by size)
+        src = f'''
+            mov r9, -1
+            mov r10, -1
+            mov r11, -1
+            mov rsi, {MEM}
+            mov rcx, 0xfec00000
+        coarse:
+            and r10d, dword ptr [rsi]
+            and r11b, byte ptr [rsi + 3]
+            and r9, qword ptr [rsi + 8]
+            mov dword ptr [rsi], 0x5a5a5a5a
+            mov word ptr [rsi + 6], 0x1234
+            add rsi, 0x100000
+            cmp rsi, rcx
+            jb coarse
+            mov rcx, 0xff000000
+        fine:
+            mov eax, dword ptr [rsi]
+            mov dword ptr [rsi + 0x10], 0x5a5a5a5a
+            add rsi, 0x1000
+            cmp rsi, rcx
+            jb fine
+            mov rcx, 0x100000000
+        top:
+            and r9, qword ptr [rsi]
+            mov byte ptr [rsi + 1], 0xa5
+            add rsi, 0x10000
+            cmp rsi, rcx
+            jb top
+        ''' + DEBUG_EXIT_7
+        with self.flat():
+            m = self.machine(src)
+            result, _ = self.run_machine(m, timeout=60)
+            self.assertResult(result, 15, 'debug-exit status 15')
+            regs = m.vm.vcpus[0].get_regs()
+            self.assertEqual((regs.rsi, regs.r9, regs.r10, regs.r11 & 0xFF),
+                             (1 << 32, (1 << 64) - 1, 0xFFFFFFFF, 0xFF))
+            self.assertEqual(len(m.vm.mmio.unclaimed), K.BUS_COUNTED_ADDRESSES)
+            self.assertGreater(m.vm.mmio.unclaimed_other, 0)
+            m.close()
+
+
+@requires_kvm
+class CrashTest(HostileCase):
+
+    def test_a_triple_fault_ends_the_run_with_status_4_naming_the_rip(self):
+        src = '''
+            lidt [empty]
+        crash:
+            ud2
+        empty:
+            dw 0
+            dq 0
+        '''
+        for irqchip in K.IRQCHIP_MODES:
+            with self.subTest(irqchip=irqchip), self.flat():
+                m = self.machine(src, irqchip)
+                result, _ = self.run_machine(m, timeout=10)
+                self.assertResult(result, K.EXIT_TRIPLE_FAULT,
+                                  f'^triple fault on vCPU 0 at RIP {m.labels["crash"]:#x}$')
+                m.close()
+
+    def test_a_guest_that_sends_itself_init_through_the_ioapic_ends_with_a_clear_outcome(self):
+        # pin 2 (the PIT) as INIT: the CPU resets to a reset vector with no
+        # firmware behind it, which KVM cannot run
+        src = '''
+            mov rdi, 0xfec00000
+            mov dword ptr [rdi], 0x14
+            mov dword ptr [rdi + 0x10], 0x500
+            mov al, 0x34
+            out 0x43, al
+            mov al, 0xff
+            out 0x40, al
+            out 0x40, al
+        wait:
+            pause
+            jmp wait
+        '''
+        with self.flat():
+            m = self.machine(src)
+            result, _ = self.run_machine(m, timeout=10)
+            self.assertResult(result, K.EXIT_INTERNAL, r'^internal error on vCPU 0 at RIP 0xfff0')
+            m.close()
+
+
+@requires_kvm
+class StringIoTest(HostileCase):
+
+    def test_rep_outsb_and_insb_with_enormous_counts_run_until_the_timeout(self):
+        # each starts a page below the end of RAM and goes on into unmapped
+        # space; on this host rep outsb at CPL0 exits once per byte
+        cases = {
+            'outsb': f'mov rsi, {MEM - 0x1000}\n mov rcx, 0x10000000000\n mov dx, 0x3f8\n'
+                     f' rep outsb\n hlt',
+            'insb': f'mov rdi, {MEM - 0x1000}\n mov rcx, 0x10000000000\n mov dx, 0x3f8\n'
+                    f' rep insb\n hlt',
+            'outsd': f'mov rsi, {MEM - 0x1000}\n mov rcx, 0x4000000000\n mov dx, 0x80\n'
+                     f' rep outsd\n hlt',
+        }
+        for name, src in cases.items():
+            with self.subTest(instruction=name), self.flat():
+                m = self.machine(src)
+                result, took = self.run_machine(m, timeout=0.5)
+                self.assertResult(result, K.EXIT_TIMEOUT, '^timeout after 0.5 s$')
+                self.assertLess(took, 0.5 + LATE_LIMIT_S)
+                self.assertLess(m.vm.vcpus[0].get_regs().rcx, 0x10000000000 - 0x1000)
+                self.assertLessEqual(len(m.console.output), m.console.limit)
+                self.assertLessEqual(len(m.vm.mmio.unclaimed), K.BUS_COUNTED_ADDRESSES)
+                m.close()
+
+
+@requires_kvm
+class InterruptStormTest(HostileCase):
+    # PIT counter 0 at its shortest period (count 2, 1.7 us), the RTC's
+    # periodic interrupt at its fastest (122 us), and COM1's THRE interrupt
+    # level-triggered through the ELCR, never cleared: after each EOI it is
+    # due again
+    STORM = IDT_SETUP + PIC_INIT + '''
+        mov al, 0x34
+        out 0x43, al
+        mov al, 2
+        out 0x40, al
+        xor al, al
+        out 0x40, al
+        mov al, 0x0a
+        out 0x70, al
+        mov al, 0x23
+        out 0x71, al
+        mov al, 0x0b
+        out 0x70, al
+        mov al, 0x42
+        out 0x71, al
+        mov al, 0x10
+        mov dx, 0x4d0
+        out dx, al
+        mov dx, 0x3fc
+        mov al, 0x08
+        out dx, al
+        mov dx, 0x3f9
+        mov al, 0x02
+        out dx, al
+        sti
+    idle:
+        hlt
+        jmp idle
+    ''' + COUNTING_HANDLER + IDTR
+
+    def test_an_interrupt_storm_leaves_the_vmm_responsive_to_its_timeout(self):
+        for irqchip in K.IRQCHIP_MODES:
+            with self.subTest(irqchip=irqchip), self.flat():
+                m = self.machine(self.STORM, irqchip)
+                result, took = self.run_machine(m, timeout=0.5)
+                print(f'\n  {irqchip} interrupt storm: {m.vm.read_int(COUNTER, 8)} interrupts, '
+                      f'run() returned {(took - 0.5) * 1000:.1f} ms after its deadline',
+                      file=sys.stderr)
+                self.assertResult(result, K.EXIT_TIMEOUT, '^timeout after 0.5 s$')
+                self.assertLess(took, 0.5 + 0.25)
+                self.assertGreater(m.vm.read_int(COUNTER, 8), 100)
+                m.close()
+
+
+def garbage(seed, n):
+    """``n`` seeded writes of random values to the PIC, ELCR, PIT, port 0x61,
+    COM1 and the IOAPIC's window, with a few reads, as 8-byte records
+    (kind, 0, port or offset, value) for GARBAGE below; kind 3 ends it.
+    IOAPIC entries never get INIT or SMI delivery, which would take the
+    CPU away from the guest (CrashTest covers INIT)."""
+    rng = random.Random(seed)
+    ports = [0x20, 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1, 0x40, 0x41, 0x42, 0x43, 0x61] + \
+        list(range(0x3F8, 0x400))
+    out = bytearray()
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.6:
+            out += struct.pack('<BxHI', 0, rng.choice(ports), rng.getrandbits(8))
+        elif r < 0.85:
+            value = rng.getrandbits(32)
+            if (value >> 8) & 7 in (2, 5):
+                value &= ~0x700
+            offset = rng.choice((0, 0x10, 0x10, 0x40, rng.randrange(0, 0x100, 4)))
+            out += struct.pack('<BxHI', 1, offset, value)
+        else:
+            out += struct.pack('<BxHI', 2, rng.choice(ports), 0)
+    return bytes(out + struct.pack('<BxHI', 3, 0, 0))
+
+
+GARBAGE = IDT_SETUP + f'''
+    STI_OR_CLI
+    mov rsi, {TABLE}
+    mov r8, 0xfec00000
+next:
+    movzx ecx, byte ptr [rsi]
+    movzx edx, word ptr [rsi + 2]
+    mov eax, dword ptr [rsi + 4]
+    add rsi, 8
+    cmp ecx, 0
+    je do_out
+    cmp ecx, 1
+    je do_mmio
+    cmp ecx, 2
+    je do_in
+''' + DEBUG_EXIT_7 + '''
+do_out:
+    out dx, al
+    jmp next
+do_mmio:
+    mov dword ptr [r8 + rdx], eax
+    jmp next
+do_in:
+    in al, dx
+    jmp next
+''' + COUNTING_HANDLER + IDTR
+
+
+@requires_kvm
+class GarbageTest(HostileCase):
+
+    def test_garbage_to_the_pic_pit_ioapic_and_uart_leaves_them_consistent(self):
+        for irqchip in K.IRQCHIP_MODES:
+            for sti in ('cli', 'sti'):
+                with self.subTest(irqchip=irqchip, interrupts=sti), self.flat():
+                    m = self.machine(GARBAGE.replace('STI_OR_CLI', sti), irqchip)
+                    m.vm.write(TABLE, garbage(f'{irqchip}/{sti}', 3000))
+                    result, _ = self.run_machine(m, timeout=30)
+                    self.assertResult(result, 15, 'debug-exit status 15')
+                    m.close()
+
+
+@requires_kvm
+class ReadOnlySlotTest(HostileCase):
+
+    def test_writes_to_a_read_only_slot_exit_as_mmio_and_leave_it_unchanged(self):
+        rom_at = 0xE0000000
+        src = f'''
+            mov rdi, {rom_at}
+            mov rax, 0x1122334455667788
+            mov qword ptr [rdi], rax
+            mov byte ptr [rdi + 0x123], 0x55
+            mov word ptr [rdi + 0xffe], 0x6666
+            lea rdi, [rdi + 0x200]
+            mov ecx, 0x100
+            rep stosb
+            mov rdi, {rom_at}
+            mov rax, qword ptr [rdi]
+            mov rbx, {COUNTER}
+            mov qword ptr [rbx], rax
+            mov al, byte ptr [rdi + 0x123]
+            mov byte ptr [rbx + 8], al
+        ''' + DEBUG_EXIT_7
+        with self.flat():
+            m = self.machine(src)
+            m.vm.add_memory(rom_at, 0x2000, readonly=True)
+            pattern = bytes(range(256)) * 32
+            m.vm.write(rom_at, pattern)
+            result, _ = self.run_machine(m, timeout=10)
+            self.assertResult(result, 15, 'debug-exit status 15')
+            self.assertEqual(m.vm.read(rom_at, 0x2000), pattern)
+            self.assertEqual(m.vm.read(COUNTER, 9), pattern[:8] + pattern[0x123:0x124])
+            unclaimed = m.vm.mmio.unclaimed
+            self.assertEqual([unclaimed[rom_at + off] for off in (0, 0x123, 0xFFE)], [1, 1, 1])
+            self.assertEqual(sum(unclaimed[rom_at + 0x200 + i] for i in range(0x100)), 0x100)
+            m.close()
+
+
+class Raising:
+    """A device that fails on every write (a bug in a device model)."""
+    SIZE = 4
+
+    def read(self, offset, size):
+        return 0
+
+    def write(self, offset, size, value):
+        raise ZeroDivisionError('division by zero')
+
+    def tick(self):
+        raise RuntimeError('the timer went wrong')
+
+
+@requires_kvm
+class DeviceErrorTest(HostileCase):
+
+    def test_a_raising_port_device_ends_the_run_with_status_8_naming_port_vcpu_and_rip(self):
+        src = '''
+            mov dx, 0x300
+            mov al, 1
+        boom:
+            out dx, al
+            hlt
+        '''
+        with self.flat():
+            m = self.machine(src)
+            m.vm.pio.register(0x300, Raising(), name='broken device')
+            result, _ = self.run_machine(m, timeout=10)
+            boom = m.labels['boom']
+            self.assertResult(result, K.EXIT_VMM, r'^device error: broken device raised '
+                              r'ZeroDivisionError: division by zero on a 1-byte write of 0x1 '
+                              r'at port 0x300 \(vCPU 0, guest RIP (0x[0-9a-f]+)\)$')
+            rip = int(result.reason.rpartition('RIP ')[2].rstrip(')'), 16)
+            self.assertIn(rip, (boom, boom + 1))          # at the out, or just after it
+            m.close()
+
+    def test_device_error_carries_bus_address_vcpu_and_rip_and_the_vm_runs_on(self):
+        src = '''
+            mov rdi, 0xd0000000
+        boom:
+            mov dword ptr [rdi + 2], 0x1234
+        after:
+            mov al, 3
+            out 0x10, al
+        '''
+        m = self.machine(src)
+        m.vm.mmio.register(0xD0000000, Raising(), name='broken MMIO device')
+        vcpu = m.vm.vcpus[0]
+        with self.assertRaises(K.DeviceError) as cm:
+            vcpu.run_loop(timeout=10)
+        e = cm.exception
+        self.assertEqual((e.bus, e.addr, e.vcpu), ('mmio', 0xD0000002, 0))
+        self.assertIn(e.rip, (m.labels['boom'], m.labels['after']))
+        self.assertIn(f'at mmio 0xd0000002 (vCPU 0, guest RIP {e.rip:#x})', str(e))
+        m.vm.mmio.unregister(0xD0000000)
+        vcpu.set_regs(rip=m.labels['after'])
+        exit = vcpu.run_loop({K.IoOut: lambda v, e: False}, timeout=10)   # the VM runs on
+        check_exit(vcpu, exit, K.IoOut, port=0x10, value=3)
+        m.close()
+
+    def test_a_device_whose_tick_raises_ends_the_run_with_status_8(self):
+        # regression: the exception killed the timer thread with a traceback
+        # and the run went on without timers until its timeout
+        with self.flat():
+            m = self.machine('spin:\n jmp spin')
+            m._timed.append(Raising())
+            result, took = self.run_machine(m, timeout=10)
+            self.assertResult(result, K.EXIT_VMM, r'^device error in the timer thread: '
+                              r'Raising.tick\(\) raised RuntimeError: the timer went wrong$')
+            self.assertLess(took, 5)
+            m.close()
+
+
+@requires_kvm
+class ReuseTest(HostileCase):
+
+    def test_a_run_with_a_timeout_leaves_no_thread_behind(self):
+        # regression: Machine.run cancelled its timeout Timer without joining
+        # it, so its thread was still alive when run() returned
+        m = self.machine('cli\nhlt')
+        threads = threading.active_count()
+        self.assertResult(m.run(timeout=10), K.EXIT_OK, 'halted with interrupts disabled')
+        self.assertEqual(threading.active_count(), threads, threading.enumerate())
+
+    def test_one_vcpu_is_put_in_every_mode_in_turn(self):
+        # regression: after long mode, setup_protected_mode and setup_real_mode
+        # kept EFER.LME/LMA (and CS.L), and KVM_SET_SREGS failed with EINVAL,
+        # so a machine could not load a 32-bit image after a 64-bit one
+        codes = {'real': (16, 0x10000), 'prot32': (32, 0x100000), 'long64': (64, 0x200000)}
+        with Guest('', ram=4 << 20) as g:
+            for mode, (bits, at) in codes.items():
+                code, _ = assemble_with_labels(f'mov al, {bits}\nout 0x10, al\nhlt', bits=bits,
+                                               origin=0 if mode == 'real' else at)
+                g.vm.write(at, code)
+            for mode in ('long64', 'prot32', 'long64', 'real', 'long64', 'real', 'prot32', 'real'):
+                bits, at = codes[mode]
+                K.setup_mode(g.vcpu, g.vm, mode, 0 if mode == 'real' else at,
+                             cs=at >> 4 if mode == 'real' else 0)
+                g.expect(K.IoOut, port=0x10, value=bits)
+
+
+SPIN = '''
+    mov rbx, 1
+spin:
+    inc rax
+    jmp spin
+'''
+
+
+@requires_kvm
+class TimeoutTest(HostileCase):
+    """run(timeout=...) returns within 50 ms of the deadline for a guest
+    spinning at CPL0 (emulated here) and at CPL3 (native): Vcpu.run and
+    Machine.run, three runs each; the lateness is printed."""
+
+    def check_late(self, label, run, timeout=0.2):
+        worst = 0
+        for _ in range(3):
+            start = time.monotonic()
+            run(timeout)
+            worst = max(worst, time.monotonic() - start - timeout)
+        print(f'\n  {label}: returned at most {worst * 1000:.1f} ms after the deadline',
+              file=sys.stderr)
+        self.assertGreaterEqual(worst, 0)
+        self.assertLess(worst, LATE_LIMIT_S, f'{label} came back {worst * 1000:.1f} ms late')
+
+    def test_vcpu_run_returns_within_50_ms_of_the_deadline_at_cpl0_and_cpl3(self):
+        for mode in ('long64', 'user64'):
+            with Guest(SPIN, mode=mode) as g:
+                def run(timeout):
+                    check_exit(g.vcpu, g.vcpu.run(timeout=timeout), K.Interrupted, why='timeout')
+                self.check_late(f'Vcpu.run at CPL{3 if mode == "user64" else 0}', run)
+                self.assertEqual(g.vcpu.get_sregs().cs.selector & 3, 3 if mode == 'user64' else 0)
+
+    def test_machine_run_returns_within_50_ms_of_the_deadline_at_cpl0_and_cpl3(self):
+        for irqchip in K.IRQCHIP_MODES:
+            for user in (False, True):
+                with self.subTest(irqchip=irqchip, cpl=3 if user else 0):
+                    m = self.machine(SPIN, irqchip, user=user)
+
+                    def run(timeout):
+                        self.assertResult(m.run(timeout=timeout), K.EXIT_TIMEOUT, '^timeout after')
+                    self.check_late(f'Machine.run ({irqchip}) at CPL{3 if user else 0}', run)
+                    self.assertEqual(m.vm.vcpus[0].get_sregs().cs.selector & 3, 3 if user else 0)
+                    self.assertGreater(m.vm.vcpus[0].get_regs().rax, 0)
+                    m.close()
+
+
+# real mode at 0x1000:0 (a flat image): 'R' on COM1, then spin
+SPIN_FLAT = b'\xba\xf8\x03\xb0R\xee\xeb\xfe'    # mov dx, 0x3f8; mov al, 'R'; out dx, al; jmp $
+
+
+@requires_kvm
+class SignalTest(unittest.TestCase):
+    """SIGINT and SIGTERM to ``kvmlite.py run`` with a pty as its terminal:
+    status 130, one line on stderr, no traceback, the terminal as before."""
+
+    def setUp(self):
+        fd, self.kernel = tempfile.mkstemp(suffix='.bin')
+        os.write(fd, SPIN_FLAT)
+        os.close(fd)
+        self.addCleanup(os.unlink, self.kernel)
+
+    def run_and_signal(self, signum):
+        master, slave = pty.openpty()
+        self.addCleanup(os.close, master)
+        self.addCleanup(os.close, slave)
+        before = termios.tcgetattr(slave)
+        p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'kvmlite.py'), 'run', '-k',
+                              self.kernel, '--format', 'flat'],
+                             stdin=slave, stdout=slave, stderr=subprocess.PIPE, cwd=ROOT)
+        try:
+            seen, deadline = b'', time.monotonic() + 20
+            while b'R' not in seen:                    # the guest runs
+                self.assertLess(time.monotonic(), deadline, f'no output from the guest: {seen!r}')
+                if select.select([master], [], [], 0.1)[0]:
+                    seen += os.read(master, 100)
+            self.assertNotEqual(termios.tcgetattr(slave), before, 'the console did not go raw')
+            p.send_signal(signum)
+            status = p.wait(timeout=20)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        err = p.stderr.read().decode()
+        p.stderr.close()
+        self.assertEqual(termios.tcgetattr(slave), before, 'the terminal was not restored')
+        return status, err
+
+    def test_sigint_stops_the_vm_with_status_130_and_one_line(self):
+        status, err = self.run_and_signal(signal.SIGINT)
+        self.assertEqual((status, err), (130, 'kvmlite: interrupted (SIGINT)\n'))
+
+    def test_sigterm_stops_the_vm_with_status_130_and_one_line(self):
+        status, err = self.run_and_signal(signal.SIGTERM)
+        self.assertEqual((status, err), (130, 'kvmlite: stopped by SIGTERM\n'))
+
+
+@requires_kvm
+class MalformedImageTest(HostileCase):
+    """Mutated and truncated images (tests/test_boot.py's seeded mutator)
+    loaded into a real machine, and handed to the command line."""
+
+    FORMATS = {'elf32': 'elf', 'elf64': 'elf', 'multiboot-aout': 'multiboot',
+               'multiboot-elf': 'multiboot', 'bzimage': 'bzimage', 'pvh': 'pvh',
+               'pvh-section': 'pvh'}
+
+    def test_mutated_images_load_or_fail_with_one_line_and_no_huge_allocation(self):
+        from tests.test_boot import VALID_IMAGES, mutate
+        rng = random.Random(6)
+        m = self.machine('hlt')
+        outcomes = set()
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        for name, (_, make) in VALID_IMAGES.items():
+            image = make()
+            for i in range(60):
+                bad = mutate(rng, image)
+                fmt = self.FORMATS[name] if i % 2 else 'auto'
+                initrd = rng.choice((None, b'', rng.randbytes(rng.randrange(1, 5000))))
+                tracemalloc.reset_peak()
+                try:
+                    K.load_kernel(m, bad, fmt=fmt, initrd=initrd)
+                    outcomes.add('loaded')
+                except ValueError as e:                # BootError is a ValueError
+                    self.assertRegex(str(e), r'^[^\n]+$', f'{name} mutation {i}')
+                    outcomes.add('refused')
+                peak = tracemalloc.get_traced_memory()[1]
+                self.assertLess(peak, 2 * MEM + 4 * len(bad), f'{name} mutation {i} ({fmt})')
+        self.assertEqual(outcomes, {'loaded', 'refused'})
+
+    def cli(self, *args):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            status = K.main(['run', '--console', 'none', '-m', '16', '--timeout', '0.05', *args])
+        return status, err.getvalue()
+
+    def test_malformed_images_on_the_command_line_say_what_is_wrong_in_one_line(self):
+        from tests.test_boot import make_bzimage, make_multiboot_aout, make_pvh
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(lambda: [os.unlink(os.path.join(tmp, f)) for f in os.listdir(tmp)]
+                        and os.rmdir(tmp))
+
+        def file(name, data):
+            path = os.path.join(tmp, name)
+            with open(path, 'wb') as f:
+                f.write(data)
+            return path
+        bz = make_bzimage(kernel=b'\xf4' * 0x400, pref=0x100000, init_size=0x10000)
+        cases = [
+            (['-k', file('bz-cut', bz[:0x300]), '--format', 'bzimage'], 'bzImage'),
+            (['-k', file('mb-cut', make_multiboot_aout()[:40]), '--format', 'multiboot'],
+             'ultiboot'),
+            (['-k', file('pvh-cut', make_pvh()[:100]), '--format', 'pvh'], 'truncated'),
+            (['-k', file('empty', b'')], 'empty'),
+            (['-k', os.path.join(tmp, 'missing')], 'cannot read kernel'),
+            (['-k', tmp], 'cannot read kernel'),
+            (['-k', file('bz', bz), '-i', file('huge-initrd', b'\0' * (17 << 20))], 'initrd'),
+        ]
+        for args, words in cases:
+            with self.subTest(args=args[1]):
+                status, err = self.cli(*args)
+                self.assertEqual(status, K.EXIT_USAGE, err)
+                self.assertRegex(err, r'^kvmlite: [^\n]+\n$')
+                self.assertIn(words, err)
+                self.assertNotIn('Traceback', err)
 
 if __name__ == '__main__':
     unittest.main()
