@@ -3459,17 +3459,20 @@ def _import_part(package, module):
 
 
 class _Timed:
-    """A device whose writes may move its next deadline: wakes the timer."""
+    """A device whose writes may move its next deadline: wakes the timer.
+    A byte write at one of the ``quiet`` offsets (a UART's THR) wakes nobody."""
 
-    def __init__(self, device, wake):
+    def __init__(self, device, wake, quiet=()):
         self.device, self._wake, self.SIZE = device, wake, device.SIZE
+        self._quiet = quiet
 
     def read(self, offset, size):
         return self.device.read(offset, size)
 
     def write(self, offset, size, value):
         self.device.write(offset, size, value)
-        self._wake()
+        if size != 1 or offset not in self._quiet:
+            self._wake()
 
 
 class RunResult:
@@ -3593,7 +3596,8 @@ class Machine:
         self.serials = []
         for i, (base, irq) in enumerate(serial_m.COM_PORTS):
             s = serial_m.Serial(irq=self.irq(irq), out=self.console if i == 0 else None, clock=clock)
-            pio.register(base, s, name=f'COM{i + 1} 16550A')
+            # IER, FCR, LCR may start a character timeout; THR output (offset 0) never does
+            pio.register(base, _Timed(s, self.wake, quiet=(0,)), name=f'COM{i + 1} 16550A')
             self.serials.append(s)
             self._timed.append(s)
         if self.mode == 'kernel':
@@ -3903,12 +3907,20 @@ def detect_format(image):
     return 'flat'
 
 
-def _read_input_file(path, what):
+def _read_input_file(path, what, limit):
+    """A kernel's or initrd's bytes, refused past ``limit`` (the guest's RAM,
+    which no image can exceed) before reading more: not /dev/zero's endless
+    stream nor a sparse file's terabytes are read into memory."""
     try:
         with open(path, 'rb') as f:          # read-only: kvmlite never writes inputs
-            return f.read()
+            size = os.fstat(f.fileno()).st_size      # 0 for a pipe or a device
+            data = f.read(limit + 1) if size <= limit else None
     except OSError as e:
         raise ValueError(f'cannot read {what} {path!r}: {e.strerror}') from None
+    if data is None or len(data) > limit:
+        raise ValueError(f'{what} {path!r} is larger than the guest\'s {limit >> 20} MiB of RAM: '
+                         f'give more memory (-m)')
+    return data
 
 
 def load_kernel(machine, image, fmt='auto', cmdline=b'', initrd=None):
@@ -3981,8 +3993,8 @@ def _cmd_run(args):
     try:
         mem = _parse_size(args.mem)
         cmdline = args.append.encode()
-        image = _read_input_file(args.kernel, 'kernel') if args.kernel else None
-        initrd = _read_input_file(args.initrd, 'initrd') if args.initrd else None
+        image = _read_input_file(args.kernel, 'kernel', mem) if args.kernel else None
+        initrd = _read_input_file(args.initrd, 'initrd', mem) if args.initrd else None
         console = _make_console(args.console)
         machine = Machine(mem_size=mem, cpus=args.cpus, irqchip=args.irqchip, console=console,
                           cpuid_policy=args.cpuid, cmdline=cmdline)

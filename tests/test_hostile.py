@@ -767,6 +767,8 @@ class MalformedImageTest(HostileCase):
                 f.write(data)
             return path
         bz = make_bzimage(kernel=b'\xf4' * 0x400, pref=0x100000, init_size=0x10000)
+        sparse = file('sparse', b'')
+        os.truncate(sparse, 1 << 40)                   # a terabyte of nothing
         cases = [
             (['-k', file('bz-cut', bz[:0x300]), '--format', 'bzimage'], 'bzImage'),
             (['-k', file('mb-cut', make_multiboot_aout()[:40]), '--format', 'multiboot'],
@@ -776,6 +778,7 @@ class MalformedImageTest(HostileCase):
             (['-k', os.path.join(tmp, 'missing')], 'cannot read kernel'),
             (['-k', tmp], 'cannot read kernel'),
             (['-k', file('bz', bz), '-i', file('huge-initrd', b'\0' * (17 << 20))], 'initrd'),
+            (['-k', sparse], "kernel '" + sparse + "' is larger than the guest's 16 MiB of RAM"),
         ]
         for args, words in cases:
             with self.subTest(args=args[1]):
@@ -784,6 +787,19 @@ class MalformedImageTest(HostileCase):
                 self.assertRegex(err, r'^kvmlite: [^\n]+\n$')
                 self.assertIn(words, err)
                 self.assertNotIn('Traceback', err)
+
+    def test_an_endless_kernel_file_is_refused_without_reading_it_all(self):
+        # regression: the command line read the whole file first, so -k
+        # /dev/zero grew the VMM until it ran out of memory (a 2 GiB address
+        # space limit makes that a MemoryError here)
+        code = ('import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); '
+                'import kvmlite; sys.exit(kvmlite.main(sys.argv[1:]))')
+        p = subprocess.run([sys.executable, '-c', code, 'run', '-k', '/dev/zero', '-m', '16',
+                            '--console', 'none'], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual((p.returncode, p.stderr),
+                         (K.EXIT_USAGE, "kvmlite: kernel '/dev/zero' is larger than the guest's "
+                                        "16 MiB of RAM: give more memory (-m)\n"))
 
 if __name__ == '__main__':
     unittest.main()
