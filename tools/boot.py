@@ -55,7 +55,7 @@ from typing import NamedTuple
 
 __all__ = [
     'Boot', 'BootError', 'load_flat', 'load_elf', 'load_multiboot',
-    'load_bzimage', 'load_pvh', 'e820_map',
+    'load_bzimage', 'load_pvh', 'has_pvh_note', 'e820_map',
 ]
 
 KiB = 1 << 10
@@ -816,6 +816,25 @@ def _pvh_entry(image, elf):
     raise BootError('no PVH entry: the ELF has no "Xen" note of type 18 '
                     '(XEN_ELFNOTE_PHYS32_ENTRY), so the kernel was built without CONFIG_PVH; '
                     'boot the bzImage instead')
+
+
+def has_pvh_note(image):
+    """True if ``image`` is an ELF that carries a Xen PHYS32 entry note, even a
+    damaged one (so that format detection sends it to load_pvh, which says
+    what is wrong with it)."""
+    try:
+        elf = _parse_elf(image)
+        areas = list(_note_areas(image, elf))
+    except BootError:
+        return False
+    for offset, size, align, what in areas:
+        try:
+            for name, ntype, _ in _notes(image, offset, size, align, what):
+                if name == XEN_NOTE_NAME and ntype == XEN_ELFNOTE_PHYS32_ENTRY:
+                    return True
+        except BootError:
+            pass
+    return False
 
 
 def load_pvh(image, mem, cmdline=b'', initrd=None, rsdp=0):
