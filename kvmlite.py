@@ -3445,6 +3445,7 @@ RAM_HOLE = 0xC0000000   # guest RAM above 3 GiB moves to 4 GiB (MMIO below)
 IDENTITY_MAP_ADDR = 0xFEFFC000
 HALT_POLL_S = 0.25      # how often an in-kernel-irqchip run looks for a final halt
 APIC_LVT0, APIC_LVT1 = 0x350, 0x360
+IOREDTBL_REMOTE_IRR = 1 << 14   # IOAPIC redirection entry: a level interrupt awaits its EOI
 APIC_DM_EXTINT, APIC_DM_NMI = 0x700, 0x400
 
 
@@ -3517,6 +3518,7 @@ class Machine:
         self._irq_event = threading.Event()
         self._timed = []
         self._pending_input = b''
+        self._woken = {}            # vCPU index -> RIP where _wake_for_lost_eoi woke it
         try:
             self._build(cpuid_policy, cmdline)
         except BaseException:
@@ -3648,7 +3650,21 @@ class Machine:
     def _on_eoi(self, vcpu, exit):
         with self.vm.lock:
             self.ioapic.eoi(exit.vector)
+        if self._woken.pop(vcpu.index, None) == vcpu.get_regs().rip:
+            vcpu.set_mp_state(KVM_MP_STATE_HALTED)    # it never ran: back into its HLT
         return True
+
+    def _wake_for_lost_eoi(self, vcpu):
+        """kvm_pvm, split mode: an EOI the guest writes just before HLT (no exit
+        in between) leaves its KVM_EXIT_IOAPIC_EOI pending until the halted vCPU
+        wakes, and the level pin waiting for that EOI is what would wake it.
+        Such a vCPU is made runnable: KVM delivers the exit before the guest
+        runs, and _on_eoi halts it again."""
+        if (self.ioapic is None or vcpu.get_mp_state() != KVM_MP_STATE_HALTED
+                or not any(e & IOREDTBL_REMOTE_IRR for e in self.ioapic.entries)):
+            return
+        self._woken[vcpu.index] = vcpu.get_regs().rip
+        vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE)
 
     def sync_ioapic_routes(self):
         """Mirror the IOAPIC's entries into KVM's GSI routes: in split mode
@@ -3783,8 +3799,11 @@ class Machine:
     def _handle(self, vcpu, exit):
         kind = type(exit)
         if kind is Interrupted:
-            if exit.why == 'poll' and self._halted_for_good():
-                self.stop(EXIT_OK, 'the guest halted with interrupts disabled')
+            if exit.why == 'poll':
+                if self._halted_for_good():
+                    self.stop(EXIT_OK, 'the guest halted with interrupts disabled')
+                else:
+                    self._wake_for_lost_eoi(vcpu)
         elif kind is Hlt:
             self._wait_for_interrupt(vcpu)
         elif kind is IrqWindowOpen:
