@@ -15,7 +15,7 @@ the PIC (edge) in 'user' mode; the RTC's IRQ 8 through the slave PIC.
 import unittest
 
 from tests.guest import requires_kvm
-from tests.pcguest import PASSED, PromptedInput, run_in_every_mode
+from tests.pcguest import PASSED, STATUS_PASSED, PromptedInput, run_guest, run_in_every_mode
 
 UART = r'''
 COM equ 0x3f8
@@ -361,6 +361,65 @@ align 8
 waited: dq 0
 '''
 
+LAZY_EOI = UART + r'''
+; trigger level 1: each character raises IRQ 4 (level-triggered on the
+; IOAPIC); the handler only EOIs the first interrupt of a character, with the
+; line still asserted, so the IOAPIC must send it again after that EOI
+main:
+    mov byte [want_ioapic], 1
+    call irq_setup
+    call uart_init
+    mov dx, COM + 2             ; FCR: FIFOs on, trigger level 1
+    mov al, 0x07
+    out dx, al
+    mov edi, 4
+    mov rsi, lazy_isr
+    call irq_handler
+    mov esi, LEVEL
+    call irq_unmask
+    mov dx, COM + 1             ; IER: received data
+    mov al, 1
+    out dx, al
+    call print
+    db '> ', 0
+    mov rsi, rxcount
+    mov ecx, 3
+    call wait_for
+    mov dx, COM + 1
+    xor eax, eax
+    out dx, al
+    mov edi, 4
+    call irq_mask
+    call print
+    db 10, 'interrupts ', 0
+    mov rax, [calls]
+    call putdec
+    call print
+    db ' for ', 0
+    mov rsi, rxbuf
+    call puts
+    mov al, 10
+    call putc
+    mov al, PASSED
+    ret
+
+lazy_isr:
+    inc qword [calls]
+    test qword [calls], 1
+    jnz .eoi                    ; odd: EOI only, then straight back to HLT
+    mov dx, COM
+    in al, dx
+    mov rcx, [rxcount]
+    mov [rxbuf + rcx], al
+    inc qword [rxcount]
+.eoi:
+    mov edi, 4
+    jmp irq_eoi
+
+align 8
+calls: dq 0
+'''
+
 RTC = r'''
 main:
     call irq_setup
@@ -633,6 +692,22 @@ class SerialTest(unittest.TestCase):
                 # at most 4.2 ms a character; allow for a busy host
                 waited = run.ms(run.u64('waited'))
                 self.assertLess(waited, rounds * 50, f'{run.describe()}: {waited:.1f} ms')
+
+
+    def test_level_interrupt_still_asserted_at_eoi_comes_again(self):
+        # IOAPIC level-triggered pins: 'split' and 'kernel' only ('user' mode
+        # has no IOAPIC; the PIC's edge-triggered IRQ 4 would not repeat).
+        # Regression: on kvm_pvm an EOI written just before HLT left its
+        # KVM_EXIT_IOAPIC_EOI pending while the vCPU halted, so in 'split'
+        # mode remote IRR stayed set and the guest slept for good
+        for mode in ('split', 'kernel'):
+            with self.subTest(mode=mode):
+                run = run_guest(LAZY_EOI, mode, timeout=10,
+                                console=PromptedInput([(b'> ', b'abc')]), symbols=symbols())
+                self.assertEqual(run.output, b'> \ninterrupts 6 for abc\n', run.describe())
+                self.assertEqual(run.status, STATUS_PASSED, run.describe())
+                self.assertEqual(run.u8('use_ioapic'), 1, run.describe())
+                self.assertEqual(run.problems, [], run.describe())
 
 
 @requires_kvm
