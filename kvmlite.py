@@ -3659,7 +3659,8 @@ class Machine:
         in between) leaves its KVM_EXIT_IOAPIC_EOI pending until the halted vCPU
         wakes, and the level pin waiting for that EOI is what would wake it.
         Such a vCPU is made runnable: KVM delivers the exit before the guest
-        runs, and _on_eoi halts it again."""
+        runs, and _on_eoi halts it again (a guest that had not written that EOI
+        yet sees its HLT end early, as after a spurious wake-up)."""
         if (self.ioapic is None or vcpu.get_mp_state() != KVM_MP_STATE_HALTED
                 or not any(e & IOREDTBL_REMOTE_IRR for e in self.ioapic.entries)):
             return
