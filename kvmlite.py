@@ -3567,6 +3567,10 @@ class Machine:
         self._IrqLine = sys.modules[pic_m.__name__.rpartition('.')[0]].IrqLine
         vm, pio, clock = self.vm, self.vm.pio, self.clock
         self.pic = self.pit = self.ioapic = None
+        if self.mode == 'split':        # first: the other devices' lines reach it
+            self.ioapic = ioapic_m.IoApic(msi=self._msi)
+            self.ioapic.ioapic_id = self.cpus       # the id the MP/ACPI tables give it
+            vm.mmio.register(ioapic_m.IoApic.BASE, _Routed(self.ioapic, self), name='IOAPIC')
         if self.mode != 'kernel':
             self.pic = pic_m.PicPair(intr=self._line(self._on_intr))
             pio.register(0x20, self.pic.master, name='8259A master PIC')
@@ -3576,9 +3580,6 @@ class Machine:
             pio.register(0x40, _Timed(self.pit, self.wake), name='8254 PIT')
             pio.register(0x61, self.pit.port61, name='port B (PIT gate 2, speaker)')
             self._timed.append(self.pit)
-        if self.mode == 'split':
-            self.ioapic = ioapic_m.IoApic(msi=self._msi)
-            vm.mmio.register(ioapic_m.IoApic.BASE, _Routed(self.ioapic, self), name='IOAPIC')
         self.i8042 = legacy_m.I8042(on_reset=lambda: self.stop(EXIT_OK, 'the guest reset the machine'),
                                     irq=self.irq(1))
         pio.register(0x60, self.i8042.data_port, name='8042 data')

@@ -37,8 +37,10 @@ Choices where the datasheet leaves room:
   are taken at face value (modulo 10000).
 * A control word resets the counter's control logic: flip-flops, any
   latched count or status, and OUT.  The chip powers up undefined; here
-  every counter powers up as if just given a control word for mode 0, LSB
-  then MSB, binary, with no count: OUT low, IRQ 0 quiet until programmed.
+  every counter powers up in mode 0, LSB then MSB, binary, with no count and
+  OUT high (as a BIOS leaves a periodic timer between pulses), so that a
+  guest's first control word for mode 2, 3 or 4 makes no early IRQ 0 edge,
+  as with KVM's PIT; a mode 0 control word lowers OUT as the datasheet says.
 * Port 0x61's refresh bit (bit 4) toggles every 18 CLKs (15.09 us), the
   PC/AT refresh period; it is derived from the clock, not from counter 1.
 """
@@ -133,7 +135,7 @@ class _Counter:
         self.base = 0
         self.seg_ns = 0
         self.reload_at = None       # modes 2/3: CLK at which CR loads into CE
-        self.out_idle = False       # OUT while there is no run
+        self.out_idle = True        # OUT while there is no run: high, see reset()
         self.hold = 0               # CE value shown while there is no run
         self.edge_base = 0
 
@@ -411,7 +413,7 @@ class Pit(ByteRegisters):
         self.reset()
 
     def reset(self):
-        """Power-on: every counter waiting for a count in mode 0, OUT low."""
+        """Power-on: every counter waiting for a count in mode 0, OUT high."""
         for index, counter in enumerate(self._counters):
             counter.power_on(gate=index != 2)
         self.port61.bits = 0
