@@ -113,7 +113,9 @@ class _Pic:
         self.elcr = 0            # all edge-triggered at power-on
         self.irr = 0
         self.isr = 0
-        self.imr = 0
+        # Undefined at power-on; masked here, so that nothing reaches the CPU
+        # with vector base 0 before the guest's ICW1 (which clears the mask)
+        self.imr = 0xFF
         self.icw1 = 0
         self.vector_base = 0
         self.icw3 = 0

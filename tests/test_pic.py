@@ -676,14 +676,29 @@ class StateTest(unittest.TestCase):
         self.assertEqual(inb(pic, 0x4D1), 0)
         pic.set_irq(4, 0)
         pic.set_irq(4, 1)
+        self.assertFalse(pic.pending())             # masked from power-on ...
+        outb(pic, 0x21, 0x00)                       # ... until OCW1 unmasks it
         self.assertTrue(pic.pending())
         self.assertEqual(pic.acknowledge(), 4)      # power-on vector base 0
+
+    def test_power_on_masks_every_line_until_initialised(self):
+        # regression: a device raising its line before the guest's ICW1 (the
+        # PIT's OUT is high from power-on) reached the CPU with vector base 0
+        pic = PicPair()
+        pic.set_irq(0, 1)
+        self.assertFalse(pic.pending())
+        self.assertEqual(inb(pic, 0x21), 0xFF)
+        linux_init(pic)
+        pic.set_irq(0, 0)
+        pic.set_irq(0, 1)
+        self.assertTrue(pic.pending())
 
 
 class InvariantTest(unittest.TestCase):
 
     def test_check_reports_stale_level_irr_and_intr(self):
         pic = PicPair()
+        outb(pic, 0x21, 0x00)                       # unmask (OCW1)
         outb(pic, 0x4D0, 1 << 5)
         pic.master.irr |= 1 << 5                    # corrupt on purpose
         problems = pic.check()
