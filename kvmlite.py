@@ -1470,11 +1470,14 @@ class Kvm:
             raise KvmError(errno.EACCES, f'opening {path}',
                            f'add yourself to the group that owns it '
                            f'(sudo usermod -aG kvm $USER, then log in again) or run as root') from None
-        version = _ioctl(self.fd, KVM_GET_API_VERSION)
-        if version != KVM_API_VERSION:
-            os.close(self.fd)
-            raise KvmError(errno.EINVAL, 'KVM_GET_API_VERSION',
-                           f'the kernel speaks KVM API {version}, kvmlite needs {KVM_API_VERSION}')
+        try:
+            version = _ioctl(self.fd, KVM_GET_API_VERSION, what=f'KVM_GET_API_VERSION on {path}')
+            if version != KVM_API_VERSION:
+                raise KvmError(errno.EINVAL, 'KVM_GET_API_VERSION',
+                               f'the kernel speaks KVM API {version}, kvmlite needs {KVM_API_VERSION}')
+        except KvmError:
+            os.close(self.fd)           # e.g. a path that is not /dev/kvm
+            raise
         self.api_version = version
         self._mmap_size = None
         self._cpuid = None

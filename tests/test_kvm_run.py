@@ -156,6 +156,13 @@ class LifeCycleTest(unittest.TestCase):
         self.assertIn('opening /nonexistent/kvm failed: ENOENT', str(cm.exception))
         self.assertIn('KVM is not available', str(cm.exception))
 
+    def test_a_node_that_is_not_kvm_is_refused_and_closed(self):
+        # regression: the fd leaked when KVM_GET_API_VERSION failed
+        before = open_fds()
+        with self.assertRaisesRegex(K.KvmError, r'^KVM_GET_API_VERSION on /dev/null failed: ENOTTY'):
+            K.Kvm('/dev/null')
+        self.assertEqual(open_fds(), before)
+
 
 if __name__ == '__main__':
     unittest.main()
