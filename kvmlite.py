@@ -1954,6 +1954,8 @@ def route_msi(gsi, address, data):
 _U32 = struct.Struct('<I')
 _IO_EXIT = struct.Struct('<BBHIQ')          # kvm_run.io at offset 32
 _MMIO_EXIT = struct.Struct('<Q8sIB')        # kvm_run.mmio at offset 32
+_RUN_EXIT_IO = struct.Struct('<I20xBBHIQ')  # exit_reason at 8, then kvm_run.io at 32
+_RING_ENDS = struct.Struct('<II')           # kvm_coalesced_mmio_ring: first, last
 _RUN_U = kvm_run.u.offset
 _SREG_NAMES = ('cs', 'ds', 'es', 'fs', 'gs', 'ss', 'tr', 'ldt')
 
@@ -2325,24 +2327,45 @@ class Vcpu:
         # which directions the buses serve: (in, out) and (read, write)
         io_bus = (IoIn not in hooks, IoOut not in hooks)
         mmio_bus = (MmioRead not in hooks, MmioWrite not in hooks)
+        # The hot path: KVM_RUN is called here, not through _enter(), and one
+        # unpack reads the exit reason with the port-I/O fields; port-I/O and
+        # MMIO exits are counted in locals and added to exit_counts on return.
         m, counts, vm = self._map, self.vm.exit_counts, self.vm
         pio_io, mmio = vm.pio.io, vm.mmio
-        unpack_io, unpack_mmio = _IO_EXIT.unpack_from, _MMIO_EXIT.unpack_from
-        enter, decode = self._enter, self._decode
+        unpack_exit, unpack_mmio = _RUN_EXIT_IO.unpack_from, _MMIO_EXIT.unpack_from
+        ioctl, fd, ring, ring_ends = fcntl.ioctl, self.fd, self._ring, _RING_ENDS.unpack_from
+        decode, tid = self._decode, threading.get_ident()
+        n_io = n_mmio = 0
         if timeout is not None:
             _watchdog.arm(self, time.monotonic() + timeout)
         reason = None
         try:
             while True:
-                reason = enter()
-                counts[reason] += 1
+                if self._buf is not None:
+                    self._release_buf()
+                # kicks signal this thread from here on; outside KVM_RUN the
+                # signal does nothing and immediate_exit ends the next entry
+                self._thread = tid
+                try:
+                    ioctl(fd, KVM_RUN, 0)
+                    reason, direction, size, port, count, off = unpack_exit(m, 8)
+                except OSError as e:
+                    if e.errno not in (errno.EINTR, errno.EAGAIN):
+                        raise KvmError(e.errno, 'KVM_RUN') from None
+                    m[1] = 0
+                    reason = ExitReason.INTR
+                if ring is not None and vm._coalesced:
+                    first, last = ring_ends(ring, 0)
+                    if first != last:     # buffered writes come before this exit
+                        vm._drain_coalesced(ring)
                 try:
                     if reason == 2:                              # KVM_EXIT_IO
-                        direction, size, port, count, off = unpack_io(m, 32)
+                        n_io += 1
                         if io_bus[direction]:
                             pio_io(port, size, count, direction, m, off)
                             continue
                     elif reason == 6:                            # KVM_EXIT_MMIO
+                        n_mmio += 1
                         addr, data, length, is_write = unpack_mmio(m, 32)
                         if mmio_bus[is_write] and length in _UNPACK:
                             if is_write:
@@ -2350,6 +2373,8 @@ class Vcpu:
                             else:
                                 _UNPACK[length].pack_into(m, 40, mmio.read(addr, length))
                             continue
+                    else:
+                        counts[reason] += 1
                 except DeviceError as e:
                     e.vcpu = self.index
                     e.rip = self.get_regs().rip
@@ -2360,6 +2385,11 @@ class Vcpu:
                 if hook is None or not hook(self, exit):
                     return exit
         finally:
+            self._thread = None
+            if n_io:
+                counts[ExitReason.IO] += n_io
+            if n_mmio:
+                counts[ExitReason.MMIO] += n_mmio
             if timeout is not None:
                 self._disarm(reason)
 
