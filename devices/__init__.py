@@ -20,7 +20,8 @@ The contract every device follows (after rust-vmm's vm-superio and kvmtool):
   ``from_state(state, ...)`` rebuilds a device from it with new wiring.
 """
 
-__all__ = ['IrqLine', 'SteppedClock', 'ByteRegisters', 'read_bytes', 'write_bytes']
+__all__ = ['IrqLine', 'SteppedClock', 'ByteRegisters', 'read_bytes', 'write_bytes',
+           'check_state_version']
 
 
 class IrqLine:
@@ -107,3 +108,13 @@ class ByteRegisters:
 
     def write(self, offset, size, value):
         write_bytes(self._write_byte, self.SIZE, offset, size, value)
+
+
+STATE_VERSION = 1
+
+
+def check_state_version(name, state):
+    """Refuse a snapshot state of another version than this code writes."""
+    if state.get('version') != STATE_VERSION:
+        raise ValueError(f'{name} state version {state.get("version")!r} is not '
+                         f'{STATE_VERSION}: it was saved by another kvmlite')

@@ -52,6 +52,8 @@ Choices where the datasheet leaves room:
 
 __all__ = ['IoApic', 'msi_message']
 
+from . import check_state_version
+
 NUM_PINS = 24                 # redirection entries (max redirection entry 23)
 MAX_BURST = 64                # messages per call before the rest is deferred
 
@@ -337,9 +339,7 @@ class IoApic:
 
     @classmethod
     def from_state(cls, state, msi=None):
-        if state.get('version') != 1:
-            raise ValueError(f'IoApic state version {state.get("version")!r}'
-                             ' is not 1')
+        check_state_version('IoApic', state)
         dev = cls()
         dev.ioapic_id = state['id'] & IOAPIC_ID_MASK
         dev.arb_id = state['arb'] & IOAPIC_ID_MASK

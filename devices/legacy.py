@@ -40,19 +40,13 @@ value)``, ``reset()``, ``state()``, ``from_state()`` and ``check()``.  The two
 
 import struct
 
-from . import IrqLine
+from . import IrqLine, check_state_version
 
 __all__ = ['I8042', 'DebugExit', 'PostCode', 'PciConfig', 'FwCfg']
 
 
 def _mask(size):
     return (1 << (8 * size)) - 1
-
-
-def _check_version(name, state):
-    if state.get('version') != 1:
-        raise ValueError(f'{name} state version {state.get("version")!r}'
-                         ' is not 1')
 
 
 # --------------------------------------------------------------------------
@@ -282,7 +276,7 @@ class I8042:
 
     @classmethod
     def from_state(cls, state, on_reset=None, irq=None):
-        _check_version('I8042', state)
+        check_state_version('I8042', state)
         dev = cls()
         for name in ('ctr', 'outport', 'outb', 'pending'):
             setattr(dev, name, int(state[name]) & 0xFF)
@@ -358,7 +352,7 @@ class DebugExit:
 
     @classmethod
     def from_state(cls, state, on_exit=None):
-        _check_version('DebugExit', state)
+        check_state_version('DebugExit', state)
         dev = cls(on_exit=on_exit)
         dev.last_status = state['last_status']
         dev.writes = state['writes']
@@ -412,7 +406,7 @@ class PostCode:
 
     @classmethod
     def from_state(cls, state):
-        _check_version('PostCode', state)
+        check_state_version('PostCode', state)
         dev = cls()
         dev.last = int(state['last']) & 0xFF
         dev.count = state['count']
@@ -502,7 +496,7 @@ class PciConfig:
 
     @classmethod
     def from_state(cls, state, on_reset=None):
-        _check_version('PciConfig', state)
+        check_state_version('PciConfig', state)
         dev = cls(on_reset=on_reset)
         dev.config_address = (int(state['config_address'])
                               & PCI_CONFIG_ADDRESS_MASK)
@@ -655,7 +649,7 @@ class FwCfg:
 
     @classmethod
     def from_state(cls, state):
-        _check_version('FwCfg', state)
+        check_state_version('FwCfg', state)
         dev = cls()
         dev.items = {int(key): bytes.fromhex(data)
                      for key, data in state['items']}

@@ -47,7 +47,7 @@ Choices where the datasheet leaves room, or the PC differs from it:
 
 __all__ = ['PicPair', 'CASCADE_IRQ', 'ELCR_WRITABLE']
 
-from . import IrqLine, read_bytes, write_bytes
+from . import IrqLine, read_bytes, write_bytes, check_state_version
 
 # ICW1 (write to A0=0 with D4=1).
 ICW1_IC4 = 0x01       # ICW4 will follow
@@ -402,9 +402,7 @@ class PicPair:
 
     @classmethod
     def from_state(cls, state, intr=None):
-        if state.get('version') != 1:
-            raise ValueError(f'PicPair state version {state.get("version")!r}'
-                             ' is not 1')
+        check_state_version('PicPair', state)
         pair = cls()
         pair.master.load(state['master'])
         pair.slave.load(state['slave'])

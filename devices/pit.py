@@ -47,7 +47,7 @@ Choices where the datasheet leaves room:
 
 __all__ = ['Pit', 'SystemControlPort', 'PIT_FREQ_HZ']
 
-from . import ByteRegisters
+from . import ByteRegisters, check_state_version
 
 PIT_FREQ_HZ = 1193182           # the PC's CLK input (14.31818 MHz / 12)
 NS_PER_S = 1_000_000_000
@@ -507,8 +507,7 @@ class Pit(ByteRegisters):
     @classmethod
     def from_state(cls, state, clock, irq=None):
         """Rebuild a Pit; the time saved in ``state`` resumes at ``clock()``."""
-        if state.get('version') != 1:
-            raise ValueError(f'unknown Pit state version {state.get("version")!r}')
+        check_state_version('Pit', state)
         pit = cls(clock, irq)
         now = clock()
         for counter, fields in zip(pit._counters, state['counters']):

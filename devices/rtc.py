@@ -48,7 +48,7 @@ from datetime import date, timedelta
 
 __all__ = ['Rtc']
 
-from . import ByteRegisters
+from . import ByteRegisters, check_state_version
 
 NS_PER_S = 1_000_000_000
 
@@ -420,8 +420,7 @@ class Rtc(ByteRegisters):
     @classmethod
     def from_state(cls, state, clock, irq=None):
         """Rebuild an Rtc; the time saved in ``state`` resumes at ``clock()``."""
-        if state.get('version') != 1:
-            raise ValueError(f'unknown Rtc state version {state.get("version")!r}')
+        check_state_version('Rtc', state)
         rtc = cls(clock, irq, base_epoch_seconds=UNIX_2000)
         cmos = bytearray(state['cmos'])
         if len(cmos) != CMOS_SIZE:

@@ -38,7 +38,7 @@ Where the model differs from the chip, or the datasheet leaves room:
 
 __all__ = ['Serial', 'COM_PORTS', 'FIFO_SIZE']
 
-from . import ByteRegisters
+from . import ByteRegisters, check_state_version
 
 # Base port and ISA IRQ of COM1-COM4.
 COM_PORTS = [
@@ -415,9 +415,7 @@ class Serial(ByteRegisters):
 
     @classmethod
     def from_state(cls, state, irq=None, out=None, clock=None):
-        if state.get('version') != 1:
-            raise ValueError(f'Serial state version {state.get("version")!r}'
-                             ' is not 1')
+        check_state_version('Serial', state)
         dev = cls(out=out, clock=clock)
         for name in ('ier', 'lcr', 'mcr', 'fcr', 'scr', 'divisor',
                      'lsr_errors', 'msr'):
