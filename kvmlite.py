@@ -1328,12 +1328,14 @@ class _Bus:
             self._count_unclaimed(addr)
             return (1 << (8 * size)) - 1
         dev, base, name = hit
+        lock = self.lock
+        lock.acquire()              # cheaper than `with` on this path
         try:
-            with self.lock:
-                return dev.read(addr - base, size) & ((1 << (8 * size)) - 1)
+            return dev.read(addr - base, size) & ((1 << (8 * size)) - 1)
         except Exception as e:
-            raise DeviceError(f'{name} raised {type(e).__name__}: {e} on a {size}-byte '
-                              f'read at {self.kind} {addr:#x}', self.kind, addr) from e
+            raise self._device_error(e, name, addr, size) from e
+        finally:
+            lock.release()
 
     def write(self, addr, size, value):
         hit = self._lookup(addr)
@@ -1343,25 +1345,43 @@ class _Bus:
             self._count_unclaimed(addr)
             return
         dev, base, name = hit
+        lock = self.lock
+        lock.acquire()
         try:
-            with self.lock:
-                dev.write(addr - base, size, value)
+            dev.write(addr - base, size, value)
         except Exception as e:
-            raise DeviceError(f'{name} raised {type(e).__name__}: {e} on a {size}-byte '
-                              f'write of {value:#x} at {self.kind} {addr:#x}', self.kind, addr) from e
+            raise self._device_error(e, name, addr, size, value) from e
+        finally:
+            lock.release()
+
+    def _device_error(self, e, name, addr, size, value=None):
+        what = 'read' if value is None else f'write of {value:#x}'
+        return DeviceError(f'{name} raised {type(e).__name__}: {e} on a {size}-byte '
+                           f'{what} at {self.kind} {addr:#x}', self.kind, addr)
+
+
+#: Port-I/O access sizes: (struct, mask).
+_PIO_SIZES = {1: (_UNPACK[1], 0xFF), 2: (_UNPACK[2], 0xFFFF), 4: (_UNPACK[4], 0xFFFFFFFF)}
 
 
 class PioBus(_Bus):
-    """The 64 KiB port-I/O space; lookups go through a per-port table."""
+    """The 64 KiB port-I/O space; lookups go through a per-port table.
+
+    A second table holds each port's bound ``read`` and ``write`` (taken once,
+    at registration), its base and name, so that an exit for one item at a
+    claimed port costs one lookup and one device call under the bus lock."""
     kind = 'port'
 
     def _rebuild(self):
-        table = {}
+        table, handlers = {}, {}
         for b, e, dev, name in self._ranges:
+            handler = (dev.read, dev.write, b, name)
             for port in range(b, min(e, 0x10000)):
                 table[port] = (dev, b, name)
+                handlers[port] = handler
         self._table = table
         self._lookup = table.get
+        self._handler = handlers.get
 
     def __init__(self, lock=None):
         super().__init__(lock)
@@ -1370,6 +1390,27 @@ class PioBus(_Bus):
     def io(self, port, size, count, is_out, buf, off):
         """Serve one KVM_EXIT_IO: ``count`` items (string I/O when > 1) of
         ``size`` bytes at ``buf[off:]``. The one place string I/O is handled."""
+        h = self._handler(port)
+        access = _PIO_SIZES.get(size)
+        if h is None or count != 1 or access is None or self.count_accesses:
+            self._items(port, size, count, is_out, buf, off)
+            return
+        st, mask = access
+        lock = self.lock
+        lock.acquire()
+        try:
+            if is_out:
+                h[1](port - h[2], size, st.unpack_from(buf, off)[0])
+            else:
+                st.pack_into(buf, off, h[0](port - h[2], size) & mask)
+        except Exception as e:
+            raise self._device_error(e, h[3], port, size,
+                                     st.unpack_from(buf, off)[0] if is_out else None) from e
+        finally:
+            lock.release()
+
+    def _items(self, port, size, count, is_out, buf, off):
+        # string I/O, unclaimed ports, counted accesses: item by item
         st = _UNPACK[size]
         if is_out:
             for i in range(count):
