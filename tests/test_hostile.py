@@ -410,7 +410,9 @@ class InterruptStormTest(HostileCase):
                       file=sys.stderr)
                 self.assertResult(result, K.EXIT_TIMEOUT, '^timeout after 0.5 s$')
                 self.assertLess(took, 0.5 + 0.25)
-                self.assertGreater(m.vm.read_int(COUNTER, 8), 100)
+                # the storm really ran (a busy host delivers fewer: 32 in 0.5 s
+                # was seen in 'user' mode with the other core loaded)
+                self.assertGreater(m.vm.read_int(COUNTER, 8), 10)
                 m.close()
 
 
