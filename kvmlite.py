@@ -1948,19 +1948,40 @@ class Vm:
 
     def _drain_coalesced(self, ring):
         """Hand the writes KVM buffered in the coalesced ring to the buses, in
-        guest order. ``ring`` is the vCPU mmap's coalesced page."""
-        first, last = struct.unpack_from('<II', ring, 0)
-        while first != last:
-            off = 8 + first * 24
-            addr, length, pio = struct.unpack_from('<QII', ring, off)
-            if length in _UNPACK:
-                value = _UNPACK[length].unpack_from(ring, off + 16)[0]
-                (self.pio if pio else self.mmio).write(addr, length, value)
-            first = (first + 1) % _COALESCED_MAX
-            struct.pack_into('<I', ring, 0, first)
+        guest order. ``ring`` is the vCPU mmap's coalesced page: one page for
+        the whole VM, so the bus lock is held for the whole drain and two vCPU
+        threads never take the same entries. A write to a claimed port goes
+        straight to the device's bound write, as in PioBus.io; ``first`` is
+        stored once, when the drain ends or a device raises."""
+        pio, mmio, lock = self.pio, self.mmio, self.lock
+        handler, entry = pio._handler, _RING_ENTRY.unpack_from
+        lock.acquire()
+        try:
+            first, last = _RING_ENDS.unpack_from(ring, 0)
+            try:
+                while first != last:
+                    addr, length, is_pio, raw = entry(ring, 8 + first * 24)
+                    first = (first + 1) % _COALESCED_MAX
+                    mask = _COALESCED_MASKS.get(length)
+                    if mask is None:
+                        continue
+                    value = raw & mask
+                    h = handler(addr) if is_pio and not pio.count_accesses else None
+                    if h is None:
+                        (pio if is_pio else mmio).write(addr, length, value)
+                        continue
+                    try:
+                        h[1](addr - h[2], length, value)
+                    except Exception as e:
+                        raise pio._device_error(e, h[3], addr, length, value) from e
+            finally:
+                _U32.pack_into(ring, 0, first)
+        finally:
+            lock.release()
 
 
 _COALESCED_MAX = (PAGE_SIZE - 8) // ctypes.sizeof(kvm_coalesced_mmio)
+_COALESCED_MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: (1 << 64) - 1}   # by entry length
 
 
 def _bitmap_pages(raw, pages, base):
@@ -1997,6 +2018,7 @@ _IO_EXIT = struct.Struct('<BBHIQ')          # kvm_run.io at offset 32
 _MMIO_EXIT = struct.Struct('<Q8sIB')        # kvm_run.mmio at offset 32
 _RUN_EXIT_IO = struct.Struct('<I20xBBHIQ')  # exit_reason at 8, then kvm_run.io at 32
 _RING_ENDS = struct.Struct('<II')           # kvm_coalesced_mmio_ring: first, last
+_RING_ENTRY = struct.Struct('<QIIQ')        # kvm_coalesced_mmio: phys_addr, len, pio, data
 _RUN_U = kvm_run.u.offset
 _SREG_NAMES = ('cs', 'ds', 'es', 'fs', 'gs', 'ss', 'tr', 'ldt')
 
