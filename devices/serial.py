@@ -132,6 +132,8 @@ TIMEOUT_CHARS = 4       # character timeout after 4 character times
 RESET_DIVISOR = 12      # 9600 baud, as a PC BIOS leaves it
 RX_BREAK = 0x100        # flag on a queued character: received as a break
 
+_BYTE = [bytes((i,)) for i in range(256)]   # THR output without a new bytes per character
+
 
 def _loop_inputs(mcr):
     """MSR input bits that the MCR outputs drive in loopback."""
@@ -174,6 +176,20 @@ class Serial(ByteRegisters):
 
     # -- guest access --------------------------------------------------
 
+    def read(self, offset, size):
+        # LSR without detours: a polled console driver reads it before every byte
+        if offset == UART_LSR and size == 1:
+            return self._read_lsr()
+        return ByteRegisters.read(self, offset, size)
+
+    def write(self, offset, size, value):
+        # the other half of a polled console's byte: THR, DLAB off
+        if offset == UART_THR and size == 1 and not self.lcr & UART_LCR_DLAB:
+            self._write_thr(int(value) & 0xFF)
+            self._update_irq()
+            return
+        ByteRegisters.write(self, offset, size, value)
+
     def _read_byte(self, port):
         dlab = self.lcr & UART_LCR_DLAB
         if port == UART_RBR:
@@ -187,10 +203,7 @@ class Serial(ByteRegisters):
         if port == UART_MCR:
             return self.mcr
         if port == UART_LSR:
-            value = self._lsr()
-            self.lsr_errors = 0
-            self._update_irq()
-            return value
+            return self._read_lsr()
         if port == UART_MSR:
             value = self.msr
             self.msr &= UART_MSR_INPUTS
@@ -222,6 +235,12 @@ class Serial(ByteRegisters):
         # LSR and MSR writes: factory test only; ignored.
         self._update_irq()
 
+    def _read_lsr(self):
+        value = self._lsr()
+        self.lsr_errors = 0         # reading LSR clears the latched errors
+        self._update_irq()
+        return value
+
     def _read_rbr(self):
         if not self.rx:
             return 0
@@ -244,7 +263,7 @@ class Serial(ByteRegisters):
         if self.mcr & UART_MCR_LOOP:
             self._push_rx(value)
         elif self.out is not None:
-            self.out.write(bytes((value,)))
+            self.out.write(_BYTE[value])
         # The character left at once: THR is empty again.
         self.thr_pending = True
 
@@ -346,8 +365,8 @@ class Serial(ByteRegisters):
         value = UART_LSR_THRE | UART_LSR_TEMT | self.lsr_errors
         if self.rx:
             value |= UART_LSR_DR
-        if self._fifo_on() and any(c & RX_BREAK for c in self.rx):
-            value |= UART_LSR_FIFOE
+            if self._fifo_on() and any(c & RX_BREAK for c in self.rx):
+                value |= UART_LSR_FIFOE
         return value
 
     def _update_msr(self):
