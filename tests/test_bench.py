@@ -1,0 +1,94 @@
+"""tools/bench.py (issue #5): the benchmark guest does its work and ends with
+the right status under kvmlite, and the tool, in its quick mode, prints its
+table with a row per figure and no problem lines. Nothing here is timed: the
+figures themselves are for people to read (docs/benchmarks.md)."""
+
+import io
+import os
+import re
+import subprocess
+import sys
+import unittest
+
+import kvmlite as K
+from devices.console import MemoryBackend
+from tests.guest import kvm, requires_kvm
+from tools import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@requires_kvm
+class BenchGuestTest(unittest.TestCase):
+    """The one guest image, in a Machine, for each kind of work."""
+
+    def run_guest(self, cmdline, console=None):
+        with K.Machine(mem_size=bench.GUEST_MEM_MIB << 20, kvm=kvm(), console=console) as m:
+            K.load_kernel(m, bench.build_guest(), 'multiboot', cmdline.encode())
+            result = m.run(timeout=60)
+            return result, m
+
+    def test_port_writes_end_in_the_pass_status_and_reach_the_post_port_in_order(self):
+        result, m = self.run_guest(bench.guest_cmdline('o', 300))
+        self.assertEqual(result.status, bench.STATUS_PASS, result)
+        self.assertEqual(m.post.count, 300)        # coalesced, each one delivered
+
+    def test_lsr_reads_end_in_the_pass_status(self):
+        result, m = self.run_guest(bench.guest_cmdline('i', 300))
+        self.assertEqual(result.status, bench.STATUS_PASS, result)
+        self.assertGreaterEqual(m.vm.exit_counts[K.ExitReason.IO], 300)
+
+    def test_serial_guest_writes_its_lines_to_com1(self):
+        con = MemoryBackend()
+        result, _ = self.run_guest(bench.guest_cmdline('s', 200), con)
+        self.assertEqual(result.status, bench.STATUS_PASS, result)
+        self.assertEqual(bytes(con.output), bench.expected_serial(200))
+        self.assertEqual(bench.expected_serial(200)[63:65], b'\n0')
+
+    def test_a_count_of_zero_does_no_work_and_passes(self):
+        for kind in 'ois':
+            with self.subTest(kind=kind):
+                result, _ = self.run_guest(bench.guest_cmdline(kind, 0))
+                self.assertEqual(result.status, bench.STATUS_PASS, result)
+
+    def test_a_command_line_without_bench_ends_in_the_bad_arguments_status(self):
+        for cmdline in ('', 'console=ttyS0', 'bench=x:5', 'bench=i5'):
+            with self.subTest(cmdline=cmdline):
+                result, _ = self.run_guest(cmdline)
+                self.assertEqual(result.status, bench.STATUS_BAD_ARGS, result)
+
+
+@requires_kvm
+class BenchToolTest(unittest.TestCase):
+
+    def test_quick_run_prints_the_table_with_every_figure_and_no_problem(self):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'bench.py'), '--quick'],
+                           capture_output=True, text=True, timeout=600)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        out = r.stdout
+        self.assertIn('| figure | kvmlite | C floor | QEMU | ratio | goal | verdict |', out)
+        for figure in ('write-only port exits (2000 x out 0x80)',
+                       'port reads that must exit (2000 x in LSR)',
+                       'serial output (2000 bytes, LSR polled)',
+                       'VM life cycle', 'memory: idle 256 MiB guest'):
+            self.assertRegex(out, rf'\n\| {re.escape(figure)}[^\n]* \| '
+                                  rf'(not judged \(quick\)|not measured) \|\n')
+        self.assertNotIn('problem:', out)
+        self.assertRegex(out, r'\nhost: .*CPUs, Linux ')
+
+    def test_what_is_left_out_is_named_as_skipped(self):
+        out = io.StringIO()
+        status = bench.main(['--quick', '--no-qemu', '--no-floor', '--only', 'in'], out=out,
+                            progress=io.StringIO())
+        text = out.getvalue()
+        self.assertEqual(status, 0, text)
+        self.assertIn('skipped: C floor: --no-floor', text)
+        self.assertIn('skipped: QEMU: --no-qemu', text)
+        self.assertRegex(text, r'\| port reads that must exit \(2000 x in LSR\) \| [0-9.]+ m?s '
+                               r'\([-0-9.]+ us/it, start [0-9.]+ m?s\) \| skipped \| skipped \| '
+                               r'- \(no C floor\) \| <= 1.3x \| not measured \|')
+        self.assertNotIn('NOT met', text)          # a quick run judges nothing
+
+
+if __name__ == '__main__':
+    unittest.main()
