@@ -456,8 +456,16 @@ class Result:
 
     def __init__(self, vmm):
         self.vmm = vmm
-        self.full, self.empty = [], []      # wall seconds at COUNT and at 0
+        self.rounds = []                    # (wall at COUNT, wall at 0) per round, None if failed
         self.problems = []
+
+    @property
+    def full(self):
+        return [f for f, _ in self.rounds if f is not None]
+
+    @property
+    def empty(self):
+        return [e for _, e in self.rounds if e is not None]
 
     @property
     def wall(self):
@@ -472,6 +480,19 @@ class Result:
         if not self.full or not self.empty or not count:
             return None
         return (statistics.median(self.full) - statistics.median(self.empty)) / count * 1e6
+
+
+def paired_ratio(a, b, count=None):
+    """The median over rounds of a's time / b's time in the same round (the
+    host's speed drifts; runs close in time compare best): wall times, or
+    with ``count`` the cost per iteration. None without a usable round."""
+    ratios = []
+    for (af, ae), (bf, be) in zip(a.rounds, b.rounds):
+        if count is None and af and bf:
+            ratios.append(af / bf)
+        elif count is not None and None not in (af, ae, bf, be) and af > ae and bf > be:
+            ratios.append((af - ae) / (bf - be))
+    return statistics.median(ratios) if ratios else None
 
 
 def _check(run, fig, count, serial_path, result):
@@ -497,15 +518,17 @@ def measure(fig, vmms, reps, workdir, log):
         v.run(fig.kind, 0, os.path.join(workdir, 'warm-up') if fig.serial else None)
     for rep in range(reps):
         for v in vmms:
-            for count, into in ((fig.count, results[v.name].full), (0, results[v.name].empty)):
+            pair = []
+            for count in (fig.count, 0):
                 serial_path = None
                 if fig.serial:
                     serial_path = os.path.join(workdir, f'serial-{v.name.replace(" ", "-")}')
                     if os.path.exists(serial_path):
                         os.unlink(serial_path)
                 run = v.run(fig.kind, count, serial_path)
-                if _check(run, fig, count, serial_path, results[v.name]):
-                    into.append(run.seconds)
+                ok = _check(run, fig, count, serial_path, results[v.name])
+                pair.append(run.seconds if ok else None)
+            results[v.name].rounds.append(tuple(pair))
         log(f'  {fig.title}: round {rep + 1}/{reps}: ' + ', '.join(
             f'{n} {r.full[-1]:.2f} s' for n, r in results.items() if r.full))
     return results
@@ -534,11 +557,7 @@ def figure_row(fig, results, judge=True):
     other = results.get(fig.against)
     ratio = verdict = None
     if k is not None and other is not None:
-        if fig.against == 'QEMU' and k.wall and other.wall:
-            ratio = k.wall / other.wall
-        else:
-            a, b = k.per_iter_us(fig.count), other.per_iter_us(fig.count)
-            ratio = a / b if a and b and a > 0 and b > 0 else None
+        ratio = paired_ratio(k, other, None if fig.against == 'QEMU' else fig.count)
     if ratio is not None:
         verdict = ('met' if ratio <= fig.goal else 'NOT met') if judge else 'not judged (quick)'
     basis = 'wall' if fig.against == 'QEMU' else 'per iteration'
@@ -787,7 +806,8 @@ def main(argv=None, out=None, progress=None):
             f'CPL0, {GUEST_MEM_MIB} MiB; QEMU: -M microvm -accel kvm -cpu qemu64; '
             f'kvmlite: python3 -m kvmlite run, bytecode cached')
         say(f'method: {a.reps} alternating round(s) per figure; medians; per iteration = '
-            f'(t(N) - t(0)) / N; wall times are whole processes; start = t(0); '
+            f'(t(N) - t(0)) / N; ratio = median of the rounds\' ratios; wall times are '
+            f'whole processes; start = t(0); '
             f'python3 -c pass takes {_fmt_s(interpreter_start(vmms[0].env))} here')
         figures = [
             Figure(f'write-only port exits ({a.count} x out 0x80)', 'o', a.count, 'QEMU', 0.5),
