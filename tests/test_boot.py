@@ -814,10 +814,10 @@ class ToolchainImageTest(unittest.TestCase):
 
 # --- the project's Linux kernel, when one has been built ------------------------
 
-LINUX_DIR = os.environ.get('KVMLITE_LINUX_OUT', '')
+LINUX_DIR = os.environ.get('KVMLITE_LINUX_KERNEL_DIR', '')
 
 
-@unittest.skipUnless(LINUX_DIR and os.path.isdir(LINUX_DIR), 'set KVMLITE_LINUX_OUT to the '
+@unittest.skipUnless(LINUX_DIR and os.path.isdir(LINUX_DIR), 'set KVMLITE_LINUX_KERNEL_DIR to the '
                      'output of shared/linux/build.sh to check real kernels')
 class RealLinuxTest(unittest.TestCase):
     def image(self, name):
