@@ -2657,9 +2657,6 @@ def cpuid_entries(kvm, vcpu_index=0, policy='auto', hide=()):
 # every port, so the stub works at either level). At CPL3 the snippet runs
 # natively; only the stubs run at CPL0.
 
-import dataclasses as _dataclasses
-import unittest as _unittest
-
 __all__ += ['Snippet', 'Stop', 'SnippetError', 'SnippetTestCase', 'kvm_unavailable']
 
 SNIPPET_MODES = ('real', 'prot32', 'long64')
@@ -2710,7 +2707,6 @@ class SnippetError(KvmliteError, ValueError):
     """A bad request to a Snippet: unknown register, overlapping map..."""
 
 
-@_dataclasses.dataclass
 class Stop:
     """Why :meth:`Snippet.run` returned.
 
@@ -2724,12 +2720,19 @@ class Stop:
     ``address`` that no memory backs and no MMIO hook answered), 'shutdown'
     (triple fault) or 'error' (KVM could not go on; ``exit`` says why).
     """
-    reason: str
-    rip: int
-    vector: int = None
-    error_code: int = None
-    address: int = None
-    exit: object = None
+    __slots__ = ('reason', 'rip', 'vector', 'error_code', 'address', 'exit')
+
+    def __init__(self, reason, rip, vector=None, error_code=None, address=None, exit=None):
+        self.reason, self.rip, self.vector = reason, rip, vector
+        self.error_code, self.address, self.exit = error_code, address, exit
+
+    def __eq__(self, other):
+        return type(other) is Stop and all(getattr(self, k) == getattr(other, k)
+                                           for k in self.__slots__)
+
+    def __repr__(self):
+        return 'Stop(' + ', '.join(f'{k}={_fmt(getattr(self, k))}' for k in self.__slots__
+                                   if getattr(self, k) is not None) + ')'
 
     @property
     def name(self):
@@ -3500,29 +3503,44 @@ def _tss_descriptor(base, limit):
     return (low, base >> 32)
 
 
-class SnippetTestCase(_unittest.TestCase):
-    """A TestCase whose every test gets a fresh ``self.snippet`` (a
-    :class:`Snippet` of the class's ``mode``, ``cpl`` and ``mem_size``),
-    closed after the test. Skips, saying why, where KVM cannot be used."""
-    mode, cpl, mem_size = 'long64', 3, 0x100000
+def _snippet_test_case():
+    """SnippetTestCase, made on first use: importing unittest costs an idle
+    VMM several MiB, so kvmlite only does it for a caller that asks."""
+    import unittest
 
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        reason = kvm_unavailable()
-        if reason:
-            raise _unittest.SkipTest(reason)
+    class SnippetTestCase(unittest.TestCase):
+        """A TestCase whose every test gets a fresh ``self.snippet`` (a
+        :class:`Snippet` of the class's ``mode``, ``cpl`` and ``mem_size``),
+        closed after the test. Skips, saying why, where KVM cannot be used."""
+        mode, cpl, mem_size = 'long64', 3, 0x100000
 
-    def setUp(self):
-        super().setUp()
-        self.snippet = self.make_snippet()
+        @classmethod
+        def setUpClass(cls):
+            super().setUpClass()
+            reason = kvm_unavailable()
+            if reason:
+                raise unittest.SkipTest(reason)
 
-    def make_snippet(self, mode=None, cpl=None, mem_size=None):
-        """Another Snippet (other mode or CPL), closed after the test."""
-        s = Snippet(mode or self.mode, self.cpl if cpl is None else cpl,
-                    self.mem_size if mem_size is None else mem_size)
-        self.addCleanup(s.close)
-        return s
+        def setUp(self):
+            super().setUp()
+            self.snippet = self.make_snippet()
+
+        def make_snippet(self, mode=None, cpl=None, mem_size=None):
+            """Another Snippet (other mode or CPL), closed after the test."""
+            s = Snippet(mode or self.mode, self.cpl if cpl is None else cpl,
+                        self.mem_size if mem_size is None else mem_size)
+            self.addCleanup(s.close)
+            return s
+    SnippetTestCase.__module__ = __name__
+    return SnippetTestCase
+
+
+def __getattr__(name):
+    # PEP 562: kvmlite.SnippetTestCase is built when first asked for
+    if name == 'SnippetTestCase':
+        cls = globals()['SnippetTestCase'] = _snippet_test_case()
+        return cls
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 # ---------------------------------------------------------------------------
