@@ -24,7 +24,6 @@ import atexit
 import os
 import select
 import signal
-import socket
 import stat
 import termios
 import tty
@@ -297,6 +296,7 @@ class SocketBackend(Backend):
 
     def __init__(self, host='127.0.0.1', port=0, limit=OUTPUT_LIMIT):
         super().__init__(limit)
+        import socket       # here, not at the top: most runs have no socket console
         self._listener = socket.create_server((host, port), backlog=1)
         self._listener.setblocking(False)
         self.address = self._listener.getsockname()[:2]
