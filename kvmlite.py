@@ -3560,6 +3560,10 @@ IRQCHIP_MODES = ('split', 'user', 'kernel')
 RAM_HOLE = 0xC0000000   # guest RAM above 3 GiB moves to 4 GiB (MMIO below)
 IDENTITY_MAP_ADDR = 0xFEFFC000
 HALT_POLL_S = 0.25      # how often an in-kernel-irqchip run looks for a final halt
+# The timer thread sleeps at least this long between device ticks, as KVM
+# bounds its PIT's period (min_timer_period_us): a guest that programs a
+# 1.7 us period would otherwise keep that thread, and the GIL, from the vCPUs.
+MIN_TIMER_SLEEP_S = 200e-6
 APIC_LVT0, APIC_LVT1 = 0x350, 0x360
 IOREDTBL_REMOTE_IRR = 1 << 14   # IOAPIC redirection entry: a level interrupt awaits its EOI
 APIC_DM_EXTINT, APIC_DM_NMI = 0x700, 0x400
@@ -3822,7 +3826,8 @@ class Machine:
                 self._feed_console()
                 deadlines = [d for d in map(self._tick, self._timed) if d is not None]
             now_ns = self.clock()
-            timeout = min([(d - now_ns) / 1e9 for d in deadlines] + [next_poll - time.monotonic()])
+            timeout = min([max((d - now_ns) / 1e9, MIN_TIMER_SLEEP_S) for d in deadlines] +
+                          [next_poll - time.monotonic()])
             fds = [self._wake_r]
             con = self.console.fileno() if self.console is not None else None
             if con is not None and not self._pending_input:

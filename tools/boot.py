@@ -50,8 +50,7 @@ but the flat one) also keep images off 0x7000-0x8FFF and the command lines.
 """
 
 import struct
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections import namedtuple
 
 __all__ = [
     'Boot', 'BootError', 'load_flat', 'load_elf', 'load_multiboot',
@@ -110,7 +109,6 @@ class BootError(ValueError):
     what is wrong and what to do."""
 
 
-@dataclass
 class Boot:
     """How to start the CPU after a loader ran.
 
@@ -120,13 +118,22 @@ class Boot:
     (identity-mapped long mode, code selector 0x10, data 0x18: the Linux boot
     protocol's __BOOT_CS/__BOOT_DS). ``regs`` are general registers to set
     (others zero); ``stack`` is the initial rsp, or None to leave it 0.
+    (A plain class, not a dataclass: dataclasses and typing would cost every
+    kvmlite run a few MiB of resident memory.)
     """
-    mode: str
-    entry: int
-    cs: int = 0
-    regs: dict = field(default_factory=dict)
-    stack: int | None = None
-    describe: str = ''
+    __slots__ = ('mode', 'entry', 'cs', 'regs', 'stack', 'describe')
+
+    def __init__(self, mode, entry, cs=0, regs=None, stack=None, describe=''):
+        self.mode, self.entry, self.cs = mode, entry, cs
+        self.regs = {} if regs is None else regs
+        self.stack, self.describe = stack, describe
+
+    def __eq__(self, other):
+        return type(other) is Boot and all(getattr(self, k) == getattr(other, k)
+                                           for k in self.__slots__)
+
+    def __repr__(self):
+        return 'Boot(' + ', '.join(f'{k}={getattr(self, k)!r}' for k in self.__slots__) + ')'
 
 
 # --- Small helpers ---------------------------------------------------------
@@ -337,24 +344,8 @@ _ELF_LAYOUT = {
 }
 
 
-class _Segment(NamedTuple):
-    index: int
-    type: int
-    offset: int
-    vaddr: int
-    paddr: int
-    filesz: int
-    memsz: int
-    align: int
-
-
-class _Elf(NamedTuple):
-    bits: int
-    entry: int
-    segments: list
-    shoff: int
-    shentsize: int
-    shnum: int
+_Segment = namedtuple('_Segment', 'index type offset vaddr paddr filesz memsz align')
+_Elf = namedtuple('_Elf', 'bits entry segments shoff shentsize shnum')
 
 
 def _parse_elf(image, what='ELF file'):

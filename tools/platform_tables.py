@@ -25,7 +25,7 @@ writes them through the guest-memory object the loaders use.
 """
 
 import struct
-from typing import NamedTuple
+from collections import namedtuple
 
 from .boot import BIOS_END, BIOS_START, IOAPIC_ADDR, LAPIC_ADDR, BootError, _merge, _write
 
@@ -84,9 +84,9 @@ MPS_ACTIVE_HIGH = 0b01            # MPS INTI flags, polarity bits 1:0
 MPS_LEVEL = 0b11 << 2             # MPS INTI flags, trigger bits 3:2
 
 
-class PlatformTables(NamedTuple):
-    mp: int     # address of the MP floating pointer structure, 0 if none
-    rsdp: int   # address of the ACPI RSDP, 0 if none (pass to the loaders)
+# mp: address of the MP floating pointer structure, 0 if none;
+# rsdp: address of the ACPI RSDP, 0 if none (pass it to the loaders)
+PlatformTables = namedtuple('PlatformTables', 'mp rsdp')
 
 
 def checksum(data):
