@@ -29,7 +29,6 @@ import struct
 import sys
 import threading
 import time
-import weakref
 from collections import Counter
 
 __all__ = [
@@ -2020,7 +2019,6 @@ _RUN_EXIT_IO = struct.Struct('<I20xBBHIQ')  # exit_reason at 8, then kvm_run.io 
 _RING_ENDS = struct.Struct('<II')           # kvm_coalesced_mmio_ring: first, last
 _RING_ENTRY = struct.Struct('<QIIQ')        # kvm_coalesced_mmio: phys_addr, len, pio, data
 _RUN_U = kvm_run.u.offset
-_SREG_NAMES = ('cs', 'ds', 'es', 'fs', 'gs', 'ss', 'tr', 'ldt')
 
 
 class Vcpu:

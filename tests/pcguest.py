@@ -81,15 +81,7 @@ putc:
 
 print:                          ; prints the string after the call, returns past it
     xchg rsi, [rsp]
-    push rax
-.next:
-    lodsb
-    test al, al
-    jz .done
-    call putc
-    jmp .next
-.done:
-    pop rax
+    call puts                   ; leaves rsi past the NUL: the return address
     xchg rsi, [rsp]
     ret
 

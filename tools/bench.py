@@ -642,6 +642,17 @@ def _rss_kib(pid):
     return None
 
 
+def _stop(p):
+    """End a VMM process that is still running: SIGTERM, then SIGKILL after 10 s."""
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def idle_rss(cmd, settle, env=None):
     """VmRSS (KiB) of ``cmd`` after ``settle`` seconds of an idle guest, or
     (None, why) if it ended first."""
@@ -653,13 +664,7 @@ def idle_rss(cmd, settle, env=None):
             return None, f'ended with status {p.returncode}: {p.stderr.read().decode().strip()[-200:]}'
         return _rss_kib(p.pid), None
     finally:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _stop(p)
 
 
 def machine_rss(mib, env):
@@ -689,13 +694,7 @@ def time_to_marker(cmd, out_path, marker, timeout, env=None):
             time.sleep(0.05)
         return None, f'no marker after {timeout} s'
     finally:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _stop(p)
 
 
 # ---------------------------------------------------------------------------
