@@ -1,0 +1,540 @@
+"""The PC board: a :class:`Machine` around a :class:`kvmlite.Vm`.
+
+The board owns what the KVM layer does not know: which devices sit at which
+ports, addresses and IRQs (the wiring), the interrupt controller mode, one
+thread per vCPU plus a timer and console thread, and how a run ends (its
+exit status). It is where QEMU keeps ``hw/i386/pc.c`` and kvmtool ``x86/``.
+
+Sources: the PC/AT port map and IRQ assignments (IBM PC/AT Technical
+Reference; Intel's MultiProcessor Specification 1.4, chapter 5, for the
+default ISA wiring through the IOAPIC), the KVM API text
+(Documentation/virt/kvm/api.rst: KVM_CREATE_IRQCHIP, KVM_CAP_SPLIT_IRQCHIP,
+KVM_SET_GSI_ROUTING, KVM_SIGNAL_MSI, KVM_INTERRUPT, KVM_EXIT_IOAPIC_EOI,
+KVM_GET/SET_MP_STATE), and the Intel SDM Vol. 3, chapter 11 (local APIC
+LVT entries and delivery modes).
+"""
+
+import os
+import struct
+import sys
+import threading
+import time
+
+from kvmlite import (
+    PAGE_SIZE, DeviceError, FailEntry, Hlt, InternalError, Interrupted, IoapicEoi,
+    IrqWindowOpen, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, Kvm,
+    KvmError, LINUX_CLEARCPUID, MmioRead, MmioWrite, Shutdown, SystemEvent, _import_part,
+    cpuid_entries, cpuid_restricted, kvm_lapic_state, route_irqchip, route_msi, setup_mode,
+)
+
+from . import boot, platform_tables
+
+__all__ = ['Machine', 'RunResult', 'load_kernel', 'detect_format', 'IRQCHIP_MODES',
+           'EXIT_OK', 'EXIT_USAGE', 'EXIT_TRIPLE_FAULT', 'EXIT_INTERNAL', 'EXIT_VMM',
+           'EXIT_TIMEOUT', 'EXIT_SIGNAL']
+
+#: Exit statuses of a run. A guest's debug-exit write of v gives the odd
+#: (v << 1) | 1, as QEMU's isa-debug-exit does; kvmlite's own are even.
+EXIT_OK = 0             # the guest powered off, reset, or halted for good
+EXIT_USAGE = 2          # bad command line or input file
+EXIT_TRIPLE_FAULT = 4   # the guest crashed: triple fault (shutdown)
+EXIT_INTERNAL = 6       # KVM gave up: internal error or failed VM entry
+EXIT_VMM = 8            # a device model or KVM call failed in the VMM
+EXIT_TIMEOUT = 124      # the run's timeout passed
+EXIT_SIGNAL = 130       # stopped by SIGINT, SIGTERM or the console's Ctrl-A x
+
+IRQCHIP_MODES = ('split', 'user', 'kernel')
+RAM_HOLE = 0xC0000000   # guest RAM above 3 GiB moves to 4 GiB (MMIO below)
+IDENTITY_MAP_ADDR = 0xFEFFC000
+HALT_POLL_S = 0.25      # how often an in-kernel-irqchip run looks for a final halt
+# The timer thread sleeps at least this long between device ticks, as KVM
+# bounds its PIT's period (min_timer_period_us): a guest that programs a
+# 1.7 us period would otherwise keep that thread, and the GIL, from the vCPUs.
+MIN_TIMER_SLEEP_S = 200e-6
+APIC_LVT0, APIC_LVT1 = 0x350, 0x360
+IOREDTBL_REMOTE_IRR = 1 << 14   # IOAPIC redirection entry: a level interrupt awaits its EOI
+APIC_DM_EXTINT, APIC_DM_NMI = 0x700, 0x400
+
+
+class _Timed:
+    """A device whose writes may move its next deadline: wakes the timer.
+    A byte write at one of the ``quiet`` offsets (a UART's THR) wakes nobody."""
+
+    def __init__(self, device, wake, quiet=()):
+        self.device, self._wake, self.SIZE = device, wake, device.SIZE
+        self._quiet = quiet
+        # a read moves no deadline: the bus gets the device's own read
+        self.read = device.read
+
+    def write(self, offset, size, value):
+        self.device.write(offset, size, value)
+        if size != 1 or offset not in self._quiet:
+            self._wake()
+
+
+class RunResult:
+    """How a machine run ended: ``status`` (the process exit status) and a
+    one-line ``reason``."""
+
+    def __init__(self, status, reason):
+        self.status, self.reason = status, reason
+
+    def __repr__(self):
+        return f'RunResult({self.status}, {self.reason!r})'
+
+
+class Machine:
+    """A PC around a :class:`Vm`: RAM, vCPUs, the ISA devices, an interrupt
+    controller mode and a run loop with one thread per vCPU.
+
+    ``irqchip``: 'split' (in-kernel local APIC; PIC, PIT and IOAPIC here),
+    'user' (everything here, one vCPU, interrupts injected with
+    KVM_INTERRUPT) or 'kernel' (KVM's PIC, IOAPIC and PIT). ``console``: a
+    back end from devices.console for COM1 (None discards the output).
+    ``clock``: nanoseconds for the devices (tests may step one).
+    """
+
+    def __init__(self, mem_size=256 << 20, cpus=1, irqchip='split', console=None,
+                 cpuid_policy='auto', kvm=None, clock=time.monotonic_ns, cmdline=b''):
+        if irqchip not in IRQCHIP_MODES:
+            raise ValueError(f'irqchip mode {irqchip!r}: use one of {", ".join(IRQCHIP_MODES)}')
+        if irqchip == 'user' and cpus != 1:
+            raise ValueError('more than one vCPU needs a local APIC: use --irqchip split or kernel')
+        if mem_size < 1 << 20 or mem_size % PAGE_SIZE:
+            raise ValueError(f'memory size {mem_size:#x}: give at least 1 MiB, in whole pages')
+        self.mode, self.clock, self.console = irqchip, clock, console
+        self.cpuid_policy = cpuid_policy
+        self.mem_size, self.cpus = mem_size, cpus
+        self._own_kvm = kvm is None
+        self.kvm = kvm or Kvm()
+        self.vm = None
+        self.result = None
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._irq_event = threading.Event()
+        self._timed = []
+        self._pending_input = b''
+        self._woken = {}            # vCPU index -> RIP where _wake_for_lost_eoi woke it
+        try:
+            self._build(cpuid_policy, cmdline)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- construction --
+    def _build(self, cpuid_policy, cmdline):
+        vm = self.vm = self.kvm.create_vm()
+        try:
+            vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+        except KvmError:
+            pass
+        if self.mode == 'kernel':
+            vm.create_irqchip()
+            vm.create_pit2()
+        elif self.mode == 'split':
+            vm.create_split_irqchip(24)
+        low = min(self.mem_size, RAM_HOLE)
+        vm.add_memory(0, low)
+        if self.mem_size > low:
+            vm.add_memory(1 << 32, self.mem_size - low)
+        for i in range(self.cpus):
+            self._setup_vcpu(vm.create_vcpu(), cpuid_policy)
+        self._wire_pc(cmdline)
+
+    def _setup_vcpu(self, vcpu, policy):
+        entries = cpuid_entries(self.kvm, vcpu.index, policy)
+        if self.mode == 'user':
+            for e in entries:           # no local APIC to offer
+                if e.function == 1:
+                    e.edx &= ~(1 << 9)
+                    e.ecx &= ~(1 << 21)
+        vcpu.set_cpuid2(entries)
+        if self.mode != 'user':
+            # virtual-wire mode, as a BIOS leaves it: PIC through LINT0, NMI on LINT1
+            regs = bytearray(vcpu.get_lapic())
+            struct.pack_into('<I', regs, APIC_LVT0, APIC_DM_EXTINT)
+            struct.pack_into('<I', regs, APIC_LVT1, APIC_DM_NMI)
+            vcpu.set_lapic(kvm_lapic_state.from_buffer_copy(regs))
+
+    def _wire_pc(self, cmdline):
+        """The PC's devices at their ports and IRQs: the one place for wiring."""
+        pic_m, pit_m, rtc_m, serial_m, legacy_m, ioapic_m = (
+            _import_part('devices', n) for n in ('pic', 'pit', 'rtc', 'serial', 'legacy', 'ioapic'))
+        self._IrqLine = sys.modules[pic_m.__name__.rpartition('.')[0]].IrqLine
+        vm, pio, clock = self.vm, self.vm.pio, self.clock
+        self.pic = self.pit = self.ioapic = None
+        if self.mode == 'split':        # first: the other devices' lines reach it
+            self.ioapic = ioapic_m.IoApic(msi=self._msi)
+            self.ioapic.ioapic_id = self.cpus       # the id the MP/ACPI tables give it
+            vm.mmio.register(ioapic_m.IoApic.BASE, _Routed(self.ioapic, self), name='IOAPIC')
+        if self.mode != 'kernel':
+            self.pic = pic_m.PicPair(intr=self._line(self._on_intr))
+            pio.register(0x20, self.pic.master, name='8259A master PIC')
+            pio.register(0xA0, self.pic.slave, name='8259A slave PIC')
+            pio.register(0x4D0, self.pic.elcr, name='ELCR')
+            self.pit = pit_m.Pit(clock, irq=self.irq(0))
+            pio.register(0x40, _Timed(self.pit, self.wake), name='8254 PIT')
+            pio.register(0x61, self.pit.port61, name='port B (PIT gate 2, speaker)')
+            self._timed.append(self.pit)
+        self.i8042 = legacy_m.I8042(on_reset=lambda: self.stop(EXIT_OK, 'the guest reset the machine'),
+                                    irq=self.irq(1))
+        pio.register(0x60, self.i8042.data_port, name='8042 data')
+        pio.register(0x64, self.i8042.command_port, name='8042 status/command')
+        self.rtc = rtc_m.Rtc(clock, irq=self.irq(8))
+        pio.register(0x70, _Timed(self.rtc, self.wake), name='CMOS RTC')
+        self._timed.append(self.rtc)
+        self.post = legacy_m.PostCode()
+        pio.register(0x80, self.post, name='POST code')      # write-only: coalesced
+        vm.coalesce(0x80, 1, pio=True)
+        self.debug_exit = legacy_m.DebugExit(on_exit=lambda s: self.stop(s, f'the guest wrote debug-exit status {s}'))
+        pio.register(0xF4, self.debug_exit, name='debug exit')
+        self.pci = legacy_m.PciConfig(on_reset=lambda: self.stop(EXIT_OK, 'the guest reset the machine'))
+        pio.register(0xCF8, self.pci, name='PCI configuration (no devices)')
+        self.fw_cfg = legacy_m.FwCfg(ram_size=self.mem_size, cpus=self.cpus, cmdline=cmdline)
+        pio.register(0x510, self.fw_cfg, name='fw_cfg')
+        self.serials = []
+        for i, (base, irq) in enumerate(serial_m.COM_PORTS):
+            s = serial_m.Serial(irq=self.irq(irq), out=self.console if i == 0 else None, clock=clock)
+            # IER, FCR, LCR may start a character timeout; THR output (offset 0) never does
+            pio.register(base, _Timed(s, self.wake, quiet=(0,)), name=f'COM{i + 1} 16550A')
+            self.serials.append(s)
+            self._timed.append(s)
+        if self.mode == 'kernel':
+            # as on a PC with an interrupt source override: ISA IRQ 0 is IOAPIC pin 2
+            routes = [route_irqchip(i, KVM_IRQCHIP_PIC_MASTER if i < 8 else KVM_IRQCHIP_PIC_SLAVE, i % 8)
+                      for i in range(16) if i != 2]
+            routes += [route_irqchip(i, KVM_IRQCHIP_IOAPIC, 2 if i == 0 else i)
+                       for i in range(24) if i != 2]
+            vm.set_gsi_routing(routes)
+
+    def _line(self, sink):
+        return self._IrqLine(sink)
+
+    def irq(self, n):
+        """An interrupt line for ISA IRQ ``n``, routed for this irqchip mode:
+        to the PIC and the IOAPIC (IRQ 0 on pin 2) here, or to KVM_IRQ_LINE."""
+        if self.mode == 'kernel':
+            vm = self.vm
+            return self._line(lambda level: vm.irq_line(n, level))
+        pic, mode = self.pic, self.mode
+
+        def sink(level):
+            pic.set_irq(n, level)
+            if mode == 'split':
+                self.ioapic.set_irq(2 if n == 0 else n, level)
+        return self._line(sink)
+
+    # -- interrupts --
+    def _msi(self, address, data):
+        self.vm.signal_msi(address, data)
+
+    def _on_intr(self, level):
+        """The PIC's INTR changed: get vCPU 0 out of KVM_RUN (or HLT) to inject."""
+        if level:
+            self._irq_event.set()
+            self.vm.vcpus[0].kick('irq')
+
+    def _inject(self, vcpu):
+        with self.vm.lock:
+            if not self.pic.pending():
+                vcpu.request_interrupt_window = 0
+            elif vcpu.ready_for_interrupt_injection:
+                vcpu.interrupt(self.pic.acknowledge())
+                vcpu.request_interrupt_window = 0
+            else:
+                vcpu.request_interrupt_window = 1
+
+    def _on_eoi(self, vcpu, exit):
+        with self.vm.lock:
+            self.ioapic.eoi(exit.vector)
+        if self._woken.pop(vcpu.index, None) == vcpu.get_regs().rip:
+            vcpu.set_mp_state(KVM_MP_STATE_HALTED)    # it never ran: back into its HLT
+        return True
+
+    def _wake_for_lost_eoi(self, vcpu):
+        """kvm_pvm, split mode: an EOI the guest writes just before HLT (no exit
+        in between) leaves its KVM_EXIT_IOAPIC_EOI pending until the halted vCPU
+        wakes, and the level pin waiting for that EOI is what would wake it.
+        Such a vCPU is made runnable: KVM delivers the exit before the guest
+        runs, and _on_eoi halts it again (a guest that had not written that EOI
+        yet sees its HLT end early, as after a spurious wake-up)."""
+        if (self.ioapic is None or vcpu.get_mp_state() != KVM_MP_STATE_HALTED
+                or not any(e & IOREDTBL_REMOTE_IRR for e in self.ioapic.entries)):
+            return
+        self._woken[vcpu.index] = vcpu.get_regs().rip
+        vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE)
+
+    def sync_ioapic_routes(self):
+        """Mirror the IOAPIC's entries into KVM's GSI routes: in split mode
+        KVM reports EOIs (KVM_EXIT_IOAPIC_EOI) only for routed level vectors."""
+        routes = [route_msi(pin, addr, data) for pin, (addr, data) in enumerate(self.ioapic.routes())]
+        if routes != getattr(self, '_routes', None):
+            self.vm.set_gsi_routing(routes)
+            self._routes = routes
+
+    # -- the timer and console thread --
+    def wake(self):
+        """Wake the timer thread (a deadline may have moved)."""
+        try:
+            os.write(self._wake_w, b'.')
+        except BlockingIOError:
+            pass
+
+    def _io_thread(self):
+        try:
+            self._io_loop()
+        except Exception as e:          # noqa: BLE001 - end the run, saying why
+            what = e if isinstance(e, DeviceError) else f'{type(e).__name__}: {e}'
+            self.stop(EXIT_VMM, f'device error in the timer thread: {what}')
+
+    def _tick(self, dev):
+        try:
+            return dev.tick()
+        except Exception as e:
+            raise DeviceError(f'{type(dev).__name__}.tick() raised {type(e).__name__}: {e}') from e
+
+    def _io_loop(self):
+        import select
+        poll_halt = self.mode != 'user'
+        next_poll = time.monotonic() + HALT_POLL_S
+        while not self._stopping.is_set():
+            with self.vm.lock:
+                # input first: a character in the UART's FIFO starts its timeout
+                self._feed_console()
+                deadlines = [d for d in map(self._tick, self._timed) if d is not None]
+            now_ns = self.clock()
+            timeout = min([max((d - now_ns) / 1e9, MIN_TIMER_SLEEP_S) for d in deadlines] +
+                          [next_poll - time.monotonic()])
+            fds = [self._wake_r]
+            con = self.console.fileno() if self.console is not None else None
+            if con is not None and not self._pending_input:
+                fds.append(con)
+            elif self._pending_input:
+                timeout = min(timeout, 0.01)
+            ready, _, _ = select.select(fds, [], [], max(timeout, 0))
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            if time.monotonic() >= next_poll:
+                # advance it in user mode too, or the select timeout stays 0 (a busy loop)
+                next_poll = time.monotonic() + HALT_POLL_S
+                for v in self.vm.vcpus if poll_halt else ():
+                    v.kick('poll')            # lets the run loop spot a final halt
+
+    def _feed_console(self):
+        """Move console input into COM1, keeping what its FIFO has no room for."""
+        con = self.console
+        if con is None:
+            return
+        con.flush()
+        if not self._pending_input:
+            self._pending_input = con.read_input()
+            if getattr(con, 'quit_requested', False):
+                self.stop(EXIT_SIGNAL, 'quit from the console (Ctrl-A x)')
+        if self._pending_input:
+            n = self.serials[0].receive(self._pending_input)
+            self._pending_input = self._pending_input[n:]
+
+    # -- running --
+    def stop(self, status=EXIT_OK, reason='stopped'):
+        """End the run (from any thread, a device callback or a signal handler):
+        the first reason given wins."""
+        if self.result is None:
+            self.result = RunResult(status, reason)
+        self._stopping.set()
+        self._irq_event.set()
+        for v in self.vm.vcpus if self.vm else ():
+            v.kick('stop')
+        self.wake()
+
+    def run(self, timeout=None):
+        """Run every vCPU until the guest ends or ``timeout`` seconds pass;
+        returns a :class:`RunResult`. The calling thread runs vCPU 0, so a
+        Ctrl-C there stops the machine cleanly."""
+        self._stopping.clear()
+        self.result = None
+        threads = [threading.Thread(target=self._io_thread, name='kvmlite-timers', daemon=True)]
+        threads += [threading.Thread(target=self._vcpu_thread, args=(v,), name=f'kvmlite-vcpu{v.index}',
+                                     daemon=True) for v in self.vm.vcpus[1:]]
+        timer = threading.Timer(timeout, self.stop, (EXIT_TIMEOUT, f'timeout after {timeout} s')) \
+            if timeout is not None else None
+        for t in threads + [timer] if timer else threads:
+            t.start()
+        try:
+            self._vcpu_thread(self.vm.vcpus[0])
+        except KeyboardInterrupt:
+            self.stop(EXIT_SIGNAL, 'interrupted (SIGINT)')
+        finally:
+            self.stop(EXIT_OK, 'stopped')
+            if timer:
+                timer.cancel()
+                timer.join()        # a cancelled Timer ends at once: leave no thread behind
+            for t in threads:
+                t.join(timeout=5)
+        return self.result
+
+    def _vcpu_thread(self, vcpu):
+        try:
+            self._run_vcpu(vcpu)
+        except DeviceError as e:
+            self.stop(EXIT_VMM, f'device error: {e}')
+        except KvmError as e:
+            self.stop(EXIT_VMM, f'KVM error on vCPU {vcpu.index}: {e}')
+
+    def _run_vcpu(self, vcpu):
+        hooks = {IoapicEoi: self._on_eoi}
+        inject = self.pic is not None and vcpu.index == 0
+        stopping = self._stopping
+        while not stopping.is_set():
+            if inject:
+                self._inject(vcpu)
+            exit = vcpu.run_loop(hooks)
+            if stopping.is_set():
+                return
+            self._handle(vcpu, exit)
+
+    def _handle(self, vcpu, exit):
+        kind = type(exit)
+        if kind is Interrupted:
+            if exit.why == 'poll':
+                if self._halted_for_good():
+                    self.stop(EXIT_OK, 'the guest halted with interrupts disabled')
+                else:
+                    self._wake_for_lost_eoi(vcpu)
+        elif kind is Hlt:
+            self._wait_for_interrupt(vcpu)
+        elif kind is IrqWindowOpen:
+            pass
+        elif kind is Shutdown:
+            self.stop(EXIT_TRIPLE_FAULT, f'triple fault on vCPU {vcpu.index} at RIP {vcpu.get_regs().rip:#x}')
+        elif kind is InternalError:
+            self.stop(EXIT_INTERNAL, f'internal error on vCPU {vcpu.index} at RIP '
+                      f'{vcpu.get_regs().rip:#x}: {exit.describe()}')
+        elif kind is FailEntry:
+            self.stop(EXIT_INTERNAL, f'VM entry failed on vCPU {vcpu.index}: hardware reason '
+                      f'{exit.hardware_entry_failure_reason:#x}')
+        elif kind is SystemEvent:
+            if exit.type == KVM_SYSTEM_EVENT_CRASH:
+                self.stop(EXIT_TRIPLE_FAULT, 'the guest reported a crash')
+            else:
+                self.stop(EXIT_OK, 'the guest ' + ('reset' if exit.type == KVM_SYSTEM_EVENT_RESET
+                                                   else 'powered off'))
+        elif kind is MmioRead:
+            exit.buf[:] = b'\xff' * len(exit.buf)       # an access size no bus decodes
+        elif kind is MmioWrite:
+            pass
+        else:
+            self.stop(EXIT_INTERNAL, f'unexpected exit on vCPU {vcpu.index}: {exit!r}')
+
+    def _wait_for_interrupt(self, vcpu):
+        """User mode: the guest halted; sleep until the PIC has an interrupt."""
+        if not vcpu.if_flag:
+            self.stop(EXIT_OK, 'the guest halted with interrupts disabled')
+            return
+        ev = self._irq_event
+        ev.clear()
+        while not self._stopping.is_set():
+            with self.vm.lock:
+                if self.pic.pending():
+                    return
+            ev.wait(0.5)
+            ev.clear()
+
+    def _halted_for_good(self):
+        for v in self.vm.vcpus:
+            state = v.get_mp_state()
+            if state in (KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED):
+                continue                # an AP never started: only INIT/SIPI wakes it
+            if state != KVM_MP_STATE_HALTED or v.get_regs().rflags & 0x200:
+                return False
+        return True
+
+    # -- loading guests --
+    def load(self, boot):
+        """Put vCPU 0 at the entry of a loaded image (a tools.boot.Boot)."""
+        setup_mode(self.vm.vcpus[0], self.vm, boot.mode, boot.entry, stack=boot.stack,
+                   cs=getattr(boot, 'cs', 0), **boot.regs)
+
+    def close(self):
+        if self.vm is not None:
+            self.vm.close()
+        if self._own_kvm and self.kvm is not None:
+            self.kvm.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _Routed:
+    """The IOAPIC on the MMIO bus: after a guest write, mirror its entries
+    into KVM's GSI routes (see Machine.sync_ioapic_routes)."""
+
+    def __init__(self, ioapic, machine):
+        self.ioapic, self.machine, self.SIZE = ioapic, machine, ioapic.SIZE
+
+    def read(self, offset, size):
+        return self.ioapic.read(offset, size)
+
+    def write(self, offset, size, value):
+        self.ioapic.write(offset, size, value)
+        self.machine.sync_ioapic_routes()
+
+
+def detect_format(image):
+    """'multiboot', 'bzimage', 'pvh', 'elf' or 'flat' for a kernel image.
+
+    A sign of a format (the multiboot magic, a Xen note) is enough: its
+    loader then says what else is wrong, rather than the image running as
+    something it is not."""
+    if len(image) > 0x206 and image[0x202:0x206] == b'HdrS':
+        return 'bzimage'
+    head = image[:8192]
+    if any(struct.unpack_from('<I', head, off)[0] == 0x1BADB002 for off in range(0, len(head) - 3, 4)):
+        return 'multiboot'
+    if image[:4] == b'\x7fELF':
+        return 'pvh' if boot.has_pvh_note(image) else 'elf'
+    return 'flat'
+
+
+def load_kernel(machine, image, fmt='auto', cmdline=b'', initrd=None):
+    """Load ``image`` (bytes) into ``machine`` by its format and set vCPU 0 at
+    its entry; returns the tools.boot.Boot. Writes the MP and ACPI tables
+    first when the machine has APICs."""
+    fmt = detect_format(image) if fmt == 'auto' else fmt
+    if fmt in ('bzimage', 'pvh') and cpuid_restricted(machine.cpuid_policy) \
+            and b'clearcpuid=' not in cmdline:
+        cmdline = (cmdline + b' ' + LINUX_CLEARCPUID).strip()
+    rsdp = 0
+    if machine.mode != 'user':
+        rsdp = platform_tables.write_platform_tables(machine.vm, machine.cpus).rsdp
+    if fmt == 'flat':
+        b = boot.load_flat(image, machine.vm)
+    elif fmt == 'elf':
+        b = boot.load_elf(image, machine.vm)
+    elif fmt == 'multiboot':
+        mods = [(initrd, b'initrd')] if initrd is not None else []
+        b = boot.load_multiboot(image, machine.vm, cmdline=cmdline, modules=mods)
+    elif fmt == 'bzimage':
+        b = boot.load_bzimage(image, machine.vm, cmdline=cmdline, initrd=initrd, rsdp=rsdp)
+    elif fmt == 'pvh':
+        b = boot.load_pvh(image, machine.vm, cmdline=cmdline, initrd=initrd, rsdp=rsdp)
+    else:
+        raise ValueError(f'kernel format {fmt!r}: use auto, flat, elf, multiboot, bzimage or pvh')
+    if initrd is not None and fmt in ('flat', 'elf'):
+        raise ValueError(f'an initrd needs a kernel that takes one (multiboot, bzImage, PVH); '
+                         f'this one is {fmt}')
+    machine.load(b)
+    return b
