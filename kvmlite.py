@@ -1284,6 +1284,7 @@ class _Bus:
         self.counts = Counter()      # accesses by address, when counting is on
         self.counts_other = 0
         self.count_accesses = False
+        self.device_errors = 0       # device calls that raised (each one a DeviceError)
 
     def register(self, base, device, size=None, name=None):
         size = device.SIZE if size is None else size
@@ -1339,14 +1340,7 @@ class _Bus:
             self._count_unclaimed(addr)
             return (1 << (8 * size)) - 1
         dev, base, name = hit
-        lock = self.lock
-        lock.acquire()              # cheaper than `with` on this path
-        try:
-            return dev.read(addr - base, size) & ((1 << (8 * size)) - 1)
-        except Exception as e:
-            raise self._device_error(e, name, addr, size) from e
-        finally:
-            lock.release()
+        return self.call(dev.read, addr - base, size, None, name, addr) & ((1 << (8 * size)) - 1)
 
     def write(self, addr, size, value):
         hit = self._lookup(addr)
@@ -1356,19 +1350,24 @@ class _Bus:
             self._count_unclaimed(addr)
             return
         dev, base, name = hit
+        self.call(dev.write, addr - base, size, value, name, addr)
+
+    def call(self, fn, offset, size, value, name, addr):
+        """The one place a device is called: ``fn`` is its read (``value`` None)
+        or write, called under the bus lock. An exception from the device is
+        counted in ``device_errors`` and raised as a :class:`DeviceError` that
+        names the device, the access and the address; the bus stays usable."""
         lock = self.lock
-        lock.acquire()
+        lock.acquire()              # cheaper than `with` on this path
         try:
-            dev.write(addr - base, size, value)
+            return fn(offset, size) if value is None else fn(offset, size, value)
         except Exception as e:
-            raise self._device_error(e, name, addr, size, value) from e
+            self.device_errors += 1
+            what = 'read' if value is None else f'write of {value:#x}'
+            raise DeviceError(f'{name} raised {type(e).__name__}: {e} on a {size}-byte '
+                              f'{what} at {self.kind} {addr:#x}', self.kind, addr) from e
         finally:
             lock.release()
-
-    def _device_error(self, e, name, addr, size, value=None):
-        what = 'read' if value is None else f'write of {value:#x}'
-        return DeviceError(f'{name} raised {type(e).__name__}: {e} on a {size}-byte '
-                           f'{what} at {self.kind} {addr:#x}', self.kind, addr)
 
 
 #: Port-I/O access sizes: (struct, mask).
@@ -1407,18 +1406,10 @@ class PioBus(_Bus):
             self._items(port, size, count, is_out, buf, off)
             return
         st, mask = access
-        lock = self.lock
-        lock.acquire()
-        try:
-            if is_out:
-                h[1](port - h[2], size, st.unpack_from(buf, off)[0])
-            else:
-                st.pack_into(buf, off, h[0](port - h[2], size) & mask)
-        except Exception as e:
-            raise self._device_error(e, h[3], port, size,
-                                     st.unpack_from(buf, off)[0] if is_out else None) from e
-        finally:
-            lock.release()
+        if is_out:
+            self.call(h[1], port - h[2], size, st.unpack_from(buf, off)[0], h[3], port)
+        else:
+            st.pack_into(buf, off, self.call(h[0], port - h[2], size, None, h[3], port) & mask)
 
     def _items(self, port, size, count, is_out, buf, off):
         # string I/O, unclaimed ports, counted accesses: item by item
@@ -1437,6 +1428,13 @@ class MmioBus(_Bus):
 
     def _lookup(self, addr):
         return self.find(addr)
+
+    def odd_access(self, addr, length, is_write, run_map):
+        """An access of a size no device decodes: a read gives all ones, a
+        write is dropped; both count as unclaimed."""
+        self._count_unclaimed(addr)
+        if not is_write:
+            run_map[40:40 + length] = b'\xff' * length
 
 # ---------------------------------------------------------------------------
 # Kicking a vCPU out of KVM_RUN
@@ -1980,11 +1978,8 @@ class Vm:
                     h = handler(addr) if is_pio and not pio.count_accesses else None
                     if h is None:
                         (pio if is_pio else mmio).write(addr, length, value)
-                        continue
-                    try:
-                        h[1](addr - h[2], length, value)
-                    except Exception as e:
-                        raise pio._device_error(e, h[3], addr, length, value) from e
+                    else:
+                        pio.call(h[1], addr - h[2], length, value, h[3], addr)
             finally:
                 _U32.pack_into(ring, 0, first)
         finally:
@@ -2031,6 +2026,15 @@ _RUN_EXIT_IO = struct.Struct('<I20xBBHIQ')  # exit_reason at 8, then kvm_run.io 
 _RING_ENDS = struct.Struct('<II')           # kvm_coalesced_mmio_ring: first, last
 _RING_ENTRY = struct.Struct('<QIIQ')        # kvm_coalesced_mmio: phys_addr, len, pio, data
 _RUN_U = kvm_run.u.offset
+
+
+def _return_exit(vcpu, exit):
+    return False
+
+
+#: run()'s handlers: every exit comes back, the buses serve nothing
+_RETURN_EVERY_EXIT = {IoIn: _return_exit, IoOut: _return_exit, MmioRead: _return_exit,
+                      MmioWrite: _return_exit}
 
 
 class Vcpu:
@@ -2290,37 +2294,11 @@ class Vcpu:
             self._buf.release()
             self._buf = None
 
-    def _enter(self):
-        """One KVM_RUN; returns the exit reason. A kick returns KVM_EXIT_INTR."""
-        if self._buf is not None:
-            self._release_buf()
-        self._thread = threading.get_ident()
-        try:
-            fcntl.ioctl(self.fd, KVM_RUN)        # no argument: see run_loop
-        except OSError as e:
-            if e.errno not in (errno.EINTR, errno.EAGAIN):
-                raise KvmError(e.errno, 'KVM_RUN') from None
-            self._map[1] = 0
-            return ExitReason.INTR
-        finally:
-            self._thread = None
-        if self.vm._coalesced:
-            self.vm._drain_coalesced(self._ring)
-        return _U32.unpack_from(self._map, 8)[0]
-
     def run(self, timeout=None):
-        """One KVM_RUN: returns the exit as a value. Buffers in an IoIn or
-        MmioRead point into kvm_run and are valid until the next run."""
-        if timeout is not None:
-            _watchdog.arm(self, time.monotonic() + timeout)
-        reason = None
-        try:
-            reason = self._enter()
-        finally:
-            if timeout is not None:
-                self._disarm(reason)
-        self.vm.exit_counts[reason] += 1
-        return self._decode(reason)
+        """One KVM_RUN: returns the exit as a value, whatever it is (the
+        buses serve nothing). Buffers in an IoIn or MmioRead point into
+        kvm_run and are valid until the next run."""
+        return self.run_loop(_RETURN_EVERY_EXIT, timeout)
 
     def _disarm(self, reason):
         """Cancel a timeout; if it fired after KVM_RUN had already returned
@@ -2400,9 +2378,9 @@ class Vcpu:
         # which directions the buses serve: (in, out) and (read, write)
         io_bus = (IoIn not in hooks, IoOut not in hooks)
         mmio_bus = (MmioRead not in hooks, MmioWrite not in hooks)
-        # The hot path: KVM_RUN is called here, not through _enter(), and one
-        # unpack reads the exit reason with the port-I/O fields; port-I/O and
-        # MMIO exits are counted in locals and added to exit_counts on return.
+        # The hot path and the one KVM_RUN call site: one unpack reads the
+        # exit reason with the port-I/O fields; port-I/O and MMIO exits are
+        # counted in locals and added to exit_counts on return.
         m, counts, vm = self._map, self.vm.exit_counts, self.vm
         pio_io, mmio = vm.pio.io, vm.mmio
         unpack_exit, unpack_mmio = _RUN_EXIT_IO.unpack_from, _MMIO_EXIT.unpack_from
@@ -2442,11 +2420,14 @@ class Vcpu:
                     elif reason == 6:                            # KVM_EXIT_MMIO
                         n_mmio += 1
                         addr, data, length, is_write = unpack_mmio(m, 32)
-                        if mmio_bus[is_write] and length in _UNPACK:
-                            if is_write:
-                                mmio.write(addr, length, _UNPACK[length].unpack_from(data)[0])
+                        if mmio_bus[is_write]:
+                            st = _UNPACK.get(length)
+                            if st is None:          # a size no device decodes (16-byte SSE...)
+                                mmio.odd_access(addr, length, is_write, m)
+                            elif is_write:
+                                mmio.write(addr, length, st.unpack_from(data)[0])
                             else:
-                                _UNPACK[length].pack_into(m, 40, mmio.read(addr, length))
+                                st.pack_into(m, 40, mmio.read(addr, length))
                             continue
                     else:
                         counts[reason] += 1

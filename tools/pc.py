@@ -25,7 +25,7 @@ from kvmlite import (
     IrqWindowOpen, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
     KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
     KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, Kvm,
-    KvmError, LINUX_CLEARCPUID, MmioRead, MmioWrite, Shutdown, SystemEvent, _import_part,
+    KvmError, LINUX_CLEARCPUID, Shutdown, SystemEvent, _import_part,
     cpuid_entries, cpuid_restricted, kvm_lapic_state, route_irqchip, route_msi, setup_mode,
 )
 
@@ -160,8 +160,9 @@ class Machine:
 
     def _wire_pc(self, cmdline):
         """The PC's devices at their ports and IRQs: the one place for wiring."""
-        pic_m, pit_m, rtc_m, serial_m, legacy_m, ioapic_m = (
-            _import_part('devices', n) for n in ('pic', 'pit', 'rtc', 'serial', 'legacy', 'ioapic'))
+        pic_m, pit_m, rtc_m, serial_m, ioapic_m, i8042_m, debug_exit_m, post_m, pci_m, fw_cfg_m = (
+            _import_part('devices', n) for n in ('pic', 'pit', 'rtc', 'serial', 'ioapic', 'i8042',
+                                                 'debug_exit', 'post', 'pci', 'fw_cfg'))
         self._IrqLine = sys.modules[pic_m.__name__.rpartition('.')[0]].IrqLine
         vm, pio, clock = self.vm, self.vm.pio, self.clock
         self.pic = self.pit = self.ioapic = None
@@ -178,21 +179,21 @@ class Machine:
             pio.register(0x40, _Timed(self.pit, self.wake), name='8254 PIT')
             pio.register(0x61, self.pit.port61, name='port B (PIT gate 2, speaker)')
             self._timed.append(self.pit)
-        self.i8042 = legacy_m.I8042(on_reset=lambda: self.stop(EXIT_OK, 'the guest reset the machine'),
+        self.i8042 = i8042_m.I8042(on_reset=lambda: self.stop(EXIT_OK, 'the guest reset the machine'),
                                     irq=self.irq(1))
         pio.register(0x60, self.i8042.data_port, name='8042 data')
         pio.register(0x64, self.i8042.command_port, name='8042 status/command')
         self.rtc = rtc_m.Rtc(clock, irq=self.irq(8))
         pio.register(0x70, _Timed(self.rtc, self.wake), name='CMOS RTC')
         self._timed.append(self.rtc)
-        self.post = legacy_m.PostCode()
+        self.post = post_m.PostCode()
         pio.register(0x80, self.post, name='POST code')      # write-only: coalesced
         vm.coalesce(0x80, 1, pio=True)
-        self.debug_exit = legacy_m.DebugExit(on_exit=lambda s: self.stop(s, f'the guest wrote debug-exit status {s}'))
+        self.debug_exit = debug_exit_m.DebugExit(on_exit=lambda s: self.stop(s, f'the guest wrote debug-exit status {s}'))
         pio.register(0xF4, self.debug_exit, name='debug exit')
-        self.pci = legacy_m.PciConfig(on_reset=lambda: self.stop(EXIT_OK, 'the guest reset the machine'))
+        self.pci = pci_m.PciConfig(on_reset=lambda: self.stop(EXIT_OK, 'the guest reset the machine'))
         pio.register(0xCF8, self.pci, name='PCI configuration (no devices)')
-        self.fw_cfg = legacy_m.FwCfg(ram_size=self.mem_size, cpus=self.cpus, cmdline=cmdline)
+        self.fw_cfg = fw_cfg_m.FwCfg(ram_size=self.mem_size, cpus=self.cpus, cmdline=cmdline)
         pio.register(0x510, self.fw_cfg, name='fw_cfg')
         self.serials = []
         for i, (base, irq) in enumerate(serial_m.COM_PORTS):
@@ -386,49 +387,55 @@ class Machine:
             self.stop(EXIT_VMM, f'KVM error on vCPU {vcpu.index}: {e}')
 
     def _run_vcpu(self, vcpu):
-        hooks = {IoapicEoi: self._on_eoi}
+        handlers = self._exit_handlers()
         inject = self.pic is not None and vcpu.index == 0
         stopping = self._stopping
         while not stopping.is_set():
             if inject:
                 self._inject(vcpu)
-            exit = vcpu.run_loop(hooks)
-            if stopping.is_set():
-                return
-            self._handle(vcpu, exit)
+            exit = vcpu.run_loop(handlers)
+            if not stopping.is_set() and type(exit) not in handlers:
+                self.stop(EXIT_INTERNAL, f'unexpected exit on vCPU {vcpu.index}: {exit!r}')
 
-    def _handle(self, vcpu, exit):
-        kind = type(exit)
-        if kind is Interrupted:
-            if exit.why == 'poll':
-                if self._halted_for_good():
-                    self.stop(EXIT_OK, 'the guest halted with interrupts disabled')
-                else:
-                    self._wake_for_lost_eoi(vcpu)
-        elif kind is Hlt:
-            self._wait_for_interrupt(vcpu)
-        elif kind is IrqWindowOpen:
-            pass
-        elif kind is Shutdown:
-            self.stop(EXIT_TRIPLE_FAULT, f'triple fault on vCPU {vcpu.index} at RIP {vcpu.get_regs().rip:#x}')
-        elif kind is InternalError:
-            self.stop(EXIT_INTERNAL, f'internal error on vCPU {vcpu.index} at RIP '
-                      f'{vcpu.get_regs().rip:#x}: {exit.describe()}')
-        elif kind is FailEntry:
-            self.stop(EXIT_INTERNAL, f'VM entry failed on vCPU {vcpu.index}: hardware reason '
-                      f'{exit.hardware_entry_failure_reason:#x}')
-        elif kind is SystemEvent:
-            if exit.type == KVM_SYSTEM_EVENT_CRASH:
-                self.stop(EXIT_TRIPLE_FAULT, 'the guest reported a crash')
+    def _exit_handlers(self):
+        """The board's one exit table, on top of the buses that run_loop
+        serves: ``f(vcpu, exit) -> bool``, True to run on, False to come back
+        here (to inject an interrupt, or because the run is ending)."""
+        return {
+            IoapicEoi: self._on_eoi,
+            Interrupted: self._on_interrupted,
+            Hlt: self._on_hlt,
+            IrqWindowOpen: lambda vcpu, exit: False,        # the loop injects
+            Shutdown: lambda vcpu, exit: self.stop(
+                EXIT_TRIPLE_FAULT, f'triple fault on vCPU {vcpu.index} at RIP {vcpu.get_regs().rip:#x}'),
+            InternalError: lambda vcpu, exit: self.stop(
+                EXIT_INTERNAL, f'internal error on vCPU {vcpu.index} at RIP '
+                f'{vcpu.get_regs().rip:#x}: {exit.describe()}'),
+            FailEntry: lambda vcpu, exit: self.stop(
+                EXIT_INTERNAL, f'VM entry failed on vCPU {vcpu.index}: hardware reason '
+                f'{exit.hardware_entry_failure_reason:#x}'),
+            SystemEvent: self._on_system_event,
+        }
+
+    def _on_interrupted(self, vcpu, exit):
+        if exit.why == 'poll':
+            if self._halted_for_good():
+                self.stop(EXIT_OK, 'the guest halted with interrupts disabled')
             else:
-                self.stop(EXIT_OK, 'the guest ' + ('reset' if exit.type == KVM_SYSTEM_EVENT_RESET
-                                                   else 'powered off'))
-        elif kind is MmioRead:
-            exit.buf[:] = b'\xff' * len(exit.buf)       # an access size no bus decodes
-        elif kind is MmioWrite:
-            pass
+                self._wake_for_lost_eoi(vcpu)
+        return False
+
+    def _on_hlt(self, vcpu, exit):
+        self._wait_for_interrupt(vcpu)
+        return False
+
+    def _on_system_event(self, vcpu, exit):
+        if exit.type == KVM_SYSTEM_EVENT_CRASH:
+            self.stop(EXIT_TRIPLE_FAULT, 'the guest reported a crash')
         else:
-            self.stop(EXIT_INTERNAL, f'unexpected exit on vCPU {vcpu.index}: {exit!r}')
+            self.stop(EXIT_OK, 'the guest ' + ('reset' if exit.type == KVM_SYSTEM_EVENT_RESET
+                                               else 'powered off'))
+        return False
 
     def _wait_for_interrupt(self, vcpu):
         """User mode: the guest halted; sleep until the PIC has an interrupt."""
