@@ -21,7 +21,7 @@ The contract every device follows (after rust-vmm's vm-superio and kvmtool):
 """
 
 __all__ = ['IrqLine', 'SteppedClock', 'ByteRegisters', 'read_bytes', 'write_bytes',
-           'check_state_version']
+           'size_mask', 'check_state_version']
 
 
 class IrqLine:
@@ -70,6 +70,11 @@ class SteppedClock:
     def advance(self, ns):
         self.now += int(ns)
         return self.now
+
+
+def size_mask(size):
+    """All ones for an access of ``size`` bytes: 0xFF for 1, 0xFFFF for 2."""
+    return (1 << (8 * size)) - 1
 
 
 def read_bytes(read_byte, span, offset, size):

@@ -33,9 +33,11 @@ if __package__ in (None, ''):             # run as a script: find kvmlite
 
 import kvmlite  # noqa: E402
 
-_pic, _pit, _rtc, _serial, _ioapic, _legacy, _console = (
+(_pic, _pit, _rtc, _serial, _ioapic, _i8042, _debug_exit, _post, _pci, _fw_cfg,
+ _console) = (
     kvmlite._import_part('devices', n)
-    for n in ('pic', 'pit', 'rtc', 'serial', 'ioapic', 'legacy', 'console'))
+    for n in ('pic', 'pit', 'rtc', 'serial', 'ioapic', 'i8042', 'debug_exit', 'post', 'pci',
+              'fw_cfg', 'console'))
 _devices = sys.modules[_pic.__name__.rpartition('.')[0]]
 IrqLine, SteppedClock = _devices.IrqLine, _devices.SteppedClock
 
@@ -318,7 +320,7 @@ class I8042Target(Target):
     def __init__(self, rng):
         super().__init__(rng)
         self.resets = 0
-        self.dev = _legacy.I8042(on_reset=self._reset, irq=IrqLine())
+        self.dev = _i8042.I8042(on_reset=self._reset, irq=IrqLine())
         self.ports = (self.dev.data_port, self.dev.command_port, self.dev)
         commands = (0x20, 0x60, 0xA7, 0xA8, 0xA9, 0xAA, 0xAB, 0xAD, 0xAE, 0xD0, 0xD1,
                     0xD2, 0xD3, 0xD4, 0xF0, 0xFE, 0xFF, 0xED, 0x00)
@@ -332,7 +334,7 @@ class I8042Target(Target):
         return self.dev.check()
 
     def snapshot(self):
-        return _round_trip('8042', self.dev, _legacy.I8042.from_state)
+        return _round_trip('8042', self.dev, _i8042.I8042.from_state)
 
 
 class _Simple(Target):
@@ -353,24 +355,24 @@ class _Simple(Target):
 
 class DebugExitTarget(_Simple):
     name = 'debug-exit'
-    factory = staticmethod(lambda: _legacy.DebugExit(on_exit=lambda status: None))
+    factory = staticmethod(lambda: _debug_exit.DebugExit(on_exit=lambda status: None))
 
 
 class PostTarget(_Simple):
     name = 'post'
-    factory = _legacy.PostCode
+    factory = _post.PostCode
 
 
 class PciTarget(_Simple):
     name = 'pci'
-    factory = staticmethod(lambda: _legacy.PciConfig(on_reset=lambda: None))
+    factory = staticmethod(lambda: _pci.PciConfig(on_reset=lambda: None))
     words = [(0, 0, 4, v) for v in (0x80000000, 0x80000800, 0x8000F8FC, 0x7FFFFFFF)]
     words += [(0, 1, 1, v) for v in (0x02, 0x04, 0x06, 0x0E)]
 
 
 class FwCfgTarget(_Simple):
     name = 'fw-cfg'
-    factory = staticmethod(lambda: _legacy.FwCfg(ram_size=64 << 20, cpus=2,
+    factory = staticmethod(lambda: _fw_cfg.FwCfg(ram_size=64 << 20, cpus=2,
                                                  cmdline=b'console=ttyS0'))
     words = [(0, 0, 2, k)
              for k in (0, 1, 3, 5, 0x0F, 0x14, 0x15, 0x19, 0x20, 0x4000, 0x8000, 0xFFFF)]
