@@ -256,6 +256,7 @@ class kvm_pic_state(_Struct):
 
 
 KVM_IOAPIC_NUM_PINS = 24
+KVM_IOAPIC_BASE = 0xFEC00000   # where KVM's in-kernel IOAPIC decodes (arch/x86/kvm/ioapic.h)
 
 
 class kvm_ioapic_state(_Struct):

@@ -52,6 +52,8 @@ but the flat one) also keep images off 0x7000-0x8FFF and the command lines.
 import struct
 from collections import namedtuple
 
+from .layout import PC
+
 __all__ = [
     'Boot', 'BootError', 'load_flat', 'load_elf', 'load_multiboot',
     'load_bzimage', 'load_pvh', 'has_pvh_note', 'e820_map',
@@ -78,30 +80,23 @@ CORE_PAGE_TABLES_END = 0xF000
 FLAT_CS = 0x1000                  # default real-mode segment of flat binaries
 CMDLINE = 0x20000                 # command lines
 CMDLINE_MAX = 0x10000
-EBDA_START = 0x9FC00              # extended BIOS data area: reserved
-VGA_START = 0xA0000               # VGA memory and option ROMs: not RAM
-BIOS_START = 0xF0000              # BIOS area: MP and ACPI tables live here
-BIOS_END = 0x100000
-KERNEL_START = 0x100000           # kernels load at 1 MiB and up
-LOW_RAM_MAX = 3 * GiB             # RAM above this moves to 4 GiB (MMIO hole)
-IOAPIC_ADDR = 0xFEC00000          # in the MMIO hole
-LAPIC_ADDR = 0xFEE00000
+KERNEL_START = 0x100000           # kernels load at 1 MiB and up (the boot protocols)
+# The memory map, the reserved holes and the e820 types are the platform's
+# (tools/layout.py); every loader takes ``platform`` (default: the PC).
 
-# e820 / multiboot / PVH memory types (they agree on these two).
-E820_RAM = 1                      # usable RAM
-E820_RESERVED = 2                 # reserved, not for the OS
 
-# Areas no image may overlap, and the extra ones that loaders passing boot
-# information keep for themselves: (start, end, what lives there).
-_CORE_AREAS = (
-    (CORE_GDT_START, CORE_GDT_END, "the core's GDT/IDT"),
-    (CORE_PAGE_TABLES_START, CORE_PAGE_TABLES_END, "the core's boot page tables"),
-    (EBDA_START, BIOS_END, 'the reserved EBDA/VGA/BIOS area'),
-)
-_LOADER_AREAS = _CORE_AREAS + (
-    (BOOT_INFO, BOOT_AREA_END, 'the boot information and stack'),
-    (CMDLINE, CMDLINE + CMDLINE_MAX, 'the command-line area'),
-)
+def _core_areas(platform):
+    """Areas no image may overlap: (start, end, what lives there)."""
+    return ((CORE_GDT_START, CORE_GDT_END, "the core's GDT/IDT"),
+            (CORE_PAGE_TABLES_START, CORE_PAGE_TABLES_END, "the core's boot page tables"),
+            platform.reserved_low)
+
+
+def _loader_areas(platform):
+    """... and the extra ones that loaders passing boot information keep."""
+    return _core_areas(platform) + (
+        (BOOT_INFO, BOOT_AREA_END, 'the boot information and stack'),
+        (CMDLINE, CMDLINE + CMDLINE_MAX, 'the command-line area'))
 
 
 class BootError(ValueError):
@@ -197,11 +192,11 @@ def _write(mem, gpa, data):
             mem.write(lo, bytes(data[lo - gpa:hi - gpa]))
 
 
-def _low_ram_end(ram):
-    """End of the RAM region at address 0 (at most 3 GiB)."""
+def _low_ram_end(ram, platform=PC):
+    """End of the RAM region at address 0 (at most the platform's low RAM)."""
     for start, size in ram:
         if start == 0:
-            return min(size, LOW_RAM_MAX)
+            return min(size, platform.low_ram_max)
     raise BootError('guest RAM has no region at address 0: the loaders need low memory')
 
 
@@ -209,23 +204,13 @@ def _describe_ram(ram):
     return ', '.join(_span(s, n) for s, n in ram) or 'none'
 
 
-def e820_map(ram):
-    """The BIOS-style memory map for RAM regions ``[(start, size)]``.
-
-    Returns sorted ``(addr, size, type)``: RAM minus the PC's legacy hole
-    (0x9FC00-0xFFFFF), with the EBDA and the BIOS area (which holds the MP and
-    ACPI tables) listed as reserved; the VGA/option-ROM window 0xA0000-0xEFFFF
-    is left out, as a PC BIOS does.
+def e820_map(ram, platform=PC):
+    """The BIOS-style memory map for RAM regions ``[(start, size)]``: sorted
+    ``(addr, size, type)``, RAM minus the platform's holes of the low
+    megabyte, the EBDA and the BIOS area (which holds the MP and ACPI tables)
+    listed as reserved, the VGA/option-ROM window left out, as a PC BIOS does.
     """
-    out = []
-    for start, size in _merge(ram):
-        end = start + size
-        pieces = [(start, min(end, EBDA_START), E820_RAM),
-                  (max(start, BIOS_END), end, E820_RAM),
-                  (max(start, EBDA_START), min(end, VGA_START), E820_RESERVED),
-                  (max(start, BIOS_START), min(end, BIOS_END), E820_RESERVED)]
-        out += [(lo, hi - lo, kind) for lo, hi, kind in pieces if lo < hi]
-    return sorted(out)
+    return platform.e820(_merge(ram))
 
 
 class _Plan:
@@ -234,10 +219,11 @@ class _Plan:
 
     _ZEROS = bytes(MiB)
 
-    def __init__(self, mem, areas=_LOADER_AREAS):
-        self.mem = mem
+    def __init__(self, mem, platform, loader=True):
+        self.mem, self.platform = mem, platform
         self.ram = _merge(mem.ram)
-        self.areas = areas
+        self.core_areas = _core_areas(platform)
+        self.areas = _loader_areas(platform) if loader else self.core_areas
         self.writes = []
 
     def claim(self, gpa, size, what, own=False):
@@ -249,7 +235,7 @@ class _Plan:
         if gpa < 0 or not any(s <= gpa and end <= s + n for s, n in self.ram):
             raise BootError(f'{what} at {_span(gpa, size)} is outside guest RAM '
                             f'({_describe_ram(self.ram)}): give more --mem or place it lower')
-        for lo, hi, name in (_CORE_AREAS if own else self.areas):
+        for lo, hi, name in (self.core_areas if own else self.areas):
             if gpa < hi and lo < end:
                 raise BootError(f'{what} at {_span(gpa, size)} overlaps {name} '
                                 f'({_span(lo, hi - lo)}): link it at {_hex(KERNEL_START)} or above')
@@ -296,7 +282,7 @@ def _place_initrd(plan, initrd, floor, limit, where):
     """Put the initrd at the highest page-aligned address below ``limit`` (and
     the top of low RAM) that stays at or above ``floor``; return its address."""
     size = len(initrd)
-    top = min(_low_ram_end(plan.ram), limit)
+    top = min(_low_ram_end(plan.ram, plan.platform), limit)
     addr = (top - size) // PAGE * PAGE
     if size > top or addr < floor:
         total = sum(n for _, n in plan.ram)
@@ -308,7 +294,7 @@ def _place_initrd(plan, initrd, floor, limit, where):
 
 # --- Flat binaries ---------------------------------------------------------
 
-def load_flat(image, mem, cs=FLAT_CS, ip=0):
+def load_flat(image, mem, cs=FLAT_CS, ip=0, platform=PC):
     """Load a flat binary at cs*16+ip and enter it in real mode (as lkvm does)."""
     image = _as_bytes(image, 'flat binary')
     if not (0 <= cs <= 0xFFFF and 0 <= ip <= 0xFFFF):
@@ -316,7 +302,7 @@ def load_flat(image, mem, cs=FLAT_CS, ip=0):
     if not image:
         raise BootError('flat binary is empty: nothing to run')
     addr = cs * 16 + ip
-    plan = _Plan(mem, _CORE_AREAS)
+    plan = _Plan(mem, platform, loader=False)
     plan.put(addr, image, f'flat binary of {_size(len(image))}')
     plan.commit()
     return Boot('real', ip, cs=cs,
@@ -402,7 +388,8 @@ def _plan_segments(plan, elf, image, what):
         if s.offset + s.filesz > len(image):
             raise BootError(f'{label} is truncated: its bytes {_span(s.offset, s.filesz)} run '
                             f'past the end of the {len(image)}-byte file')
-        if s.offset == 0 and s.filesz and EBDA_START < s.paddr + s.memsz and s.paddr < BIOS_END:
+        low, high, _ = plan.platform.reserved_low
+        if s.offset == 0 and s.filesz and low < s.paddr + s.memsz and s.paddr < high:
             # GNU ld -Ttext 0x100000 maps the ELF headers in a page just below
             raise BootError(f'{label} maps the ELF headers at {_span(s.paddr, s.memsz)}, in the '
                             'reserved BIOS area: link with "ld -n" or a linker script so that '
@@ -425,12 +412,12 @@ def _elf_entry(elf, what):
     raise BootError(f'{what}: entry point {_hex(elf.entry)} is not inside any PT_LOAD segment')
 
 
-def load_elf(image, mem):
+def load_elf(image, mem, platform=PC):
     """Load an ELF32 (entered in 'prot32') or ELF64 (entered in 'long64')
     executable by physical address; the entry point is e_entry."""
     image = _as_bytes(image, 'ELF image')
     elf = _parse_elf(image)
-    plan = _Plan(mem)
+    plan = _Plan(mem, platform)
     lo, hi = _plan_segments(plan, elf, image, f'ELF{elf.bits}')
     entry = _elf_entry(elf, f'ELF{elf.bits}')
     if entry >= 4 * GiB:
@@ -546,14 +533,14 @@ def _plan_modules(plan, strings, modules, after):
     return table
 
 
-def _multiboot_info(ram, cmdline, nmods, mmap_len):
+def _multiboot_info(ram, cmdline, nmods, mmap_len, platform):
     """struct multiboot_info at BOOT_INFO, pointing at the areas of the layout."""
-    low_end = _low_ram_end(ram)
+    low_end = _low_ram_end(ram, platform)
     flags = MBI_MEMORY | MBI_CMDLINE | MBI_MMAP | MBI_LOADER_NAME
     flags |= MBI_MODS if nmods else 0
     info = bytearray(MBI_SIZE)
     struct.pack_into('<IIIIIII', info, 0, flags,
-                     min(low_end, EBDA_START) // KiB,          # mem_lower, KiB below 640K
+                     min(low_end, platform.holes[0].start) // KiB,   # mem_lower, KiB below 640K
                      max(low_end - KERNEL_START, 0) // KiB,    # mem_upper, KiB above 1M
                      0, cmdline, nmods, BOOT_MODLIST if nmods else 0)
     struct.pack_into('<II', info, 44, mmap_len, BOOT_MEMMAP)   # mmap_length, mmap_addr
@@ -561,14 +548,14 @@ def _multiboot_info(ram, cmdline, nmods, mmap_len):
     return bytes(info)
 
 
-def load_multiboot(image, mem, cmdline=b'', modules=(), name=b'kvmlite'):
+def load_multiboot(image, mem, cmdline=b'', modules=(), name=b'kvmlite', platform=PC):
     """Load a Multiboot (v1) kernel, a.out-kludge or ELF, with its modules
     (``[(data, b'name args')]``); enter it in 'prot32' with EAX=0x2BADB002
     and EBX=the multiboot info. The command line starts with ``name``."""
     image = _as_bytes(image, 'multiboot image')
     off, flags = _find_multiboot_header(image)
     _check_multiboot_flags(flags)
-    plan = _Plan(mem)
+    plan = _Plan(mem, platform)
     if flags & MB_AOUT_KLUDGE:
         entry, lo, hi = _plan_aout(plan, image, off)
         kind = 'a.out kludge'
@@ -583,10 +570,10 @@ def load_multiboot(image, mem, cmdline=b'', modules=(), name=b'kvmlite'):
     cmdline = _as_bytes(cmdline, 'command line')
     cmd_addr = strings.add(name + (b' ' + cmdline if cmdline else b''), 'the command line')
     modlist = _plan_modules(plan, strings, modules, hi)
-    mmap = b''.join(struct.pack('<IQQI', 20, a, n, t) for a, n, t in e820_map(plan.ram))
+    mmap = b''.join(struct.pack('<IQQI', 20, a, n, t) for a, n, t in e820_map(plan.ram, platform))
     if len(mmap) > BOOT_MEMMAP_SIZE:
         raise BootError(f'guest RAM has too many regions for the memory map ({len(plan.ram)})')
-    plan.put(BOOT_INFO, _multiboot_info(plan.ram, cmd_addr, len(modules), len(mmap)),
+    plan.put(BOOT_INFO, _multiboot_info(plan.ram, cmd_addr, len(modules), len(mmap), platform),
              'the multiboot info', own=True)
     plan.put(MBI_LOADER_NAME_ADDR, LOADER_NAME + b'\0', 'the boot loader name', own=True)
     plan.put(BOOT_MEMMAP, mmap, 'the memory map', own=True)
@@ -690,7 +677,7 @@ def _check_bzimage(hdr, image, setup_size):
                         f'but the file holds {_size(len(image) - setup_size)} after the setup code')
 
 
-def _zero_page(image, hdr_end, cmd_addr, initrd_addr, initrd_size, ram, rsdp):
+def _zero_page(image, hdr_end, cmd_addr, initrd_addr, initrd_size, ram, rsdp, platform):
     """struct boot_params: the image's setup header plus what the loader fills in."""
     zp = bytearray(BOOT_INFO_SIZE)
     zp[ZP_SETUP_HEADER:hdr_end] = image[ZP_SETUP_HEADER:hdr_end]
@@ -699,7 +686,7 @@ def _zero_page(image, hdr_end, cmd_addr, initrd_addr, initrd_size, ram, rsdp):
     struct.pack_into('<II', zp, 0x218, initrd_addr, initrd_size)    # ramdisk_image, _size
     struct.pack_into('<I', zp, 0x228, cmd_addr)                     # cmd_line_ptr
     struct.pack_into('<Q', zp, ZP_ACPI_RSDP_ADDR, rsdp)
-    table = e820_map(ram)
+    table = e820_map(ram, platform)
     if len(table) > ZP_E820_MAX:
         raise BootError(f'guest RAM has too many regions for the e820 table ({len(ram)})')
     zp[ZP_E820_ENTRIES] = len(table)
@@ -708,7 +695,7 @@ def _zero_page(image, hdr_end, cmd_addr, initrd_addr, initrd_size, ram, rsdp):
     return bytes(zp)
 
 
-def load_bzimage(image, mem, cmdline=b'', initrd=None, rsdp=0):
+def load_bzimage(image, mem, cmdline=b'', initrd=None, rsdp=0, platform=PC):
     """Load a Linux bzImage by the 64-bit boot protocol: kernel at its
     preferred address, zero page at BOOT_INFO, command line, initrd below
     initrd_addr_max; enter 'long64' at startup_64 with RSI = the zero page.
@@ -718,7 +705,7 @@ def load_bzimage(image, mem, cmdline=b'', initrd=None, rsdp=0):
     setup_size = ((hdr['setup_sects'] or 4) + 1) * 512
     _check_bzimage(hdr, image, setup_size)
     kernel = memoryview(image)[setup_size:]
-    plan = _Plan(mem)
+    plan = _Plan(mem, platform)
     load = _kernel_address(hdr)
     need = max(len(kernel), hdr['init_size'])
     plan.claim(load, need, f'the kernel with its init_size of {_size(need)}')
@@ -736,7 +723,7 @@ def load_bzimage(image, mem, cmdline=b'', initrd=None, rsdp=0):
         limit = hdr['initrd_addr_max'] or DEFAULT_INITRD_ADDR_MAX
         initrd_addr = _place_initrd(plan, initrd, load + need, limit + 1,
                                     f'below initrd_addr_max {_hex(limit)}')
-    zp = _zero_page(image, hdr_end, cmd_addr, initrd_addr, len(initrd), plan.ram, rsdp)
+    zp = _zero_page(image, hdr_end, cmd_addr, initrd_addr, len(initrd), plan.ram, rsdp, platform)
     plan.put(BOOT_INFO, zp, 'the zero page', own=True)
     plan.commit()
     entry = load + STARTUP_64_OFFSET
@@ -828,7 +815,7 @@ def has_pvh_note(image):
     return False
 
 
-def load_pvh(image, mem, cmdline=b'', initrd=None, rsdp=0):
+def load_pvh(image, mem, cmdline=b'', initrd=None, rsdp=0, platform=PC):
     """Load an ELF kernel (a Linux vmlinux) by Xen's PVH ABI: segments by
     physical address, hvm_start_info at BOOT_INFO with the command line, the
     initrd as module 0 and the memory map; enter 'prot32' at the PHYS32 entry
@@ -836,7 +823,7 @@ def load_pvh(image, mem, cmdline=b'', initrd=None, rsdp=0):
     image = _as_bytes(image, 'PVH kernel')
     elf = _parse_elf(image, 'PVH kernel')
     entry = _pvh_entry(image, elf)
-    plan = _Plan(mem)
+    plan = _Plan(mem, platform)
     lo, hi = _plan_segments(plan, elf, image, 'vmlinux')
     if not any(s.type == PT_LOAD and s.paddr <= entry < s.paddr + s.filesz for s in elf.segments):
         raise BootError(f'PVH entry point {_hex(entry)} is not in the loaded code of any PT_LOAD '
@@ -846,12 +833,12 @@ def load_pvh(image, mem, cmdline=b'', initrd=None, rsdp=0):
     nmods = 0
     if initrd:
         kernel_end = _align_up(hi, PAGE)
-        addr = _place_initrd(plan, initrd, kernel_end, LOW_RAM_MAX,
+        addr = _place_initrd(plan, initrd, kernel_end, platform.low_ram_max,
                              f'in low RAM above the kernel (which ends at {_hex(kernel_end)})')
         plan.put(BOOT_MODLIST, struct.pack(HVM_MODLIST_FMT, addr, len(initrd), 0, 0),
                  'the module list', own=True)
         nmods = 1
-    memmap = e820_map(plan.ram)   # PVH memory types 1 and 2 equal e820's
+    memmap = e820_map(plan.ram, platform)   # PVH memory types 1 and 2 equal e820's
     table = b''.join(struct.pack(HVM_MEMMAP_FMT, a, n, t, 0) for a, n, t in memmap)
     if len(table) > BOOT_MEMMAP_SIZE:
         raise BootError(f'guest RAM has too many regions for the memory map ({len(plan.ram)})')

@@ -52,6 +52,7 @@ import struct
 from typing import NamedTuple
 
 from . import boot
+from .layout import PC
 from .asm import assemble_with_labels
 
 __all__ = ['Image', 'build', 'load', 'source', 'elf64', 'LOAD_ADDR']
@@ -74,8 +75,6 @@ IDT_SIZE = 256 * 16         # 256 16-byte gates
 
 # Guest constants, handed to the assembler as `equ` lines (one source).
 GUEST_EQUS = {
-    'COM1': 0x3F8,          # 16550A base port; IRQ 4
-    'COM1_IRQ': 4,
     'UART_RBR': 0, 'UART_THR': 0, 'UART_DLL': 0,    # receive / transmit / divisor low
     'UART_IER': 1, 'UART_DLM': 1,                   # interrupt enable / divisor high
     'UART_IIR': 2, 'UART_FCR': 2,                   # interrupt id / FIFO control
@@ -92,8 +91,6 @@ GUEST_EQUS = {
     'MCR_LOOPBACK': 0x13,   # DTR, RTS, LOOP
     'LSR_DR': 0x01,         # data ready
     'LSR_THRE': 0x20,       # transmitter holding register empty
-    'PIC1_CMD': 0x20, 'PIC1_DATA': 0x21,            # master 8259A
-    'PIC2_CMD': 0xA0, 'PIC2_DATA': 0xA1,            # slave 8259A
     'ICW1_INIT': 0x11,      # ICW1: edge, cascade, ICW4 follows
     'ICW3_MASTER': 0x04,    # slave on IR2
     'ICW3_SLAVE': 0x02,     # slave identity 2
@@ -102,29 +99,42 @@ GUEST_EQUS = {
     'VEC_PIC': 0x20,        # master IR0 -> 0x20; slave IR0 -> 0x28
     'VEC_IOAPIC': 0x30,     # ISA IRQ n through the IOAPIC -> 0x30 + n
     'VEC_SPURIOUS': 0xFF,   # local APIC spurious vector
-    'PIT_CH0': 0x40, 'PIT_CTRL': 0x43,
     'PIT_MODE2': 0x34,      # counter 0, LSB then MSB, mode 2 (rate generator), binary
     'PIT_STOP': 0x30,       # counter 0, mode 0, no count written: OUT0 stays low
-    'CMOS_INDEX': 0x70, 'CMOS_DATA': 0x71,
     'RTC_A': 0x0A, 'RTC_A_UIP': 0x80,               # register A, update in progress
     'RTC_B_DM': 0x04,       # register B: binary data mode
     'RTC_B_24H': 0x02,      # register B: 24-hour clock
     'RTC_HOUR_PM': 0x80,    # 12-hour mode: PM flag in the hours byte
-    'FW_CFG_CTL': 0x510, 'FW_CFG_DATA': 0x511,
     'FW_CFG_SIGNATURE': 0x00, 'FW_CFG_RAM_SIZE': 0x03, 'FW_CFG_NB_CPUS': 0x05,
     'FW_CFG_QEMU': 0x554D4551,                      # b'QEMU' as a little-endian dword
-    'LAPIC_BASE': 0xFEE00000,
     'LAPIC_ID': 0x20, 'LAPIC_VER': 0x30, 'LAPIC_EOI': 0xB0, 'LAPIC_SVR': 0xF0,
     'SVR_ENABLE': 0x100,    # APIC software enable
-    'IOAPIC_BASE': 0xFEC00000,
     'IOREGSEL': 0x00, 'IOWIN': 0x10,                # index and data window
     'IOAPICVER': 0x01,      # version; bits 16-23: highest redirection entry
     'IOREDTBL': 0x10,       # redirection entry n: indices 0x10 + 2n (low), + 1 (high)
     'IOAPIC_MASKED': 0x10000,                       # redirection entry mask bit
-    'DEBUG_EXIT': 0xF4,     # write v: kvmlite exits with status 2v + 1
     'SEL_CODE64': 0x10,     # kvmlite's long-mode code selector
     'GATE_INTR64': 0x8E00,  # present, DPL 0, 64-bit interrupt gate
 }
+
+
+
+def _platform_equs(platform):
+    """Where the demo finds the devices: the platform's own numbers."""
+    def port(name, attr=''):
+        return next(base for a, base, _ in platform.device(name).pio if a == attr)
+    return {
+        'COM1': port('com1'), 'COM1_IRQ': platform.device('com1').irq,     # 16550A
+        'PIC1_CMD': port('pic', 'master'), 'PIC1_DATA': port('pic', 'master') + 1,
+        'PIC2_CMD': port('pic', 'slave'), 'PIC2_DATA': port('pic', 'slave') + 1,
+        'PIT_CH0': port('pit'), 'PIT_CTRL': port('pit') + 3,
+        'PIT_IRQ': platform.device('pit').irq, 'PIT_PIN': platform.ioapic_pin(platform.device('pit').irq),
+        'CMOS_INDEX': port('rtc'), 'CMOS_DATA': port('rtc') + 1,
+        'FW_CFG_CTL': port('fw_cfg'), 'FW_CFG_DATA': port('fw_cfg') + 1,
+        'LAPIC_BASE': platform.lapic_addr, 'IOAPIC_BASE': platform.ioapic_addr,
+        'DEBUG_EXIT': port('debug_exit'),       # write v: kvmlite exits with status 2v + 1
+    }
+
 
 # Exceptions that push an error code (Intel SDM Vol. 3, table 6-1).
 ERROR_CODE_VECTORS = {8, 10, 11, 12, 13, 14, 17, 21, 29, 30}
@@ -460,9 +470,9 @@ show_fw_cfg:
 ROUTING = r'''
 ioapic_pin:                             ; ecx = the IOAPIC pin of IRQ bl
         movzx ecx, bl
-        test ecx, ecx
-        jnz .done
-        mov ecx, 2                      ; the PC's IRQ 0 override: pin 2
+        cmp ecx, PIT_IRQ
+        jne .done
+        mov ecx, PIT_PIN                ; the platform's override for the PIT's IRQ
 .done:  ret
 
 irq_enable:                             ; unmask IRQ bl on the route in use
@@ -567,7 +577,7 @@ put_route:                              ; "IOAPIC pin 2 -> vector 0x30" for IRQ 
 # The PIT's ticks.
 TIMER = r'''
 pit_ticks:                              ; count TICKS timer interrupts, halting between
-        mov bl, 0
+        mov bl, PIT_IRQ
         call irq_enable
         mov al, PIT_MODE2
         out PIT_CTRL, al
@@ -886,12 +896,15 @@ def _exception_stubs():
     return '\n'.join(lines)
 
 
-def _handler(vector):
+def _handler(vector, platform):
     if vector < 32:
         return f'exc_{vector}'
-    if vector in (0x20, 0x30):          # PIC IRQ 0, IOAPIC pin 2 (ISA IRQ 0)
+    # ISA IRQ n arrives at VEC_PIC + n from the PIC, VEC_IOAPIC + n via the IOAPIC
+    irq = {GUEST_EQUS['VEC_PIC'] + n: n for n in range(16)}
+    irq.update({GUEST_EQUS['VEC_IOAPIC'] + n: n for n in range(16)})
+    if vector in irq and irq[vector] == platform.device('pit').irq:
         return 'timer_isr'
-    if vector in (0x24, 0x34):          # PIC IRQ 4, IOAPIC pin 4
+    if vector in irq and irq[vector] == platform.device('com1').irq:
         return 'com1_isr'
     return 'stray_isr'
 
@@ -902,11 +915,11 @@ def _gate(handler):
                        GUEST_EQUS['GATE_INTR64'], handler >> 16 & 0xFFFF, handler >> 32, 0)
 
 
-def _fill_idt(code, labels):
+def _fill_idt(code, labels, platform):
     """Write the 256 gates into the image's zeroed ``idt`` (built here rather
     than as 512 data lines: the assembler's passes would take longer)."""
     at = labels['idt'] - LOAD_ADDR
-    code[at:at + IDT_SIZE] = b''.join(_gate(labels[_handler(v)]) for v in range(256))
+    code[at:at + IDT_SIZE] = b''.join(_gate(labels[_handler(v, platform)]) for v in range(256))
 
 
 def _db(text):
@@ -941,7 +954,7 @@ class Image(NamedTuple):
     labels: dict
 
 
-def source(ticks=10, hz=100, route='auto'):
+def source(ticks=10, hz=100, route='auto', platform=PC):
     """The guest's assembly text (see build() for the arguments)."""
     if not 1 <= ticks <= 1000:
         raise ValueError(f'ticks {ticks}: give 1 to 1000 timer interrupts to wait for')
@@ -951,7 +964,7 @@ def source(ticks=10, hz=100, route='auto'):
                          f'{PIT_HZ} Hz)')
     if route not in ROUTES:
         raise ValueError(f'interrupt route {route!r}: use one of {", ".join(ROUTES)}')
-    equs = dict(GUEST_EQUS, TICKS=ticks, PIT_RATE=hz, PIT_DIVISOR=divisor,
+    equs = dict(GUEST_EQUS, **_platform_equs(platform), TICKS=ticks, PIT_RATE=hz, PIT_DIVISOR=divisor,
                 PREFER_IOAPIC=int(route == 'auto'), LOOP_TEXT_LEN=len(LOOPBACK_TEXT),
                 LOOP_BUF_SIZE=32, IDT_SIZE=IDT_SIZE)
     head = ['bits 64'] + [f'{name} equ {value:#x}' for name, value in equs.items()]
@@ -960,16 +973,18 @@ def source(ticks=10, hz=100, route='auto'):
     return '\n'.join(head + parts) + '\n'
 
 
-def build(ticks=10, hz=100, route='auto'):
+def build(ticks=10, hz=100, route='auto', platform=PC):
     """Assemble the demo and wrap it in an ELF64 image; returns an :class:`Image`.
 
     ``ticks``: timer interrupts to count; ``hz``: the PIT's rate; ``route``:
     'auto' (through the IOAPIC when there is one, else the PIC) or 'pic'
-    (always the PIC, through LINT0's virtual wire when there is a local APIC).
+    (always the PIC, through LINT0's virtual wire when there is a local APIC);
+    ``platform``: where the devices are (a tools.layout.Platform).
     """
-    code, labels = assemble_with_labels(source(ticks, hz, route), bits=64, origin=LOAD_ADDR)
+    code, labels = assemble_with_labels(source(ticks, hz, route, platform), bits=64,
+                                        origin=LOAD_ADDR)
     code = bytearray(code)
-    _fill_idt(code, labels)
+    _fill_idt(code, labels, platform)
     entry = labels['start']
     return Image(elf64(code, LOAD_ADDR, entry), entry, labels)
 
@@ -990,7 +1005,7 @@ def load(machine, **options):
     """Put the demo in ``machine``'s memory with tools.boot.load_elf and set
     vCPU 0 at its entry in long mode; ``options`` go to build(). Returns the
     tools.boot.Boot."""
-    image = build(**options)
-    b = boot.load_elf(image.elf, machine.vm)
+    image = build(platform=machine.platform, **options)
+    b = boot.load_elf(image.elf, machine.vm, platform=machine.platform)
     machine.load(b)
     return b

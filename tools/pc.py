@@ -23,13 +23,14 @@ import time
 from kvmlite import (
     PAGE_SIZE, DeviceError, FailEntry, Hlt, InternalError, Interrupted, IoapicEoi,
     IrqWindowOpen, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
+    KVM_IOAPIC_BASE, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
     KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, Kvm,
     KvmError, LINUX_CLEARCPUID, Shutdown, SystemEvent, _import_part,
     cpuid_entries, cpuid_restricted, kvm_lapic_state, route_irqchip, route_msi, setup_mode,
 )
 
 from . import boot, platform_tables
+from .layout import PC
 
 __all__ = ['Machine', 'RunResult', 'load_kernel', 'detect_format', 'IRQCHIP_MODES',
            'EXIT_OK', 'EXIT_USAGE', 'EXIT_TRIPLE_FAULT', 'EXIT_INTERNAL', 'EXIT_VMM',
@@ -46,8 +47,7 @@ EXIT_TIMEOUT = 124      # the run's timeout passed
 EXIT_SIGNAL = 130       # stopped by SIGINT, SIGTERM or the console's Ctrl-A x
 
 IRQCHIP_MODES = ('split', 'user', 'kernel')
-RAM_HOLE = 0xC0000000   # guest RAM above 3 GiB moves to 4 GiB (MMIO below)
-IDENTITY_MAP_ADDR = 0xFEFFC000
+IDENTITY_MAP_ADDR = PC.identity_map_addr
 HALT_POLL_S = 0.25      # how often an in-kernel-irqchip run looks for a final halt
 # The timer thread sleeps at least this long between device ticks, as KVM
 # bounds its PIT's period (min_timer_period_us): a guest that programs a
@@ -56,6 +56,8 @@ MIN_TIMER_SLEEP_S = 200e-6
 APIC_LVT0, APIC_LVT1 = 0x350, 0x360
 IOREDTBL_REMOTE_IRR = 1 << 14   # IOAPIC redirection entry: a level interrupt awaits its EOI
 APIC_DM_EXTINT, APIC_DM_NMI = 0x700, 0x400
+MSR_IA32_APICBASE = 0x1B        # bits 12 and up: the local APIC's physical address
+APICBASE_ADDR_MASK = ~0xFFF
 
 
 class _Timed:
@@ -72,6 +74,19 @@ class _Timed:
         self.device.write(offset, size, value)
         if size != 1 or offset not in self._quiet:
             self._wake()
+
+
+def _wiring_params(cls):
+    """The parameters of ``cls``'s constructor, and those without a default:
+    the board hands a device the wiring its constructor names."""
+    init = cls.__init__
+    code = init.__code__
+    positional = code.co_varnames[1:code.co_argcount]
+    keyword = code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+    n_defaults = len(init.__defaults__ or ())
+    required = positional[:len(positional) - n_defaults] + tuple(
+        k for k in keyword if k not in (init.__kwdefaults__ or {}))
+    return positional + keyword, required
 
 
 class RunResult:
@@ -94,10 +109,14 @@ class Machine:
     KVM_INTERRUPT) or 'kernel' (KVM's PIC, IOAPIC and PIT). ``console``: a
     back end from devices.console for COM1 (None discards the output).
     ``clock``: nanoseconds for the devices (tests may step one).
+    ``platform``: where everything sits (a :class:`tools.layout.Platform`,
+    by default :data:`tools.layout.PC`); ``devices`` maps each of its device
+    names to the model built for it (also an attribute: ``machine.com1``).
     """
 
     def __init__(self, mem_size=256 << 20, cpus=1, irqchip='split', console=None,
-                 cpuid_policy='auto', kvm=None, clock=time.monotonic_ns, cmdline=b''):
+                 cpuid_policy='auto', kvm=None, clock=time.monotonic_ns, cmdline=b'',
+                 platform=PC):
         if irqchip not in IRQCHIP_MODES:
             raise ValueError(f'irqchip mode {irqchip!r}: use one of {", ".join(IRQCHIP_MODES)}')
         if irqchip == 'user' and cpus != 1:
@@ -105,6 +124,8 @@ class Machine:
         if mem_size < 1 << 20 or mem_size % PAGE_SIZE:
             raise ValueError(f'memory size {mem_size:#x}: give at least 1 MiB, in whole pages')
         self.mode, self.clock, self.console = irqchip, clock, console
+        self.platform = platform
+        self.devices = {}
         self.cpuid_policy = cpuid_policy
         self.mem_size, self.cpus = mem_size, cpus
         self._own_kvm = kvm is None
@@ -126,19 +147,18 @@ class Machine:
     # -- construction --
     def _build(self, cpuid_policy, cmdline):
         vm = self.vm = self.kvm.create_vm()
+        platform = self.platform
         try:
-            vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+            vm.set_identity_map_addr(platform.identity_map_addr)
         except KvmError:
             pass
         if self.mode == 'kernel':
             vm.create_irqchip()
             vm.create_pit2()
         elif self.mode == 'split':
-            vm.create_split_irqchip(24)
-        low = min(self.mem_size, RAM_HOLE)
-        vm.add_memory(0, low)
-        if self.mem_size > low:
-            vm.add_memory(1 << 32, self.mem_size - low)
+            vm.create_split_irqchip(platform.ioapic_pins)
+        for start, size in platform.ram_regions(self.mem_size):
+            vm.add_memory(start, size)
         for i in range(self.cpus):
             self._setup_vcpu(vm.create_vcpu(), cpuid_policy)
         self._wire_pc(cmdline)
@@ -157,74 +177,93 @@ class Machine:
             struct.pack_into('<I', regs, APIC_LVT0, APIC_DM_EXTINT)
             struct.pack_into('<I', regs, APIC_LVT1, APIC_DM_NMI)
             vcpu.set_lapic(kvm_lapic_state.from_buffer_copy(regs))
+            base = vcpu.get_msrs([MSR_IA32_APICBASE])[MSR_IA32_APICBASE]
+            if base & APICBASE_ADDR_MASK != self.platform.lapic_addr:
+                vcpu.set_msrs({MSR_IA32_APICBASE: (base & ~APICBASE_ADDR_MASK) | self.platform.lapic_addr})
 
     def _wire_pc(self, cmdline):
-        """The PC's devices at their ports and IRQs: the one place for wiring."""
-        pic_m, pit_m, rtc_m, serial_m, ioapic_m, i8042_m, debug_exit_m, post_m, pci_m, fw_cfg_m = (
-            _import_part('devices', n) for n in ('pic', 'pit', 'rtc', 'serial', 'ioapic', 'i8042',
-                                                 'debug_exit', 'post', 'pci', 'fw_cfg'))
-        self._IrqLine = sys.modules[pic_m.__name__.rpartition('.')[0]].IrqLine
-        vm, pio, clock = self.vm, self.vm.pio, self.clock
-        self.pic = self.pit = self.ioapic = None
-        if self.mode == 'split':        # first: the other devices' lines reach it
-            self.ioapic = ioapic_m.IoApic(msi=self._msi)
-            self.ioapic.ioapic_id = self.cpus       # the id the MP/ACPI tables give it
-            vm.mmio.register(ioapic_m.IoApic.BASE, _Routed(self.ioapic, self), name='IOAPIC')
-        if self.mode != 'kernel':
-            self.pic = pic_m.PicPair(intr=self._line(self._on_intr))
-            pio.register(0x20, self.pic.master, name='8259A master PIC')
-            pio.register(0xA0, self.pic.slave, name='8259A slave PIC')
-            pio.register(0x4D0, self.pic.elcr, name='ELCR')
-            self.pit = pit_m.Pit(clock, irq=self.irq(0))
-            pio.register(0x40, _Timed(self.pit, self.wake), name='8254 PIT')
-            pio.register(0x61, self.pit.port61, name='port B (PIT gate 2, speaker)')
-            self._timed.append(self.pit)
-        self.i8042 = i8042_m.I8042(on_reset=lambda: self.stop(EXIT_OK, 'the guest reset the machine'),
-                                    irq=self.irq(1))
-        pio.register(0x60, self.i8042.data_port, name='8042 data')
-        pio.register(0x64, self.i8042.command_port, name='8042 status/command')
-        self.rtc = rtc_m.Rtc(clock, irq=self.irq(8))
-        pio.register(0x70, _Timed(self.rtc, self.wake), name='CMOS RTC')
-        self._timed.append(self.rtc)
-        self.post = post_m.PostCode()
-        pio.register(0x80, self.post, name='POST code')      # write-only: coalesced
-        vm.coalesce(0x80, 1, pio=True)
-        self.debug_exit = debug_exit_m.DebugExit(on_exit=lambda s: self.stop(s, f'the guest wrote debug-exit status {s}'))
-        pio.register(0xF4, self.debug_exit, name='debug exit')
-        self.pci = pci_m.PciConfig(on_reset=lambda: self.stop(EXIT_OK, 'the guest reset the machine'))
-        pio.register(0xCF8, self.pci, name='PCI configuration (no devices)')
-        self.fw_cfg = fw_cfg_m.FwCfg(ram_size=self.mem_size, cpus=self.cpus, cmdline=cmdline)
-        pio.register(0x510, self.fw_cfg, name='fw_cfg')
-        self.serials = []
-        for i, (base, irq) in enumerate(serial_m.COM_PORTS):
-            s = serial_m.Serial(irq=self.irq(irq), out=self.console if i == 0 else None, clock=clock)
-            # IER, FCR, LCR may start a character timeout; THR output (offset 0) never does
-            pio.register(base, _Timed(s, self.wake, quiet=(0,)), name=f'COM{i + 1} 16550A')
-            self.serials.append(s)
-            self._timed.append(s)
+        """Build every device of the platform that this irqchip mode models
+        in Python, hand each the wiring its constructor names, and put its
+        ranges on the buses: the one place for wiring."""
+        self._IrqLine = sys.modules[_import_part('devices', 'pic').__name__.rpartition('.')[0]].IrqLine
+        vm, platform = self.vm, self.platform
+        if self.mode == 'kernel' and platform.ioapic_addr != KVM_IOAPIC_BASE:
+            raise ValueError(f'KVM\'s in-kernel IOAPIC sits at {KVM_IOAPIC_BASE:#x}, not at '
+                             f'{platform.ioapic_addr:#x}: use --irqchip split for another address')
+        stop_reset = lambda: self.stop(EXIT_OK, 'the guest reset the machine')  # noqa: E731
+        wiring = {                      # what a device may ask for, by parameter name
+            'irq': lambda slot: self.irq(slot.irq),
+            'intr': lambda slot: self._line(self._on_intr),
+            'msi': lambda slot: self._msi,
+            'clock': lambda slot: self.clock,
+            'out': lambda slot: self.console if slot.name == 'com1' else None,
+            'on_reset': lambda slot: stop_reset,
+            'on_exit': lambda slot: self._on_debug_exit,
+            'ram_size': lambda slot: self.mem_size,
+            'cpus': lambda slot: self.cpus,
+            'cmdline': lambda slot: cmdline,
+        }
+        for slot in platform.devices:
+            if self.mode not in slot.modes:
+                continue
+            module, _, name = slot.part.rpartition('.')
+            cls = getattr(_import_part('devices', module), name)
+            params, required = _wiring_params(cls)
+            unknown = [p for p in required if p not in wiring]
+            if unknown:
+                raise ValueError(f'device {slot.name!r} ({slot.part}) asks for {", ".join(unknown)}: '
+                                 f'the board hands out {", ".join(wiring)}')
+            if slot.name in self.__dict__ or hasattr(type(self), slot.name):
+                raise ValueError(f'device name {slot.name!r} is taken by the board')
+            dev = cls(**{p: wiring[p](slot) for p in params if p in wiring})
+            self.devices[slot.name] = dev
+            setattr(self, slot.name, dev)
+            timed = hasattr(dev, 'tick')
+            if timed:
+                self._timed.append(dev)
+            for bus, ranges in ((vm.pio, slot.pio), (vm.mmio, slot.mmio)):
+                for attr, base, label in ranges:
+                    part = getattr(dev, attr) if attr else dev
+                    if part is dev and timed:
+                        part = _Timed(dev, self.wake, getattr(dev, 'UNTIMED_WRITES', ()))
+                    if slot.name == 'ioapic':
+                        part = _Routed(dev, self)
+                    bus.register(base, part, name=label)
+                    if slot.coalesce:
+                        vm.coalesce(base, getattr(part, 'SIZE'), pio=bus is vm.pio)
+        self.pic, self.pit, self.ioapic = (self.devices.get(n) for n in ('pic', 'pit', 'ioapic'))
+        self.serials = [d for d in self.devices.values() if type(d).__name__ == 'Serial']
+        if self.ioapic is not None:
+            self.ioapic.ioapic_id = platform.ioapic_id(self.cpus)   # as the MP/ACPI tables say
         if self.mode == 'kernel':
-            # as on a PC with an interrupt source override: ISA IRQ 0 is IOAPIC pin 2
+            # ISA IRQs to both PICs and to the IOAPIC's pins (with the platform's overrides)
+            cascade, isa = platform.cascade_irq, range(16)
             routes = [route_irqchip(i, KVM_IRQCHIP_PIC_MASTER if i < 8 else KVM_IRQCHIP_PIC_SLAVE, i % 8)
-                      for i in range(16) if i != 2]
-            routes += [route_irqchip(i, KVM_IRQCHIP_IOAPIC, 2 if i == 0 else i)
-                       for i in range(24) if i != 2]
+                      for i in isa if i != cascade]
+            routes += [route_irqchip(i, KVM_IRQCHIP_IOAPIC, platform.ioapic_pin(i) if i in isa else i)
+                       for i in range(platform.ioapic_pins) if i != cascade]
             vm.set_gsi_routing(routes)
+
+    def _on_debug_exit(self, value):
+        self.stop(value, f'the guest wrote debug-exit status {value}')
 
     def _line(self, sink):
         return self._IrqLine(sink)
 
     def irq(self, n):
         """An interrupt line for ISA IRQ ``n``, routed for this irqchip mode:
-        to the PIC and the IOAPIC (IRQ 0 on pin 2) here, or to KVM_IRQ_LINE."""
+        to the PIC and to the IOAPIC pin the platform gives it, or to
+        KVM_IRQ_LINE (whose GSI routes say the same)."""
         if self.mode == 'kernel':
             vm = self.vm
             return self._line(lambda level: vm.irq_line(n, level))
-        pic, mode = self.pic, self.mode
+        pic, ioapic = self.devices['pic'], self.devices.get('ioapic')
+        pin = self.platform.ioapic_pin(n)
 
         def sink(level):
             pic.set_irq(n, level)
-            if mode == 'split':
-                self.ioapic.set_irq(2 if n == 0 else n, level)
+            if ioapic is not None:
+                ioapic.set_irq(pin, level)
         return self._line(sink)
 
     # -- interrupts --
@@ -524,20 +563,21 @@ def load_kernel(machine, image, fmt='auto', cmdline=b'', initrd=None):
     if fmt in ('bzimage', 'pvh') and cpuid_restricted(machine.cpuid_policy) \
             and b'clearcpuid=' not in cmdline:
         cmdline = (cmdline + b' ' + LINUX_CLEARCPUID).strip()
-    rsdp = 0
+    rsdp, platform, vm = 0, machine.platform, machine.vm
     if machine.mode != 'user':
-        rsdp = platform_tables.write_platform_tables(machine.vm, machine.cpus).rsdp
+        rsdp = platform_tables.write_platform_tables(vm, machine.cpus, platform=platform).rsdp
     if fmt == 'flat':
-        b = boot.load_flat(image, machine.vm)
+        b = boot.load_flat(image, vm, platform=platform)
     elif fmt == 'elf':
-        b = boot.load_elf(image, machine.vm)
+        b = boot.load_elf(image, vm, platform=platform)
     elif fmt == 'multiboot':
         mods = [(initrd, b'initrd')] if initrd is not None else []
-        b = boot.load_multiboot(image, machine.vm, cmdline=cmdline, modules=mods)
+        b = boot.load_multiboot(image, vm, cmdline=cmdline, modules=mods, platform=platform)
     elif fmt == 'bzimage':
-        b = boot.load_bzimage(image, machine.vm, cmdline=cmdline, initrd=initrd, rsdp=rsdp)
+        b = boot.load_bzimage(image, vm, cmdline=cmdline, initrd=initrd, rsdp=rsdp,
+                              platform=platform)
     elif fmt == 'pvh':
-        b = boot.load_pvh(image, machine.vm, cmdline=cmdline, initrd=initrd, rsdp=rsdp)
+        b = boot.load_pvh(image, vm, cmdline=cmdline, initrd=initrd, rsdp=rsdp, platform=platform)
     else:
         raise ValueError(f'kernel format {fmt!r}: use auto, flat, elf, multiboot, bzimage or pvh')
     if initrd is not None and fmt in ('flat', 'elf'):

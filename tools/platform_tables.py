@@ -27,14 +27,11 @@ writes them through the guest-memory object the loaders use.
 import struct
 from collections import namedtuple
 
-from .boot import BIOS_END, BIOS_START, IOAPIC_ADDR, LAPIC_ADDR, BootError, _merge, _write
+from .boot import BootError, _merge, _write
+from .layout import PC
 
-__all__ = ['PlatformTables', 'mp_tables', 'acpi_tables', 'write_platform_tables', 'checksum',
-           'MP_BASE', 'ACPI_BASE']
+__all__ = ['PlatformTables', 'mp_tables', 'acpi_tables', 'write_platform_tables', 'checksum']
 
-MP_BASE = 0xF0000                 # MP floating pointer, then the config table
-ACPI_BASE = 0xF8000               # RSDP, then the ACPI tables
-TABLES_END = BIOS_END
 MAX_CPUS = 254                    # 8-bit APIC ids; 0xFF is "all" and the IOAPIC needs one
 
 # --- MP specification 1.4 -----------------------------------------------------
@@ -76,7 +73,6 @@ FADT_SLP_BUTTON = 1 << 5          # flags: no fixed-feature sleep button
 FADT_HW_REDUCED_ACPI = 1 << 20    # flags: left clear: this is a PC with legacy devices
 IAPC_LEGACY_DEVICES = 1 << 0      # IA-PC boot arch: ISA devices present
 IAPC_8042 = 1 << 1                # IA-PC boot arch: an 8042 keyboard controller
-SCI_IRQ = 9
 MADT_PCAT_COMPAT = 1 << 0         # MADT flags: dual 8259s present
 MADT_LOCAL_APIC, MADT_IO_APIC, MADT_ISO, MADT_LAPIC_NMI = 0, 1, 2, 4
 MADT_ENABLED = 1 << 0             # local APIC flags: usable
@@ -103,17 +99,20 @@ def _check_ids(cpus, ioapic_id):
                         'or is out of range: use an id from the CPU count up to 254')
 
 
-def _mp_entries(cpus, ioapic_id, ioapic_addr):
+def _isa_routes(platform):
+    """(ISA IRQ, IOAPIC pin) for every ISA IRQ but the cascade, whose pin
+    belongs to the IRQ the platform overrides onto it (the PIT's IRQ 0)."""
+    return [(irq, platform.ioapic_pin(irq)) for irq in range(16) if irq != platform.cascade_irq]
+
+
+def _mp_entries(cpus, ioapic_id, platform):
     entries = [struct.pack('<BBBBII8x', MP_PROCESSOR, i, LAPIC_VERSION,
                            MP_CPU_EN | (MP_CPU_BP if i == 0 else 0), CPU_SIGNATURE, CPU_FEATURES)
                for i in range(cpus)]
     entries.append(struct.pack('<BB6s', MP_BUS, ISA_BUS_ID, ISA_BUS_TYPE))
     entries.append(struct.pack('<BBBBI', MP_IOAPIC, ioapic_id, IOAPIC_VERSION, MP_IOAPIC_EN,
-                               ioapic_addr))
-    for irq in range(16):
-        if irq == 2:
-            continue                      # the cascade: pin 2 belongs to IRQ 0
-        pin = 2 if irq == 0 else irq      # the PC's IRQ0 -> INTIN2 override
+                               platform.ioapic_addr))
+    for irq, pin in _isa_routes(platform):
         entries.append(struct.pack('<BBHBBBB', MP_IOINTR, MP_INT, MP_FLAGS_CONFORM,
                                    ISA_BUS_ID, irq, ioapic_id, pin))
     for kind, lint in ((MP_EXTINT, 0), (MP_NMI, 1)):
@@ -122,14 +121,17 @@ def _mp_entries(cpus, ioapic_id, ioapic_addr):
     return entries
 
 
-def mp_tables(cpus, ioapic_id, ioapic_addr=IOAPIC_ADDR, base=MP_BASE):
-    """The MP floating pointer at ``base`` and the configuration table after it."""
+def mp_tables(cpus, ioapic_id=None, platform=PC, base=None):
+    """The MP floating pointer at ``base`` (default: the start of the
+    platform's BIOS area) and the configuration table after it."""
+    ioapic_id = platform.ioapic_id(cpus) if ioapic_id is None else ioapic_id
+    base = platform.hole('bios').start if base is None else base
     _check_ids(cpus, ioapic_id)
-    entries = _mp_entries(cpus, ioapic_id, ioapic_addr)
+    entries = _mp_entries(cpus, ioapic_id, platform)
     body = b''.join(entries)
     config = bytearray(struct.pack('<4sHBB8s12sIHHIHBx', MP_CONFIG_SIGNATURE, 44 + len(body),
                                    MP_SPEC_REV, 0, MP_OEM_ID, MP_PRODUCT_ID, 0, 0, len(entries),
-                                   LAPIC_ADDR, 0, 0) + body)
+                                   platform.lapic_addr, 0, 0) + body)
     config[7] = checksum(config)
     config_addr = base + 16
     # length 1 (16-byte units); feature bytes 0: the configuration table is
@@ -149,14 +151,14 @@ def _sdt(signature, revision, body):
     return bytes(table)
 
 
-def _fadt(facs, dsdt):
+def _fadt(facs, dsdt, platform):
     body = bytearray(FADT_SIZE - SDT_HEADER_SIZE)
 
     def put(offset, fmt, value):          # offsets as in the spec's FADT table
         struct.pack_into(fmt, body, offset - SDT_HEADER_SIZE, value)
     put(36, '<I', facs)                   # FIRMWARE_CTRL
     put(40, '<I', dsdt)                   # DSDT
-    put(46, '<H', SCI_IRQ)                # SCI_INT; no SMI_CMD: already in ACPI mode
+    put(46, '<H', platform.sci_irq)               # SCI_INT; no SMI_CMD: already in ACPI mode
     put(109, '<H', IAPC_LEGACY_DEVICES | IAPC_8042)   # IAPC_BOOT_ARCH
     put(112, '<I', FADT_WBINVD | FADT_PWR_BUTTON | FADT_SLP_BUTTON)  # Flags
     put(131, '<B', FADT_MINOR)            # FADT Minor Version
@@ -165,21 +167,27 @@ def _fadt(facs, dsdt):
     return _sdt(b'FACP', FADT_REVISION, bytes(body))
 
 
-def _madt(cpus, ioapic_id, ioapic_addr):
-    body = struct.pack('<II', LAPIC_ADDR, MADT_PCAT_COMPAT)
+def _madt(cpus, ioapic_id, platform):
+    body = struct.pack('<II', platform.lapic_addr, MADT_PCAT_COMPAT)
     for i in range(cpus):                 # processor UID i, APIC id i
         body += struct.pack('<BBBBI', MADT_LOCAL_APIC, 8, i, i, MADT_ENABLED)
-    body += struct.pack('<BBBxII', MADT_IO_APIC, 12, ioapic_id, ioapic_addr, 0)  # GSI base 0
-    body += struct.pack('<BBBBIH', MADT_ISO, 10, ISA_BUS_ID, 0, 2, MP_FLAGS_CONFORM)
-    body += struct.pack('<BBBBIH', MADT_ISO, 10, ISA_BUS_ID, SCI_IRQ, SCI_IRQ,
+    body += struct.pack('<BBBxII', MADT_IO_APIC, 12, ioapic_id, platform.ioapic_addr, 0)  # GSI 0
+    for irq, pin in _isa_routes(platform):
+        if irq != pin:                    # an interrupt source override: ISA IRQ -> GSI
+            body += struct.pack('<BBBBIH', MADT_ISO, 10, ISA_BUS_ID, irq, pin, MP_FLAGS_CONFORM)
+    sci = platform.sci_irq
+    body += struct.pack('<BBBBIH', MADT_ISO, 10, ISA_BUS_ID, sci, platform.ioapic_pin(sci),
                         MPS_LEVEL | MPS_ACTIVE_HIGH)
     body += struct.pack('<BBBHB', MADT_LAPIC_NMI, 6, 0xFF, MP_FLAGS_CONFORM, 1)  # all CPUs, LINT1
     return _sdt(b'APIC', 4, body)
 
 
-def acpi_tables(cpus, ioapic_id=None, ioapic_addr=IOAPIC_ADDR, base=ACPI_BASE):
-    """RSDP at ``base`` (16-byte aligned), then FACS, DSDT, FADT, MADT, RSDT, XSDT."""
-    ioapic_id = cpus if ioapic_id is None else ioapic_id
+def acpi_tables(cpus, ioapic_id=None, platform=PC, base=None):
+    """RSDP at ``base`` (16-byte aligned; default: half-way into the
+    platform's BIOS area), then FACS, DSDT, FADT, MADT, RSDT, XSDT."""
+    ioapic_id = platform.ioapic_id(cpus) if ioapic_id is None else ioapic_id
+    bios = platform.hole('bios')
+    base = (bios.start + bios.end) // 2 if base is None else base
     _check_ids(cpus, ioapic_id)
     if base % 16:
         raise BootError(f'ACPI RSDP address {base:#x} is not 16-byte aligned')
@@ -193,8 +201,8 @@ def acpi_tables(cpus, ioapic_id=None, ioapic_addr=IOAPIC_ADDR, base=ACPI_BASE):
         return addr - len(data)
     facs = place(struct.pack('<4sIIIIIQB3xI24x', b'FACS', 64, 0, 0, 0, 0, 0, 2, 0), align=64)
     dsdt = place(_sdt(b'DSDT', 2, b''))  # an empty definition block
-    fadt = place(_fadt(facs, dsdt))
-    madt = place(_madt(cpus, ioapic_id, ioapic_addr))
+    fadt = place(_fadt(facs, dsdt, platform))
+    madt = place(_madt(cpus, ioapic_id, platform))
     rsdt = place(_sdt(b'RSDT', 1, struct.pack('<II', fadt, madt)))
     xsdt = place(_sdt(b'XSDT', 1, struct.pack('<QQ', fadt, madt)))
     rsdp = bytearray(struct.pack('<8sB6sBIIQB3x', b'RSD PTR ', 0, ACPI_OEM_ID, 2, rsdt, 36,
@@ -204,23 +212,23 @@ def acpi_tables(cpus, ioapic_id=None, ioapic_addr=IOAPIC_ADDR, base=ACPI_BASE):
     return [(base, bytes(rsdp))] + out
 
 
-def write_platform_tables(mem, cpus, mp=True, acpi=True, ioapic_id=None,
-                          ioapic_addr=IOAPIC_ADDR):
-    """Clear the BIOS area and write the MP and/or ACPI tables into it.
+def write_platform_tables(mem, cpus, mp=True, acpi=True, ioapic_id=None, platform=PC):
+    """Clear the platform's BIOS area and write the MP and/or ACPI tables
+    into it.
 
     Returns :class:`PlatformTables` with their addresses; give ``.rsdp`` to
-    ``load_bzimage``/``load_pvh``. The IOAPIC id defaults to ``cpus``.
+    ``load_bzimage``/``load_pvh``. The IOAPIC id defaults to the platform's.
     """
-    ioapic_id = cpus if ioapic_id is None else ioapic_id
-    blobs = (mp_tables(cpus, ioapic_id, ioapic_addr) if mp else []) + \
-        (acpi_tables(cpus, ioapic_id, ioapic_addr) if acpi else [])
-    for gpa, data in blobs:
-        if not (BIOS_START <= gpa and gpa + len(data) <= TABLES_END):
+    bios = platform.hole('bios')
+    mp_blobs = mp_tables(cpus, ioapic_id, platform) if mp else []
+    acpi_blobs = acpi_tables(cpus, ioapic_id, platform) if acpi else []
+    for gpa, data in mp_blobs + acpi_blobs:
+        if not (bios.start <= gpa and gpa + len(data) <= bios.end):
             raise BootError(f'platform table at {gpa:#x} ({len(data)} bytes) leaves the BIOS area')
-    if not any(s <= BIOS_START and TABLES_END <= s + n for s, n in _merge(mem.ram)):
-        raise BootError('the BIOS area 0xF0000-0xFFFFF is not guest RAM: give at least 1 MiB of '
-                        '--mem')
-    _write(mem, BIOS_START, bytes(TABLES_END - BIOS_START))   # no stale tables from a last boot
-    for gpa, data in blobs:
+    if not any(s <= bios.start and bios.end <= s + n for s, n in _merge(mem.ram)):
+        raise BootError(f'the BIOS area {bios.start:#x}-{bios.end - 1:#x} is not guest RAM: give '
+                        'at least 1 MiB of --mem')
+    _write(mem, bios.start, bytes(bios.end - bios.start))   # no stale tables from a last boot
+    for gpa, data in mp_blobs + acpi_blobs:
         _write(mem, gpa, data)
-    return PlatformTables(mp=MP_BASE if mp else 0, rsdp=ACPI_BASE if acpi else 0)
+    return PlatformTables(mp=mp_blobs[0][0] if mp else 0, rsdp=acpi_blobs[0][0] if acpi else 0)
