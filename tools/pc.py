@@ -199,6 +199,7 @@ class Machine:
             'out': lambda slot: self.console if slot.name == 'com1' else None,
             'on_reset': lambda slot: stop_reset,
             'on_exit': lambda slot: self._on_debug_exit,
+            'on_poweroff': lambda slot: lambda: self.stop(EXIT_OK, f'the guest powered off ({slot.name})'),
             'ram_size': lambda slot: self.mem_size,
             'cpus': lambda slot: self.cpus,
             'cmdline': lambda slot: cmdline,
