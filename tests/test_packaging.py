@@ -8,6 +8,7 @@ import sys
 import tempfile
 import unittest
 
+from kvmlite import kvm_unavailable
 from tests.guest import requires_kvm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +50,25 @@ class PackagingTest(unittest.TestCase):
         r = self._run(['-c', 'import kvmlite, sys; '
                        'm = kvmlite._import_part("devices", "serial"); print(m.__name__)'], target)
         self.assertEqual(r.stdout.strip(), 'kvmlite_devices.serial', r.stderr)
+        # ... and the board and the command line behind kvmlite.Machine and kvmlite.main
+        r = self._run(['-c', 'import kvmlite; print(kvmlite.Machine.__module__, '
+                       'kvmlite.load_kernel.__module__, kvmlite.EXIT_TIMEOUT)'], target)
+        self.assertEqual(r.stdout.split(), ['kvmlite_tools.pc', 'kvmlite_tools.pc', '124'], r.stderr)
+        if not kvm_unavailable():
+            r = self._run(['-m', 'kvmlite', 'run', '--console', 'none'], target)
+            self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_star_import_gives_every_public_name(self):
+        # a typo in __all__ once broke 'from kvmlite import *' for everyone
+        r = self._run(['-c', 'from kvmlite import *; import kvmlite; '
+                       'names = dir(); missing = [n for n in kvmlite.__all__ if n not in names]; '
+                       'print(len(kvmlite.__all__), missing); '
+                       'print(Machine.__name__, Snippet.__name__, KvmliteError.__name__)'], ROOT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        count, missing = r.stdout.splitlines()[0].split(' ', 1)
+        self.assertEqual(missing, '[]')
+        self.assertGreater(int(count), 30)
+        self.assertEqual(r.stdout.splitlines()[1], 'Machine Snippet KvmliteError')
 
     @requires_kvm
     def test_zipapp_runs_info_from_one_file(self):
