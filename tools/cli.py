@@ -8,12 +8,17 @@ stderr. Sources: the KVM API text (Documentation/virt/kvm/api.rst) for what
 ``info`` reports; QEMU's isa-debug-exit for the odd statuses.
 """
 
+import argparse
+import decimal
+import errno
 import os
 import signal
+import stat
 import struct
 import sys
+import threading
 
-from kvmlite import (EMULATOR_UNSAFE_FEATURES, Kvm, KvmError, _import_part,
+from kvmlite import (EMULATOR_UNSAFE_FEATURES, PAGE_SIZE, Kvm, KvmError, _import_part,
                      host_emulates_kernel_mode)
 
 from .pc import EXIT_OK, EXIT_SIGNAL, EXIT_USAGE, IRQCHIP_MODES, Machine, load_kernel
@@ -21,32 +26,116 @@ from .pc import EXIT_OK, EXIT_SIGNAL, EXIT_USAGE, IRQCHIP_MODES, Machine, load_k
 __all__ = ['main']
 
 
-def _parse_size(text):
-    """'256', '256M', '1G', '65536K' -> bytes (a bare number means MiB, as lkvm)."""
-    units = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30}
+#: The most guest RAM -m takes: KVM holds a memory slot of at most
+#: KVM_MEM_MAX_NR_PAGES = 2**31 - 1 pages (include/linux/kvm_host.h), and the
+#: RAM above the 3 GiB hole is one slot.
+MEM_MAX = 8 << 40
+_MEM_ALLOWED = ('give 1 MiB to 8 TiB in whole 4 KiB pages: a number of MiB, '
+                'or a size like 512M or 2G')
+
+
+def _mem_size(text):
+    """-m: '256' (MiB, as lkvm), '512M', '2G', '1536K' -> bytes."""
+    units = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
     t = text.strip().upper().removesuffix('B').removesuffix('I')
+    unit = units.get(t[-1:])
     try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t) << 20
+        n = decimal.Decimal(t[:-1] if unit else t)    # exact, and no float to overflow
+    except decimal.InvalidOperation:
+        n = decimal.Decimal('nan')
+    unit = unit or 1 << 20
+    size = 0
+    if n.is_finite() and 0 < n <= MEM_MAX // unit:     # '1e999999' is refused, not computed
+        with decimal.localcontext() as exact:
+            exact.traps[decimal.Inexact] = True         # no digit of the size is rounded away
+            try:
+                size = n * unit
+            except decimal.Inexact:
+                pass
+    if not (1 << 20 <= size <= MEM_MAX and size % PAGE_SIZE == 0):
+        raise argparse.ArgumentTypeError(f'memory size {text!r}: {_MEM_ALLOWED}')
+    return int(size)
+
+
+def _cpus(text):
+    """-c: a whole number of vCPUs, 1 to what this host's KVM allows."""
+    try:
+        with Kvm() as kvm:
+            most = kvm.max_vcpus()              # KVM_CAP_MAX_VCPUS
+    except KvmError:
+        most = None                             # no KVM: the run says so when it opens it
+    try:
+        n = int(text)
     except ValueError:
-        raise ValueError(f'memory size {text!r}: give a number of MiB or a size like 512M or 2G') from None
+        n = 0
+    if n < 1 or most is not None and n > most:
+        allowed = f"1 to {most} (this host's KVM_CAP_MAX_VCPUS)" if most is not None else '1 or more'
+        raise argparse.ArgumentTypeError(f'vCPU count {text!r}: give {allowed}')
+    return n
+
+
+def _timeout(text):
+    """--timeout: seconds above 0. 'inf', or more than a thread can wait
+    (threading.TIMEOUT_MAX, 292 years), means no timeout."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float('nan')
+    if not seconds > 0:                         # also NaN
+        raise argparse.ArgumentTypeError(f'timeout {text!r}: give a number of seconds above 0, '
+                                         f'or inf for none')
+    return seconds if seconds <= threading.TIMEOUT_MAX else None
+
+
+def _size_text(n):
+    return next(f'{n / u:.4g} {name}' for u, name in ((1 << 40, 'TiB'), (1 << 30, 'GiB'),
+                                                       (1 << 20, 'MiB'), (1, 'bytes')) if n >= u)
 
 
 def _read_input_file(path, what, limit):
     """A kernel's or initrd's bytes, refused past ``limit`` (the guest's RAM,
-    which no image can exceed) before reading more: not /dev/zero's endless
-    stream nor a sparse file's terabytes are read into memory."""
+    which no image can exceed) before more than that is read.
+
+    os.stat decides before the file is opened: a regular file's size is
+    checked against the limit; a character device (/dev/zero), whose size
+    stat cannot tell, is read no further than the limit; anything else (a
+    FIFO, which would block the open, a directory, a socket) is refused."""
     try:
-        with open(path, 'rb') as f:          # read-only: kvmlite never writes inputs
-            size = os.fstat(f.fileno()).st_size      # 0 for a pipe or a device
-            data = f.read(limit + 1) if size <= limit else None
+        st = os.stat(path)
+        kind = stat.S_IFMT(st.st_mode)
+        if kind not in (stat.S_IFREG, stat.S_IFCHR):
+            raise ValueError(f'cannot read {what} {path!r}: not a regular file but '
+                             f'{_FILE_KINDS.get(kind, "a special file")}')
+        if st.st_size > limit:
+            data = None
+        else:
+            # O_NONBLOCK: should a FIFO replace the file now, the open does not wait
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)   # never written
+            with open(fd, 'rb') as f:
+                now = os.fstat(fd)
+                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                    raise ValueError(f'cannot read {what} {path!r}: it changed while being opened')
+                data = f.read(limit + 1)
     except OSError as e:
         raise ValueError(f'cannot read {what} {path!r}: {e.strerror}') from None
     if data is None or len(data) > limit:
         raise ValueError(f'{what} {path!r} is larger than the guest\'s {limit >> 20} MiB of RAM: '
                          f'give more memory (-m)')
     return data
+
+
+_FILE_KINDS = {stat.S_IFDIR: 'a directory', stat.S_IFIFO: 'a FIFO', stat.S_IFSOCK: 'a socket',
+               stat.S_IFBLK: 'a block device'}
+
+
+def _check_run_args(args):
+    """What no single option can check: the built-in demo takes no initrd or format."""
+    if args.kernel is None:
+        if args.format != 'auto':
+            raise ValueError(f'--format needs --kernel: the built-in demo has its own '
+                             f'(--format {args.format} was given)')
+        if args.initrd is not None:
+            raise ValueError('--initrd needs --kernel: the built-in demo takes no initrd')
 
 
 def _cmd_info(args, out=sys.stdout):
@@ -83,17 +172,23 @@ def _cmd_info(args, out=sys.stdout):
 def _cmd_run(args):
     console = None
     try:
-        mem = _parse_size(args.mem)
+        _check_run_args(args)
         cmdline = args.append.encode()
-        image = _read_input_file(args.kernel, 'kernel', mem) if args.kernel else None
-        initrd = _read_input_file(args.initrd, 'initrd', mem) if args.initrd else None
+        image = _read_input_file(args.kernel, 'kernel', args.mem) if args.kernel else None
+        initrd = _read_input_file(args.initrd, 'initrd', args.mem) if args.initrd else None
         console = _make_console(args.console)
-        machine = Machine(mem_size=mem, cpus=args.cpus, irqchip=args.irqchip, console=console,
+        machine = Machine(mem_size=args.mem, cpus=args.cpus, irqchip=args.irqchip, console=console,
                           cpuid_policy=args.cpuid, cmdline=cmdline)
-    except (ValueError, KvmError) as e:
+    except (ValueError, OSError) as e:            # KvmError is an OSError
         if console is not None:
             console.stop()
-        print(f'kvmlite: {e}', file=sys.stderr)
+        if isinstance(e, (ValueError, KvmError)):
+            reason = e
+        elif e.errno == errno.ENOMEM:               # the mmap of the guest's RAM
+            reason = _no_ram(args.mem)
+        else:
+            raise
+        print(f'kvmlite: {reason}', file=sys.stderr)
         return EXIT_USAGE
     with machine:
         try:
@@ -115,8 +210,24 @@ def _cmd_run(args):
             console.stop()
             signal.signal(signal.SIGTERM, prev)
     if result.status != EXIT_OK or args.verbose:
-        print(f'kvmlite: {result.reason}', file=sys.stderr)
+        print(f'kvmlite: {_reason(result)}', file=sys.stderr)
     return result.status
+
+
+def _no_ram(mem):
+    """Why mapping the guest's RAM failed with ENOMEM."""
+    host = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    return (f'the host cannot give the guest {_size_text(mem)} of RAM (out of memory; the host has '
+            f'{_size_text(host)}): give less with -m')
+
+
+def _reason(result):
+    """A run's one-line outcome. An odd status is a debug exit: the value the
+    guest wrote, then the status it makes (the process keeps 8 bits)."""
+    if result.status & 1:
+        return (f'the guest wrote {result.status >> 1:#x} to the debug-exit port: '
+                f'debug-exit status {result.status & 0xff}')
+    return result.reason
 
 
 def _make_console(spec):
@@ -125,20 +236,38 @@ def _make_console(spec):
         return console.TerminalBackend()
     if spec == 'none':
         return console.MemoryBackend(limit=0)
-    return console.FileBackend(spec)
+    try:
+        return console.FileBackend(spec)
+    except OSError as e:
+        raise ValueError(f'console file {spec!r}: {e.strerror}: give stdio, none or a file '
+                         f'to append to') from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors become :class:`_UsageError`: main prints
+    one ``kvmlite: ...`` line and returns status 2, as for every other
+    refusal, instead of argparse's usage text and SystemExit."""
+
+    def error(self, message):
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
 
 
 def main(argv=None):
-    import argparse
-    ap = argparse.ArgumentParser(prog='kvmlite', description='Drive Linux KVM from pure Python.')
+    ap = _Parser(prog='kvmlite', description='Drive Linux KVM from pure Python.')
     sub = ap.add_subparsers(dest='command')
     sub.add_parser('info', help='show the KVM API version, capabilities, CPUID and MSRs')
     r = sub.add_parser('run', help='boot a kernel (with no --kernel: the built-in demo guest)')
     r.add_argument('-k', '--kernel', help='kernel image: bzImage, PVH vmlinux, multiboot, ELF or flat')
     r.add_argument('-i', '--initrd', help='initrd / initramfs (a multiboot module for multiboot kernels)')
     r.add_argument('-p', '--append', default='', help='kernel command line')
-    r.add_argument('-m', '--mem', default='256', help='guest RAM in MiB, or a size like 1G (default 256)')
-    r.add_argument('-c', '--cpus', type=int, default=1, help='number of vCPUs (default 1)')
+    r.add_argument('-m', '--mem', type=_mem_size, default='256',
+                   help='guest RAM in MiB, or a size like 1G: 1 MiB to 8 TiB in whole pages (default 256)')
+    r.add_argument('-c', '--cpus', type=_cpus, default=1,
+                   help="number of vCPUs: 1 to the host's KVM_CAP_MAX_VCPUS (default 1)")
     r.add_argument('--irqchip', choices=IRQCHIP_MODES, default='split',
                    help='interrupt controllers: split (default), user or kernel')
     r.add_argument('--console', default='stdio', metavar='{stdio,none,FILE}',
@@ -147,17 +276,18 @@ def main(argv=None):
                    help='kernel format (default: detected)')
     r.add_argument('--cpuid', default='auto', choices=('auto', 'safe', 'host'),
                    help='CPUID policy: auto hides emulator-unsafe features on hosts that need it')
-    r.add_argument('--timeout', type=float, help='stop the guest after this many seconds')
+    r.add_argument('--timeout', type=_timeout, metavar='SECONDS',
+                   help='stop the guest after this many seconds, above 0 (inf: never, the default)')
     r.add_argument('-v', '--verbose', action='store_true', help='say why the run ended even when it went well')
-    args = ap.parse_args(argv)
     try:
+        args = ap.parse_args(argv)
         if args.command == 'info':
             return _cmd_info(args)
         if args.command in (None, 'run'):
             if args.command is None:
                 args = r.parse_args([])
             return _cmd_run(args)
-    except KvmError as e:
+    except (KvmError, _UsageError) as e:
         print(f'kvmlite: {e}', file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
