@@ -1,6 +1,9 @@
 """Device plugins for kvmlite: pure state machines on a port-I/O or MMIO bus.
 
-The contract every device follows (after rust-vmm's vm-superio and kvmtool):
+The contract every device follows (after rust-vmm's vm-superio and kvmtool)
+is stated in code by :class:`Device`, which every device model derives from,
+and checked by tests/test_device_contract.py, which runs every bus-facing
+device through it without /dev/kvm:
 
 * ``SIZE``: how many ports (or MMIO bytes) the device decodes from its base.
 * ``read(offset, size) -> int`` and ``write(offset, size, value)``: one guest
@@ -8,20 +11,80 @@ The contract every device follows (after rust-vmm's vm-superio and kvmtool):
   8). A device never sees its absolute address and never raises on a guest's
   bad access: it ignores it, counts it where useful, and stays consistent.
 * Interrupt lines, output sinks, clocks and callbacks are handed in by the
-  wiring (kvmlite's ``Machine``). A device never calls an ioctl, never knows
-  the bus, and registers nothing at import time.
+  wiring (kvmlite's ``Machine``): ``__init__`` takes them, then calls
+  ``reset()``. A device never calls an ioctl, never knows the bus, and
+  registers nothing at import time.
 * Time is read only from an injected ``clock`` (a callable returning
   nanoseconds). A device whose outputs change with time (PIT, RTC) has
   ``tick()``, which recomputes its outputs for ``clock()`` and returns the
   absolute time in ns at which they may next change (or ``None``); tests step
   a :class:`SteppedClock` and call ``tick()``.
-* ``reset()`` puts the device in its power-on state; ``state()`` returns a
-  plain dict (JSON-able: ints, strs, bools, lists, dicts) and
-  ``from_state(state, ...)`` rebuilds a device from it with new wiring.
+* ``reset()`` puts the device in its power-on state: what a freshly built
+  device has, but for what the part keeps by design (input pin levels,
+  battery-backed RAM, host-side counters). ``state()`` returns a plain dict
+  (JSON-able: ints, strs, bools, lists, dicts) with a ``version``, and
+  ``from_state(state, **wiring)`` rebuilds a device from it with new wiring
+  that behaves as the original from then on.
+* ``check()`` lists the internal invariants that do not hold (empty when the
+  device is consistent); ``verify()`` raises ValueError if there are any.
+* A device whose ports are not one window (the PIC pair, the 8042, port 0x61
+  of the PIT) hands the bus view objects with ``SIZE``, ``read`` and
+  ``write``; reset, snapshot and check go through the device.
 """
 
-__all__ = ['IrqLine', 'SteppedClock', 'ByteRegisters', 'read_bytes', 'write_bytes',
+__all__ = ['Device', 'IrqLine', 'SteppedClock', 'ByteRegisters', 'read_bytes', 'write_bytes',
            'size_mask', 'check_state_version']
+
+
+class Device:
+    """The contract above, in code: every device model derives from it.
+
+    Its methods raise NotImplementedError, naming the class, until the
+    device provides them; ``verify()`` is the one it inherits.  A device
+    served through views (``PicPair``) provides all but ``read``/``write``.
+    """
+
+    SIZE = None     # ports (or MMIO bytes) decoded from the base: set by each device
+
+    def _missing(self, method):
+        return NotImplementedError(f'{type(self).__name__} does not implement {method}()')
+
+    def read(self, offset, size):
+        """A guest read of ``size`` (1, 2, 4 or 8) bytes at ``offset`` from
+        the base: an int below ``1 << (8 * size)``.  Never raises for a bad
+        access (past ``SIZE``, misaligned, unsupported width)."""
+        raise self._missing('read')
+
+    def write(self, offset, size, value):
+        """A guest write; a bad access is ignored (or counted), never raised."""
+        raise self._missing('write')
+
+    def reset(self):
+        """Power-on state; the wiring stays attached."""
+        raise self._missing('reset')
+
+    def state(self):
+        """Plain JSON-able data (ints, strs, bools, lists, dicts) with a
+        ``'version'`` key: everything :meth:`from_state` needs."""
+        raise self._missing('state')
+
+    @classmethod
+    def from_state(cls, state, **wiring):
+        """A device that behaves as the one whose ``state()`` this was,
+        attached to new wiring."""
+        raise NotImplementedError(f'{cls.__name__} does not implement from_state()')
+
+    def check(self):
+        """The internal invariants that do not hold, as strings: empty when
+        the device is consistent."""
+        raise self._missing('check')
+
+    def verify(self):
+        """Raise ValueError naming the device and every invariant
+        :meth:`check` finds violated."""
+        problems = self.check()
+        if problems:
+            raise ValueError(f'inconsistent {type(self).__name__}: ' + '; '.join(problems))
 
 
 class IrqLine:

@@ -10,12 +10,12 @@ port   object                 what lives there
 ====== ====================== ============================================
 """
 
-from . import check_state_version, size_mask
+from . import Device, check_state_version, size_mask
 
 __all__ = ['DebugExit']
 
 
-class DebugExit:
+class DebugExit(Device):
     """QEMU's isa-debug-exit: a write of v asks to exit with (v << 1) | 1.
 
     A write of any size at any of the 4 ports calls ``on_exit(status)``

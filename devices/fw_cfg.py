@@ -12,7 +12,7 @@ port   object                 what lives there
 
 import struct
 
-from . import check_state_version
+from . import Device, check_state_version
 
 __all__ = ['FwCfg']
 
@@ -37,7 +37,7 @@ FW_CFG_SELECTOR = 0         # 0x510: 16-bit selector, write-only
 FW_CFG_DATA = 1             # 0x511: 8-bit data
 
 
-class FwCfg:
+class FwCfg(Device):
     """QEMU's fw_cfg through ports 0x510 (selector) and 0x511 (data).
 
     A 16-bit write at 0x510 selects an item and rewinds it; each byte read

@@ -19,7 +19,7 @@ port   object                 what lives there
 The two port objects are views: reset, snapshot and check the ``I8042``.
 """
 
-from . import IrqLine, check_state_version, size_mask
+from . import Device, IrqLine, check_state_version, size_mask
 
 __all__ = ['I8042', 'I8042Port']
 
@@ -103,7 +103,7 @@ class I8042Port:
         return self.controller.check()
 
 
-class I8042:
+class I8042(Device):
     """The 8042 keyboard controller with no keyboard or mouse attached.
 
     It answers controller commands, resets the CPU (``on_reset()``) through

@@ -46,13 +46,14 @@ Choices where the datasheet leaves room:
   per call into the device; what is still due after that (a guest that EOIs
   from inside delivery with its line stuck high) goes out on the next
   ``write``, ``set_irq`` or ``eoi``.
-* ``reset()`` masks every pin and clears ID, index and pending edges; the
-  input pin levels stay what the devices drive.
+* ``reset()`` masks every pin and clears ID, index, pending edges and the
+  round-robin start (pin 0 first, as on a fresh chip); the input pin levels
+  stay what the devices drive.
 """
 
 __all__ = ['IoApic', 'msi_message']
 
-from . import check_state_version
+from . import Device, check_state_version
 
 NUM_PINS = 24                 # redirection entries (max redirection entry 23)
 MAX_BURST = 64                # messages per call before the rest is deferred
@@ -130,7 +131,7 @@ def _deliverable(entry):
     return not entry & IOREDTBL_MASK and mode in DELMOD_VALID
 
 
-class IoApic:
+class IoApic(Device):
     """An 82093AA-style IOAPIC with 24 pins that sends MSI messages.
 
     ``msi(address, data)`` is called for each message.  Devices drive
@@ -147,7 +148,6 @@ class IoApic:
         self.delivered = 0            # messages sent
         self.ignored_writes = 0       # writes that hit nothing writable
         self._busy = False            # inside the delivery loop
-        self._next_pin = 0            # round-robin start for fairness
         self.reset()
 
     def reset(self):
@@ -158,6 +158,7 @@ class IoApic:
         self.entries = [IOREDTBL_RESET] * NUM_PINS
         self.edge_pending = 0         # bit per pin: rising edge not yet sent
         self.deferred = False         # a burst stopped with work still due
+        self._next_pin = 0            # round-robin start for fairness
 
     # -- bus side ---------------------------------------------------------
 

@@ -13,7 +13,7 @@ port   object                 what lives there
 ====== ====================== ============================================
 """
 
-from . import check_state_version
+from . import Device, check_state_version
 
 __all__ = ['PciConfig']
 
@@ -28,7 +28,7 @@ PIIX_RCR_SRST = 0x02        # system reset: 1 hard (CPURST#), 0 soft (INIT)
 PIIX_RCR_RCPU = 0x04        # reset CPU: 0 to 1 starts the reset SRST picks
 
 
-class PciConfig:
+class PciConfig(Device):
     """Ports 0xCF8-0xCFF: PCI configuration mechanism #1 on an empty bus.
 
     * A dword access at 0xCF8 reaches CONFIG_ADDRESS, which reads back what

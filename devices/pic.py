@@ -47,7 +47,7 @@ Choices where the datasheet leaves room, or the PC differs from it:
 
 __all__ = ['PicPair', 'CASCADE_IRQ', 'ELCR_WRITABLE']
 
-from . import IrqLine, read_bytes, write_bytes, check_state_version
+from . import Device, IrqLine, read_bytes, write_bytes, check_state_version
 
 # ICW1 (write to A0=0 with D4=1).
 ICW1_IC4 = 0x01       # ICW4 will follow
@@ -334,11 +334,12 @@ class _Elcr:
         self._pair._update_irq()
 
 
-class PicPair:
+class PicPair(Device):
     """Master and slave 8259A with ELCR, as on a PC.
 
     ``master`` (ports 0x20-0x21), ``slave`` (0xA0-0xA1) and ``elcr``
-    (0x4D0-0x4D1) are the bus-facing objects.  Devices drive ``set_irq``;
+    (0x4D0-0x4D1) are the bus-facing objects (the pair itself has no
+    ``read``/``write``: reset, snapshot and check go through it).  Devices drive ``set_irq``;
     ``intr`` follows the master's INT output; ``acknowledge()`` is INTA.
     """
 
@@ -347,7 +348,7 @@ class PicPair:
         self.master = _Pic(self, is_master=True)
         self.slave = _Pic(self, is_master=False)
         self.elcr = _Elcr(self)
-        self._update_irq()
+        self.reset()
 
     def reset(self):
         """Power-on state; the input pin levels stay what the devices drive."""

@@ -47,7 +47,7 @@ Choices where the datasheet leaves room:
 
 __all__ = ['Pit', 'SystemControlPort', 'PIT_FREQ_HZ']
 
-from . import ByteRegisters, check_state_version
+from . import ByteRegisters, Device, check_state_version
 
 PIT_FREQ_HZ = 1193182           # the PC's CLK input (14.31818 MHz / 12)
 NS_PER_S = 1_000_000_000
@@ -394,7 +394,7 @@ class _Counter:
         return problems
 
 
-class Pit(ByteRegisters):
+class Pit(ByteRegisters, Device):
     """The 8254 at ports 0x40-0x43; ``port61`` is port 0x61 beside it.
 
     ``clock()`` returns nanoseconds; ``irq`` (a :class:`devices.IrqLine`)

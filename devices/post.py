@@ -11,12 +11,12 @@ port   object                 what lives there
 ====== ====================== ============================================
 """
 
-from . import check_state_version, size_mask
+from . import Device, check_state_version, size_mask
 
 __all__ = ['PostCode']
 
 
-class PostCode:
+class PostCode(Device):
     """Port 0x80: firmware and kernels write progress codes here.
 
     Linux also writes it as an I/O delay (``outb_p``).  Writes latch the

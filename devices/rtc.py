@@ -48,7 +48,7 @@ from datetime import date, timedelta
 
 __all__ = ['Rtc']
 
-from . import ByteRegisters, check_state_version
+from . import ByteRegisters, Device, check_state_version
 
 NS_PER_S = 1_000_000_000
 
@@ -129,7 +129,7 @@ def _alarm_matches(alarm, byte):
     return alarm & ALARM_DONT_CARE == ALARM_DONT_CARE or alarm == byte
 
 
-class Rtc(ByteRegisters):
+class Rtc(ByteRegisters, Device):
     """The CMOS RTC at ports 0x70 (index, NMI mask) and 0x71 (data).
 
     ``clock()`` returns nanoseconds; ``irq`` (a :class:`devices.IrqLine`)
@@ -158,9 +158,7 @@ class Rtc(ByteRegisters):
         self._cmos[CMOS_CENTURY] = _bcd(century % 100)
         self._flags = 0             # PF, AF, UF of register C
         self._seen_ns = now         # flags are caught up to this time
-        self._index = 0
-        self.nmi_masked = False
-        self._update_irq()
+        self.reset()                # the index and NMI mask
 
     def reset(self):
         """The RESET pin: interrupt enables and flags clear; time and RAM stay."""

@@ -38,7 +38,7 @@ Where the model differs from the chip, or the datasheet leaves room:
 
 __all__ = ['Serial', 'COM_PORTS', 'FIFO_SIZE']
 
-from . import ByteRegisters, check_state_version
+from . import ByteRegisters, Device, check_state_version
 
 # Base port and ISA IRQ of COM1-COM4.
 COM_PORTS = [
@@ -143,7 +143,7 @@ def _loop_inputs(mcr):
             | ((mcr & UART_MCR_OUT2) << 4))   # OUT2 -> DCD
 
 
-class Serial(ByteRegisters):
+class Serial(ByteRegisters, Device):
     """One 16550A UART.
 
     ``irq``: an IrqLine-like object with ``set(level)``; ``out``: a sink with
