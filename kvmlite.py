@@ -1017,6 +1017,9 @@ _libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
 def _ioctl(fd, request, arg=0, what=None):
     """One ioctl; a failure raises KvmError naming it. Retries on EINTR (a
     kick must only interrupt KVM_RUN, which does not come here)."""
+    if fd < 0:
+        name = what or _IOCTL_NAMES.get(request, hex(request))
+        raise KvmliteError(f'{name} on a closed Vm or Vcpu: create a new one')
     while True:
         try:
             if isinstance(arg, int) and arg > 0x7FFFFFFF:
@@ -1029,6 +1032,15 @@ def _ioctl(fd, request, arg=0, what=None):
             continue
         except OSError as e:
             raise KvmError(e.errno, what or _IOCTL_NAMES.get(request, hex(request))) from None
+
+
+def _check_u64(what, value):
+    """``value`` as the ABI's u64, or ValueError (ctypes would truncate it)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f'{what} takes an int, got {type(value).__name__}')
+    if not -(1 << 63) <= value < 1 << 64:
+        raise ValueError(f'{what} = {value:#x} does not fit in 64 bits')
+    return value & ((1 << 64) - 1)
 
 
 # ---------------------------------------------------------------------------
@@ -1749,9 +1761,14 @@ class Vm:
     # -- memory slots --
     def add_memory(self, gpa, size, readonly=False, dirty_log=False):
         """Back ``size`` bytes at guest-physical ``gpa`` with a new slot."""
-        if gpa % PAGE_SIZE or size % PAGE_SIZE or size <= 0:
+        if self.fd < 0:
+            raise KvmliteError('add_memory on a closed Vm: create a new one')
+        if gpa % PAGE_SIZE or size % PAGE_SIZE or size <= 0 or gpa < 0:
             raise GuestMemoryError(f'memory at {gpa:#x} of {size:#x} bytes: address and size '
                                    f'must be non-zero multiples of {PAGE_SIZE:#x}')
+        if gpa + size > 1 << 64 or size >= 1 << 63:
+            raise GuestMemoryError(f'memory at {gpa:#x} of {size:#x} bytes: past the 64-bit '
+                                   'guest-physical address space or larger than any host mapping')
         for s in self.slots:
             if gpa < s.end and s.gpa < gpa + size:
                 raise GuestMemoryError(f'memory at {gpa:#x}-{gpa + size - 1:#x} overlaps {s}')
@@ -1789,6 +1806,11 @@ class Vm:
         return [(s.gpa, s.size) for s in self.slots if not s.readonly]
 
     def _slot(self, gpa, size):
+        if gpa < 0 or size < 0:
+            raise GuestMemoryError(f'guest-physical range at {gpa:#x} of {size} bytes: address and '
+                                   'size must not be negative')
+        if self.fd < 0:
+            raise KvmliteError('guest memory of a closed Vm: create a new one')
         for s in self.slots:
             if s.gpa <= gpa and gpa + size <= s.end:
                 return s
@@ -2038,6 +2060,9 @@ _RETURN_EVERY_EXIT = {IoIn: _return_exit, IoOut: _return_exit, MmioRead: _return
                       MmioWrite: _return_exit}
 
 
+_REG_NAMES = tuple(f[0] for f in kvm_regs._fields_)
+
+
 class Vcpu:
     """One virtual CPU: its fd, the mmap of its ``kvm_run``, its registers.
 
@@ -2064,6 +2089,7 @@ class Vcpu:
         self._why = None              # why the last kick was sent
         self._stats = None
         self._buf = None              # the IoIn/MmioRead buffer handed out, until the next run
+        self._running = threading.Lock()   # held by the one thread in run_loop
         _install_kick_handler()
 
     def close(self):
@@ -2100,8 +2126,13 @@ class Vcpu:
     def set_regs(self, regs=None, **fields):
         """Set the general registers: a kvm_regs, or fields by name
         (``set_regs(rip=0x1000, rax=1)`` changes only those)."""
+        unknown = [k for k in fields if k not in _REG_NAMES]
+        if unknown:
+            raise TypeError(f'set_regs: no register {", ".join(map(repr, unknown))}: use '
+                            f'{", ".join(_REG_NAMES)}')
+        values = {k: _check_u64(k, v) for k, v in fields.items()}
         regs = regs if regs is not None else self.get_regs()
-        for k, v in fields.items():
+        for k, v in values.items():
             setattr(regs, k, v)
         _ioctl(self.fd, KVM_SET_REGS, regs)
 
@@ -2271,6 +2302,11 @@ class Vcpu:
         return bool(self._map[12])
 
     @property
+    def running(self):
+        """True while a thread is in run()/run_loop() on this vCPU."""
+        return self._running.locked()
+
+    @property
     def if_flag(self):
         return bool(self._map[13])
 
@@ -2375,6 +2411,17 @@ class Vcpu:
         A device that raises surfaces as :class:`DeviceError` with the vCPU
         and RIP; the VM stays usable.
         """
+        if self.fd < 0:
+            raise KvmliteError(f'run on closed vCPU {self.index}: create a new one')
+        if not self._running.acquire(blocking=False):
+            raise KvmliteError(f'vCPU {self.index} is already running in another thread: '
+                               'one run at a time (kick() it to end that run)')
+        try:
+            return self._run_loop(hooks, timeout)
+        finally:
+            self._running.release()
+
+    def _run_loop(self, hooks, timeout):
         hooks = hooks or {}
         # which directions the buses serve: (in, out) and (read, write)
         io_bus = (IoIn not in hooks, IoOut not in hooks)
@@ -2695,6 +2742,19 @@ _ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17, 21, 29, 30))
 _USER_GATES = frozenset((3, 4, 0x80))   # int3, into and int 0x80 are allowed at CPL3
 
 
+class _Closed:
+    """Stands in for the Vm and Vcpu of a closed object: any use raises."""
+
+    def __init__(self, what):
+        self._what = what
+
+    def __getattr__(self, name):
+        raise KvmliteError(f'{self._what} is closed: create a new one')
+
+    def __bool__(self):
+        return False
+
+
 class SnippetError(KvmliteError, ValueError):
     """A bad request to a Snippet: unknown register, overlapping map..."""
 
@@ -2831,9 +2891,10 @@ class Snippet:
             raise
 
     def close(self):
-        if self.vm is not None:
+        if self.vm:
             self.vm.close()
-            self.vm = None
+        # every later call names the mistake instead of failing on a dead fd
+        self.vm = self.vcpu = _Closed('this Snippet')
         if self._own_kvm:
             self.kvm.close()
 
@@ -3092,11 +3153,16 @@ class Snippet:
             raise SnippetError(f'{name} takes an int, got {type(value).__name__}')
         if where == 'gpr':
             field, shift, bits = key
+            if not -(1 << bits - 1) <= value < 1 << bits:
+                raise SnippetError(f'{name} = {value:#x} does not fit in its {bits} bits')
             regs = self.vcpu.get_regs()
             mask = ((1 << bits) - 1) << shift
             setattr(regs, field, getattr(regs, field) & ~mask | (value << shift) & mask)
             self.vcpu.set_regs(regs)
             return
+        if not -(1 << 63) <= value < 1 << 64:
+            raise SnippetError(f'{name} = {value:#x} does not fit in 64 bits')
+        value &= (1 << 64) - 1
         s = self.vcpu.get_sregs()
         if where == 'seg':
             seg, attr = key
@@ -3227,6 +3293,9 @@ class Snippet:
         reaching this address (an instruction's). ``count``: stop after this
         many instructions (single-stepped: slow). ``timeout``: seconds, or None.
         """
+        if self.vcpu and self.vcpu.running:
+            raise KvmliteError('this Snippet is already running in another thread: one run at '
+                               'a time (stop() ends that run)')
         if isinstance(start, (bytes, bytearray, memoryview)):
             self.mem_write(SNIPPET_CODE_ADDR, start)
             start = SNIPPET_CODE_ADDR

@@ -25,7 +25,7 @@ from kvmlite import (
     IrqWindowOpen, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
     KVM_IOAPIC_BASE, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
     KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, Kvm,
-    KvmError, LINUX_CLEARCPUID, Shutdown, SystemEvent, _import_part,
+    KvmError, KvmliteError, LINUX_CLEARCPUID, Shutdown, SystemEvent, _import_part,
     cpuid_entries, cpuid_restricted, kvm_lapic_state, route_irqchip, route_msi, setup_mode,
 )
 
@@ -126,6 +126,8 @@ class Machine:
         self.mode, self.clock, self.console = irqchip, clock, console
         self.platform = platform
         self.devices = {}
+        self._routes = None         # the GSI routes last given to KVM (split mode)
+        self._running = threading.Lock()
         self.cpuid_policy = cpuid_policy
         self.mem_size, self.cpus = mem_size, cpus
         self._own_kvm = kvm is None
@@ -236,6 +238,7 @@ class Machine:
         self.serials = [d for d in self.devices.values() if type(d).__name__ == 'Serial']
         if self.ioapic is not None:
             self.ioapic.ioapic_id = platform.ioapic_id(self.cpus)   # as the MP/ACPI tables say
+            self.sync_ioapic_routes()       # KVM's routes start as the IOAPIC's reset state
         if self.mode == 'kernel':
             # ISA IRQs to both PICs and to the IOAPIC's pins (with the platform's overrides)
             cascade, isa = platform.cascade_irq, range(16)
@@ -310,10 +313,11 @@ class Machine:
     def sync_ioapic_routes(self):
         """Mirror the IOAPIC's entries into KVM's GSI routes: in split mode
         KVM reports EOIs (KVM_EXIT_IOAPIC_EOI) only for routed level vectors."""
-        routes = [route_msi(pin, addr, data) for pin, (addr, data) in enumerate(self.ioapic.routes())]
-        if routes != getattr(self, '_routes', None):
-            self.vm.set_gsi_routing(routes)
-            self._routes = routes
+        wanted = tuple(self.ioapic.routes())
+        if wanted != self._routes:       # compare values: a write that changes no route costs no ioctl
+            self.vm.set_gsi_routing([route_msi(pin, addr, data)
+                                     for pin, (addr, data) in enumerate(wanted)])
+            self._routes = wanted
 
     # -- the timer and console thread --
     def wake(self):
@@ -395,7 +399,21 @@ class Machine:
     def run(self, timeout=None):
         """Run every vCPU until the guest ends or ``timeout`` seconds pass;
         returns a :class:`RunResult`. The calling thread runs vCPU 0, so a
-        Ctrl-C there stops the machine cleanly."""
+        Ctrl-C there stops the machine cleanly. A run that ended by its
+        timeout or a signal can be resumed with another run(); one at a time,
+        and not after the guest itself ended."""
+        if self.vm is None or self.vm.fd < 0:
+            raise KvmliteError('run on a closed Machine: create a new one')
+        if self.result is not None and self.result.status not in (EXIT_TIMEOUT, EXIT_SIGNAL):
+            raise KvmliteError(f'the guest has ended ({self.result.reason}): create a new Machine')
+        if not self._running.acquire(blocking=False):
+            raise KvmliteError('this Machine is already running in another thread: one run at a time')
+        try:
+            return self._run(timeout)
+        finally:
+            self._running.release()
+
+    def _run(self, timeout):
         self._stopping.clear()
         self.result = None
         threads = [threading.Thread(target=self._io_thread, name='kvmlite-timers', daemon=True)]
