@@ -45,6 +45,9 @@ class Device:
     """
 
     SIZE = None     # ports (or MMIO bytes) decoded from the base: set by each device
+    #: A timed device (one with ``tick()``): offsets whose byte writes never
+    #: move its next deadline, so the board need not wake its timer thread.
+    UNTIMED_WRITES = ()
 
     def _missing(self, method):
         return NotImplementedError(f'{type(self).__name__} does not implement {method}()')

@@ -9,7 +9,7 @@ Intel 64 and IA-32 Architectures Software Developer's Manual, Vol. 3,
 section 11.11 ("Message Signalled Interrupts"), because the wiring hands
 them to the in-kernel local APIC with KVM_SIGNAL_MSI.
 
-MMIO window (``BASE`` = 0xFEC00000, ``SIZE`` = 0x100 bytes):
+MMIO window (``SIZE`` = 0x100 bytes; the platform places it, at 0xFEC00000 on a PC):
 
 * 0x00 IOREGSEL: index of the indirect register that IOWIN reaches.
 * 0x10 IOWIN: the selected indirect register (32 bits).
@@ -140,7 +140,6 @@ class IoApic(Device):
     """
 
     SIZE = 0x100
-    BASE = 0xFEC00000
 
     def __init__(self, msi=None):
         self.msi = msi

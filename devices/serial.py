@@ -4,7 +4,7 @@ Follows the datasheet "PC16550D Universal Asynchronous Receiver/Transmitter
 with FIFOs" (National Semiconductor, June 1995): its register map, the
 interrupt identification priorities, the FIFO control and trigger levels, and
 the receiver FIFO's character timeout.  A PC wires four of them as COM1-COM4
-(``COM_PORTS``), each decoding eight ports, with the chip's INTR reaching the
+(their ports and IRQs are the platform's: tools/layout.py), each decoding eight ports, with the chip's INTR reaching the
 ISA IRQ only through a buffer that the OUT2 pin enables.
 
 Where the model differs from the chip, or the datasheet leaves room:
@@ -36,17 +36,9 @@ Where the model differs from the chip, or the datasheet leaves room:
   and read as 0xFF.
 """
 
-__all__ = ['Serial', 'COM_PORTS', 'FIFO_SIZE']
+__all__ = ['Serial', 'FIFO_SIZE']
 
 from . import ByteRegisters, Device, check_state_version
-
-# Base port and ISA IRQ of COM1-COM4.
-COM_PORTS = [
-    (0x3F8, 4),     # COM1
-    (0x2F8, 3),     # COM2
-    (0x3E8, 4),     # COM3
-    (0x2E8, 3),     # COM4
-]
 
 # Register offsets from the base port.
 UART_RBR = 0        # receiver buffer (read, DLAB=0)
@@ -151,6 +143,7 @@ class Serial(ByteRegisters, Device):
     """
 
     SIZE = 8
+    UNTIMED_WRITES = (UART_THR,)    # output; IER, FCR, LCR may start a character timeout
 
     def __init__(self, irq=None, out=None, clock=None):
         self.irq = irq

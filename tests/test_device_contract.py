@@ -23,6 +23,7 @@ it gets past initialisation, and lets the rest of the PC act on the device's
 other side (BOARD: IRQ inputs, INTA, EOIs, console input).
 """
 
+import importlib
 import itertools
 import json
 import random
@@ -39,29 +40,33 @@ from devices.pit import Pit
 from devices.post import PostCode
 from devices.rtc import Rtc
 from devices.serial import Serial
+from tools.layout import PC
+from tools.pc import _wiring_params
 
-# One row per bus-facing object: (name, factory).  factory(wiring, state=None)
-# builds the device on that wiring, fresh or from a state() dict, and returns
-# (device, the object the bus sees: the device itself or one of its views).
-DEVICES = [
-    ('PIC master', lambda w, s=None: part(PicPair, s, 'master', intr=w.irq)),
-    ('PIC slave', lambda w, s=None: part(PicPair, s, 'slave', intr=w.irq)),
-    ('ELCR', lambda w, s=None: part(PicPair, s, 'elcr', intr=w.irq)),
-    ('PIT', lambda w, s=None: part(Pit, s, clock=w.clock, irq=w.irq)),
-    ('port 0x61', lambda w, s=None: part(Pit, s, 'port61', clock=w.clock, irq=w.irq)),
-    ('16550A', lambda w, s=None: part(Serial, s, irq=w.irq, out=w, clock=w.clock)),
-    ('RTC', lambda w, s=None: part(Rtc, s, config={'base_epoch_seconds': 1_700_000_000.25},
-                                   clock=w.clock, irq=w.irq)),
-    ('IOAPIC', lambda w, s=None: part(IoApic, s, msi=w.msi)),
-    ('8042 data', lambda w, s=None: part(I8042, s, 'data_port', on_reset=w.on_reset, irq=w.irq)),
-    ('8042 command', lambda w, s=None: part(I8042, s, 'command_port', on_reset=w.on_reset,
-                                            irq=w.irq)),
-    ('debug exit', lambda w, s=None: part(DebugExit, s, on_exit=w.on_exit)),
-    ('POST', lambda w, s=None: part(PostCode, s)),
-    ('PCI config', lambda w, s=None: part(PciConfig, s, on_reset=w.on_reset)),
-    ('fw_cfg', lambda w, s=None: part(FwCfg, s, config={'ram_size': 64 << 20, 'cpus': 2,
-                                                        'cmdline': b'console=ttyS0'})),
-]
+# One row per bus-facing object of the platform description (tools/layout.py):
+# (name, factory). factory(wiring, state=None) builds the device as the board
+# does, handing it what its constructor names (from Wiring), fresh or from a
+# state() dict, and returns (device, the object the bus sees: the device
+# itself or one of its views). A device added to the platform is tested here
+# with no change to this file.
+HOST_CONFIG = {'ram_size': 64 << 20, 'cpus': 2, 'cmdline': b'console=ttyS0',
+               'base_epoch_seconds': 1_700_000_000.25}
+
+
+def _factory(slot, attr):
+    module, _, name = slot.part.rpartition('.')
+    cls = getattr(importlib.import_module(f'devices.{module}'), name)
+    params, _ = _wiring_params(cls)
+
+    def factory(w, state=None):
+        given = {p: getattr(w, p) for p in params if hasattr(w, p)}
+        config = {p: HOST_CONFIG[p] for p in params if p in HOST_CONFIG}
+        return part(cls, state, attr or None, config=config, **given)
+    return factory
+
+
+DEVICES = [(label, _factory(slot, attr)) for slot in PC.devices
+           for attr, _, label in slot.pio + slot.mmio]
 
 # What reset() leaves alone, by design, per device class (dotted state keys);
 # the rest of state() must equal a fresh device's.
@@ -279,7 +284,8 @@ class Wiring:
 
     def __init__(self, now=0):
         self.clock = SteppedClock(now)
-        self.irq = IrqLine()
+        self.irq = self.intr = IrqLine()       # a device's line (the PIC pair's INTR)
+        self.out = self
         self.events = []
 
     def write(self, data):                    # the UART's output sink
@@ -293,6 +299,9 @@ class Wiring:
 
     def msi(self, address, data):
         self.events.append(('msi', address, data))
+
+    def on_poweroff(self):
+        self.events.append(('poweroff',))
 
 
 def without(state, keys):

@@ -15,10 +15,11 @@ import textwrap
 import unittest
 
 from devices import IrqLine, SteppedClock
+from tools.layout import PC
 from devices.console import (EscapeFilter, FileBackend, MemoryBackend,
                              PtyBackend, SocketBackend, TerminalBackend)
 from devices.serial import (
-    BAUD_BASE, COM_PORTS, FIFO_SIZE, Serial,
+    BAUD_BASE, FIFO_SIZE, Serial,
     UART_FCR, UART_IER, UART_IIR, UART_LCR, UART_LSR, UART_MCR, UART_MSR,
     UART_RBR, UART_SCR, UART_THR, UART_DLL, UART_DLM,
     UART_IER_ERBFI, UART_IER_ETBEI, UART_IER_ELSI, UART_IER_EDSSI,
@@ -122,8 +123,10 @@ def linux_autoconfig(u):
 
 class LinuxProbeTest(unittest.TestCase):
     def test_com_ports_are_the_pc_map(self):
-        self.assertEqual(COM_PORTS, [(0x3F8, 4), (0x2F8, 3), (0x3E8, 4),
-                                     (0x2E8, 3)])
+        coms = [PC.device(f'com{i}') for i in range(1, 5)]
+        self.assertEqual([(s.pio[0][1], s.irq) for s in coms],
+                         [(0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3)])
+        self.assertEqual({s.part for s in coms}, {'serial.Serial'})
         self.assertEqual(Serial.SIZE, 8)
 
     def test_linux_autoconfig_finds_a_16550a(self):

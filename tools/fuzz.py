@@ -400,7 +400,7 @@ class BusTarget(Target):
         self.pio, self.mmio = self.m.vm.pio, self.m.vm.mmio
         self.claimed = sorted({p for base, size, _, _ in self.pio.devices()
                                for p in range(base, base + size)} - {0xF4, 0xF5, 0xF6, 0xF7})
-        self.ioapic = _ioapic.IoApic.BASE
+        self.ioapic = self.m.platform.ioapic_addr
 
     def close(self):
         self.m.close()

@@ -228,7 +228,7 @@ class Machine:
                 for attr, base, label in ranges:
                     part = getattr(dev, attr) if attr else dev
                     if part is dev and timed:
-                        part = _Timed(dev, self.wake, getattr(dev, 'UNTIMED_WRITES', ()))
+                        part = _Timed(dev, self.wake, dev.UNTIMED_WRITES)
                     if slot.name == 'ioapic':
                         part = _Routed(dev, self)
                     bus.register(base, part, name=label)
