@@ -1518,6 +1518,40 @@ _watchdog = _Watchdog()
 # The system: /dev/kvm
 # ---------------------------------------------------------------------------
 
+def _missing_kvm_hint(cpuinfo='/proc/cpuinfo'):
+    """What to do when /dev/kvm does not exist, for this host's CPU."""
+    try:
+        with open(cpuinfo) as f:
+            info = f.read(65536)
+    except OSError:
+        info = ''
+    flags = set(next((line.split(':', 1)[1].split() for line in info.splitlines()
+                      if line.startswith('flags')), ()))
+    module = 'kvm_intel' if 'vmx' in flags else 'kvm_amd' if 'svm' in flags else None
+    if module is None:
+        return ('KVM is not available: this CPU offers no vmx/svm here (in a VM, enable nested '
+                'virtualization on the host; on a PC, enable it in the firmware)')
+    return f'KVM is not available: load its module (sudo modprobe {module})'
+
+
+def _group_name(gid):
+    import grp
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None
+
+
+def _kvm_access_hint(path, mode, gid, group):
+    """What to do when ``path`` exists but cannot be opened read-write: join
+    the group that owns it if that group exists and may use it, else an ACL."""
+    acl = f'sudo setfacl -m u:$USER:rw {path}'
+    if group is not None and gid != 0 and mode & 0o060 == 0o060:
+        return (f'it belongs to group {group!r}: sudo usermod -aG {group} $USER, then log in '
+                f'again (or {acl})')
+    return f'no group grants access to it: {acl} (or run as root)'
+
+
 class Kvm:
     """``/dev/kvm``: capabilities, supported CPUID and MSRs, VM creation."""
 
@@ -1526,13 +1560,11 @@ class Kvm:
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise KvmError(errno.ENOENT, f'opening {path}',
-                           'KVM is not available: load the kvm_intel or kvm_amd module, '
-                           'or enable virtualization (nested, in a VM) on this host') from None
+            raise KvmError(errno.ENOENT, f'opening {path}', _missing_kvm_hint()) from None
         except PermissionError:
-            raise KvmError(errno.EACCES, f'opening {path}',
-                           f'add yourself to the group that owns it '
-                           f'(sudo usermod -aG kvm $USER, then log in again) or run as root') from None
+            st = os.stat(path)
+            raise KvmError(errno.EACCES, f'opening {path}', _kvm_access_hint(
+                path, st.st_mode, st.st_gid, _group_name(st.st_gid))) from None
         try:
             version = _ioctl(self.fd, KVM_GET_API_VERSION, what=f'KVM_GET_API_VERSION on {path}')
             if version != KVM_API_VERSION:

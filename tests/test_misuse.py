@@ -6,6 +6,7 @@ that does not exist, a call on a closed object, a second run of a vCPU (or
 Snippet, or Machine) that is already running, and a GSI-routing update for
 an IOAPIC write that changes no route."""
 
+import tempfile
 import threading
 import time
 import unittest
@@ -164,6 +165,34 @@ class IoapicRoutingTest(unittest.TestCase):
             self.assertEqual(calls, [24])                   # no route changed: no ioctl
             write_entry(4, 0x8035)
             self.assertEqual(calls, [24, 24])
+
+
+class DevKvmHintTest(unittest.TestCase):
+    """The hint for a missing or inaccessible /dev/kvm fits the host."""
+
+    def hint_for_cpu(self, flags):
+        with tempfile.NamedTemporaryFile('w', suffix='cpuinfo') as f:
+            f.write(f'processor\t: 0\nflags\t\t: fpu {flags} sse2\n')
+            f.flush()
+            return K._missing_kvm_hint(f.name)
+
+    def test_a_missing_device_names_the_module_for_this_cpu(self):
+        self.assertIn('modprobe kvm_intel', self.hint_for_cpu('vmx'))
+        self.assertIn('modprobe kvm_amd', self.hint_for_cpu('svm'))
+        self.assertIn('nested virtualization', self.hint_for_cpu('pae'))
+        with self.assertRaisesRegex(K.KvmError, 'ENOENT.*KVM is not available'):
+            K.Kvm('/nonexistent/kvm')
+
+    def test_a_closed_device_names_its_group_only_if_that_group_exists_and_may_use_it(self):
+        joined = K._kvm_access_hint('/dev/kvm', 0o20660, 108, 'kvm')
+        self.assertIn('usermod -aG kvm', joined)
+        for mode, gid, group in ((0o20660, 4242, None),      # a gid with no group name
+                                 (0o20600, 108, 'kvm'),      # the group may not use it
+                                 (0o20660, 0, 'root')):      # root's group: no one to join
+            with self.subTest(mode=oct(mode), gid=gid):
+                hint = K._kvm_access_hint('/dev/kvm', mode, gid, group)
+                self.assertNotIn('usermod', hint)
+                self.assertIn('setfacl -m u:$USER:rw /dev/kvm', hint)
 
 
 if __name__ == '__main__':
