@@ -603,10 +603,11 @@ class AcpiTableTest(unittest.TestCase):
         flags = struct.unpack_from('<I', fadt, 112)[0]
         self.assertFalse(flags & (1 << 20))
         self.assertEqual(struct.unpack_from('<H', fadt, 46)[0], 9)               # SCI_INT
-        self.assertEqual(struct.unpack_from('<7I', fadt, 56), (0,) * 7)         # no PM blocks
+        self.assertEqual(struct.unpack_from('<7I', fadt, 56),                   # PM1a, PM timer
+                         (0x600, 0, 0x604, 0, 0, 0x608, 0))                     # (tests/test_acpi_pm.py)
         self.assertEqual(sdt(self.mem, dsdt)[:4] + bytes([sum(sdt(self.mem, dsdt)) & 0xFF]),
                          b'DSDT\0')
-        self.assertEqual(len(sdt(self.mem, dsdt)), 36)                          # empty block
+        self.assertIn(b'_S5_', sdt(self.mem, dsdt))                             # the \_S5 package
         self.assertEqual((self.mem.read(facs, 4), facs % 64), (b'FACS', 0))
 
     def test_madt_lists_cpus_ioapic_overrides_and_nmi(self):

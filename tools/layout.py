@@ -58,13 +58,14 @@ class Platform:
     IOAPIC's inputs; its address is its slot's (:attr:`ioapic_addr`), its
     id one past the last CPU's APIC id (:meth:`ioapic_id`). ``isa_overrides``: ISA IRQ -> IOAPIC pin
     where they differ (IRQ 0 reaches pin 2); ``cascade_irq``: the 8259
-    cascade, never raised. ``sci_irq``: the ACPI SCI. ``identity_map_addr``:
+    cascade, never raised; the ACPI SCI is the ``acpi_pm`` device's IRQ
+    (:attr:`sci_irq`). ``identity_map_addr``:
     the page KVM_SET_IDENTITY_MAP_ADDR takes. ``devices``: the :class:`Slot`
     of every device, in wiring order (the IOAPIC first, so that the lines of
     the devices after it reach it).
     """
 
-    _FIELDS = ('low_ram_max', 'high_ram_base', 'holes', 'lapic_addr', 'ioapic_pins', 'isa_overrides', 'cascade_irq', 'sci_irq', 'identity_map_addr',
+    _FIELDS = ('low_ram_max', 'high_ram_base', 'holes', 'lapic_addr', 'ioapic_pins', 'isa_overrides', 'cascade_irq', 'identity_map_addr',
                'devices')
     __slots__ = _FIELDS
 
@@ -110,6 +111,12 @@ class Platform:
         """``(start, end, what)`` spanning every hole of the low megabyte."""
         return (self.holes[0].start, self.holes[-1].end,
                 'the reserved ' + '/'.join(h.name.upper() for h in self.holes) + ' area')
+
+    @property
+    def sci_irq(self):
+        """The ACPI SCI: the IRQ of the ``acpi_pm`` device (the PM1 and PM
+        timer block), or None on a platform without one."""
+        return next((s.irq for s in self.devices if s.name == 'acpi_pm'), None)
 
     @property
     def ioapic_addr(self):
@@ -162,7 +169,6 @@ PC = Platform(
     ioapic_pins=24,
     isa_overrides={0: 2},            # the PIT's IRQ 0 reaches IOAPIC pin 2
     cascade_irq=2,
-    sci_irq=9,
     identity_map_addr=0xFEFFC000,
     devices=(
         Slot('ioapic', 'ioapic.IoApic', mmio=(('', 0xFEC00000, 'IOAPIC'),), modes=('split',)),
@@ -178,6 +184,7 @@ PC = Platform(
         Slot('post', 'post.PostCode', pio=(('', 0x80, 'POST code'),), coalesce=True),
         Slot('debug_exit', 'debug_exit.DebugExit', pio=(('', 0xF4, 'debug exit'),)),
         Slot('pci', 'pci.PciConfig', pio=(('', 0xCF8, 'PCI configuration (no devices)'),)),
+        Slot('acpi_pm', 'acpi_pm.AcpiPm', pio=(('', 0x600, 'ACPI PM (PIIX4 layout)'),), irq=9),
         Slot('fw_cfg', 'fw_cfg.FwCfg', pio=(('', 0x510, 'fw_cfg'),)),
         Slot('com1', 'serial.Serial', pio=(('', 0x3F8, 'COM1 16550A'),), irq=4),
         Slot('com2', 'serial.Serial', pio=(('', 0x2F8, 'COM2 16550A'),), irq=3),

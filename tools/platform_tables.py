@@ -9,16 +9,25 @@ e820 map; see ``boot.py`` for the whole layout):
   0xF0000-0xFFFFF), the configuration table header, and processor, bus,
   I/O APIC, I/O interrupt assignment and local interrupt assignment entries.
 * ``acpi_tables``: ACPI Specification 6.x, section 5.2: RSDP (revision 2),
-  XSDT and RSDT, FADT (revision 6) with its FACS, an empty DSDT and the MADT
+  XSDT and RSDT, FADT (revision 6) with its FACS, a DSDT and the MADT
   ("APIC") with processor local APIC, I/O APIC, interrupt source override and
   local APIC NMI entries. The RSDP is 16-byte aligned below 1 MiB, where an OS
   scans for it.
 
+The platform's ``acpi_pm`` device (devices/acpi_pm.py) is the fixed hardware
+the FADT describes (5.2.9): PM1a_EVT_BLK, PM1a_CNT_BLK and PM_TMR_BLK with
+their lengths and X_ generic address structures (5.2.3.2), all at the
+device's port plus the offsets the device class gives; its IRQ is SCI_INT.
+RESET_REG is the ``pci`` device's PIIX reset control register (0xCF9 on the
+PC; RESET_REG_SUP). The DSDT holds one object, the \\_S5 package (7.4.2) with
+the SLP_TYP the device honours, in AML (section 20.2). A platform without
+``acpi_pm`` gets the FADT without PM blocks, no SCI and an empty DSDT.
+
 Interrupt routing described (as on a PC with an IOAPIC): ISA IRQ 0 (the PIT)
 reaches IOAPIC pin 2, the other ISA IRQs the pin of their number; ISA IRQ 2 is
 the 8259 cascade and is never raised, so it gets no entry (its pin belongs to
-IRQ 0). IRQ 9 is the ACPI SCI, level-triggered and active-high, in the MADT.
-LINT0 of every local APIC is ExtINT (the 8259) and LINT1 is NMI.
+IRQ 0). The ACPI SCI (IRQ 9 on the PC) is level-triggered and active-high in
+the MADT. LINT0 of every local APIC is ExtINT (the 8259) and LINT1 is NMI.
 
 Each builder returns ``[(gpa, bytes)]``; ``write_platform_tables`` checks and
 writes them through the guest-memory object the loaders use.
@@ -70,7 +79,14 @@ FADT_REVISION, FADT_MINOR = 6, 0
 FADT_WBINVD = 1 << 0              # flags: WBINVD works (required since ACPI 2.0)
 FADT_PWR_BUTTON = 1 << 4          # flags: no fixed-feature power button
 FADT_SLP_BUTTON = 1 << 5          # flags: no fixed-feature sleep button
+FADT_FIX_RTC = 1 << 6             # flags: the RTC alarm is no fixed event (no RTC_STS)
+FADT_TMR_VAL_EXT = 1 << 8         # flags: the PM timer is 32 bits wide, not 24
+FADT_RESET_REG_SUP = 1 << 10      # flags: RESET_REG resets the machine
 FADT_HW_REDUCED_ACPI = 1 << 20    # flags: left clear: this is a PC with legacy devices
+GAS_SYSTEM_IO = 1                 # generic address structure: address space
+GAS_BYTE, GAS_WORD, GAS_DWORD = 1, 2, 3   # generic address structure: access sizes
+AML_NAME_OP, AML_PACKAGE_OP = 0x08, 0x12  # section 20.2.5
+AML_ZERO_OP, AML_ONE_OP, AML_BYTE_PREFIX = 0x00, 0x01, 0x0A   # section 20.2.3
 IAPC_LEGACY_DEVICES = 1 << 0      # IA-PC boot arch: ISA devices present
 IAPC_8042 = 1 << 1                # IA-PC boot arch: an 8042 keyboard controller
 MADT_PCAT_COMPAT = 1 << 0         # MADT flags: dual 8259s present
@@ -151,20 +167,88 @@ def _sdt(signature, revision, body):
     return bytes(table)
 
 
+def _slot(platform, name):
+    """The platform's device ``name`` and the module of devices/ its part
+    comes from, or (None, None) if the platform has no such device."""
+    slot = next((s for s in platform.devices if s.name == name), None)
+    if slot is None:
+        return None, None
+    from kvmlite import _import_part      # the board's way to devices/, installed or not
+    return slot, _import_part('devices', slot.part.rpartition('.')[0])
+
+
+def _part(slot, module):
+    """The device class a slot's part names."""
+    return getattr(module, slot.part.rpartition('.')[2])
+
+
+def _port(slot):
+    """The base port of a device's own range (attribute '')."""
+    return next(base for attr, base, _ in slot.pio if attr == '')
+
+
+def _gas(space, bit_width, access_size, address):
+    """A generic address structure (section 5.2.3.2), bit offset 0."""
+    return struct.pack('<BBBBQ', space, bit_width, 0, access_size, address)
+
+
 def _fadt(facs, dsdt, platform):
     body = bytearray(FADT_SIZE - SDT_HEADER_SIZE)
 
     def put(offset, fmt, value):          # offsets as in the spec's FADT table
         struct.pack_into(fmt, body, offset - SDT_HEADER_SIZE, value)
+    flags = FADT_WBINVD | FADT_PWR_BUTTON | FADT_SLP_BUTTON
     put(36, '<I', facs)                   # FIRMWARE_CTRL
     put(40, '<I', dsdt)                   # DSDT
-    put(46, '<H', platform.sci_irq)               # SCI_INT; no SMI_CMD: already in ACPI mode
+    put(46, '<H', platform.sci_irq or 0)  # SCI_INT; no SMI_CMD: already in ACPI mode
+    pm, pm_module = _slot(platform, 'acpi_pm')
+    if pm is not None:                    # the fixed hardware: PM1a event, PM1a control, PM timer
+        base, pm_part = _port(pm), _part(pm, pm_module)
+        for legacy, length_at, extended, block, length, access in (
+                (56, 88, 148, pm_part.PM1_EVT_BLK, pm_part.PM1_EVT_LEN, GAS_WORD),
+                (64, 89, 172, pm_part.PM1_CNT_BLK, pm_part.PM1_CNT_LEN, GAS_WORD),
+                (76, 91, 208, pm_part.PM_TMR_BLK, pm_part.PM_TMR_LEN, GAS_DWORD)):
+            put(legacy, '<I', base + block)   # PM1a_EVT_BLK, PM1a_CNT_BLK, PM_TMR_BLK
+            put(length_at, '<B', length)      # PM1_EVT_LEN, PM1_CNT_LEN, PM_TMR_LEN
+            put(extended, '12s', _gas(GAS_SYSTEM_IO, 8 * length, access, base + block))  # X_...
+        flags &= ~FADT_PWR_BUTTON         # PWRBTN_STS is a fixed event now
+        flags |= FADT_FIX_RTC | (FADT_TMR_VAL_EXT if pm_part.TMR_VAL_EXT else 0)
+    pci, rcr = _slot(platform, 'pci')
+    if pci is not None:                   # RESET_REG: the PIIX reset control register
+        put(116, '12s', _gas(GAS_SYSTEM_IO, 8, GAS_BYTE, _port(pci) + rcr.PIIX_RCR))
+        put(128, '<B', rcr.PIIX_RCR_SRST | rcr.PIIX_RCR_RCPU)   # RESET_VALUE: hard reset
+        flags |= FADT_RESET_REG_SUP
     put(109, '<H', IAPC_LEGACY_DEVICES | IAPC_8042)   # IAPC_BOOT_ARCH
-    put(112, '<I', FADT_WBINVD | FADT_PWR_BUTTON | FADT_SLP_BUTTON)  # Flags
+    put(112, '<I', flags)                 # Flags
     put(131, '<B', FADT_MINOR)            # FADT Minor Version
     put(132, '<Q', facs)                  # X_FIRMWARE_CTRL
     put(140, '<Q', dsdt)                  # X_DSDT
     return _sdt(b'FACP', FADT_REVISION, bytes(body))
+
+
+def _aml_integer(value):
+    """A small AML integer constant: ZeroOp, OneOp or BytePrefix + byte."""
+    if value in (0, 1):
+        return bytes((AML_ZERO_OP if value == 0 else AML_ONE_OP,))
+    return bytes((AML_BYTE_PREFIX, value))
+
+
+def _dsdt_body(platform):
+    """The DSDT's AML: ``Name (\\_S5, Package (4) {SLP_TYPa, SLP_TYPb, 0, 0})``
+    (section 7.4.2's system state package; PM1b has no block, so its value is
+    the same and unused), or nothing without a PM block.
+
+    AML (section 20.2): DefName := NameOp NameString DataRefObject;
+    DefPackage := PackageOp PkgLength NumElements PackageElementList, where a
+    one-byte PkgLength (below 64) counts itself and what follows it."""
+    pm, pm_module = _slot(platform, 'acpi_pm')
+    if pm is None:
+        return b''
+    slp_typ = _aml_integer(_part(pm, pm_module).SLP_TYP_S5)
+    elements = slp_typ + slp_typ + _aml_integer(0) + _aml_integer(0)
+    package = bytes((4,)) + elements      # NumElements, then the elements
+    return (bytes((AML_NAME_OP,)) + b'\\_S5_'
+            + bytes((AML_PACKAGE_OP, 1 + len(package))) + package)
 
 
 def _madt(cpus, ioapic_id, platform):
@@ -176,8 +260,9 @@ def _madt(cpus, ioapic_id, platform):
         if irq != pin:                    # an interrupt source override: ISA IRQ -> GSI
             body += struct.pack('<BBBBIH', MADT_ISO, 10, ISA_BUS_ID, irq, pin, MP_FLAGS_CONFORM)
     sci = platform.sci_irq
-    body += struct.pack('<BBBBIH', MADT_ISO, 10, ISA_BUS_ID, sci, platform.ioapic_pin(sci),
-                        MPS_LEVEL | MPS_ACTIVE_HIGH)
+    if sci is not None:                   # the SCI: level, active high (not ISA's edge)
+        body += struct.pack('<BBBBIH', MADT_ISO, 10, ISA_BUS_ID, sci, platform.ioapic_pin(sci),
+                            MPS_LEVEL | MPS_ACTIVE_HIGH)
     body += struct.pack('<BBBHB', MADT_LAPIC_NMI, 6, 0xFF, MP_FLAGS_CONFORM, 1)  # all CPUs, LINT1
     return _sdt(b'APIC', 4, body)
 
@@ -200,7 +285,7 @@ def acpi_tables(cpus, ioapic_id=None, platform=PC, base=None):
         addr += len(data)
         return addr - len(data)
     facs = place(struct.pack('<4sIIIIIQB3xI24x', b'FACS', 64, 0, 0, 0, 0, 0, 2, 0), align=64)
-    dsdt = place(_sdt(b'DSDT', 2, b''))  # an empty definition block
+    dsdt = place(_sdt(b'DSDT', 2, _dsdt_body(platform)))
     fadt = place(_fadt(facs, dsdt, platform))
     madt = place(_madt(cpus, ioapic_id, platform))
     rsdt = place(_sdt(b'RSDT', 1, struct.pack('<II', fadt, madt)))
