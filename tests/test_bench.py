@@ -1,7 +1,9 @@
-"""tools/bench.py (issue #5): the benchmark guest does its work and ends with
-the right status under kvmlite, and the tool, in its quick mode, prints its
-table with a row per figure and no problem lines. Nothing here is timed: the
-figures themselves are for people to read (docs/benchmarks.md)."""
+"""tools/bench.py (issues #5, #6): the benchmark guest does its work and ends
+with the right status under kvmlite, the timeout figure's runs end by their
+timeouts, and the tool, in its quick mode, prints its table with a row per
+figure and no problem lines. Nothing here asserts a speed (a loaded host
+would break it): the figures themselves are for people to read
+(docs/benchmarks.md)."""
 
 import io
 import os
@@ -70,7 +72,11 @@ class BenchToolTest(unittest.TestCase):
         for figure in ('write-only port exits (2000 x out 0x80)',
                        'port reads that must exit (2000 x in LSR)',
                        'serial output (2000 bytes, LSR polled)',
-                       'VM life cycle', 'memory: idle 256 MiB guest'):
+                       'VM life cycle', 'memory: idle 256 MiB guest',
+                       'timeout: Vcpu.run, CPL0 guest spinning',
+                       'timeout: Vcpu.run, CPL3 guest spinning',
+                       'timeout: Machine.run (split, user, kernel), CPL0 guest spinning',
+                       'timeout: Machine.run (split, user, kernel), CPL3 guest spinning'):
             self.assertRegex(out, rf'\n\| {re.escape(figure)}[^\n]* \| '
                                   rf'(not judged \(quick\)|not measured) \|\n')
         self.assertNotIn('problem:', out)
@@ -88,6 +94,43 @@ class BenchToolTest(unittest.TestCase):
                                r'\([-0-9.]+ us/it, start [0-9.]+ m?s\) \| skipped \| skipped \| '
                                r'- \(no C floor\) \| <= 1.3x \| not measured \|')
         self.assertNotIn('NOT met', text)          # a quick run judges nothing
+
+    def test_the_timeout_figure_has_a_row_per_entry_point_and_cpl_with_median_and_max(self):
+        out = io.StringIO()
+        status = bench.main(['--quick', '--no-qemu', '--no-floor', '--only', 'timeout',
+                             '--timeout-runs', '2'], out=out, progress=io.StringIO())
+        text = out.getvalue()
+        self.assertEqual(status, 0, text)
+        self.assertNotIn('problem:', text)
+        rows = re.findall(r'\n\| timeout: (.*) \| late by median ([0-9.]+) ms, max ([0-9.]+) ms'
+                          r'(?: \((split|user|kernel)\))? \| - \| - \| - \| '
+                          r'<= 50 ms late \(max\) \| not judged \(quick\) \|', text)
+        self.assertEqual([r[0] for r in rows], [
+            'Vcpu.run, CPL0 guest spinning, 2 x run(timeout=0.2 s)',
+            'Vcpu.run, CPL3 guest spinning, 2 x run(timeout=0.2 s)',
+            'Machine.run (split, user, kernel), CPL0 guest spinning, 2 x run(timeout=0.2 s) each',
+            'Machine.run (split, user, kernel), CPL3 guest spinning, 2 x run(timeout=0.2 s) each',
+        ], text)
+        for _, median, worst, _ in rows:
+            self.assertLessEqual(float(median), float(worst), text)
+        self.assertNotIn('port reads', text)        # --only leaves the other figures out
+
+    def test_each_timeout_run_ends_by_its_timeout_and_none_returns_early(self):
+        # what the figure is made of: every run ended with the timeout (no
+        # problem), at the CPL asked for, none before the timeout had passed
+        k = kvm()
+        for cpl in (0, 3):
+            with self.subTest(entry='Vcpu.run', cpl=cpl):
+                late, problems = bench.timeout_vcpu(k, cpl, 2, timeout=0.05)
+                self.assertEqual(problems, [])
+                self.assertEqual(len(late), 2)
+                self.assertGreaterEqual(min(late), 0)
+            for mode in K.IRQCHIP_MODES:
+                with self.subTest(entry='Machine.run', irqchip=mode, cpl=cpl):
+                    late, problems = bench.timeout_machine(k, mode, cpl, 2, timeout=0.05)
+                    self.assertEqual(problems, [])
+                    self.assertEqual(len(late), 2)
+                    self.assertGreaterEqual(min(late), 0)
 
 
 if __name__ == '__main__':

@@ -2,6 +2,7 @@
 
     python3 tools/bench.py [--quick] [--reps N] [--count N] [--profile]
                            [--linux KERNEL INITRD] [--no-qemu] [--no-floor]
+                           [--only FIGURE,...] [--timeout-runs N]
 
 A Python VMM is only worth using if its exit path is nearly as cheap as C's.
 This tool runs the same guest binary under three VMMs, alternately, several
@@ -46,7 +47,13 @@ close, in this process) median at most 2 ms, next to unicorn's
 Uc/mem_map/emu_start when unicorn is importable; an idle 256 MiB VM's
 resident set at most 15 MiB, next to QEMU's; and, with ``--linux``, time from
 start to the init's marker line no worse than QEMU's on the same kernel,
-initrd and command line.  What cannot run (no cc, no QEMU, no unicorn) is
+initrd and command line.  Issue #6 adds the timeout figure: how late
+``Vcpu.run(timeout=...)`` and ``Machine.run(timeout=...)`` (in every irqchip
+mode) come back while the guest spins at CPL0 (emulated on kvm_pvm) and at
+CPL3 (native), median and max over ``--timeout-runs`` runs in this process,
+at most 50 ms for every run (the max is judged).  The unit tests check only
+that such a run ends by its timeout; how late is a figure, which a loaded
+host changes.  What cannot run (no cc, no QEMU, no unicorn) is
 skipped with a line saying so.  Nothing here is an assertion: the unit test
 (tests/test_bench.py) only checks that the table comes out and that the
 guests end with the right status.
@@ -70,7 +77,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import kvmlite as K                     # noqa: E402
-from tools.asm import assemble          # noqa: E402
+from tools.asm import assemble, assemble_with_labels      # noqa: E402
 
 __all__ = ['build_guest', 'expected_serial', 'main', 'STATUS_PASS']
 
@@ -84,6 +91,7 @@ LSR_IDLE = 0x60                 # UART_LSR_THRE | UART_LSR_TEMT: what a quiet UA
 LINE = b'0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.\n'   # 64 bytes
 LINUX_CMDLINE = 'console=ttyS0 panic=-1 reboot=k quiet clearcpuid=xsave,smap,popcnt'
 LINUX_MARKER = b'KVMLITE-INIT-OK'
+FIGURES = ('out', 'in', 'serial', 'lifecycle', 'memory', 'timeout')    # the names --only takes
 # On an AMD host a kernel without XSAVEERPTR clears FPU errors with fnclex,
 # which KVM's emulator lacks here (shared/linux/README.md); qemu64 leaves it
 # out, kvmlite passes the host's bit. QEMU drops it, with a warning, elsewhere.
@@ -673,6 +681,132 @@ def machine_rss(mib, env):
     return int(r.stdout) if r.returncode == 0 else None
 
 
+# -- timeouts ---------------------------------------------------------------
+
+TIMEOUT_S = 0.2                 # the run(timeout=...) the timeout figure asks for
+TIMEOUT_GOAL_S = 0.050          # issue #6: a run returns within 50 ms of its timeout
+TIMEOUT_MEM = 16 << 20
+TIMEOUT_CODE = 0x100000
+SPIN_ASM = '''
+    mov rbx, 1
+spin:
+    inc rax
+    jmp spin
+'''
+PTE_US = 1 << 2                 # page-table entry: user accessible
+SEL_USER_CODE = len(K.BOOT_GDT) * 8 | 3
+SEL_USER_DATA = SEL_USER_CODE + 8
+USER_GDT = K.BOOT_GDT + (0x00AFFA000000FFFF,    # 64-bit code, DPL 3
+                         0x00CFF2000000FFFF)    # flat data, DPL 3, writable
+
+
+def _spinner(vm, vcpu, cpl):
+    """Put the spinning guest on ``vcpu``, in long mode at ``cpl`` 0 or 3
+    (the low 1 GiB user-accessible, DPL-3 segments, as tests/guest.py does)."""
+    code, _ = assemble_with_labels(SPIN_ASM, bits=64, origin=TIMEOUT_CODE)
+    vm.write(TIMEOUT_CODE, code)
+    K.setup_mode(vcpu, vm, 'long64', TIMEOUT_CODE)
+    if cpl == 0:
+        return
+    s = vcpu.get_sregs()
+    pml4, pdpt = s.cr3, s.cr3 + K.PAGE_SIZE
+    pd = vm.read_int(pdpt, 8) & ~0xFFF
+    for entry in [pml4, pdpt] + [pd + 8 * i for i in range(512)]:
+        vm.write_int(entry, 8, vm.read_int(entry, 8) | PTE_US)
+    vm.write(K.GDT_ADDR, struct.pack(f'<{len(USER_GDT)}Q', *USER_GDT))
+    s.gdt.limit = len(USER_GDT) * 8 - 1
+    s.cs = K.segment(SEL_USER_CODE, code=True, dpl=3, db=0, l=1)
+    for name in ('ds', 'es', 'fs', 'gs', 'ss'):
+        setattr(s, name, K.segment(SEL_USER_DATA, dpl=3))
+    vcpu.set_sregs(s)
+
+
+def _late(run, timeout):
+    """Seconds ``run(timeout)`` came back after its timeout, and what it returned."""
+    t = time.monotonic()
+    got = run(timeout)
+    return time.monotonic() - t - timeout, got
+
+
+def timeout_vcpu(kvm, cpl, n, timeout=TIMEOUT_S):
+    """Vcpu.run(timeout=...) on a bare vCPU (no irqchip) spinning at ``cpl``:
+    (lateness in seconds per run, problems)."""
+    late, problems = [], []
+    vm = kvm.create_vm()
+    try:
+        vm.add_memory(0, TIMEOUT_MEM)
+        vcpu = vm.create_vcpu()
+        vcpu.set_cpuid2(K.cpuid_entries(kvm, 0))
+        _spinner(vm, vcpu, cpl)
+        for _ in range(n):
+            dt, exit = _late(vcpu.run, timeout)
+            if isinstance(exit, K.Interrupted) and exit.why == 'timeout':
+                late.append(dt)
+            else:
+                problems.append(f'Vcpu.run at CPL{cpl}: {exit!r}, not Interrupted(timeout)')
+        if vcpu.get_sregs().cs.selector & 3 != cpl:
+            problems.append(f'Vcpu.run at CPL{cpl}: the guest left CPL{cpl}')
+    finally:
+        vm.close()
+    return late, problems
+
+
+def timeout_machine(kvm, irqchip, cpl, n, timeout=TIMEOUT_S):
+    """Machine.run(timeout=...) in ``irqchip`` mode on a guest spinning at
+    ``cpl``: (lateness in seconds per run, problems)."""
+    late, problems = [], []
+    with K.Machine(mem_size=TIMEOUT_MEM, irqchip=irqchip, kvm=kvm, console=None) as m:
+        _spinner(m.vm, m.vm.vcpus[0], cpl)
+        for _ in range(n):
+            dt, r = _late(m.run, timeout)
+            if r.status == K.EXIT_TIMEOUT:
+                late.append(dt)
+            else:
+                problems.append(f'Machine.run ({irqchip}) at CPL{cpl}: {r!r}, not a timeout')
+        if m.vm.vcpus[0].get_sregs().cs.selector & 3 != cpl:
+            problems.append(f'Machine.run ({irqchip}) at CPL{cpl}: the guest left CPL{cpl}')
+    return late, problems
+
+
+def timeout_rows(a, log):
+    """How late run(timeout=...) comes back while the guest spins at CPL0
+    (emulated on kvm_pvm) and CPL3 (native): Vcpu.run, and Machine.run in
+    every irqchip mode; median and max over ``a.timeout_runs`` runs each,
+    judged on the max (the goal is for every run). Returns (rows, problems)."""
+    rows, problems = [], []
+    with K.Kvm() as kvm:
+        cases = []
+        for cpl in (0, 3):
+            cases.append((f'Vcpu.run, CPL{cpl} guest spinning',
+                          [('', lambda cpl=cpl: timeout_vcpu(kvm, cpl, a.timeout_runs))]))
+        for cpl in (0, 3):
+            cases.append((f'Machine.run ({", ".join(K.IRQCHIP_MODES)}), CPL{cpl} guest spinning',
+                          [(mode, lambda mode=mode, cpl=cpl: timeout_machine(
+                              kvm, mode, cpl, a.timeout_runs)) for mode in K.IRQCHIP_MODES]))
+        for title, parts in cases:
+            late, worst_part = [], None
+            for part, measure_part in parts:
+                got, why = measure_part()
+                problems += why
+                if got and (not late or max(got) > max(late)):
+                    worst_part = part
+                late += got
+            title = f'timeout: {title}, {a.timeout_runs} x run(timeout={TIMEOUT_S} s)' + (
+                ' each' if len(parts) > 1 else '')
+            if not late:
+                rows.append([title, '-', '-', '-', '-', f'<= {TIMEOUT_GOAL_S * 1e3:.0f} ms late',
+                             'not measured'])
+                continue
+            med, worst = statistics.median(late), max(late)
+            where = f' ({worst_part})' if worst_part else ''
+            rows.append([title, f'late by median {med * 1e3:.1f} ms, max {worst * 1e3:.1f} ms'
+                         f'{where}', '-', '-', '-', f'<= {TIMEOUT_GOAL_S * 1e3:.0f} ms late (max)',
+                         'not judged (quick)' if a.quick else
+                         'met' if worst <= TIMEOUT_GOAL_S else 'NOT met'])
+            log(f'  {title}: median {med * 1e3:.1f} ms, max {worst * 1e3:.1f} ms late')
+    return rows, problems
+
+
 # -- Linux ------------------------------------------------------------------
 
 def time_to_marker(cmd, out_path, marker, timeout, env=None):
@@ -750,9 +884,12 @@ def _args(argv):
     ap.add_argument('--count', type=int, help='port accesses per guest (default 200000)')
     ap.add_argument('--serial-bytes', type=int, help='bytes the serial guest writes (default 262144)')
     ap.add_argument('--lifecycles', type=int, help='VM life cycles to time (default 200)')
+    ap.add_argument('--timeout-runs', type=int,
+                    help='runs per case of the timeout figure (default 10, quick 1)')
     ap.add_argument('--no-qemu', action='store_true', help='do not run QEMU')
     ap.add_argument('--no-floor', action='store_true', help='do not build or run the C floor')
-    ap.add_argument('--only', help='comma-separated figures: out,in,serial,lifecycle,memory')
+    ap.add_argument('--only',
+                    help='comma-separated figures: out,in,serial,lifecycle,memory,timeout')
     ap.add_argument('--profile', action='store_true',
                     help='also profile kvmlite in this process on the port guests (cProfile)')
     ap.add_argument('--linux', nargs=2, metavar=('KERNEL', 'INITRD'),
@@ -766,7 +903,8 @@ def _args(argv):
     a.serial_bytes = a.serial_bytes if a.serial_bytes is not None else (
         2000 if a.quick else 256 << 10)
     a.lifecycles = a.lifecycles or (10 if a.quick else 200)
-    a.only = set(a.only.split(',')) if a.only else {'out', 'in', 'serial', 'lifecycle', 'memory'}
+    a.timeout_runs = a.timeout_runs or (1 if a.quick else 10)
+    a.only = set(a.only.split(',')) if a.only else set(FIGURES)
     return a
 
 
@@ -826,6 +964,10 @@ def main(argv=None, out=None, progress=None):
             rows.append(figure_row(fig, results, judge=not a.quick))
             problems += [p for r in results.values() for p in r.problems]
         rows += other_rows(a, qemu, guest_path, work, skipped, log)
+        if 'timeout' in a.only:
+            timeout_table, timeout_problems = timeout_rows(a, log)
+            rows += timeout_table
+            problems += timeout_problems
         say()
         say(table(['figure', 'kvmlite', 'C floor', 'QEMU', 'ratio', 'goal', 'verdict'], rows))
         if a.linux:
