@@ -370,7 +370,10 @@ class DebugAndStatsTest(unittest.TestCase):
                 g.expect(K.IoOut, port=0x10)
             g.expect(K.Hlt)
             after = g.vcpu.stats()
-            self.assertEqual(after['exits'] - before['exits'], 6)
+            # KVM's counter also counts the exits it handles itself (a host
+            # interrupt while the guest ran: 7 in a few runs of 200), so at
+            # least the guest's 6; kvmlite's own counts are exact
+            self.assertGreaterEqual(after['exits'] - before['exits'], 6)
             self.assertEqual(g.vm.exit_counts[K.ExitReason.IO], 5)
             self.assertEqual(g.vm.exit_counts[K.ExitReason.HLT], 1)
             vm_stats = g.vm.stats()
