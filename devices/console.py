@@ -1,17 +1,30 @@
 """Serial port back ends: where guest output goes and input comes from.
 
 Every back end is an output sink for :class:`devices.serial.Serial`
-(``write(data)``) and an input source: ``fileno()`` is the descriptor to
-poll for input (None when there is none; it may change, so ask each time)
-and ``read_input()`` returns what is waiting without blocking (b'' if
-nothing).  ``start()`` and ``stop()`` take and release what the back end
-holds; every back end is a context manager.
+(``write(data)``, ``room()``) and an input source: ``fileno()`` is the
+descriptor to poll for input (None when there is none; it may change, so ask
+each time) and ``read_input()`` returns what is waiting without blocking
+(b'' if nothing).  ``start()`` and ``stop()`` take and release what the back
+end holds; every back end is a context manager.
 
-No write blocks the VMM: output waits in a buffer of at most ``limit`` bytes
-for a slow reader, what does not fit is dropped and counted in ``dropped``,
-and ``flush()`` retries what waits.  Input is read in chunks of at most
-``READ_CHUNK`` bytes; the caller hands them to ``Serial.receive()`` and keeps
-what the guest has no room for.
+Output is lossless, with back-pressure, as on a serial line with flow
+control: no write blocks the VMM, what the reader has not taken yet waits in
+a buffer of at most ``limit`` bytes, and ``room()`` says how much more fits.
+The UART reports its transmitter empty (LSR.THRE) only while there is room
+for a whole transmit FIFO, so a guest waits for a slow reader instead of
+losing its output.  Whoever runs the back end drains it: while
+``output_fileno()`` is not None it waits for that descriptor to turn
+writable and calls ``flush()`` (the board's timer thread does), and
+``wake``, when set, is called as output starts to wait.  ``stop()`` writes
+what still waits, however long the reader takes, unless ``cancel()`` was
+called (a signal handler may).  Only a writer that ignores ``room()`` loses
+bytes, counted in ``dropped``.  When the reader goes away (EPIPE) or the
+descriptor fails, ``output_error`` holds the errno and output is discarded
+from then on.  The pty back end, which may never get a reader, and the
+socket back end without a client discard rather than hold the guest.
+
+Input is read in chunks of at most ``READ_CHUNK`` bytes; the caller hands
+them to ``Serial.receive()`` and keeps what the guest has no room for.
 
 The terminal back end's escape keys follow QEMU's ``-serial mon:stdio``
 habit: Ctrl-A x quits, Ctrl-A Ctrl-A sends one Ctrl-A.
@@ -21,16 +34,20 @@ __all__ = ['MemoryBackend', 'FileBackend', 'TerminalBackend',
            'SocketBackend', 'PtyBackend', 'EscapeFilter', 'OUTPUT_LIMIT']
 
 import atexit
+import errno
 import os
 import select
 import signal
 import stat
 import termios
+import time
 import tty
 
-OUTPUT_LIMIT = 64 * 1024    # bytes of output that may wait for a reader
+OUTPUT_LIMIT = 32 * 1024    # bytes of output that may wait for a reader
 READ_CHUNK = 4096           # bytes taken from an input descriptor at a time
 MEMORY_LIMIT = 1 << 20      # bytes a MemoryBackend keeps
+ALWAYS_ROOM = 1 << 62       # room() of a sink that never holds the guest
+DRAIN_SLICE_S = 0.1         # stop() looks for cancel() this often while it waits
 ESCAPE_KEY = 0x01           # Ctrl-A
 QUIT_KEYS = b'xX'           # after the escape key: quit
 
@@ -60,23 +77,42 @@ def _open_writer(fd):
         return new
 
 
+def _file_id(fd):
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Backend:
-    """The shared part: a bounded output buffer and a polled input fd."""
+    """The shared part: a bounded, lossless output buffer and a polled input fd."""
+
+    #: stop() waits for the reader to take what waits (False: it is dropped)
+    drain_on_stop = True
 
     def __init__(self, limit=OUTPUT_LIMIT):
         self.limit = limit
-        self.dropped = 0        # output lost to a full buffer or no reader
+        self.dropped = 0        # output lost: written past room(), or no reader
         self.eof = False        # the input side has ended
+        self.output_error = None    # errno that ended the output (EPIPE...)
+        self.at_line_start = True   # the last byte of output was a newline
+        self.wake = None        # called when output starts to wait (the board's wake-up)
         self._pending = bytearray()
         self._out_fd = None     # where output goes (non-blocking), or None
+        self._out_id = None     # (st_dev, st_ino) of the output's file
         self._in_fd = None      # where input comes from, or None
         self._owned = []        # descriptors stop() closes
+        self._cancelled = False
 
     def start(self):
         return self
 
     def stop(self):
-        self.flush()
+        if self.drain_on_stop:
+            self.drain()
+        else:
+            self.flush()
         self.dropped += len(self._pending)      # the reader never took it
         self._pending.clear()
         for fd in self._owned:
@@ -90,16 +126,53 @@ class Backend:
     def __exit__(self, *exc_info):
         self.stop()
 
+    # -- output --
+
+    def _set_output(self, fd):
+        self._out_fd = fd
+        if fd is not None:
+            self._out_id = _file_id(fd)
+
+    def room(self):
+        """How many bytes write() takes now without dropping any."""
+        if self._out_fd is None or self.output_error is not None:
+            return ALWAYS_ROOM          # discarding: never hold the guest
+        return self.limit - len(self._pending)
+
     def write(self, data):
-        if self._out_fd is None:
+        if not data:
+            return
+        if self._out_fd is None or self.output_error is not None:
             self.dropped += len(data)
             return
-        room = max(0, self.limit - len(self._pending))
+        pending = self._pending
+        if not pending:
+            # nothing waits: straight to the reader, as far as it takes it now
+            try:
+                written = os.write(self._out_fd, data)
+            except (BlockingIOError, InterruptedError):
+                written = 0
+            except OSError as e:
+                self._lost_output(e.errno)
+                self.dropped += len(data)
+                return
+            self.at_line_start = data[-1] == 10
+            if written == len(data):
+                return
+            data = data[written:]
+            if self.wake is not None:
+                self.wake()             # the drainer now waits for the fd
+        room = self.limit - len(pending)
         if len(data) > room:
             self.dropped += len(data) - room
             data = data[:room]
-        self._pending += data
-        self.flush()
+        if data:
+            pending += data
+            self.at_line_start = data[-1] == 10
+
+    def output_fileno(self):
+        """The descriptor to wait on for writability while output waits, else None."""
+        return self._out_fd if self._pending and self.output_error is None else None
 
     def flush(self):
         """Write what waits, as far as the reader takes it now."""
@@ -108,15 +181,50 @@ class Backend:
                 written = os.write(self._out_fd, self._pending)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                self._lost_output()
+            except OSError as e:
+                self._lost_output(e.errno)
                 return
             del self._pending[:written]
 
-    def _lost_output(self):
+    def drain(self, timeout=None):
+        """Wait until all output is written, the reader goes away, cancel()
+        is called, or ``timeout`` seconds pass; returns True if nothing waits."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.flush()
+            fd = self.output_fileno()
+            if fd is None or self._cancelled:
+                break
+            wait = DRAIN_SLICE_S
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    break
+            try:
+                select.select([], [fd], [], wait)
+            except (OSError, ValueError):
+                break
+        return not self._pending
+
+    def cancel(self):
+        """Give up on what waits (stop() then drops it); safe in a signal handler."""
+        self._cancelled = True
+
+    def _lost_output(self, err=errno.EIO):
         # The reader is gone (EIO, EPIPE...): what waits can never go.
+        self.output_error = err
         self.dropped += len(self._pending)
         self._pending.clear()
+        if self.wake is not None:
+            self.wake()                 # let the board see it and end the run
+
+    def mid_line_on(self, fd):
+        """True if the output's last byte was not a newline and ``fd`` is the
+        same file: a message on ``fd`` should begin with a newline."""
+        return (not self.at_line_start and self._out_id is not None
+                and self._out_id == _file_id(fd))
+
+    # -- input --
 
     def fileno(self):
         return None if self.eof else self._in_fd
@@ -137,17 +245,23 @@ class Backend:
 
 
 class MemoryBackend(Backend):
-    """Output into ``output`` (at most ``limit`` bytes); input from feed()."""
+    """Output into ``output`` (at most ``limit`` bytes, the rest dropped and
+    counted: it never holds the guest); input from feed()."""
 
     def __init__(self, limit=MEMORY_LIMIT):
         super().__init__(limit)
         self.output = bytearray()
         self.input = bytearray()
 
+    def room(self):
+        return ALWAYS_ROOM
+
     def write(self, data):
         room = max(0, self.limit - len(self.output))
         self.dropped += max(0, len(data) - room)
         self.output += data[:room]
+        if data:
+            self.at_line_start = data[-1] == 10
 
     def feed(self, data):
         """Queue bytes for read_input() (the test plays the host user)."""
@@ -160,13 +274,14 @@ class MemoryBackend(Backend):
 
 
 class FileBackend(Backend):
-    """Append output to the file at ``path``; no input."""
+    """Append output to the file at ``path``; no input.  A regular file
+    always has room; a FIFO's reader may hold the guest like a pipe's."""
 
     def __init__(self, path, limit=OUTPUT_LIMIT):
         super().__init__(limit)
         self.path = path
-        self._out_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                               | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        self._set_output(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                                 | os.O_NONBLOCK | os.O_CLOEXEC, 0o644))
         self._owned = [self._out_fd]
 
 
@@ -223,8 +338,9 @@ class TerminalBackend(Backend):
         if self._started:
             return self
         self._started = True
+        self._cancelled = False
         try:
-            self._out_fd = _open_writer(self.out_fd)
+            self._set_output(_open_writer(self.out_fd))
             self._owned = [self._out_fd]
             self._in_fd = self.in_fd
             if self.escape is not None:
@@ -239,16 +355,21 @@ class TerminalBackend(Backend):
         return self
 
     def stop(self):
-        if self._saved is not None:
-            try:
-                termios.tcsetattr(self.in_fd, termios.TCSANOW, self._saved)
-            except termios.error:
-                pass            # the terminal is gone (hangup)
-            self._saved = None
-        atexit.unregister(self.stop)
-        self._restore_sigterm()
-        self._started = False
-        super().stop()
+        try:
+            # the output first, while the terminal is as the guest's bytes expect
+            if self._started and self.drain_on_stop:
+                self.drain()
+        finally:
+            if self._saved is not None:
+                try:
+                    termios.tcsetattr(self.in_fd, termios.TCSANOW, self._saved)
+                except termios.error:
+                    pass            # the terminal is gone (hangup)
+                self._saved = None
+            atexit.unregister(self.stop)
+            self._restore_sigterm()
+            self._started = False
+            super().stop()
 
     def _install_sigterm(self):
         try:
@@ -267,6 +388,7 @@ class TerminalBackend(Backend):
 
     def _on_sigterm(self, signum, frame):
         previous = self._prev_sigterm
+        self.cancel()               # a dying process does not wait for a reader
         self.stop()
         if callable(previous):
             previous(signum, frame)
@@ -291,8 +413,11 @@ class SocketBackend(Backend):
     ``address`` is the (host, port) it listens on.  While no client is
     connected, ``fileno()`` is the listening socket and output is dropped;
     ``read_input()`` accepts a waiting client.  Further clients wait in the
-    backlog until the current one leaves.
+    backlog until the current one leaves.  A connected client that reads
+    slowly holds the guest; what waits for it at stop() is dropped.
     """
+
+    drain_on_stop = False
 
     def __init__(self, host='127.0.0.1', port=0, limit=OUTPUT_LIMIT):
         super().__init__(limit)
@@ -307,6 +432,7 @@ class SocketBackend(Backend):
         return self._client is not None
 
     def stop(self):
+        self.flush()
         self._drop_client()
         self._listener.close()
         super().stop()
@@ -337,17 +463,19 @@ class SocketBackend(Backend):
             return
         client.setblocking(False)
         self._client = client
-        self._out_fd = client.fileno()
+        self._set_output(client.fileno())
 
     def _drop_client(self):
         client, self._client = self._client, None
         self._out_fd = None
-        Backend._lost_output(self)      # what waited was for that client
+        # what waited was for that client
+        self.dropped += len(self._pending)
+        self._pending.clear()
         if client is not None:
             client.close()
 
-    def _lost_output(self):
-        # A send failed: the client is gone.
+    def _lost_output(self, err=errno.EIO):
+        # A send failed: the client is gone; the next one gets what follows.
         self._drop_client()
 
 
@@ -356,8 +484,11 @@ class PtyBackend(Backend):
 
     The back end keeps the slave open itself, in raw mode, so output queues
     (boundedly) before anyone attaches and the line discipline never echoes
-    the guest's output back as its input.
+    the guest's output back as its input.  Nobody may ever attach, so the
+    guest is never held: what does not fit is dropped and counted.
     """
+
+    drain_on_stop = False
 
     def __init__(self, limit=OUTPUT_LIMIT):
         super().__init__(limit)
@@ -366,4 +497,8 @@ class PtyBackend(Backend):
         tty.setraw(slave, termios.TCSANOW)
         os.set_blocking(master, False)
         self.slave_name = os.ttyname(slave)
-        self._in_fd = self._out_fd = master
+        self._in_fd = master
+        self._set_output(master)
+
+    def room(self):
+        return ALWAYS_ROOM

@@ -9,11 +9,21 @@ ISA IRQ only through a buffer that the OUT2 pin enables.
 
 Where the model differs from the chip, or the datasheet leaves room:
 
-* Transmission is instantaneous: a THR write goes straight to the output sink
-  (or, in loopback, to the receiver), so THRE and TEMT always read 1 and the
-  transmitter FIFO is never occupied.  The THRE interrupt becomes pending
-  after each THR write and when ETBEI goes from 0 to 1; reading IIR while it
-  is the reported source clears it.
+* Transmission is instantaneous while the host side keeps up: a THR write
+  goes straight to the output sink (or, in loopback, to the receiver).  The
+  sink's ``room()`` is the line's flow control: while it is below a whole
+  transmitter FIFO (16 bytes), the transmitter counts as busy (THRE and TEMT
+  read 0, no THRE interrupt), and once the sink has room again (found on an
+  LSR read or a ``tick()``, which the board runs as the sink drains) the
+  THR empties: THRE and TEMT read 1 and the THRE interrupt becomes pending.
+  A polled guest thus waits for a slow reader, and an interrupt-driven one
+  (Linux writes 16 bytes per THRE interrupt) gets its next interrupt when
+  they fit.  A byte written while the transmitter is busy still goes to the
+  sink, which drops what exceeds its bound.  The THRE interrupt also becomes
+  pending after each THR write that leaves room and when ETBEI goes from 0
+  to 1 with the THR empty; reading IIR while it is the reported source
+  clears it.  The sink is asked for room once per ~room() bytes, not per
+  byte; a sink without ``room()`` always has room.
 * The host feeds the receiver with ``receive()``, which accepts only what fits
   (16 bytes with FIFOs on, one holding byte with them off) and leaves the rest
   to the caller, so an overrun (OE) can only come from loopback.  In loopback
@@ -36,7 +46,7 @@ Where the model differs from the chip, or the datasheet leaves room:
   and read as 0xFF.
 """
 
-__all__ = ['Serial', 'FIFO_SIZE']
+__all__ = ['Serial', 'FIFO_SIZE', 'TX_ROOM']
 
 from . import ByteRegisters, Device, check_state_version
 
@@ -118,6 +128,8 @@ UART_MSR_INPUTS = 0xF0
 HOST_MODEM_INPUTS = UART_MSR_CTS | UART_MSR_DSR | UART_MSR_DCD
 
 FIFO_SIZE = 16          # receiver FIFO depth
+TX_ROOM = 16            # sink room that makes the THR empty: a whole transmitter FIFO
+NO_LIMIT = 1 << 62      # transmit credit of a sink without room()
 BAUD_BASE = 115200      # 1.8432 MHz crystal / 16: the baud rate at divisor 1
 CHAR_BITS = 10          # start + 8 data + stop, for the timeout
 TIMEOUT_CHARS = 4       # character timeout after 4 character times
@@ -139,7 +151,8 @@ class Serial(ByteRegisters, Device):
     """One 16550A UART.
 
     ``irq``: an IrqLine-like object with ``set(level)``; ``out``: a sink with
-    ``write(bytes)`` (None discards); ``clock``: a callable returning ns.
+    ``write(bytes)`` and optionally ``room()`` (None discards); ``clock``: a
+    callable returning ns.
     """
 
     SIZE = 8
@@ -164,6 +177,8 @@ class Serial(ByteRegisters, Device):
         self.msr = HOST_MODEM_INPUTS
         self.rx = []                # characters, RX_BREAK-flagged for a break
         self.thr_pending = False    # THRE interrupt source, before ETBEI
+        self.tx_busy = False        # the sink had no room: THRE and TEMT read 0
+        self._tx_credit = 0         # bytes known to fit in the sink (0: ask it)
         self.timeout_at = 0         # ns when queued data times out
         self._update_irq()
 
@@ -229,6 +244,8 @@ class Serial(ByteRegisters, Device):
         self._update_irq()
 
     def _read_lsr(self):
+        if self.tx_busy:
+            self._poll_tx()
         value = self._lsr()
         self.lsr_errors = 0         # reading LSR clears the latched errors
         self._update_irq()
@@ -257,12 +274,28 @@ class Serial(ByteRegisters, Device):
             self._push_rx(value)
         elif self.out is not None:
             self.out.write(_BYTE[value])
-        # The character left at once: THR is empty again.
-        self.thr_pending = True
+            self._tx_credit -= 1
+            if self._tx_credit < TX_ROOM:
+                # no room for a whole FIFO: THR stays full until the sink drains
+                self.tx_busy = not self._sink_has_room()
+        # The character left at once: THR is empty again (unless the sink is full).
+        self.thr_pending = not self.tx_busy
+
+    def _sink_has_room(self):
+        """Ask the sink how much it takes now; True if a whole FIFO fits."""
+        room = getattr(self.out, 'room', None)
+        self._tx_credit = NO_LIMIT if room is None else room()
+        return self._tx_credit >= TX_ROOM
+
+    def _poll_tx(self):
+        # the transmitter is busy: has the sink drained since?
+        if self.out is None or self._sink_has_room():
+            self.tx_busy = False
+            self.thr_pending = True     # the THR just emptied
 
     def _write_ier(self, value):
         value &= UART_IER_MASK
-        if value & ~self.ier & UART_IER_ETBEI:
+        if value & ~self.ier & UART_IER_ETBEI and not self.tx_busy:
             # Enabling ETBEI while THR is empty raises THRE (Linux's 8250
             # startup test and its console write path rely on it).
             self.thr_pending = True
@@ -305,8 +338,11 @@ class Serial(ByteRegisters, Device):
         return True
 
     def tick(self):
-        """Recompute the line for clock(); returns the next ns at which a
+        """Recompute the line for clock() (and, while the transmitter is
+        busy, whether the sink has drained); returns the next ns at which a
         character timeout may fire, or None."""
+        if self.tx_busy:
+            self._poll_tx()
         self._update_irq()
         if (self.clock is None or not self.ier & UART_IER_ERBFI
                 or not self._fifo_on() or not self.rx):
@@ -355,7 +391,9 @@ class Serial(ByteRegisters, Device):
         return self.clock is None or self.clock() >= self.timeout_at
 
     def _lsr(self):
-        value = UART_LSR_THRE | UART_LSR_TEMT | self.lsr_errors
+        value = self.lsr_errors
+        if not self.tx_busy:
+            value |= UART_LSR_THRE | UART_LSR_TEMT
         if self.rx:
             value |= UART_LSR_DR
             if self._fifo_on() and any(c & RX_BREAK for c in self.rx):
@@ -421,6 +459,7 @@ class Serial(ByteRegisters, Device):
             'fcr': self.fcr, 'scr': self.scr, 'divisor': self.divisor,
             'lsr_errors': self.lsr_errors, 'msr': self.msr,
             'rx': list(self.rx), 'thr_pending': self.thr_pending,
+            'tx_busy': self.tx_busy,
             # Time left, not a deadline: the restoring clock may differ.
             'timeout_in': max(0, self.timeout_at - now) if waiting else 0,
         }
@@ -434,6 +473,7 @@ class Serial(ByteRegisters, Device):
             setattr(dev, name, int(state[name]))
         dev.rx = [int(c) for c in state['rx']]
         dev.thr_pending = bool(state['thr_pending'])
+        dev.tx_busy = bool(state.get('tx_busy', False))     # absent before flow control
         now = clock() if clock is not None else 0
         dev.timeout_at = now + int(state['timeout_in'])
         dev._update_irq()       # no line attached yet: only caches the level
@@ -462,6 +502,8 @@ class Serial(ByteRegisters, Device):
         if len(self.rx) > self._rx_capacity():
             problems.append(f'{len(self.rx)} characters queued, '
                             f'capacity {self._rx_capacity()}')
+        if self.tx_busy and self.thr_pending:
+            problems.append('THRE interrupt pending while the transmitter is busy')
         if any(not 0 <= c <= 0xFF | RX_BREAK for c in self.rx):
             problems.append('receiver holds a value that is not a character')
         expected = (_loop_inputs(self.mcr) if self.mcr & UART_MCR_LOOP

@@ -210,8 +210,21 @@ def _cmd_run(args):
             console.stop()
             signal.signal(signal.SIGTERM, prev)
     if result.status != EXIT_OK or args.verbose:
-        print(f'kvmlite: {_reason(result)}', file=sys.stderr)
+        lines = [_reason(result)]
+        # after a console line the guest left open, kvmlite's own start on a fresh one
+        fresh = '\n' if _same_line(console, sys.stderr) else ''
+        sys.stderr.write(fresh + ''.join(f'kvmlite: {line}\n' for line in lines))
+        sys.stderr.flush()
     return result.status
+
+
+def _same_line(console, stream):
+    """True if ``stream`` shows the console's output and its last line is open."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):      # io.UnsupportedOperation is both
+        return False
+    return console.mid_line_on(fd)
 
 
 def _no_ram(mem):

@@ -14,7 +14,9 @@ KVM_GET/SET_MP_STATE), and the Intel SDM Vol. 3, chapter 11 (local APIC
 LVT entries and delivery modes).
 """
 
+import errno
 import os
+import select
 import struct
 import sys
 import threading
@@ -140,6 +142,8 @@ class Machine:
         self._timed = []
         self._pending_input = b''
         self._woken = {}            # vCPU index -> RIP where _wake_for_lost_eoi woke it
+        if console is not None and hasattr(console, 'wake'):
+            console.wake = self.wake        # output that waits for its reader wakes the timer thread
         try:
             self._build(cpuid_policy, cmdline)
         except BaseException:
@@ -322,10 +326,12 @@ class Machine:
     # -- the timer and console thread --
     def wake(self):
         """Wake the timer thread (a deadline may have moved)."""
+        if self._wake_w < 0:
+            return                  # closed: nothing to wake (a late console callback)
         try:
             os.write(self._wake_w, b'.')
-        except BlockingIOError:
-            pass
+        except OSError:
+            pass                    # full (a wake-up is pending anyway), or closed meanwhile
 
     def _io_thread(self):
         try:
@@ -341,24 +347,29 @@ class Machine:
             raise DeviceError(f'{type(dev).__name__}.tick() raised {type(e).__name__}: {e}') from e
 
     def _io_loop(self):
-        import select
         poll_halt = self.mode != 'user'
         next_poll = time.monotonic() + HALT_POLL_S
+        con = self.console
         while not self._stopping.is_set():
             with self.vm.lock:
-                # input first: a character in the UART's FIFO starts its timeout
+                # input first: a character in the UART's FIFO starts its timeout;
+                # output too: the UART's tick() sees the room a drain made
                 self._feed_console()
                 deadlines = [d for d in map(self._tick, self._timed) if d is not None]
             now_ns = self.clock()
             timeout = min([max((d - now_ns) / 1e9, MIN_TIMER_SLEEP_S) for d in deadlines] +
                           [next_poll - time.monotonic()])
-            fds = [self._wake_r]
-            con = self.console.fileno() if self.console is not None else None
-            if con is not None and not self._pending_input:
-                fds.append(con)
-            elif self._pending_input:
+            readers, writers = [self._wake_r], []
+            if con is not None:
+                fd = con.fileno() if not self._pending_input else None
+                if fd is not None:
+                    readers.append(fd)
+                fd = con.output_fileno() if hasattr(con, 'output_fileno') else None
+                if fd is not None:
+                    writers.append(fd)      # output waits for its reader
+            if self._pending_input:
                 timeout = min(timeout, 0.01)
-            ready, _, _ = select.select(fds, [], [], max(timeout, 0))
+            ready, _, _ = select.select(readers, writers, [], max(timeout, 0))
             if self._wake_r in ready:
                 try:
                     os.read(self._wake_r, 4096)
@@ -371,11 +382,18 @@ class Machine:
                     v.kick('poll')            # lets the run loop spot a final halt
 
     def _feed_console(self):
-        """Move console input into COM1, keeping what its FIFO has no room for."""
+        """Drain console output; move console input into COM1, keeping what its
+        FIFO has no room for."""
         con = self.console
         if con is None:
             return
         con.flush()
+        err = getattr(con, 'output_error', None)
+        if err is not None:
+            if err == errno.EPIPE:
+                self.stop(EXIT_OK, "the console's reader went away (EPIPE)")
+            else:
+                self.stop(EXIT_VMM, f'console output failed: {os.strerror(err)}')
         if not self._pending_input:
             self._pending_input = con.read_input()
             if getattr(con, 'quit_requested', False):
