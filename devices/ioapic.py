@@ -29,10 +29,15 @@ Choices where the datasheet leaves room:
   IOREGSEL and EOI at any size at their exact offset (both hold a byte), and
   for IOWIN only as a 32- or 64-bit write at 0x10 (the low dword is used);
   other writes are ignored and counted in ``ignored_writes``.
-* Reserved bits of a redirection entry (17-55) read 0 and are not stored;
-  delivery status (bit 12) always reads 0, because a message goes out
-  synchronously and is never held up.  Reserved delivery modes (3 and 6)
-  send nothing.
+* Reserved bits of a redirection entry (17-55) keep what the guest wrote
+  and read it back, as KVM's in-kernel IOAPIC (Linux
+  arch/x86/kvm/ioapic.c, ``ioapic_write_indirect``: it stores both halves
+  whole and restores only the read-only fields) and QEMU's do, so a guest
+  reads the same entry in every irqchip mode.  The two bits the datasheet
+  makes read-only ignore writes: delivery status (bit 12) always reads 0,
+  because a message goes out synchronously and is never held up, and
+  remote IRR (bit 14) changes only by delivery, EOI, or a switch to edge.
+  Reserved delivery modes (3 and 6) send nothing.
 * An edge pin delivers on a rising edge of its input (after the polarity
   inversion) while unmasked; an edge that arrives while masked is lost.
   Changing the polarity bit is not an edge.
@@ -85,8 +90,8 @@ IOREDTBL_REMOTE_IRR = 1 << 14         # remote IRR (read-only)
 IOREDTBL_TRIGGER = 1 << 15            # TRIGGER: 0 edge, 1 level
 IOREDTBL_MASK = 1 << 16               # interrupt mask
 IOREDTBL_DEST_SHIFT = 56              # destination field, bits 63:56
-IOREDTBL_WRITABLE_LO = 0x0001AFFF     # all low bits but DELIVS, IRR, reserved
-IOREDTBL_WRITABLE_HI = 0xFF000000     # destination only
+IOREDTBL_WRITABLE_LO = 0xFFFFAFFF     # all low bits but DELIVS and remote IRR
+IOREDTBL_WRITABLE_HI = 0xFFFFFFFF     # destination and the reserved bits 32-55
 IOREDTBL_RESET = IOREDTBL_MASK        # power-on: masked, everything else 0
 
 # Delivery modes (DELMOD).
@@ -361,12 +366,10 @@ class IoApic(Device):
         if len(self.entries) != NUM_PINS or len(self.pins) != NUM_PINS:
             return [f'{len(self.entries)} entries and {len(self.pins)} pins,'
                     f' not {NUM_PINS}']
-        reserved = ~((IOREDTBL_WRITABLE_HI << 32) | IOREDTBL_WRITABLE_LO
-                     | IOREDTBL_REMOTE_IRR) & ((1 << 64) - 1)
         for pin, entry in enumerate(self.entries):
-            if entry & reserved:
-                problems.append(f'pin {pin}: reserved or DELIVS bits set'
-                                f' in {entry:#018x}')
+            if entry & IOREDTBL_DELIVS or entry >> 64 or entry < 0:
+                problems.append(f'pin {pin}: DELIVS set or not 64 bits'
+                                f' in {entry:#x}')
             if entry & IOREDTBL_REMOTE_IRR and not entry & IOREDTBL_TRIGGER:
                 problems.append(f'pin {pin}: remote IRR set in edge mode')
             if self.pins[pin] not in (0, 1):

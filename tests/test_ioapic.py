@@ -6,6 +6,8 @@ import random
 import unittest
 
 from devices.ioapic import IoApic, MAX_BURST
+from tests.guest import requires_kvm
+from tests.pcguest import PASSED, STATUS_PASSED, run_guest
 
 IOREGSEL, IOWIN, EOI = 0x00, 0x10, 0x40
 
@@ -82,16 +84,28 @@ class RegisterTests(unittest.TestCase):
         for pin in range(24):
             self.assertEqual(self.h.entry(pin), MASKED)
 
-    def test_entry_halves_read_back_and_reserved_bits_read_zero(self):
+    def test_entry_halves_read_back_and_reserved_bits_keep_what_was_written(self):
+        # as KVM's in-kernel IOAPIC: only DELIVS and remote IRR are read-only
         self.h.setup_like_linux()
         self.h.program(5, 0x35, dest=0xAB, flags=LOGICAL | LEVEL | MASKED,
                        mode=1)
         self.assertEqual(self.h.entry(5),
                          (0xAB << 56) | MASKED | LEVEL | LOGICAL | 0x135)
         self.h.reg_write(0x11 + 2 * 5, 0xFFFFFFFF)   # bits 32-55 reserved
-        self.assertEqual(self.h.reg_read(0x11 + 2 * 5), 0xFF000000)
+        self.assertEqual(self.h.reg_read(0x11 + 2 * 5), 0xFFFFFFFF)
         self.h.reg_write(0x10 + 2 * 5, 0xFFFFFFFF)   # bits 17-31 reserved
-        self.assertEqual(self.h.reg_read(0x10 + 2 * 5) >> 17, 0)
+        self.assertEqual(self.h.reg_read(0x10 + 2 * 5), 0xFFFFAFFF)
+        self.h.reg_write(0x11 + 2 * 5, 0x00ABCDEF)   # the destination goes too
+        self.assertEqual(self.h.entry(5) >> 32, 0x00ABCDEF)
+        self.assertEqual(self.h.apic.check(), [])
+        self.assertEqual(self.h.messages, [])        # masked all along
+
+    def test_reserved_bits_do_not_change_the_message(self):
+        self.h.setup_like_linux()
+        self.h.reg_write(0x11 + 2 * 4, 0x01FFFFFF)   # dest 1, reserved 32-55 set
+        self.h.reg_write(0x10 + 2 * 4, 0xFFFE0041)   # vector 0x41, reserved 17-31 set
+        self.h.apic.set_irq(4, 1)
+        self.assertEqual(self.h.messages, [(0xFEE01000, 0x41)])
 
     def test_delivery_status_and_remote_irr_ignore_writes(self):
         self.h.program(3, 0x40, flags=MASKED | (1 << 12) | REMOTE_IRR)
@@ -408,3 +422,65 @@ class FuzzTests(unittest.TestCase):
 
 if __name__ == '__main__':
     unittest.main()
+
+
+# -- the same registers read by a guest under real KVM -----------------------
+
+REGISTERS = r'''
+; writes all ones into IOAPIC registers and prints what reads back: the ID
+; register, then the high and the low half of redirection entry 20 (no ISA
+; device drives pin 20), which is left masked and edge again at the end
+main:
+    mov ebx, 0xfec00000
+    mov dword [rbx], 0x00       ; IOAPICID
+    mov eax, [rbx + 0x10]
+    mov [saved_id], eax
+    mov dword [rbx + 0x10], -1
+    call show
+    mov dword [rbx], 0x02       ; IOAPICARB: loaded from the ID write
+    call show
+    mov eax, [saved_id]
+    mov dword [rbx], 0x00
+    mov [rbx + 0x10], eax
+    mov dword [rbx], 0x10 + 2 * 20 + 1
+    mov dword [rbx + 0x10], -1
+    call show
+    mov dword [rbx], 0x10 + 2 * 20
+    mov dword [rbx + 0x10], -1  ; masked, level, every reserved bit
+    call show
+    mov dword [rbx + 0x10], 0x10000 | 0x4000 | 0x1000   ; edge: remote IRR and DELIVS written
+    call show
+    mov dword [rbx], 0x10 + 2 * 20 + 1
+    mov dword [rbx + 0x10], 0
+    mov al, PASSED
+    ret
+
+show:                           ; prints IOWIN's value and a newline
+    mov eax, [rbx + 0x10]
+    mov cl, 8
+    call puthex
+    mov al, 10
+    call putc
+    ret
+
+align 4
+saved_id: dd 0
+'''
+
+
+@requires_kvm
+class GuestRegistersTest(unittest.TestCase):
+    """A guest reads back the same redirection entries from kvmlite's IOAPIC
+    ('split') as from KVM's ('kernel'); 'user' mode has no IOAPIC."""
+
+    def test_reserved_bits_read_back_alike_in_split_and_kernel_mode(self):
+        expected = (b'0f000000\n0f000000\n'     # ID and arbitration ID
+                    b'ffffffff\n'               # high half: destination and bits 32-55
+                    b'ffffafff\n'               # low half: all but DELIVS and remote IRR
+                    b'00010000\n')              # the read-only bits still ignore writes
+        for mode in ('split', 'kernel'):
+            with self.subTest(mode=mode):
+                run = run_guest(REGISTERS, mode, timeout=20, symbols={'PASSED': PASSED})
+                self.assertEqual(run.output, expected, run.describe())
+                self.assertEqual(run.status, STATUS_PASSED, run.describe())
+                self.assertEqual(run.problems, [], run.describe())
