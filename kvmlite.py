@@ -757,7 +757,13 @@ class ExitReason(enum.IntEnum):
 
 
 class Cap(enum.IntEnum):
-    """``KVM_CHECK_EXTENSION`` capabilities (KVM_CAP_*), x86 and generic."""
+    """``KVM_CHECK_EXTENSION`` capabilities: every KVM_CAP_* of
+    include/uapi/linux/kvm.h up to Linux 6.19 (the numbering is global, so the
+    other architectures' members are here too, to name whatever a host reports).
+    Debian 12's header (6.1) stops at 223; tests/test_abi.py pins the newer ones.
+    """
+    IRQCHIP = 0
+    HLT = 1
     MMU_SHADOW_CACHE_CONTROL = 2
     USER_MEMORY = 3
     SET_TSS_ADDR = 4
@@ -771,6 +777,7 @@ class Cap(enum.IntEnum):
     PV_MMU = 13
     MP_STATE = 14
     COALESCED_MMIO = 15
+    SYNC_MMU = 16
     IOMMU = 18
     DESTROY_MEMORY_REGION_WORKS = 21
     USER_NMI = 22
@@ -791,31 +798,80 @@ class Cap(enum.IntEnum):
     ADJUST_CLOCK = 39
     INTERNAL_ERROR_DATA = 40
     VCPU_EVENTS = 41
+    S390_PSW = 42
+    PPC_SEGSTATE = 43
     HYPERV = 44
     HYPERV_VAPIC = 45
     HYPERV_SPIN = 46
     PCI_SEGMENT = 47
+    PPC_PAIRED_SINGLES = 48
     INTR_SHADOW = 49
+    DEBUGREGS = 50
     X86_ROBUST_SINGLESTEP = 51
+    PPC_OSI = 52
+    PPC_UNSET_IRQ = 53
     ENABLE_CAP = 54
     XSAVE = 55
     XCRS = 56
+    PPC_GET_PVINFO = 57
+    PPC_IRQ_LEVEL = 58
     ASYNC_PF = 59
     TSC_CONTROL = 60
     GET_TSC_KHZ = 61
+    PPC_BOOKE_SREGS = 62
+    SPAPR_TCE = 63
+    PPC_SMT = 64
+    PPC_RMA = 65
     MAX_VCPUS = 66
+    PPC_HIOR = 67
+    PPC_PAPR = 68
+    SW_TLB = 69
+    ONE_REG = 70
+    S390_GMAP = 71
     TSC_DEADLINE_TIMER = 72
+    S390_UCONTROL = 73
+    SYNC_REGS = 74
+    PCI_2_3 = 75
     KVMCLOCK_CTRL = 76
     SIGNAL_MSI = 77
+    PPC_GET_SMMU_INFO = 78
+    S390_COW = 79
+    PPC_ALLOC_HTAB = 80
     READONLY_MEM = 81
     IRQFD_RESAMPLE = 82
+    PPC_BOOKE_WATCHDOG = 83
+    PPC_HTAB_FD = 84
+    S390_CSS_SUPPORT = 85
+    PPC_EPR = 86
+    ARM_PSCI = 87
+    ARM_SET_DEVICE_ADDR = 88
+    DEVICE_CTRL = 89
+    IRQ_MPIC = 90
+    PPC_RTAS = 91
+    IRQ_XICS = 92
+    ARM_EL1_32BIT = 93
+    SPAPR_MULTITCE = 94
     EXT_EMUL_CPUID = 95
     HYPERV_TIME = 96
     IOAPIC_POLARITY_IGNORED = 97
     ENABLE_CAP_VM = 98
+    S390_IRQCHIP = 99
     IOEVENTFD_NO_LENGTH = 100
     VM_ATTRIBUTES = 101
+    ARM_PSCI_0_2 = 102
+    PPC_FIXUP_HCALL = 103
+    PPC_ENABLE_HCALL = 104
     CHECK_EXTENSION_VM = 105
+    S390_USER_SIGP = 106
+    S390_VECTOR_REGISTERS = 107
+    S390_MEM_OP = 108
+    S390_USER_STSI = 109
+    S390_SKEYS = 110
+    MIPS_FPU = 111
+    MIPS_MSA = 112
+    S390_INJECT_IRQ = 113
+    S390_IRQ_STATE = 114
+    PPC_HWRNG = 115
     DISABLE_QUIRKS = 116
     X86_SMM = 117
     MULTI_ADDRESS_SPACE = 118
@@ -824,32 +880,69 @@ class Cap(enum.IntEnum):
     SPLIT_IRQCHIP = 121
     IOEVENTFD_ANY_LENGTH = 122
     HYPERV_SYNIC = 123
+    S390_RI = 124
+    SPAPR_TCE_64 = 125
+    ARM_PMU_V3 = 126
     VCPU_ATTRIBUTES = 127
     MAX_VCPU_ID = 128
     X2APIC_API = 129
+    S390_USER_INSTR0 = 130
     MSI_DEVID = 131
+    PPC_HTM = 132
+    SPAPR_RESIZE_HPT = 133
+    PPC_MMU_RADIX = 134
+    PPC_MMU_HASH_V3 = 135
     IMMEDIATE_EXIT = 136
+    MIPS_VZ = 137
+    MIPS_TE = 138
+    MIPS_64BIT = 139
+    S390_GS = 140
+    S390_AIS = 141
+    SPAPR_TCE_VFIO = 142
     X86_DISABLE_EXITS = 143
+    ARM_USER_IRQ = 144
+    S390_CMMA_MIGRATION = 145
+    PPC_FWNMI = 146
+    PPC_SMT_POSSIBLE = 147
     HYPERV_SYNIC2 = 148
     HYPERV_VP_INDEX = 149
+    S390_AIS_MIGRATION = 150
+    PPC_GET_CPU_CHAR = 151
+    S390_BPB = 152
     GET_MSR_FEATURES = 153
     HYPERV_EVENTFD = 154
     HYPERV_TLBFLUSH = 155
+    S390_HPAGE_1M = 156
     NESTED_STATE = 157
+    ARM_INJECT_SERROR_ESR = 158
     MSR_PLATFORM_INFO = 159
+    PPC_NESTED_HV = 160
     HYPERV_SEND_IPI = 161
     COALESCED_PIO = 162
     HYPERV_ENLIGHTENED_VMCS = 163
     EXCEPTION_PAYLOAD = 164
+    ARM_VM_IPA_SIZE = 165
     MANUAL_DIRTY_LOG_PROTECT = 166
     HYPERV_CPUID = 167
     MANUAL_DIRTY_LOG_PROTECT2 = 168
+    PPC_IRQ_XIVE = 169
+    ARM_SVE = 170
+    ARM_PTRAUTH_ADDRESS = 171
+    ARM_PTRAUTH_GENERIC = 172
     PMU_EVENT_FILTER = 173
+    ARM_IRQ_LINE_LAYOUT_2 = 174
     HYPERV_DIRECT_TLBFLUSH = 175
+    PPC_GUEST_DEBUG_SSTEP = 176
+    ARM_NISV_TO_USER = 177
+    ARM_INJECT_EXT_DABT = 178
+    S390_VCPU_RESETS = 179
+    S390_PROTECTED = 180
+    PPC_SECURE_GUEST = 181
     HALT_POLL = 182
     ASYNC_PF_INT = 183
     LAST_CPU = 184
     SMALLER_MAXPHYADDR = 185
+    S390_DIAG318 = 186
     STEAL_TIME = 187
     X86_USER_SPACE_MSR = 188
     X86_MSR_FILTER = 189
@@ -857,26 +950,99 @@ class Cap(enum.IntEnum):
     SYS_HYPERV_CPUID = 191
     DIRTY_LOG_RING = 192
     X86_BUS_LOCK_EXIT = 193
+    PPC_DAWR1 = 194
     SET_GUEST_DEBUG2 = 195
     SGX_ATTRIBUTE = 196
     VM_COPY_ENC_CONTEXT_FROM = 197
+    PTP_KVM = 198
     HYPERV_ENFORCE_CPUID = 199
     SREGS2 = 200
     EXIT_HYPERCALL = 201
+    PPC_RPT_INVALIDATE = 202
     BINARY_STATS_FD = 203
     EXIT_ON_EMULATION_FAILURE = 204
+    ARM_MTE = 205
     VM_MOVE_ENC_CONTEXT_FROM = 206
     VM_GPA_BITS = 207
     XSAVE2 = 208
     SYS_ATTRIBUTES = 209
+    PPC_AIL_MODE_3 = 210
+    S390_MEM_OP_EXTENSION = 211
     PMU_CAPABILITY = 212
     DISABLE_QUIRKS2 = 213
     VM_TSC_CONTROL = 214
     SYSTEM_EVENT_DATA = 215
+    ARM_SYSTEM_SUSPEND = 216
+    S390_PROTECTED_DUMP = 217
     X86_TRIPLE_FAULT_EVENT = 218
     X86_NOTIFY_VMEXIT = 219
     VM_DISABLE_NX_HUGE_PAGES = 220
+    S390_ZPCI_OP = 221
+    S390_CPU_TOPOLOGY = 222
     DIRTY_LOG_RING_ACQ_REL = 223
+    S390_PROTECTED_ASYNC_DISABLE = 224
+    DIRTY_LOG_RING_WITH_BITMAP = 225
+    PMU_EVENT_MASKED_EVENTS = 226
+    COUNTER_OFFSET = 227
+    ARM_EAGER_SPLIT_CHUNK_SIZE = 228
+    ARM_SUPPORTED_BLOCK_SIZES = 229
+    ARM_SUPPORTED_REG_MASK_RANGES = 230
+    USER_MEMORY2 = 231
+    MEMORY_FAULT_INFO = 232
+    MEMORY_ATTRIBUTES = 233
+    GUEST_MEMFD = 234
+    VM_TYPES = 235
+    PRE_FAULT_MEMORY = 236
+    X86_APIC_BUS_CYCLES_NS = 237
+    X86_GUEST_MODE = 238
+    ARM_WRITABLE_IMP_ID_REGS = 239
+    ARM_EL2 = 240
+    ARM_EL2_E2H0 = 241
+    RISCV_MP_STATE_RESET = 242
+    ARM_CACHEABLE_PFNMAP_SUPPORTED = 243
+    GUEST_MEMFD_FLAGS = 244
+    ARM_SEA_TO_USER = 245
+    S390_USER_OPEREXEC = 246
+
+
+#: check_extension probes 0.._CAP_PROBE-1 for capabilities(): past Cap's last
+#: member, so a newer kernel's capability shows up as its number
+_CAP_PROBE = 512
+
+
+def cap_number(cap):
+    """The number of a capability given as a :class:`Cap`, an int, or a name
+    (``'IRQCHIP'``, ``'irqchip'``, ``'KVM_CAP_IRQCHIP'``)."""
+    if isinstance(cap, str):
+        name = cap.strip().upper().removeprefix('KVM_CAP_')
+        member = Cap.__members__.get(name)
+        if member is None:
+            import difflib
+            near = difflib.get_close_matches(name, Cap.__members__, 3)
+            raise KvmliteError(f'no KVM capability named {cap!r}' +
+                               (f': did you mean {", ".join(near)}?' if near else
+                                ': see kvmlite.Cap for the names'))
+        return int(member)
+    if isinstance(cap, bool) or not isinstance(cap, int):
+        raise TypeError(f'a capability is a Cap, a name or an int, not {type(cap).__name__}')
+    return int(cap)
+
+
+def cap_name(cap):
+    """``'IRQCHIP'`` for 0, the number as text when Cap has no name for it."""
+    n = cap_number(cap)
+    member = Cap._value2member_map_.get(n)
+    return member.name if member is not None else str(n)
+
+
+def _enable_cap(fd, cap, args, flags):
+    n = cap_number(cap)
+    if len(args) > 4:
+        raise ValueError(f'KVM_ENABLE_CAP takes at most 4 arguments, got {len(args)}')
+    ec = kvm_enable_cap(cap=n, flags=flags)
+    for i, a in enumerate(args):
+        ec.args[i] = _check_u64(f'KVM_ENABLE_CAP({cap_name(n)}) argument {i}', a)
+    _ioctl(fd, KVM_ENABLE_CAP, ec, f'KVM_ENABLE_CAP({cap_name(n)})')
 
 
 # --- ioctl numbers --------------------------------------------------------------
@@ -1589,12 +1755,16 @@ class Kvm:
         self.close()
 
     def check_extension(self, cap):
-        """The value of capability ``cap`` (0 when absent)."""
-        return _ioctl(self.fd, KVM_CHECK_EXTENSION, int(cap))
+        """The value of capability ``cap`` (0 when absent): a :class:`Cap`, its
+        name (``'IRQCHIP'`` or ``'KVM_CAP_IRQCHIP'``) or a number."""
+        return _ioctl(self.fd, KVM_CHECK_EXTENSION, cap_number(cap))
 
     def capabilities(self):
-        """{Cap: value} for every capability this kernel reports non-zero."""
-        return {c: v for c in Cap if (v := self.check_extension(c))}
+        """{Cap: value} for every capability this kernel reports non-zero;
+        a number the kernel reports that :class:`Cap` has no name for is a
+        plain int key, so nothing is hidden."""
+        return {Cap._value2member_map_.get(n, n): v for n in range(_CAP_PROBE)
+                if (v := self.check_extension(n))}
 
     @property
     def vcpu_mmap_size(self):
@@ -1782,13 +1952,12 @@ class Vm:
         self.close()
 
     def check_extension(self, cap):
-        return _ioctl(self.fd, KVM_CHECK_EXTENSION, int(cap))
+        """KVM_CHECK_EXTENSION on the VM (Cap.CHECK_EXTENSION_VM): what this VM
+        offers; ``cap`` as in :meth:`Kvm.check_extension`."""
+        return _ioctl(self.fd, KVM_CHECK_EXTENSION, cap_number(cap))
 
     def enable_cap(self, cap, *args, flags=0):
-        ec = kvm_enable_cap(cap=int(cap), flags=flags)
-        for i, a in enumerate(args):
-            ec.args[i] = a
-        _ioctl(self.fd, KVM_ENABLE_CAP, ec, f'KVM_ENABLE_CAP({Cap(cap).name})')
+        _enable_cap(self.fd, cap, args, flags)
 
     # -- memory slots --
     def add_memory(self, gpa, size, readonly=False, dirty_log=False):
@@ -2288,10 +2457,7 @@ class Vcpu:
         _ioctl(self.fd, KVM_SET_TSC_KHZ, khz)
 
     def enable_cap(self, cap, *args, flags=0):
-        ec = kvm_enable_cap(cap=int(cap), flags=flags)
-        for i, a in enumerate(args):
-            ec.args[i] = a
-        _ioctl(self.fd, KVM_ENABLE_CAP, ec, f'KVM_ENABLE_CAP({Cap(cap).name})')
+        _enable_cap(self.fd, cap, args, flags)
 
     def set_guest_debug(self, enable=True, singlestep=False, breakpoints=(), sw_breakpoints=False):
         """KVM_SET_GUEST_DEBUG. ``breakpoints``: up to four linear addresses

@@ -62,7 +62,8 @@ def require_cap(test, *caps):
     of ``caps`` (kvmlite.Cap members)."""
     for cap in caps:
         if not kvm().check_extension(cap):
-            test.skipTest(f"this host's KVM lacks KVM_CAP_{cap.name}")
+            cap = K.Cap(K.cap_number(cap))
+            test.skipTest(f"this host's KVM lacks KVM_CAP_{cap.name} ({int(cap)})")
 
 
 def asm(text, mode='long64', origin=CODE):

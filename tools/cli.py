@@ -18,7 +18,7 @@ import struct
 import sys
 import threading
 
-from kvmlite import (EMULATOR_UNSAFE_FEATURES, PAGE_SIZE, Kvm, KvmError, _import_part,
+from kvmlite import (EMULATOR_UNSAFE_FEATURES, PAGE_SIZE, Cap, Kvm, KvmError, _import_part,
                      host_emulates_kernel_mode)
 
 from .pc import EXIT_OK, EXIT_SIGNAL, EXIT_USAGE, IRQCHIP_MODES, Machine, load_kernel
@@ -148,7 +148,8 @@ def _cmd_info(args, out=sys.stdout):
         p(f'host: {"guest kernel mode emulated by KVM (kvm_pvm)" if emulated else "hardware virtualization"}')
         p('capabilities:')
         for cap, value in sorted(kvm.capabilities().items()):
-            p(f'  {cap.name:32} {value}')
+            # a number kvmlite has no name for is shown as the number
+            p(f'  {cap.name if isinstance(cap, Cap) else f"{cap} (unnamed)":32} {value}')
         entries = kvm.supported_cpuid()
         vendor = next((struct.pack('<III', e.ebx, e.edx, e.ecx).decode('ascii', 'replace')
                        for e in entries if e.function == 0), '?')
