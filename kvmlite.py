@@ -2718,6 +2718,13 @@ BOOT_GDT = (
     0x00008B0000000067,    # 0x20: 32/64-bit TSS (busy), base 0, limit 0x67
     0,                     #       upper half of the 64-bit TSS descriptor
 )
+# For setup_long_mode(cpl=3): DPL-3 code and data after the boot GDT.
+USER_GDT = BOOT_GDT + (
+    0x00AFFA000000FFFF,    # 0x30: code, 64-bit, DPL 3
+    0x00CFF2000000FFFF,    # 0x38: data, base 0, 4 GiB, writable, DPL 3
+)
+SEL_USER_CODE64 = len(BOOT_GDT) * 8 | 3     # 0x33
+SEL_USER_DATA = SEL_USER_CODE64 + 8         # 0x3B
 
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
 CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
@@ -2772,36 +2779,50 @@ def setup_protected_mode(vcpu, vm, entry, stack=0x8FF0, **regs):
     vcpu.set_regs(kvm_regs(rip=entry, rsp=stack, rflags=0x2, **regs))
 
 
-def identity_page_tables(vm, map_size=4 << 30, base=PAGE_TABLE_ADDR):
+def identity_page_tables(vm, map_size=4 << 30, base=PAGE_TABLE_ADDR, user=False):
     """Write 4-level page tables mapping [0, map_size) one-to-one with 2 MiB
-    pages at ``base`` (2 + one page per GiB); returns CR3."""
+    pages at ``base`` (2 + one page per GiB); returns CR3. ``user`` makes
+    every page user-accessible (U/S set at every level)."""
     gib = max(1, -(-map_size // (1 << 30)))
     if gib > 512:
         raise ValueError(f'identity map of {map_size:#x} bytes: at most 512 GiB')
+    table = PTE_P | PTE_RW | (PTE_US if user else 0)
     pml4, pdpt = base, base + PAGE_SIZE
-    vm.write(pml4, struct.pack('<Q', pdpt | 3) + bytes(PAGE_SIZE - 8))
-    vm.write(pdpt, struct.pack(f'<{gib}Q', *((base + (2 + i) * PAGE_SIZE) | 3 for i in range(gib)))
+    vm.write(pml4, struct.pack('<Q', pdpt | table) + bytes(PAGE_SIZE - 8))
+    vm.write(pdpt, struct.pack(f'<{gib}Q', *((base + (2 + i) * PAGE_SIZE) | table for i in range(gib)))
              + bytes(PAGE_SIZE - 8 * gib))
     for i in range(gib):
         vm.write(base + (2 + i) * PAGE_SIZE,
-                 struct.pack('<512Q', *(((i << 30) + (j << 21)) | 0x83 for j in range(512))))
+                 struct.pack('<512Q', *(((i << 30) + (j << 21)) | table | PTE_PS for j in range(512))))
     return pml4
 
 
 def setup_long_mode(vcpu, vm, entry, stack=0x8FF0, map_size=4 << 30, page_tables=PAGE_TABLE_ADDR,
-                    **regs):
-    """64-bit long mode at ``entry`` with [0, map_size) identity-mapped."""
+                    cpl=0, **regs):
+    """64-bit long mode at ``entry`` with [0, map_size) identity-mapped, at
+    ``cpl`` 0 or 3 (3: user-accessible pages, DPL-3 segments from USER_GDT;
+    pass ``rflags=0x3002`` as well for IOPL 3, to reach ports at CPL3)."""
+    if cpl not in (0, 3):
+        raise ValueError(f'CPL {cpl!r}: use 0 or 3')
     s = _flat_sregs(vcpu, vm, long_mode=True)
-    s.cr3 = identity_page_tables(vm, map_size, page_tables)
+    s.cr3 = identity_page_tables(vm, map_size, page_tables, user=cpl == 3)
     s.cr4 |= CR4_PAE
     s.cr0 |= CR0_PG | CR0_WP
     s.efer = EFER_LME | EFER_LMA | EFER_SCE | EFER_NXE
+    if cpl == 3:
+        _write_gdt(vm, GDT_ADDR, USER_GDT)
+        s.gdt.limit = len(USER_GDT) * 8 - 1
+        s.cs = segment(SEL_USER_CODE64, code=True, dpl=3, db=0, l=1)
+        for name in ('ds', 'es', 'fs', 'gs', 'ss'):
+            setattr(s, name, segment(SEL_USER_DATA, dpl=3))
     vcpu.set_sregs(s)
-    vcpu.set_regs(kvm_regs(rip=entry, rsp=stack, rflags=0x2, **regs))
+    regs.setdefault('rflags', 0x2)
+    vcpu.set_regs(kvm_regs(rip=entry, rsp=stack, **regs))
 
 
 def setup_mode(vcpu, vm, mode, entry, stack=0x8FF0, cs=0, **regs):
-    """Put ``vcpu`` in ``mode`` ('real', 'prot32' or 'long64') at ``entry``."""
+    """Put ``vcpu`` in ``mode`` ('real', 'prot32' or 'long64') at ``entry``
+    (long64 takes ``cpl=3`` too: see setup_long_mode)."""
     if mode == 'real':
         setup_real_mode(vcpu, cs, entry, stack if stack is not None else 0xFFF0)
         if regs:

@@ -37,14 +37,7 @@ MMIO = 0xD0000000           # an address no slot backs
 
 BITS = {'real': 16, 'prot32': 32, 'long64': 64, 'user64': 64}
 
-# user64: a 64-bit code and a data segment with DPL 3 after kvmlite's boot GDT
-SEL_USER_CODE = len(K.BOOT_GDT) * 8 | 3          # 0x33
-SEL_USER_DATA = SEL_USER_CODE + 8                # 0x3B
-USER_GDT = K.BOOT_GDT + (
-    0x00AFFA000000FFFF,     # 64-bit code, DPL 3
-    0x00CFF2000000FFFF,     # flat data, DPL 3, writable
-)
-PTE_US = 1 << 2             # page-table entry: user accessible
+# user64: long mode at CPL3 (kvmlite.setup_long_mode(cpl=3))
 
 _kvm = None
 
@@ -110,26 +103,9 @@ class Guest:
         elif self.mode == 'prot32':
             K.setup_protected_mode(vcpu, self.vm, CODE, STACK)
         else:
-            K.setup_long_mode(vcpu, self.vm, CODE, STACK)
-            if self.mode == 'user64':
-                self._to_user(vcpu)
+            K.setup_long_mode(vcpu, self.vm, CODE, STACK, cpl=3 if self.mode == 'user64' else 0)
         if regs:
             vcpu.set_regs(**regs)
-
-    def _to_user(self, vcpu):
-        """Drop to CPL3: DPL-3 CS and SS, and the U/S bit on the page-table
-        entries that map the low 2 MiB (kvmlite's map leaves it clear)."""
-        s = vcpu.get_sregs()
-        pml4, pdpt = s.cr3, s.cr3 + K.PAGE_SIZE
-        pd = self.vm.read_int(pdpt, 8) & ~0xFFF
-        for entry in (pml4, pdpt, pd):
-            self.vm.write_int(entry, 8, self.vm.read_int(entry, 8) | PTE_US)
-        self.vm.write(K.GDT_ADDR, struct.pack(f'<{len(USER_GDT)}Q', *USER_GDT))
-        s.gdt.limit = len(USER_GDT) * 8 - 1
-        s.cs = K.segment(SEL_USER_CODE, code=True, dpl=3, db=0, l=1)
-        for name in ('ds', 'es', 'fs', 'gs', 'ss'):
-            setattr(s, name, K.segment(SEL_USER_DATA, dpl=3))
-        vcpu.set_sregs(s)
 
     def set_handler(self, vector, address):
         """Point IDT entry ``vector`` (64-bit interrupt gate at IDT) at

@@ -38,8 +38,7 @@ import unittest
 import kvmlite as K
 from devices.console import MemoryBackend
 from tools import pc
-from tests.guest import (PTE_US, SEL_USER_CODE, SEL_USER_DATA, USER_GDT, Guest, check_exit, kvm,
-                         open_fds, requires_kvm)
+from tests.guest import Guest, check_exit, kvm, open_fds, requires_kvm
 from tools.asm import assemble_with_labels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,9 +173,9 @@ class HostileCase(unittest.TestCase):
         self.addCleanup(m.close)
         code, m.labels = assemble_with_labels(src, bits=64, origin=CODE)
         m.vm.write(CODE, code)
-        K.setup_mode(m.vm.vcpus[0], m.vm, 'long64', CODE)
-        if user:
-            to_user(m)
+        # user: CPL3 with IOPL 3, so the guest reaches the ports
+        K.setup_long_mode(m.vm.vcpus[0], m.vm, CODE, cpl=3 if user else 0,
+                          rflags=0x3002 if user else 0x2)
         return m
 
     @contextlib.contextmanager
@@ -213,24 +212,6 @@ class HostileCase(unittest.TestCase):
     def assertResult(self, result, status, reason):
         self.assertEqual(result.status, status, result.reason)
         self.assertRegex(result.reason, reason)
-
-
-def to_user(m):
-    """Drop vCPU 0 of ``m`` to CPL3 with IOPL 3: user-accessible page tables
-    for the low 1 GiB, DPL-3 code and data segments (as tests.guest does)."""
-    vm, vcpu = m.vm, m.vm.vcpus[0]
-    s = vcpu.get_sregs()
-    pml4, pdpt = s.cr3, s.cr3 + K.PAGE_SIZE
-    pd = vm.read_int(pdpt, 8) & ~0xFFF
-    for entry in [pml4, pdpt] + [pd + 8 * i for i in range(512)]:
-        vm.write_int(entry, 8, vm.read_int(entry, 8) | PTE_US)
-    vm.write(K.GDT_ADDR, struct.pack(f'<{len(USER_GDT)}Q', *USER_GDT))
-    s.gdt.limit = len(USER_GDT) * 8 - 1
-    s.cs = K.segment(SEL_USER_CODE, code=True, dpl=3, db=0, l=1)
-    for name in ('ds', 'es', 'fs', 'gs', 'ss'):
-        setattr(s, name, K.segment(SEL_USER_DATA, dpl=3))
-    vcpu.set_sregs(s)
-    vcpu.set_regs(rflags=0x3002)
 
 
 @requires_kvm

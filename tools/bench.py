@@ -693,32 +693,12 @@ spin:
     inc rax
     jmp spin
 '''
-PTE_US = 1 << 2                 # page-table entry: user accessible
-SEL_USER_CODE = len(K.BOOT_GDT) * 8 | 3
-SEL_USER_DATA = SEL_USER_CODE + 8
-USER_GDT = K.BOOT_GDT + (0x00AFFA000000FFFF,    # 64-bit code, DPL 3
-                         0x00CFF2000000FFFF)    # flat data, DPL 3, writable
-
 
 def _spinner(vm, vcpu, cpl):
-    """Put the spinning guest on ``vcpu``, in long mode at ``cpl`` 0 or 3
-    (the low 1 GiB user-accessible, DPL-3 segments, as tests/guest.py does)."""
+    """Put the spinning guest on ``vcpu``, in long mode at ``cpl`` 0 or 3."""
     code, _ = assemble_with_labels(SPIN_ASM, bits=64, origin=TIMEOUT_CODE)
     vm.write(TIMEOUT_CODE, code)
-    K.setup_mode(vcpu, vm, 'long64', TIMEOUT_CODE)
-    if cpl == 0:
-        return
-    s = vcpu.get_sregs()
-    pml4, pdpt = s.cr3, s.cr3 + K.PAGE_SIZE
-    pd = vm.read_int(pdpt, 8) & ~0xFFF
-    for entry in [pml4, pdpt] + [pd + 8 * i for i in range(512)]:
-        vm.write_int(entry, 8, vm.read_int(entry, 8) | PTE_US)
-    vm.write(K.GDT_ADDR, struct.pack(f'<{len(USER_GDT)}Q', *USER_GDT))
-    s.gdt.limit = len(USER_GDT) * 8 - 1
-    s.cs = K.segment(SEL_USER_CODE, code=True, dpl=3, db=0, l=1)
-    for name in ('ds', 'es', 'fs', 'gs', 'ss'):
-        setattr(s, name, K.segment(SEL_USER_DATA, dpl=3))
-    vcpu.set_sregs(s)
+    K.setup_long_mode(vcpu, vm, TIMEOUT_CODE, cpl=cpl)
 
 
 def _late(run, timeout):
