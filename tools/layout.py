@@ -65,8 +65,8 @@ class Platform:
     the devices after it reach it).
     """
 
-    _FIELDS = ('low_ram_max', 'high_ram_base', 'holes', 'lapic_addr', 'ioapic_pins', 'isa_overrides', 'cascade_irq', 'identity_map_addr',
-               'devices')
+    _FIELDS = ('low_ram_max', 'high_ram_base', 'holes', 'lapic_addr', 'ioapic_pins',
+               'isa_overrides', 'cascade_irq', 'identity_map_addr', 'devices')
     __slots__ = _FIELDS
 
     def __init__(self, **fields):
