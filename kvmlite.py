@@ -2290,6 +2290,7 @@ class Vcpu:
         self._why = None              # why the last kick was sent
         self._stats = None
         self._buf = None              # the IoIn/MmioRead buffer handed out, until the next run
+        self._pending = False         # the last exit was port I/O or MMIO, not yet completed
         self._running = threading.Lock()   # held by the one thread in run_loop
         _install_kick_handler()
 
@@ -2535,6 +2536,52 @@ class Vcpu:
         kvm_run and are valid until the next run."""
         return self.run_loop(_RETURN_EVERY_EXIT, timeout)
 
+    @property
+    def io_pending(self):
+        """True after a run returned a port-I/O or MMIO exit: KVM finishes
+        that instruction (a read takes the value in kvm_run) on the next
+        KVM_RUN, whatever the registers say by then."""
+        return self._pending
+
+    def complete_io(self):
+        """Finish the pending port-I/O or MMIO instruction without running
+        the guest on, as the KVM API asks before guest state is read or
+        changed (api.rst, KVM_EXIT_IO/KVM_EXIT_MMIO: "the corresponding
+        operations are complete (and guest state is consistent) only after
+        userspace has re-entered the kernel with KVM_RUN"): KVM_RUN with
+        ``immediate_exit`` set, which completes the operation and then
+        returns EINTR. A read gets what its buffer holds; an instruction
+        that makes a further access (a read-modify-write) exits again, and
+        that access is completed the same way. Returns how many further
+        exits there were."""
+        if not self._pending:
+            return 0
+        if not self._running.acquire(blocking=False):
+            raise KvmliteError(f'vCPU {self.index} is running in another thread: '
+                               'complete_io() after that run returns')
+        m, extra = self._map, 0
+        try:
+            self._release_buf()
+            while True:
+                m[1] = 1
+                try:
+                    fcntl.ioctl(self.fd, KVM_RUN)
+                except OSError as e:
+                    if e.errno in (errno.EINTR, errno.EAGAIN):
+                        return extra
+                    raise KvmError(e.errno, 'KVM_RUN (completing I/O)') from None
+                if _U32.unpack_from(m, 8)[0] not in (ExitReason.IO, ExitReason.MMIO):
+                    return extra          # KVM stopped for another reason: nothing pends
+                extra += 1
+                if extra > 1024:
+                    raise KvmliteError(f'vCPU {self.index}: the pending I/O instruction '
+                                       'keeps making accesses (1024 and counting)')
+        finally:
+            m[1] = 0
+            self._why = None
+            self._pending = False
+            self._running.release()
+
     def _disarm(self, reason):
         """Cancel a timeout; if it fired after KVM_RUN had already returned
         for another reason, drop its kick so the next run is not cut short."""
@@ -2650,6 +2697,7 @@ class Vcpu:
                     reason, direction, size, port, count, off = unpack_exit(m, 8)
                 except OSError as e:
                     if e.errno not in (errno.EINTR, errno.EAGAIN):
+                        reason = None
                         raise KvmError(e.errno, 'KVM_RUN') from None
                     m[1] = 0
                     reason = ExitReason.INTR
@@ -2688,6 +2736,9 @@ class Vcpu:
                     return exit
         finally:
             self._thread = None
+            # an I/O exit left unanswered (returned, or a device raised)
+            # completes on the next KVM_RUN: complete_io() does it at once
+            self._pending = reason == 2 or reason == 6
             if n_io:
                 counts[ExitReason.IO] += n_io
             if n_mmio:
@@ -2988,7 +3039,9 @@ class Stop:
     or None, ``address``: CR2 for #PF, else the faulting instruction; RIP
     is that instruction for a fault, the next one for a trap), 'syscall'
     (no syscall hook; RIP after the syscall), 'mmio' (an access to
-    ``address`` that no memory backs and no MMIO hook answered), 'shutdown'
+    ``address`` that no memory backs and no MMIO hook answered: a read
+    stops at its instruction, not yet done, and :meth:`Snippet.resume`
+    gives it a value; a write stops after its instruction), 'shutdown'
     (triple fault) or 'error' (KVM could not go on; ``exit`` says why).
     """
     __slots__ = ('reason', 'rip', 'vector', 'error_code', 'address', 'exit')
@@ -3093,6 +3146,7 @@ class Snippet:
         self._hooks = {}               # kind -> callable
         self._ran = False
         self._stop = None              # set by a handler that ends the run
+        self._waiting = None           # the MMIO access an 'mmio' stop left half done
         self._until = self._patched = self._steps = None
         try:
             self.vm = Vm(self.kvm)
@@ -3274,6 +3328,7 @@ class Snippet:
             raise SnippetError(f"perms {perms!r}: use 'r' plus any of 'w', 'x' "
                                '(x86 memory is always readable)')
         self._claim(addr, size, 'memory')
+        self._settle()
         self.vm.add_memory(addr, size, readonly='w' not in perms)
         self._add_region(addr, size, perms)
 
@@ -3283,6 +3338,7 @@ class Snippet:
         paging, any unmapped address already does; in long64 only mapped
         pages are present, the rest faults with #PF.)"""
         self._claim(addr, size, 'MMIO')
+        self._settle()
         self._add_region(addr, size, '')
 
     def _claim(self, addr, size, what):
@@ -3316,6 +3372,7 @@ class Snippet:
 
     def mem_write(self, addr, data):
         data = bytes(data)
+        self._settle()
         done = 0
         for a, n in list(self._ram_pieces(addr, len(data))):
             self.vm.write(a, data[done:done + n])
@@ -3355,6 +3412,7 @@ class Snippet:
         bits (as unicorn does); xmm registers take an int or 16 bytes. Segment
         selectors can be written in real mode only (the base follows)."""
         where, key = self._register(name)
+        self._settle()
         if where == 'xsave':
             off, size = key
             if isinstance(value, (bytes, bytearray)):
@@ -3515,6 +3573,7 @@ class Snippet:
         if self.vcpu and self.vcpu.running:
             raise KvmliteError('this Snippet is already running in another thread: one run at '
                                'a time (stop() ends that run)')
+        self._settle()
         if isinstance(start, (bytes, bytearray, memoryview)):
             self.mem_write(SNIPPET_CODE_ADDR, start)
             start = SNIPPET_CODE_ADDR
@@ -3522,6 +3581,45 @@ class Snippet:
             self._jump(start)
         if count is not None and count < 1:
             raise SnippetError(f'count {count}: run at least one instruction, or pass None')
+        return self._go(until, timeout, count)
+
+    def resume(self, value=None, until=None, timeout=1.0, count=None):
+        """Go on after an 'mmio' stop, finishing the access it stopped on.
+
+        A read stop leaves RIP at the reading instruction, half done: this
+        gives it ``value`` (an int, or None for all ones) and runs on from
+        the next instruction. A write stop leaves RIP after the writing
+        instruction; ``value`` must be None. Anything else that changes the
+        snippet in between (reg_write, mem_write, mem_map, run) gives the
+        access up, as if the instruction had never started: run() then
+        starts exactly where and from what it is told (and run() with no
+        start executes the read again). ``until``, ``timeout`` and ``count``
+        are run()'s."""
+        exit = self._waiting
+        if exit is None:
+            raise SnippetError('resume: no MMIO access is waiting (the last run did not stop '
+                               "with reason 'mmio', or the snippet was changed since, which "
+                               'gave the access up): use run()')
+        if self.vcpu.running:
+            raise KvmliteError('this Snippet is already running in another thread: one run at '
+                               'a time (stop() ends that run)')
+        if isinstance(exit, MmioWrite):
+            if value is not None:
+                raise SnippetError(f'resume: the stop was a write of {exit.value:#x} to '
+                                   f'{exit.addr:#x}; there is no value to give (pass None)')
+        else:
+            n = exit.size
+            if value is None:
+                value = (1 << 8 * n) - 1
+            if not isinstance(value, int) or not -(1 << 8 * n - 1) <= value < 1 << 8 * n:
+                raise SnippetError(f'resume: {value!r} does not fit the {n}-byte read at '
+                                   f'{exit.addr:#x}')
+            self.vcpu._map[_RUN_U + 8:_RUN_U + 8 + n] = (value & (1 << 8 * n) - 1).to_bytes(
+                n, 'little')
+        self._waiting = None
+        return self._go(until, timeout, count)
+
+    def _go(self, until, timeout, count):
         if self._tables_dirty and self._ran:
             self._write_system_area()
         elif self._tables_dirty:             # nothing cached yet: rewriting is enough
@@ -3534,9 +3632,36 @@ class Snippet:
             exit = self.vcpu.run_loop(self._handlers(), timeout=timeout)
             if self._stop is None:
                 self._stop = self._final(exit)
+        except BaseException:
+            # a hook raised in the middle of an access: the snippet is left as
+            # it was before that instruction, not half way through it
+            self._waiting = None
+            self._settle(force=True)
+            raise
         finally:
             self._disarm()
         return self._stop
+
+    def _settle(self, force=False):
+        """Give up the access an 'mmio' stop left half done: let KVM finish
+        it (Vcpu.complete_io: no guest code runs), then put back every
+        register it changed, so the next run starts from exactly the state
+        the stop reported and whatever the user set since."""
+        if self._waiting is None and not force:
+            return
+        self._waiting = None
+        v = self.vcpu
+        if not v or not v.io_pending:
+            return
+        regs, sregs, events, xsave = v.get_regs(), v.get_sregs(), v.get_vcpu_events(), \
+            v.get_xsave()
+        # a string instruction finishes with this access (RCX is put back below)
+        v.set_regs(rcx=1)
+        v.complete_io()
+        v.set_sregs(sregs)
+        v.set_regs(regs)
+        v.set_xsave(xsave)
+        v.set_vcpu_events(events)
 
     def emu_start(self, begin, until, timeout=0, count=0):
         """unicorn's emu_start: ``timeout`` in microseconds and ``count`` in
@@ -3747,7 +3872,12 @@ class Snippet:
         is_write = isinstance(exit, MmioWrite)
         size = len(exit.data) if is_write else len(exit.buf)
         if hook is None:
-            return self._halt(Stop('mmio', vcpu.get_regs().rip, address=exit.addr, exit=exit))
+            # a read stops at its instruction, half done (resume() finishes it);
+            # a write stops after its instruction, as KVM reports it
+            self._waiting = (MmioWrite(exit.addr, bytes(exit.data)) if is_write
+                             else _MmioReadStop(exit.addr, size))
+            return self._halt(Stop('mmio', vcpu.get_regs().rip, address=exit.addr,
+                                   exit=self._waiting))
         value = hook(self, exit.addr, size, exit.value if is_write else None)
         if not is_write:
             exit.set((1 << 8 * size) - 1 if value is None else value)
@@ -3774,6 +3904,23 @@ class Snippet:
     def _on_debug(self, vcpu, exit):
         # only `until` arms KVM's debugging
         return self._halt(Stop('until', vcpu.get_regs().rip, address=exit.pc, exit=exit))
+
+
+class _MmioReadStop(MmioRead):
+    """The read an 'mmio' stop reports: its address and size, no buffer
+    (the run is over; :meth:`Snippet.resume` gives the value)."""
+    __slots__ = ('size',)
+
+    def __init__(self, addr, size):
+        super().__init__(addr, None)
+        self.size = size
+
+    def __repr__(self):
+        return f'MmioRead(addr={self.addr:#x}, size={self.size})'
+
+    def set(self, value):
+        raise SnippetError('this run has stopped: give the read its value with '
+                           'Snippet.resume(value)')
 
 
 def _tss_descriptor(base, limit):
