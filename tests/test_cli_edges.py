@@ -150,7 +150,14 @@ class RunTest(CliCase):
         p = kvmlite_run('-k', kernel, '--format', 'flat', '-v', '--console', 'none')
         self.assertEqual((p.returncode, p.stderr),
                          (43, 'kvmlite: the guest wrote 0x15 to the debug-exit port: '
-                              'debug-exit status 43\n'))
+                              'exit status 43\n'))
+
+    def test_a_debug_exit_past_eight_bits_says_the_status_the_process_keeps(self):
+        kernel = self.file('kernel', b'\xb0\x80\xe6\xf4\xf4')    # mov al, 0x80; out 0xf4, al
+        p = kvmlite_run('-k', kernel, '--format', 'flat', '--console', 'none')
+        self.assertEqual((p.returncode, p.stderr),
+                         (1, 'kvmlite: the guest wrote 0x80 to the debug-exit port: '
+                             'exit status 1\n'))
 
 
 if __name__ == '__main__':

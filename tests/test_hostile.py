@@ -247,7 +247,7 @@ class SweepTest(HostileCase):
         with self.flat():
             m = self.machine(src)
             result = self.run_to_the_end(m, lambda: m.vm.vcpus[0].get_regs().rdx)
-            self.assertResult(result, 15, 'debug-exit status 15')
+            self.assertResult(result, 15, 'debug-exit port: exit status 15$')
             self.assertEqual(m.vm.vcpus[0].get_regs().rdx, 0x10000)
             self.assertLessEqual(len(m.vm.pio.unclaimed), K.BUS_COUNTED_ADDRESSES)
             self.assertGreater(m.vm.pio.unclaimed_other, 0)
@@ -290,7 +290,7 @@ class SweepTest(HostileCase):
         with self.flat():
             m = self.machine(src)
             result = self.run_to_the_end(m, lambda: m.vm.vcpus[0].get_regs().rsi)
-            self.assertResult(result, 15, 'debug-exit status 15')
+            self.assertResult(result, 15, 'debug-exit port: exit status 15$')
             regs = m.vm.vcpus[0].get_regs()
             self.assertEqual((regs.rsi, regs.r9, regs.r10, regs.r11 & 0xFF),
                              (1 << 32, (1 << 64) - 1, 0xFFFFFFFF, 0xFF))
@@ -515,7 +515,7 @@ class GarbageTest(HostileCase):
                     m = self.machine(GARBAGE.replace('STI_OR_CLI', sti), irqchip)
                     m.vm.write(TABLE, garbage(f'{irqchip}/{sti}', 3000))
                     result, _ = self.run_machine(m, timeout=30)
-                    self.assertResult(result, 15, 'debug-exit status 15')
+                    self.assertResult(result, 15, 'debug-exit port: exit status 15$')
                     m.close()
 
 
@@ -546,7 +546,7 @@ class ReadOnlySlotTest(HostileCase):
             pattern = bytes(range(256)) * 32
             m.vm.write(rom_at, pattern)
             result, _ = self.run_machine(m, timeout=10)
-            self.assertResult(result, 15, 'debug-exit status 15')
+            self.assertResult(result, 15, 'debug-exit port: exit status 15$')
             self.assertEqual(m.vm.read(rom_at, 0x2000), pattern)
             self.assertEqual(m.vm.read(COUNTER, 9), pattern[:8] + pattern[0x123:0x124])
             unclaimed = m.vm.mmio.unclaimed

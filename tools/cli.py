@@ -211,7 +211,7 @@ def _cmd_run(args):
             console.stop()
             signal.signal(signal.SIGTERM, prev)
     if result.status != EXIT_OK or args.verbose:
-        lines = [_reason(result)]
+        lines = [result.reason]
         # after a console line the guest left open, kvmlite's own start on a fresh one
         fresh = '\n' if _same_line(console, sys.stderr) else ''
         sys.stderr.write(fresh + ''.join(f'kvmlite: {line}\n' for line in lines))
@@ -233,15 +233,6 @@ def _no_ram(mem):
     host = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
     return (f'the host cannot give the guest {_size_text(mem)} of RAM (out of memory; the host has '
             f'{_size_text(host)}): give less with -m')
-
-
-def _reason(result):
-    """A run's one-line outcome. An odd status is a debug exit: the value the
-    guest wrote, then the status it makes (the process keeps 8 bits)."""
-    if result.status & 1:
-        return (f'the guest wrote {result.status >> 1:#x} to the debug-exit port: '
-                f'debug-exit status {result.status & 0xff}')
-    return result.reason
 
 
 def _make_console(spec):

@@ -252,8 +252,10 @@ class Machine:
                        for i in range(platform.ioapic_pins) if i != cascade]
             vm.set_gsi_routing(routes)
 
-    def _on_debug_exit(self, value):
-        self.stop(value, f'the guest wrote debug-exit status {value}')
+    def _on_debug_exit(self, status):
+        # status is (v << 1) | 1 for the v written; a process keeps its low 8 bits
+        self.stop(status, f'the guest wrote {status >> 1:#x} to the debug-exit port: '
+                          f'exit status {status & 0xff}')
 
     def _line(self, sink):
         return self._IrqLine(sink)
