@@ -141,9 +141,10 @@ class RunTest(CliCase):
 
     def test_dev_zero_is_refused_as_kernel_and_initrd(self):
         kernel = self.file('kernel', DEBUG_EXIT_21)
-        self.assert_refused(['-k', '/dev/zero', '-m', '16', '--console', 'none'], "'/dev/zero'")
+        self.assert_refused(['-k', '/dev/zero', '-m', '16', '--console', 'none'],
+                            "kernel '/dev/zero': not a regular file but a character device")
         self.assert_refused(['-k', kernel, '-i', '/dev/zero', '-m', '16', '--console', 'none'],
-                            "initrd '/dev/zero'")
+                            "initrd '/dev/zero': not a regular file but a character device")
 
     def test_a_debug_exit_names_the_value_written_and_the_status(self):
         kernel = self.file('kernel', DEBUG_EXIT_21)

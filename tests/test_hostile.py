@@ -837,15 +837,17 @@ class MalformedImageTest(HostileCase):
     def test_an_endless_kernel_file_is_refused_without_reading_it_all(self):
         # regression: the command line read the whole file first, so -k
         # /dev/zero grew the VMM until it ran out of memory (a 2 GiB address
-        # space limit makes that a MemoryError here)
+        # space limit makes that a MemoryError here); now it is refused
+        # unread, as every file that is not a regular one
         code = ('import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); '
                 'import kvmlite; sys.exit(kvmlite.main(sys.argv[1:]))')
         p = subprocess.run([sys.executable, '-c', code, 'run', '-k', '/dev/zero', '-m', '16',
                             '--console', 'none'], cwd=ROOT, capture_output=True, text=True,
                            timeout=60)
         self.assertEqual((p.returncode, p.stderr),
-                         (K.EXIT_USAGE, "kvmlite: kernel '/dev/zero' is larger than the guest's "
-                                        "16 MiB of RAM: give more memory (-m)\n"))
+                         (K.EXIT_USAGE, "kvmlite: cannot read kernel '/dev/zero': not a regular "
+                                        "file but a character device: give the kernel as a "
+                                        "regular file\n"))
 
 if __name__ == '__main__':
     unittest.main()

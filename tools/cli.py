@@ -96,16 +96,17 @@ def _read_input_file(path, what, limit):
     """A kernel's or initrd's bytes, refused past ``limit`` (the guest's RAM,
     which no image can exceed) before more than that is read.
 
-    os.stat decides before the file is opened: a regular file's size is
-    checked against the limit; a character device (/dev/zero), whose size
-    stat cannot tell, is read no further than the limit; anything else (a
-    FIFO, which would block the open, a directory, a socket) is refused."""
+    os.stat decides before the file is opened: only a regular file, whose
+    size is checked against the limit, is read; anything else (a character
+    device such as /dev/zero, whose size stat cannot tell, a FIFO, which
+    would block the open, a directory, a socket) is refused unread."""
     try:
         st = os.stat(path)
         kind = stat.S_IFMT(st.st_mode)
-        if kind not in (stat.S_IFREG, stat.S_IFCHR):
+        if kind != stat.S_IFREG:
             raise ValueError(f'cannot read {what} {path!r}: not a regular file but '
-                             f'{_FILE_KINDS.get(kind, "a special file")}')
+                             f'{_FILE_KINDS.get(kind, "a special file")}: give the {what} as '
+                             f'a regular file')
         if st.st_size > limit:
             data = None
         else:
@@ -125,7 +126,7 @@ def _read_input_file(path, what, limit):
 
 
 _FILE_KINDS = {stat.S_IFDIR: 'a directory', stat.S_IFIFO: 'a FIFO', stat.S_IFSOCK: 'a socket',
-               stat.S_IFBLK: 'a block device'}
+               stat.S_IFBLK: 'a block device', stat.S_IFCHR: 'a character device'}
 
 
 def _check_run_args(args):
