@@ -2978,7 +2978,10 @@ SNIPPET_SYSTEM = {'real': (0x10E000, 0x1000), 'prot32': (0xFF800000, 0x8000),
                   'long64': (0xFF800000, 0x400000)}
 _SYS_GDT, _SYS_IDT, _SYS_TSS = 0x0, 0x1000, 0x2000       # protected and long mode
 _SYS_STUBS, _SYS_STACK_TOP, _SYS_PAGE_TABLES = 0x5000, 0x7000, 0x8000
-_REAL_STUBS, _REAL_STUB_SEG = 0x400, 0xFFFF               # the IVT is at offset 0
+# real mode: the IVT at 0x200, and below it a copy of its upper half for
+# KVM's emulator, which sign-extends `int n`'s byte and so looks up vectors
+# 0x80-0xFF at IVT - 4 * (256 - n) (without it such an `int` hangs in KVM)
+_REAL_IVT, _REAL_STUBS, _REAL_STUB_SEG = 0x200, 0x600, 0xFFFF
 _STUB = bytes((0xE6, SNIPPET_TRAP_PORT, 0xF4, 0x90))    # out port, al; hlt; nop
 _SYSCALL_STUB = 256                 # the stub after the 256 vectors' is LSTAR's
 _IOPB = 0x68                        # the I/O permission bitmap follows the TSS proper
@@ -3037,7 +3040,9 @@ class Stop:
     'count' (ran ``count`` instructions), 'timeout', 'stopped' (a hook
     called :meth:`Snippet.stop`), 'exception' (``vector``, ``error_code``
     or None, ``address``: CR2 for #PF, else the faulting instruction; RIP
-    is that instruction for a fault, the next one for a trap), 'syscall'
+    is that instruction for a fault, the next one for a trap), 'interrupt'
+    (an ``int n``: ``vector`` n, ``address`` the instruction, RIP after
+    it), 'syscall'
     (no syscall hook; RIP after the syscall), 'mmio' (an access to
     ``address`` that no memory backs and no MMIO hook answered: a read
     stops at its instruction, not yet done, and :meth:`Snippet.resume`
@@ -3060,10 +3065,10 @@ class Stop:
 
     @property
     def name(self):
-        """'#PF' for an exception vector, 'int 0x21' for a software interrupt."""
+        """'#PF' for an exception vector, 'int 0x10' for a software interrupt."""
         if self.vector is None:
             return None
-        if self.vector < len(EXCEPTION_NAMES):
+        if self.vector < len(EXCEPTION_NAMES) and self.reason != 'interrupt':
             return '#' + EXCEPTION_NAMES[self.vector]
         return f'int {self.vector:#x}'
 
@@ -3193,8 +3198,9 @@ class Snippet:
         stubs = _STUB * (_SYSCALL_STUB + 1)
         if self.mode == 'real':
             off = self._stubs - (_REAL_STUB_SEG << 4)
-            self.vm.write(base, b''.join(struct.pack('<HH', off + 4 * v, _REAL_STUB_SEG)
-                                         for v in range(256)))
+            ivt = b''.join(struct.pack('<HH', off + 4 * v, _REAL_STUB_SEG) for v in range(256))
+            self.vm.write(base + _REAL_IVT, ivt)
+            self.vm.write(base + _REAL_IVT - 512, ivt[512:])
             self.vm.write(self._stubs, stubs)
             return
         gdt = SNIPPET_GDT + _tss_descriptor(base + _SYS_TSS, _TSS_LIMIT)
@@ -3233,7 +3239,7 @@ class Snippet:
                 seg = getattr(s, name)
                 seg.selector, seg.base, seg.limit = 0, 0, 0xFFFF
             s.cr0 &= ~(CR0_PE | CR0_PG)
-            s.idt.base, s.idt.limit = base, 256 * 4 - 1
+            s.idt.base, s.idt.limit = base + _REAL_IVT, 256 * 4 - 1
         else:
             code, data = _SNIPPET_SELECTORS[self.mode, self.cpl]
             long_mode = self.mode == 'long64'
@@ -3710,7 +3716,7 @@ class Snippet:
     def _handlers(self):
         return {IoOut: self._on_io, IoIn: self._on_io, MmioRead: self._on_mmio,
                 MmioWrite: self._on_mmio, RdMsr: self._on_msr, WrMsr: self._on_msr,
-                Debug: self._on_debug}
+                Debug: self._on_debug, InternalError: self._on_internal}
 
     def _halt(self, stop):
         """End the run with ``stop`` (a handler's return value)."""
@@ -3788,19 +3794,28 @@ class Snippet:
             self.vcpu.set_sregs(sregs)
             self.vcpu.set_regs(regs)
             return self._on_syscall()
-        error_code = self._unwind(regs, sregs, vector)
+        error_code, soft = self._unwind(regs, sregs, vector)
         rip = regs.rip
         linear = self._linear(rip)
-        if vector == 6 and self.cpl == 3 and self._peek(linear) == 0xCD:
+        op = self._peek(linear) if vector == 6 and self.cpl == 3 else None
+        if op == 0xCD:
             # kvm_pvm raises #UD for `int n` at CPL3: deliver it as the CPU would
             n = self._peek(linear + 1)
             if n not in _USER_GATES:
                 vector, error_code = 13, n * 8 + 2           # the gate's DPL is 0
             else:
                 self.vcpu.set_regs(rip=rip + 2)
-                if n == 3:
-                    return self._halt(Stop('breakpoint', rip + 2, address=linear))
-                rip, linear, vector = rip + 2, linear + 2, n
+                rip, linear, vector, soft = rip + 2, linear + 2, n, True
+        elif op == 0xCC or (op == 0xCE and self.mode == 'prot32'):
+            # and for int3 and into where it emulates CPL3 code (prot32: no paging)
+            self.vcpu.set_regs(rip=rip + 1)
+            rip, linear, vector = rip + 1, linear + 1, 3 if op == 0xCC else 4
+            if op == 0xCE and not regs.rflags & 1 << SNIPPET_FLAGS['OF']:
+                return self._resume()                    # no overflow: into does nothing
+        elif error_code is None and vector != 1 and self._int_before(linear, vector):
+            soft = True                  # `int n` through the gate: RIP is after it
+        if soft:
+            return self._software_interrupt(rip, vector, linear - 2)
         if vector == 1 and self._steps is not None:
             if linear == self._stubs + 4 * _SYSCALL_STUB:
                 return True              # a syscall's own step: its stub counts it
@@ -3829,6 +3844,7 @@ class Snippet:
         """Pop the frame the CPU pushed for ``vector`` and put the snippet's
         RIP, RFLAGS, RSP, CS and SS back. Returns the error code, or None."""
         has_code = vector in _ERROR_CODE_VECTORS and self.mode != 'real'
+        soft = False
         if self.mode == 'real':          # IP, CS, FLAGS on the snippet's stack
             sp = regs.rsp & 0xFFFF
             ip, cs, flags = struct.unpack('<3H', self.vm.read(sregs.ss.base + sp, 6))
@@ -3843,6 +3859,11 @@ class Snippet:
 
             def pop(i):
                 return struct.unpack(fmt, self.vm.read(sp + word * i, word))[0]
+            if has_code and self.cpl == 0 and pop(1) == self._user_cs.selector \
+                    and self._int_before(pop(0), vector):
+                # `int 0xd` at CPL0 takes the gate of #GP but pushes no error code
+                has_code, soft = False, True
+                n = 3
             error_code = pop(0) if has_code else None
             regs.rip, cs, regs.rflags = pop(n - 3), pop(n - 2), pop(n - 1)
             if word == 8 or cs & 3:      # the CPU pushed SS:RSP too
@@ -3852,7 +3873,38 @@ class Snippet:
             sregs.cs, sregs.ss = _copy(self._user_cs), _copy(self._user_ss)
         self.vcpu.set_sregs(sregs)
         self.vcpu.set_regs(regs)
-        return error_code
+        return error_code, soft
+
+    def _int_before(self, linear, vector):
+        """Whether the two bytes before ``linear`` are `int vector`."""
+        return self._peek(linear - 2) == 0xCD and self._peek(linear - 1) == vector
+
+    def _software_interrupt(self, rip, vector, at):
+        """The snippet ran `int vector` at ``at``; RIP is after it, where
+        the interrupt's handler would return to."""
+        if vector == 3:
+            return self._halt(Stop('breakpoint', rip, address=at))
+        if vector == 0x80 and self.mode != 'real':
+            return self._on_syscall()
+        stop = Stop('interrupt', rip, vector, None, at)
+        hook = self._hooks.get('exception')
+        if hook and hook(self, stop):
+            return self._resume()
+        return self._halt(stop)
+
+    def _on_internal(self, vcpu, exit):
+        """KVM's emulator cannot deliver `int n` in protected mode (kvm_pvm's
+        CPL0): the run ends there with an emulation failure, RIP at the
+        instruction. Report it as the interrupt, as the CPU would have taken it."""
+        if exit.suberror != KVM_INTERNAL_ERROR_EMULATION or exit.insn[:1] != b'\xcd' \
+                or len(exit.insn) < 2:
+            return False
+        rip = vcpu.get_regs().rip
+        at = self._linear(rip)
+        if self._peek(at) != 0xCD or self._peek(at + 1) != exit.insn[1]:
+            return False
+        vcpu.set_regs(rip=rip + 2)
+        return self._software_interrupt(rip + 2, exit.insn[1], at)
 
     def _on_syscall(self):
         hook = self._hooks.get('syscall')
