@@ -41,11 +41,11 @@ import struct
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, namedtuple
 
 __all__ = [
     'Kvm', 'Vm', 'Vcpu', 'KvmError', 'KvmliteError', 'GuestError',
-    'DeviceError', 'ExitReason', 'Cap', 'PioBus', 'MmioBus',
+    'DeviceError', 'ExitReason', 'Cap', 'MpState', 'Translation', 'PioBus', 'MmioBus',
     'Exit', 'IoOut', 'IoIn', 'MmioRead', 'MmioWrite', 'Hlt', 'Shutdown',
     'FailEntry', 'InternalError', 'SystemEvent', 'Debug', 'Hypercall',
     'IrqWindowOpen', 'Interrupted', 'IoapicEoi', 'RdMsr', 'WrMsr',
@@ -307,6 +307,19 @@ class kvm_pit_channel_state(_Struct):
     ]
 
 
+class kvm_pit_state(_Struct):
+    """KVM_GET/SET_PIT (the first PIT state; kvm_pit_state2 adds flags)."""
+    _fields_ = [('channels', kvm_pit_channel_state * 3)]
+
+
+KVM_PIT_FLAGS_HPET_LEGACY = 0x00000001
+KVM_PIT_FLAGS_SPEAKER_DATA_ON = 0x00000002
+
+
+class kvm_reinject_control(_Struct):
+    _fields_ = [('pit_reinject', u8), ('reserved', u8 * 31)]
+
+
 class kvm_pit_state2(_Struct):
     _fields_ = [
         ('channels', kvm_pit_channel_state * 3),
@@ -509,15 +522,40 @@ def kvm_signal_mask(n):
     return kvm_signal_mask
 
 
-KVM_MP_STATE_RUNNABLE = 0
-KVM_MP_STATE_UNINITIALIZED = 1
-KVM_MP_STATE_INIT_RECEIVED = 2
-KVM_MP_STATE_HALTED = 3
-KVM_MP_STATE_SIPI_RECEIVED = 4
+class MpState(enum.IntEnum):
+    """``kvm_mp_state.mp_state`` (KVM_MP_STATE_*): what KVM_GET_MP_STATE returns."""
+    RUNNABLE = 0            # running or ready to run
+    UNINITIALIZED = 1       # an AP that has not received INIT
+    INIT_RECEIVED = 2       # INIT received, waiting for SIPI
+    HALTED = 3              # HLT, waiting for an interrupt
+    SIPI_RECEIVED = 4       # SIPI received
+    STOPPED = 5             # s390
+    CHECK_STOP = 6          # s390
+    OPERATING = 7           # s390
+    LOAD = 8                # s390
+    AP_RESET_HOLD = 9       # x86 SEV-ES: an AP parked by the guest
+    SUSPENDED = 10          # arm64: suspended until a wake-up event
+
+
+KVM_MP_STATE_RUNNABLE = MpState.RUNNABLE
+KVM_MP_STATE_UNINITIALIZED = MpState.UNINITIALIZED
+KVM_MP_STATE_INIT_RECEIVED = MpState.INIT_RECEIVED
+KVM_MP_STATE_HALTED = MpState.HALTED
+KVM_MP_STATE_SIPI_RECEIVED = MpState.SIPI_RECEIVED
+KVM_MP_STATE_STOPPED = MpState.STOPPED
+KVM_MP_STATE_CHECK_STOP = MpState.CHECK_STOP
+KVM_MP_STATE_OPERATING = MpState.OPERATING
+KVM_MP_STATE_LOAD = MpState.LOAD
+KVM_MP_STATE_AP_RESET_HOLD = MpState.AP_RESET_HOLD
+KVM_MP_STATE_SUSPENDED = MpState.SUSPENDED
 
 
 class kvm_mp_state(_Struct):
     _fields_ = [('mp_state', u32)]
+
+
+#: What Vcpu.translate() returns: a guest-linear address through the page tables.
+Translation = namedtuple('Translation', 'physical valid writeable usermode')
 
 
 KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0
@@ -740,20 +778,39 @@ class ExitReason(enum.IntEnum):
     INTR = 10              # a signal (or immediate_exit) stopped KVM_RUN
     SET_TPR = 11           # unused on x86
     TPR_ACCESS = 12        # TPR access reporting
+    S390_SIEIC = 13        # s390
+    S390_RESET = 14        # s390
+    DCR = 15               # deprecated (ppc)
     NMI = 16               # unused on x86
     INTERNAL_ERROR = 17    # the emulator or KVM itself failed
+    OSI = 18               # ppc
+    PAPR_HCALL = 19        # ppc
+    S390_UCONTROL = 20     # s390
     WATCHDOG = 21          # unused on x86
+    S390_TSCH = 22         # s390
     EPR = 23               # unused on x86
     SYSTEM_EVENT = 24      # shutdown, reset or crash request (PSCI, Hyper-V)
+    S390_STSI = 25         # s390
     IOAPIC_EOI = 26        # split irqchip: EOI of a level-triggered vector
     HYPERV = 27            # Hyper-V synthetic event
+    ARM_NISV = 28          # arm64
     X86_RDMSR = 29         # user-space MSR read
     X86_WRMSR = 30         # user-space MSR write
     DIRTY_RING_FULL = 31   # the dirty ring needs harvesting
     AP_RESET_HOLD = 32     # SEV-ES AP reset hold
     X86_BUS_LOCK = 33      # a bus lock was detected
     XEN = 34               # Xen hypercall
+    RISCV_SBI = 35         # riscv
+    RISCV_CSR = 36         # riscv
     NOTIFY = 37            # the notify VM exit fired
+    LOONGARCH_IOCSR = 38   # loongarch
+    MEMORY_FAULT = 39      # a fault KVM could not resolve (guest_memfd, attributes)
+    TDX = 40               # TDX guest call
+    ARM_SEA = 41           # arm64 (6.19)
+
+
+#: exit number -> ExitReason, for counting exits by name (an unknown number stays an int)
+_EXIT_NAMES = dict(ExitReason._value2member_map_)
 
 
 class Cap(enum.IntEnum):
@@ -1065,10 +1122,14 @@ KVM_CREATE_IRQCHIP = _IO(KVMIO, 0x60)
 KVM_IRQ_LINE = _IOW(KVMIO, 0x61, kvm_irq_level)
 KVM_GET_IRQCHIP = _IOWR(KVMIO, 0x62, kvm_irqchip)
 KVM_SET_IRQCHIP = _IOR(KVMIO, 0x63, kvm_irqchip)
+KVM_CREATE_PIT = _IO(KVMIO, 0x64)
+KVM_GET_PIT = _IOWR(KVMIO, 0x65, kvm_pit_state)
+KVM_SET_PIT = _IOR(KVMIO, 0x66, kvm_pit_state)
 KVM_IRQ_LINE_STATUS = _IOWR(KVMIO, 0x67, kvm_irq_level)
 KVM_REGISTER_COALESCED_MMIO = _IOW(KVMIO, 0x67, kvm_coalesced_mmio_zone)
 KVM_UNREGISTER_COALESCED_MMIO = _IOW(KVMIO, 0x68, kvm_coalesced_mmio_zone)
 KVM_SET_GSI_ROUTING = _IOW(KVMIO, 0x6a, kvm_irq_routing(0))
+KVM_REINJECT_CONTROL = _IO(KVMIO, 0x71)    # takes a kvm_reinject_control all the same
 KVM_IRQFD = _IOW(KVMIO, 0x76, kvm_irqfd)
 KVM_CREATE_PIT2 = _IOW(KVMIO, 0x77, kvm_pit_config)
 KVM_IOEVENTFD = _IOW(KVMIO, 0x79, kvm_ioeventfd)
@@ -1180,9 +1241,51 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
 
 
-def _ioctl(fd, request, arg=0, what=None):
-    """One ioctl; a failure raises KvmError naming it. Retries on EINTR (a
-    kick must only interrupt KVM_RUN, which does not come here)."""
+def _explain(request, err, vm):
+    """What to do about ``err`` from ``request`` on ``vm`` (a Vm or None),
+    where the API text or KVM's checks say why it happens; '' otherwise."""
+    chip = getattr(vm, 'irqchip', None)
+    if request == KVM_RUN and err in (errno.ENOSPC, errno.EFAULT) and vm is not None \
+            and not vm.slots:
+        return ('the VM has no memory: add memory first (vm.add_memory(gpa, size)) and put '
+                "code at the vCPU's RIP")
+    if request in (KVM_GET_LAPIC, KVM_SET_LAPIC) and err == errno.EINVAL and chip is None:
+        return ('this VM has no in-kernel local APIC: create the irqchip first '
+                '(vm.create_irqchip() or vm.create_split_irqchip(), before the vCPUs)')
+    if request == KVM_CREATE_PIT2 and err == errno.ENOENT:
+        return ('the in-kernel PIT needs the in-kernel PIC: create the irqchip first '
+                '(vm.create_irqchip(); a split irqchip has no PIC)')
+    if request in (KVM_GET_PIT2, KVM_SET_PIT2, KVM_GET_PIT, KVM_SET_PIT,
+                   KVM_REINJECT_CONTROL) and err == errno.ENXIO:
+        return 'this VM has no in-kernel PIT: create it first (vm.create_irqchip(), then vm.create_pit2())'
+    if request in (KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS) and err == errno.ENXIO:
+        return ('KVM has no irqchip to raise the line on: create the irqchip first '
+                '(vm.create_irqchip() or vm.create_split_irqchip())')
+    if request in (KVM_GET_IRQCHIP, KVM_SET_IRQCHIP) and err == errno.ENXIO:
+        return ('this VM has no in-kernel PIC and IOAPIC: create the irqchip first '
+                '(vm.create_irqchip(); a split irqchip keeps them in user space)')
+    if request in (KVM_SIGNAL_MSI, KVM_SET_GSI_ROUTING, KVM_IRQFD) and err == errno.EINVAL \
+            and vm is not None and chip is None:
+        return ('this needs an in-kernel irqchip: create the irqchip first '
+                '(vm.create_irqchip() or vm.create_split_irqchip())')
+    if request == KVM_CREATE_IRQCHIP and err == errno.EINVAL and getattr(vm, 'vcpus', None):
+        return 'create the irqchip before the vCPUs'
+    if request == KVM_CREATE_IRQCHIP and err == errno.EEXIST:
+        return 'this VM already has an irqchip'
+    if request == KVM_INTERRUPT and err == errno.ENXIO:
+        return ('with the in-kernel PIC, interrupts come from it: raise a line (vm.irq_line()) '
+                'or send an MSI (vm.signal_msi())')
+    if request == KVM_GET_DIRTY_LOG and err == errno.ENOENT:
+        return 'the slot does not log dirty pages: add its memory with dirty_log=True'
+    if request == KVM_CREATE_VCPU and err == errno.EEXIST:
+        return 'a vCPU with that index exists'
+    return ''
+
+
+def _ioctl(fd, request, arg=0, what=None, vm=None):
+    """One ioctl; a failure raises KvmError naming it (and, with ``vm``, what
+    to do where :func:`_explain` knows). Retries on EINTR (a kick must only
+    interrupt KVM_RUN, which does not come here)."""
     if fd < 0:
         name = what or _IOCTL_NAMES.get(request, hex(request))
         raise KvmliteError(f'{name} on a closed Vm or Vcpu: create a new one')
@@ -1197,7 +1300,8 @@ def _ioctl(fd, request, arg=0, what=None):
         except InterruptedError:
             continue
         except OSError as e:
-            raise KvmError(e.errno, what or _IOCTL_NAMES.get(request, hex(request))) from None
+            raise KvmError(e.errno, what or _IOCTL_NAMES.get(request, hex(request)),
+                           _explain(request, e.errno, vm)) from None
 
 
 def _check_u64(what, value):
@@ -1917,7 +2021,7 @@ class Vm:
         self.lock = threading.RLock()
         self.pio = PioBus(self.lock)
         self.mmio = MmioBus(self.lock)
-        self.exit_counts = Counter()       # kvmlite's own count of exits by reason
+        self.exit_counts = Counter()       # kvmlite's own count of exits, by ExitReason
         self.irqchip = None                # None, 'kernel' or 'split'
         self._coalesced = []
         self._stats = None
@@ -2048,7 +2152,7 @@ class Vm:
         pages = slot.size // PAGE_SIZE
         bitmap = ctypes.create_string_buffer(((pages + 63) // 64) * 8)
         log = kvm_dirty_log(slot=slot.slot, dirty_bitmap=ctypes.addressof(bitmap))
-        _ioctl(self.fd, KVM_GET_DIRTY_LOG, log)
+        _ioctl(self.fd, KVM_GET_DIRTY_LOG, log, vm=self)
         return _bitmap_pages(bitmap.raw, pages, slot.gpa)
 
     def clear_dirty_log(self, slot, first_page=0, num_pages=None):
@@ -2069,7 +2173,7 @@ class Vm:
     # -- irqchip, interrupts, timers --
     def create_irqchip(self):
         """In-kernel PIC, IOAPIC and local APICs (before creating vCPUs)."""
-        _ioctl(self.fd, KVM_CREATE_IRQCHIP)
+        _ioctl(self.fd, KVM_CREATE_IRQCHIP, vm=self)
         self.irqchip = 'kernel'
 
     def create_split_irqchip(self, ioapic_pins=24):
@@ -2078,51 +2182,52 @@ class Vm:
         self.irqchip = 'split'
 
     def create_pit2(self, flags=KVM_PIT_SPEAKER_DUMMY):
-        _ioctl(self.fd, KVM_CREATE_PIT2, kvm_pit_config(flags=flags))
+        _ioctl(self.fd, KVM_CREATE_PIT2, kvm_pit_config(flags=flags), vm=self)
 
     def irq_line(self, irq, level):
-        _ioctl(self.fd, KVM_IRQ_LINE, kvm_irq_level(irq=irq, level=level))
+        _ioctl(self.fd, KVM_IRQ_LINE, kvm_irq_level(irq=irq, level=level), vm=self)
 
     def irq_line_status(self, irq, level):
         """KVM_IRQ_LINE_STATUS: returns the status (>0 delivered, 0 masked or
         coalesced, <0 error)."""
         lv = kvm_irq_level(irq=irq, level=level)
-        _ioctl(self.fd, KVM_IRQ_LINE_STATUS, lv)
+        _ioctl(self.fd, KVM_IRQ_LINE_STATUS, lv, vm=self)
         return ctypes.c_int32(lv.irq).value
 
     def get_irqchip(self, chip_id):
         c = kvm_irqchip(chip_id=chip_id)
-        _ioctl(self.fd, KVM_GET_IRQCHIP, c)
+        _ioctl(self.fd, KVM_GET_IRQCHIP, c, vm=self)
         return c
 
     def set_irqchip(self, chip):
-        _ioctl(self.fd, KVM_SET_IRQCHIP, chip)
+        _ioctl(self.fd, KVM_SET_IRQCHIP, chip, vm=self)
 
     def get_pit2(self):
         p = kvm_pit_state2()
-        _ioctl(self.fd, KVM_GET_PIT2, p)
+        _ioctl(self.fd, KVM_GET_PIT2, p, vm=self)
         return p
 
     def set_pit2(self, state):
-        _ioctl(self.fd, KVM_SET_PIT2, state)
+        _ioctl(self.fd, KVM_SET_PIT2, state, vm=self)
 
     def signal_msi(self, address, data):
         """Deliver an MSI message; returns >0 when delivered, 0 when blocked."""
         return _ioctl(self.fd, KVM_SIGNAL_MSI, kvm_msi(address_lo=address & 0xFFFFFFFF,
-                                                        address_hi=address >> 32, data=data))
+                                                        address_hi=address >> 32, data=data),
+                      vm=self)
 
     def set_gsi_routing(self, entries):
         """``entries``: kvm_irq_routing_entry values (see :func:`route_irqchip`)."""
         r = kvm_irq_routing(len(entries))(nr=len(entries))
         for i, e in enumerate(entries):
             r.entries[i] = e
-        _ioctl(self.fd, KVM_SET_GSI_ROUTING, r)
+        _ioctl(self.fd, KVM_SET_GSI_ROUTING, r, vm=self)
 
     def irqfd(self, fd, gsi, deassign=False, resamplefd=None):
         flags = (KVM_IRQFD_FLAG_DEASSIGN if deassign else 0) | \
                 (KVM_IRQFD_FLAG_RESAMPLE if resamplefd is not None else 0)
         _ioctl(self.fd, KVM_IRQFD, kvm_irqfd(fd=fd, gsi=gsi, flags=flags,
-                                              resamplefd=resamplefd or 0))
+                                              resamplefd=resamplefd or 0), vm=self)
 
     def ioeventfd(self, fd, addr, length, pio=False, datamatch=None, deassign=False):
         flags = (KVM_IOEVENTFD_FLAG_PIO if pio else 0) | \
@@ -2275,7 +2380,7 @@ class Vcpu:
     def __init__(self, vm, index):
         self.vm = vm
         self.index = index
-        self.fd = _ioctl(vm.fd, KVM_CREATE_VCPU, index)
+        self.fd = _ioctl(vm.fd, KVM_CREATE_VCPU, index, vm=vm)
         size = vm.kvm.vcpu_mmap_size
         try:
             self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -2382,13 +2487,18 @@ class Vcpu:
         return [_copy(buf.entries[i]) for i in range(buf.nent)]
 
     def get_lapic(self):
-        return self._get(KVM_GET_LAPIC, kvm_lapic_state)
+        s = kvm_lapic_state()
+        _ioctl(self.fd, KVM_GET_LAPIC, s, vm=self.vm)
+        return s
 
     def set_lapic(self, lapic):
-        _ioctl(self.fd, KVM_SET_LAPIC, lapic)
+        _ioctl(self.fd, KVM_SET_LAPIC, lapic, vm=self.vm)
 
     def get_mp_state(self):
-        return self._get(KVM_GET_MP_STATE, kvm_mp_state).mp_state
+        """KVM_GET_MP_STATE as an :class:`MpState` (a number KVM adds later
+        stays an int)."""
+        n = self._get(KVM_GET_MP_STATE, kvm_mp_state).mp_state
+        return MpState._value2member_map_.get(n, n)
 
     def set_mp_state(self, state):
         _ioctl(self.fd, KVM_SET_MP_STATE, kvm_mp_state(mp_state=state))
@@ -2426,14 +2536,15 @@ class Vcpu:
         _ioctl(self.fd, KVM_SET_XCRS, xcrs)
 
     def translate(self, linear):
-        """KVM_TRANSLATE: (physical, valid, writeable, usermode)."""
-        t = kvm_translation(linear_address=linear)
+        """KVM_TRANSLATE through the guest's current page tables: a
+        :class:`Translation` (physical, valid, writeable, usermode)."""
+        t = kvm_translation(linear_address=_check_u64('translate: linear address', linear))
         _ioctl(self.fd, KVM_TRANSLATE, t)
-        return t.physical_address, bool(t.valid), bool(t.writeable), bool(t.usermode)
+        return Translation(t.physical_address, bool(t.valid), bool(t.writeable), bool(t.usermode))
 
     def interrupt(self, vector):
         """KVM_INTERRUPT: queue an external interrupt (no in-kernel PIC)."""
-        _ioctl(self.fd, KVM_INTERRUPT, kvm_interrupt(irq=vector))
+        _ioctl(self.fd, KVM_INTERRUPT, kvm_interrupt(irq=vector), vm=self.vm)
 
     def nmi(self):
         _ioctl(self.fd, KVM_NMI)
@@ -2698,7 +2809,7 @@ class Vcpu:
                 except OSError as e:
                     if e.errno not in (errno.EINTR, errno.EAGAIN):
                         reason = None
-                        raise KvmError(e.errno, 'KVM_RUN') from None
+                        raise KvmError(e.errno, 'KVM_RUN', _explain(KVM_RUN, e.errno, vm)) from None
                     m[1] = 0
                     reason = ExitReason.INTR
                 if ring is not None and vm._coalesced:
@@ -2724,7 +2835,7 @@ class Vcpu:
                                 st.pack_into(m, 40, mmio.read(addr, length))
                             continue
                     else:
-                        counts[reason] += 1
+                        counts[_EXIT_NAMES.get(reason, reason)] += 1
                 except DeviceError as e:
                     e.vcpu = self.index
                     e.rip = self.get_regs().rip

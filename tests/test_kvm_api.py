@@ -12,7 +12,7 @@ import sys
 import unittest
 
 import kvmlite as K
-from tests.guest import requires_kvm, kvm
+from tests.guest import DATA, Guest, requires_kvm, kvm
 
 
 @requires_kvm
@@ -74,6 +74,98 @@ class CapabilityTest(unittest.TestCase):
                 vm.enable_cap('S390_PSW')
             with self.assertRaisesRegex(K.KvmError, r'KVM_ENABLE_CAP\(499\)'):
                 vm.enable_cap(499)
+
+
+@requires_kvm
+class NamedResultTest(unittest.TestCase):
+
+    def test_exit_counts_are_keyed_by_exit_name(self):
+        with Guest('mov dx, 0x3f8\nmov al, 0x41\nout dx, al\nhlt') as g:
+            g.expect(K.IoOut, port=0x3F8)
+            g.expect(K.Hlt)
+            counts = g.vm.exit_counts
+            self.assertEqual(set(counts), {K.ExitReason.IO, K.ExitReason.HLT})
+            self.assertTrue(all(type(k) is K.ExitReason for k in counts))
+            self.assertIn('HLT', repr(counts))
+            self.assertEqual(counts[5], 1)                  # an old int lookup still works
+            self.assertEqual(counts[K.ExitReason.IO], 1)
+
+    def test_mp_state_is_an_enum(self):
+        with Guest('hlt', irqchip='kernel') as g:
+            state = g.vcpu.get_mp_state()
+            self.assertIs(state, K.MpState.RUNNABLE)
+            g.vcpu.set_mp_state(K.MpState.HALTED)
+            self.assertIs(g.vcpu.get_mp_state(), K.MpState.HALTED)
+            self.assertEqual(g.vcpu.get_mp_state(), K.KVM_MP_STATE_HALTED)
+
+    def test_translate_is_a_named_tuple(self):
+        with Guest() as g:
+            t = g.vcpu.translate(DATA + 0x10)
+            self.assertIsInstance(t, K.Translation)
+            self.assertEqual((t.physical, t.valid, t.writeable, t.usermode),
+                             (DATA + 0x10, True, True, False))
+            self.assertEqual(t, (DATA + 0x10, True, True, False))
+
+
+@requires_kvm
+class ErrorHintTest(unittest.TestCase):
+    """The errors api.rst (or KVM's checks) explain say what to do."""
+
+    def assertHint(self, call, err, text):
+        with self.assertRaises(K.KvmError) as cm:
+            call()
+        self.assertEqual(cm.exception.errno, err, str(cm.exception))
+        self.assertIn(text, str(cm.exception))
+
+    def test_run_without_memory(self):
+        with kvm().create_vm() as vm:
+            cpu = vm.create_vcpu()
+            with self.assertRaises(K.KvmError) as cm:
+                cpu.run(timeout=10)
+            self.assertIn(cm.exception.errno, (errno.ENOSPC, errno.EFAULT))
+            self.assertRegex(str(cm.exception), r'^KVM_RUN failed: .*add memory first')
+
+    def test_lapic_without_irqchip(self):
+        with kvm().create_vm() as vm:
+            cpu = vm.create_vcpu()
+            self.assertHint(cpu.get_lapic, errno.EINVAL, 'create the irqchip first')
+            self.assertHint(lambda: cpu.set_lapic(K.kvm_lapic_state()), errno.EINVAL,
+                            'create the irqchip first')
+        with kvm().create_vm() as vm:       # and with it, the same call works
+            vm.create_split_irqchip()
+            self.assertEqual(len(bytes(vm.create_vcpu().get_lapic())), K.KVM_APIC_REG_SIZE)
+
+    def test_pit_before_irqchip(self):
+        with kvm().create_vm() as vm:
+            self.assertHint(vm.create_pit2, errno.ENOENT, 'create the irqchip first')
+            self.assertHint(vm.get_pit2, errno.ENXIO, 'no in-kernel PIT')
+            vm.create_irqchip()
+            self.assertHint(vm.get_pit2, errno.ENXIO, 'vm.create_pit2()')
+            vm.create_pit2()
+            self.assertIsInstance(vm.get_pit2(), K.kvm_pit_state2)   # now it is there
+
+    def test_irq_line_and_irqchip_state_without_irqchip(self):
+        with kvm().create_vm() as vm:
+            self.assertHint(lambda: vm.irq_line(4, 1), errno.ENXIO, 'create the irqchip first')
+            self.assertHint(lambda: vm.get_irqchip(0), errno.ENXIO, 'create the irqchip first')
+            self.assertHint(lambda: vm.signal_msi(0xFEE00000, 0x30), errno.EINVAL,
+                            'create the irqchip first')
+
+    def test_irqchip_order(self):
+        with kvm().create_vm() as vm:
+            vm.create_vcpu()
+            self.assertHint(vm.create_irqchip, errno.EINVAL, 'before the vCPUs')
+            self.assertHint(lambda: vm.create_vcpu(0), errno.EEXIST, 'a vCPU with that index')
+        with kvm().create_vm() as vm:
+            vm.create_irqchip()
+            self.assertHint(vm.create_irqchip, errno.EEXIST, 'already has an irqchip')
+            self.assertHint(lambda: vm.create_vcpu().interrupt(0x30), errno.ENXIO,
+                            'vm.irq_line()')
+
+    def test_dirty_log_of_a_slot_without_logging(self):
+        with kvm().create_vm() as vm:
+            slot = vm.add_memory(0, 0x10000)
+            self.assertHint(lambda: vm.get_dirty_log(slot), errno.ENOENT, 'dirty_log=True')
 
 
 if __name__ == '__main__':
