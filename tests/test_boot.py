@@ -126,8 +126,8 @@ def make_multiboot_aout(text=b'\xf4' * 64, load=0x100000, bss=0x2000, header_at=
     return bytes(header_at) + header + text
 
 
-def make_multiboot_elf(code=b'\xf4' * 32):
-    return make_elf(32, [(0x100000, mb_header(0x3) + code, 0x3000)], 0x10000C)
+def make_multiboot_elf(code=b'\xf4' * 32, paddr=0x100000):
+    return make_elf(32, [(paddr, mb_header(0x3) + code, 0x3000)], paddr + 0xC)
 
 
 def make_bzimage(kernel=b'\xf4' * 0x3000, version=0x020F, setup_sects=4, pref=0x1000000,
@@ -172,7 +172,9 @@ class FlatTest(unittest.TestCase):
 
     def test_flat_binary_reaching_the_ebda_is_refused_and_nothing_is_written(self):
         mem = FakeMem()
-        with self.assertRaisesRegex(BootError, 'reserved EBDA/VGA/BIOS area'):
+        with self.assertRaisesRegex(BootError, r'at 0x10000-0x9FFFF overlaps the extended BIOS '
+                                    r'data area \(EBDA\) at 0x9FC00-0x9FFFF, a fixed area: link it '
+                                    r'in free RAM \(0x500-0x9FBFF, or 0x100000 and up\)'):
             boot.load_flat(bytes(0x90000), mem)
         self.assertEqual(mem.writes, [])
 
@@ -215,14 +217,63 @@ class ElfTest(unittest.TestCase):
     def test_segment_in_the_reserved_bios_area_is_refused_and_memory_untouched(self):
         mem = FakeMem()
         image = make_elf(32, [(0x100000, b'ok', 2), (0xF0000, b'bad', 3)], 0x100000)
-        with self.assertRaisesRegex(BootError, r'segment 1 at 0xF0000-0xF0002 overlaps the reserved'):
+        with self.assertRaisesRegex(BootError, r'segment 1 at 0xF0000-0xF0002 overlaps the BIOS '
+                                    r'area \(MP and ACPI tables\) at 0xF0000-0xFFFFF'):
             boot.load_elf(image, mem)
         self.assertEqual(mem.writes, [])
 
-    def test_segment_on_the_core_page_tables_is_refused(self):
-        image = make_elf(32, [(0x9000, b'x', 1)], 0x9000)
-        with self.assertRaisesRegex(BootError, 'boot page tables'):
-            boot.load_elf(image, FakeMem())
+    def test_boot_structures_move_out_of_a_low_linked_image(self):
+        # an ELF64 over the default boot area and page tables: they move to
+        # the lowest free pages, and the image gets the addresses it asked for
+        mem = FakeMem()
+        image = make_elf(64, [(0x7000, b'\x90' * 0x8000, 0x8000)], 0x7000)
+        b = boot.load_elf(image, mem)
+        self.assertEqual(mem.read(0x7000, 0x8000), b'\x90' * 0x8000)
+        self.assertEqual((b.mode, b.entry, b.stack, b.page_tables),
+                         ('long64', 0x7000, 0x1000 + 0x1FF0, 0xF000))
+        self.assertIn('the boot information and stack moved to 0x1000', b.describe)
+        self.assertIn("kvmlite's boot page tables moved to 0xF000", b.describe)
+        b = boot.load_elf(make_elf(64, [(0x100000, b'\x90', 1)], 0x100000), FakeMem())
+        self.assertEqual((b.stack, b.page_tables), (boot.BOOT_STACK, boot.CORE_PAGE_TABLES_START))
+        b = boot.load_elf(make_elf(32, [(0x9000, b'x', 1)], 0x9000), FakeMem())
+        self.assertEqual(b.page_tables, None)         # prot32: no page tables to place
+
+    def test_multiboot_info_moves_out_of_an_image_at_0x8000(self):
+        mem = FakeMem()
+        image = make_multiboot_elf(paddr=0x8000)
+        b = boot.load_multiboot(image, mem, cmdline=b'low', modules=[(b'M' * 10, b'mod')])
+        info = b.regs['rbx']
+        self.assertEqual(info, 0x1000)
+        self.assertEqual(b.stack, info + 0x1FF0)
+        flags, = mem.u('<I', info)
+        mods_count, mods_addr = mem.u('<II', info + 20)
+        mmap_len, mmap_addr = mem.u('<II', info + 44)
+        name_addr, = mem.u('<I', info + 64)
+        self.assertEqual((mods_count, mods_addr, mmap_addr), (1, info + 0x1400, info + 0x1000))
+        self.assertEqual(mem.read(name_addr, 8), b'kvmlite\0')
+        cmd, = mem.u('<I', info + 16)
+        self.assertEqual(mem.read(cmd, 12), b'kvmlite low\0')
+        start, end = mem.u('<II', mods_addr)
+        self.assertEqual(mem.read(start, end - start), b'M' * 10)
+        self.assertTrue(all(not (lo < 0x8000 + 0x1000 and 0x8000 < hi) for lo, hi in
+                            ((info, info + 0x2000), (cmd, cmd + 12), (start, end))))
+
+    def test_an_image_on_the_ivt_or_the_boot_gdt_is_refused_naming_it(self):
+        with self.assertRaisesRegex(BootError, r'at 0x400-0x400 overlaps the real-mode interrupt '
+                                    r'vector table and BIOS data area \(IVT/BDA\) at 0x0-0x4FF'):
+            boot.load_elf(make_elf(32, [(0x400, b'x', 1)], 0x400), FakeMem())
+        with self.assertRaisesRegex(BootError, r"overlaps kvmlite's boot GDT and IDT at 0x500-0x5FF"):
+            boot.load_elf(make_elf(32, [(0x580, b'x', 1)], 0x580), FakeMem())
+        b = boot.load_flat(b'\xf4', FakeMem(), cs=0, ip=0x580)   # real mode: no GDT written
+        self.assertEqual(b.cs * 16 + b.entry, 0x580)
+
+    def test_no_room_for_the_boot_structures_says_so(self):
+        mem = FakeMem(ram=[(0, 0x9F000)])
+        image = make_elf(32, [(0x1000, b'x', 0x9E000 - 0x1000)], 0x1000)
+        with self.assertRaisesRegex(BootError, r'no free guest RAM below 0x100000000 for the boot '
+                                    r'information and stack \(8 KiB\) beside the image: give more --mem'):
+            boot.load_elf(image, mem)
+        self.assertEqual(mem.writes, [])
 
     def test_huge_size_fields_fail_fast_without_allocating(self):
         image = bytearray(make_elf(64, [(0x100000, b'x' * 8, 8)], 0x100000))
@@ -426,7 +477,7 @@ class BzImageTest(unittest.TestCase):
             (make_bzimage(loadflags=0), 'zImage'),
             (make_bzimage(alignment=0x300000), 'not a power of two'),
             (make_bzimage(init_size=64 * MiB), 'outside guest RAM'),
-            (make_bzimage(pref=0xF0000, relocatable=0), 'reserved EBDA/VGA/BIOS'),
+            (make_bzimage(pref=0xF0000, relocatable=0), r'overlaps the BIOS area \(MP and ACPI tables\) at 0xF0000-0xFFFFF'),
             (make_bzimage()[:0x800], 'truncated'),
             (make_bzimage()[:0x1800], 'syssize'),
             (b'\0' * 0x1000, 'no "HdrS"'),

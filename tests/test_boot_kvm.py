@@ -500,6 +500,15 @@ class ElfBootTest(BootCase):
         self.assertEqual(output, f'elf64: long mode, EFER={efer:04X}, '
                          f'RSP=0000000000008FF0\n'.encode())
 
+    def test_elf64_linked_over_the_default_page_tables_runs_in_long_mode(self):
+        # 0x8000-0xEFFF: over the boot area and the page tables' default place
+        image = make_elf(64, [(0x8000, 0x8000, elf64_code(0x8000), 0x7000)], 0x8000)
+        result, output, b, _ = boot(image)
+        self.assertEqual((b.mode, b.entry, b.page_tables, b.stack), ('long64', 0x8000, 0xF000,
+                                                                     0x2FF0))
+        self.assert_ran(result, output, 0x13 << 1 | 1)
+        self.assertRegex(output, rb'^elf64: long mode, EFER=[0-9A-F]{4}, RSP=0000000000002FF0\n$')
+
     def test_elf64_boots_in_every_irqchip_mode(self):
         for mode in kvmlite.IRQCHIP_MODES:
             with self.subTest(irqchip=mode):
@@ -539,6 +548,17 @@ class MultibootBootTest(BootCase):
         result, output, _, _ = boot(make_multiboot_aout(), cmdline=b'a')
         self.assert_ran(result, output, 0x21 << 1 | 1)
         self.assertIn(b'cmdline=kvmlite a\nmods=00\n', output)
+
+    def test_elf_kernel_linked_at_0x8000_runs_with_its_boot_information_moved(self):
+        # real-mode test kernels sit at 0x8000, over kvmlite's default boot
+        # area (0x7000-0x8FFF): the multiboot info moves to free low RAM
+        image = make_multiboot_elf(load=0x8000)
+        result, output, b, _ = boot(image, cmdline=b'low', initrd=INITRD)
+        self.assertIn('the boot information and stack moved to 0x1000', b.describe)
+        self.assertEqual(b.regs['rbx'], 0x1000)
+        self.assert_ran(result, output, 0x21 << 1 | 1, multiboot_output('low', INITRD))
+        p, output = self.cli(image, '-p', 'console=ttyS0', initrd=INITRD)
+        self.assert_cli_ran(p, output, 0x21 << 1 | 1, multiboot_output('console=ttyS0', INITRD))
 
     def test_both_forms_through_the_cli_with_an_initrd_as_module(self):
         for name, image in (('aout', make_multiboot_aout()), ('elf', make_multiboot_elf())):
@@ -643,7 +663,7 @@ def damaged_images():
     struct.pack_into('<II', video, 4, 0x10007, -(0x1BADB002 + 0x10007) & 0xFFFFFFFF)
     return [
         ('empty flat binary', b'', [], r'flat binary is empty'),
-        ('flat binary over the BIOS area', bytes(0x90000), [], r'reserved EBDA/VGA/BIOS'),
+        ('flat binary over the BIOS area', bytes(0x90000), [], r'overlaps the extended BIOS data area \(EBDA\)'),
         ('flat binary with an initrd', b'\xf4', ['-i', '{initrd}'], r'initrd needs a kernel'),
         ('ELF with headers past the end', bytes(no_ph), [], r'truncated'),
         ('ELF for another machine', bytes(foreign), [], r'machine 40 \(expected EM_386'),

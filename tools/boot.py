@@ -28,25 +28,32 @@ Guest physical memory at boot (the named constants below):
 ==================  =========  ================================================
 range               owner      contents
 ==================  =========  ================================================
-0x00000-0x004FF     guest      real-mode IVT and BIOS data area (left alone)
-0x00500-0x005FF     core       GDT and IDT of the CPU setup
-0x07000-0x07FFF     loader     zero page / multiboot info / hvm_start_info
-0x08000-0x083FF     loader     memory map (multiboot mmap, PVH memmap)
-0x08400-0x087FF     loader     module list (multiboot mods, PVH modlist)
-0x08800-0x08FEF     loader     boot stack, initial stack pointer 0x8FF0
-0x09000-0x0EFFF     core       identity-mapped page tables for 64-bit entry
-0x10000-...         flat       flat binaries at cs*16+ip (default 0x1000:0)
-0x20000-0x2FFFF     loader     command lines, NUL-terminated (64 KiB)
-0x9FC00-0x9FFFF     reserved   EBDA
-0xA0000-0xEFFFF     reserved   VGA memory and option ROMs (not RAM in e820)
-0xF0000-0xFFFFF     reserved   BIOS area: MP tables, ACPI RSDP and tables
-0x100000-...        loader     kernels and modules; initrd near top of low RAM
+0x00000-0x004FF     fixed      real-mode IVT and BIOS data area (left alone)
+0x00500-0x005FF     fixed      GDT and IDT of the CPU setup (not in real mode)
+0x07000-0x07FFF     movable    zero page / multiboot info / hvm_start_info
+0x08000-0x083FF     movable    memory map (multiboot mmap, PVH memmap)
+0x08400-0x087FF     movable    module list (multiboot mods, PVH modlist)
+0x08800-0x08FEF     movable    boot stack, initial stack pointer 0x8FF0
+0x09000-0x0EFFF     movable    identity-mapped page tables for 64-bit entry
+0x10000-...         image      flat binaries at cs*16+ip (default 0x1000:0)
+0x20000-0x2FFFF     movable    command lines, NUL-terminated (64 KiB)
+0x9FC00-0x9FFFF     fixed      EBDA
+0xA0000-0xEFFFF     fixed      VGA memory and option ROMs (not RAM in e820)
+0xF0000-0xFFFFF     fixed      BIOS area: MP tables, ACPI RSDP and tables
+0x100000-...        image      kernels and modules; initrd near top of low RAM
 3 GiB-4 GiB         MMIO       IOAPIC 0xFEC00000, local APIC 0xFEE00000
 ==================  =========  ================================================
 
-Every loader refuses a segment that leaves RAM or overlaps the core's areas or
-the reserved EBDA/VGA/BIOS area; the loaders that pass boot information (all
-but the flat one) also keep images off 0x7000-0x8FFF and the command lines.
+The fixed areas are the platform's (``Platform.fixed_areas``: the IVT/BDA,
+EBDA, VGA window and BIOS area) and the GDT the CPU setup writes; an image
+that overlaps one is refused with the area's name. The movable ones are
+kvmlite's own boot structures: each loader plans the image first, then puts
+each structure at its address in the table if that is free, else in the
+lowest free RAM the image and its modules leave (a Multiboot kernel linked
+at 0x8000 gets its boot information at 0x1000), so images may be linked
+anywhere in RAM outside the fixed areas. A structure a loader does not need
+is not placed (no page tables unless the entry is in long mode, nothing in
+low memory for a flat binary).
 """
 
 import struct
@@ -64,9 +71,10 @@ MiB = 1 << 20
 GiB = 1 << 30
 PAGE = 4 * KiB
 
-# --- The fixed low-memory layout (see the table above) ----------------------
-CORE_GDT_START = 0x500            # GDT/IDT of the core's CPU setup
+# --- The low-memory layout (see the table above) ---------------------------
+CORE_GDT_START = 0x500            # GDT/IDT of the core's CPU setup (fixed)
 CORE_GDT_END = 0x600
+# The boot area: one block, at BOOT_INFO unless the image is there.
 BOOT_INFO = 0x7000                # zero page / multiboot info / hvm_start_info
 BOOT_INFO_SIZE = 0x1000
 BOOT_MEMMAP = 0x8000              # memory map for multiboot and PVH
@@ -75,28 +83,53 @@ BOOT_MODLIST = 0x8400             # multiboot module list / PVH modlist
 BOOT_MODLIST_SIZE = 0x400
 BOOT_STACK = 0x8FF0               # initial stack pointer, grows down
 BOOT_AREA_END = 0x9000
+BOOT_AREA_SIZE = BOOT_AREA_END - BOOT_INFO
 CORE_PAGE_TABLES_START = 0x9000   # identity-mapped page tables (64-bit entry)
-CORE_PAGE_TABLES_END = 0xF000
+CORE_PAGE_TABLES_END = 0xF000     # PML4, PDPT and 4 page directories: 4 GiB
 FLAT_CS = 0x1000                  # default real-mode segment of flat binaries
 CMDLINE = 0x20000                 # command lines
 CMDLINE_MAX = 0x10000
 KERNEL_START = 0x100000           # kernels load at 1 MiB and up (the boot protocols)
-# The memory map, the reserved holes and the e820 types are the platform's
+LOWEST_MOVED = 0x1000             # a moved structure goes no lower (page 0: IVT, GDT)
+# The memory map, the fixed areas and the e820 types are the platform's
 # (tools/layout.py); every loader takes ``platform`` (default: the PC).
 
 
-def _core_areas(platform):
-    """Areas no image may overlap: (start, end, what lives there)."""
-    return ((CORE_GDT_START, CORE_GDT_END, "the core's GDT/IDT"),
-            (CORE_PAGE_TABLES_START, CORE_PAGE_TABLES_END, "the core's boot page tables"),
-            platform.reserved_low)
+def _fixed_areas(platform, gdt=True):
+    """Areas no image may overlap: (start, end, what lives there). ``gdt``:
+    the CPU setup writes its GDT (every entry mode but real mode)."""
+    areas = platform.fixed_areas
+    if gdt:
+        areas += ((CORE_GDT_START, CORE_GDT_END, "kvmlite's boot GDT and IDT"),)
+    return tuple(sorted(areas))
 
 
-def _loader_areas(platform):
-    """... and the extra ones that loaders passing boot information keep."""
-    return _core_areas(platform) + (
-        (BOOT_INFO, BOOT_AREA_END, 'the boot information and stack'),
-        (CMDLINE, CMDLINE + CMDLINE_MAX, 'the command-line area'))
+def _free_low(fixed):
+    """The free stretches of the low megabyte between ``fixed`` areas, as
+    text for a message: '0x600-0x9FBFF'."""
+    out, at = [], 0
+    for lo, hi, _ in fixed:
+        if lo >= KERNEL_START:
+            break
+        if lo > at:
+            out.append(_span(at, lo - at))
+        at = max(at, hi)
+    if at < KERNEL_START:
+        out.append(_span(at, KERNEL_START - at))
+    return out
+
+
+class _BootArea:
+    """Where this boot's boot-area structures are: the block at ``base``
+    (BOOT_INFO when it is free), laid out as at the default address."""
+
+    def __init__(self, base):
+        self.base = base
+        self.info = base                                    # zero page, MBI, start info
+        self.loader_name = base + (MBI_LOADER_NAME_ADDR - BOOT_INFO)
+        self.memmap = base + (BOOT_MEMMAP - BOOT_INFO)
+        self.modlist = base + (BOOT_MODLIST - BOOT_INFO)
+        self.stack = base + (BOOT_STACK - BOOT_INFO)
 
 
 class BootError(ValueError):
@@ -112,16 +145,19 @@ class Boot:
     selector), 'prot32' (flat 32-bit segments, paging off) or 'long64'
     (identity-mapped long mode, code selector 0x10, data 0x18: the Linux boot
     protocol's __BOOT_CS/__BOOT_DS). ``regs`` are general registers to set
-    (others zero); ``stack`` is the initial rsp, or None to leave it 0.
+    (others zero); ``stack`` is the initial rsp, or None to leave it 0;
+    ``page_tables`` is where the identity map goes in 'long64' (the loader
+    keeps those pages free of the image).
     (A plain class, not a dataclass: dataclasses and typing would cost every
     kvmlite run a few MiB of resident memory.)
     """
-    __slots__ = ('mode', 'entry', 'cs', 'regs', 'stack', 'describe')
+    __slots__ = ('mode', 'entry', 'cs', 'regs', 'stack', 'describe', 'page_tables')
 
-    def __init__(self, mode, entry, cs=0, regs=None, stack=None, describe=''):
+    def __init__(self, mode, entry, cs=0, regs=None, stack=None, describe='', page_tables=None):
         self.mode, self.entry, self.cs = mode, entry, cs
         self.regs = {} if regs is None else regs
         self.stack, self.describe = stack, describe
+        self.page_tables = page_tables
 
     def __eq__(self, other):
         return type(other) is Boot and all(getattr(self, k) == getattr(other, k)
@@ -215,30 +251,92 @@ def e820_map(ram, platform=PC):
 
 class _Plan:
     """The writes a loader will make, each checked when added and all made at
-    the end, so a refused image leaves guest memory untouched."""
+    the end, so a refused image leaves guest memory untouched; and the places
+    of kvmlite's movable boot structures (:meth:`place`), chosen around
+    what the image claimed first."""
 
     _ZEROS = bytes(MiB)
 
-    def __init__(self, mem, platform, loader=True):
+    def __init__(self, mem, platform, gdt=True):
         self.mem, self.platform = mem, platform
         self.ram = _merge(mem.ram)
-        self.core_areas = _core_areas(platform)
-        self.areas = _loader_areas(platform) if loader else self.core_areas
+        self.fixed = _fixed_areas(platform, gdt)
+        self.placed = []            # (start, end, what): kvmlite's structures
+        self.claimed = []           # (start, end): what the image and its parts use
+        self.moved = []             # (what, address) of structures off their default
         self.writes = []
 
     def claim(self, gpa, size, what, own=False):
         """Refuse [gpa, gpa+size) unless it lies inside one RAM region and off
-        the areas others own (``own``: the loader's own info areas allowed)."""
+        the fixed areas and the structures placed so far (``own``: a write
+        into one of those structures)."""
         if size <= 0:
             return
         end = gpa + size
         if gpa < 0 or not any(s <= gpa and end <= s + n for s, n in self.ram):
             raise BootError(f'{what} at {_span(gpa, size)} is outside guest RAM '
                             f'({_describe_ram(self.ram)}): give more --mem or place it lower')
-        for lo, hi, name in (self.core_areas if own else self.areas):
+        for lo, hi, name in self.fixed:
+            if gpa < hi and lo < end:
+                free = ' or '.join(_free_low(self.fixed))
+                raise BootError(f'{what} at {_span(gpa, size)} overlaps {name} at '
+                                f'{_span(lo, hi - lo)}, a fixed area: link it in free RAM '
+                                f'({free}, or {_hex(KERNEL_START)} and up)')
+        if own:
+            return
+        for lo, hi, name in self.placed:
             if gpa < hi and lo < end:
                 raise BootError(f'{what} at {_span(gpa, size)} overlaps {name} '
-                                f'({_span(lo, hi - lo)}): link it at {_hex(KERNEL_START)} or above')
+                                f'({_span(lo, hi - lo)}): give more --mem or a smaller image')
+        self.claimed.append((gpa, end))
+
+    def _free(self, gpa, size):
+        end = gpa + size
+        if not any(s <= gpa and end <= s + n for s, n in self.ram):
+            return False
+        busy = [(lo, hi) for lo, hi, _ in self.fixed + tuple(self.placed)] + self.claimed
+        return not any(gpa < hi and lo < end for lo, hi in busy)
+
+    def place(self, size, what, prefer, limit=4 * GiB):
+        """An address for ``size`` bytes of ``what``: ``prefer`` if it is free,
+        else the lowest free page-aligned address at or above LOWEST_MOVED
+        that ends below ``limit``. The area is then kept from later claims."""
+        addr = prefer if self._free(prefer, size) else None
+        if addr is None:
+            busy = sorted([(lo, hi) for lo, hi, _ in self.fixed + tuple(self.placed)]
+                          + self.claimed)
+            for start, n in self.ram:
+                at = _align_up(max(start, LOWEST_MOVED), PAGE)
+                for lo, hi in busy:
+                    if hi <= at:
+                        continue
+                    if lo >= at + size:
+                        break
+                    at = _align_up(hi, PAGE)
+                if at + size <= min(start + n, limit):
+                    addr = at
+                    break
+        if addr is None:
+            raise BootError(f'no free guest RAM below {_hex(limit)} for {what} '
+                            f'({_size(size)}) beside the image: give more --mem')
+        if addr != prefer:
+            self.moved.append((what, addr))
+        self.placed.append((addr, addr + size, what))
+        return addr
+
+    def boot_area(self):
+        """Place the boot area (boot information, memory map, module list,
+        stack); returns its :class:`_BootArea`."""
+        return _BootArea(self.place(BOOT_AREA_SIZE, 'the boot information and stack', BOOT_INFO))
+
+    def page_tables(self):
+        """Place the identity map's page tables (long-mode entry)."""
+        return self.place(CORE_PAGE_TABLES_END - CORE_PAGE_TABLES_START,
+                          "kvmlite's boot page tables", CORE_PAGE_TABLES_START)
+
+    def describe_moved(self):
+        """', boot information and stack at 0x1000' for each moved structure."""
+        return ''.join(f', {what} moved to {_hex(addr)}' for what, addr in self.moved)
 
     def put(self, gpa, data, what, own=False):
         self.claim(gpa, len(data), what, own)
@@ -260,10 +358,12 @@ class _Plan:
 
 
 class _Strings:
-    """NUL-terminated strings packed one after another in the command-line area."""
+    """NUL-terminated strings packed one after another in the command-line
+    area (placed at CMDLINE if that is free)."""
 
-    def __init__(self, plan, base=CMDLINE, size=CMDLINE_MAX):
-        self.plan, self.next, self.end = plan, base, base + size
+    def __init__(self, plan, size=CMDLINE_MAX):
+        base = plan.place(size, 'the command-line area', CMDLINE)
+        self.plan, self.base, self.next, self.end = plan, base, base, base + size
 
     def add(self, text, what):
         text = _as_bytes(text, what)
@@ -272,7 +372,7 @@ class _Strings:
         addr = self.next
         if addr + len(text) + 1 > self.end:
             raise BootError(f'{what} ({_size(len(text))}) does not fit in the '
-                            f'{_size(self.end - CMDLINE)} command-line area: shorten it')
+                            f'{_size(self.end - self.base)} command-line area: shorten it')
         self.plan.put(addr, text + b'\0', what, own=True)
         self.next = addr + len(text) + 1
         return addr
@@ -302,7 +402,7 @@ def load_flat(image, mem, cs=FLAT_CS, ip=0, platform=PC):
     if not image:
         raise BootError('flat binary is empty: nothing to run')
     addr = cs * 16 + ip
-    plan = _Plan(mem, platform, loader=False)
+    plan = _Plan(mem, platform, gdt=False)     # real mode: no GDT, no boot area
     plan.put(addr, image, f'flat binary of {_size(len(image))}')
     plan.commit()
     return Boot('real', ip, cs=cs,
@@ -423,10 +523,13 @@ def load_elf(image, mem, platform=PC):
     if entry >= 4 * GiB:
         raise BootError(f'ELF{elf.bits} entry point {_hex(entry)} is above 4 GiB, '
                         'outside the identity map: link it lower')
-    plan.commit()
+    area = plan.boot_area()
     mode = 'prot32' if elf.bits == 32 else 'long64'
-    return Boot(mode, entry, stack=BOOT_STACK,
-                describe=f'ELF{elf.bits} at {_span(lo, hi - lo)}, entry {_hex(entry)} ({mode})')
+    tables = plan.page_tables() if mode == 'long64' else None
+    plan.commit()
+    return Boot(mode, entry, stack=area.stack, page_tables=tables,
+                describe=f'ELF{elf.bits} at {_span(lo, hi - lo)}, entry {_hex(entry)} ({mode})'
+                         + plan.describe_moved())
 
 
 # --- Multiboot 0.6.96 ------------------------------------------------------
@@ -513,7 +616,8 @@ def _plan_aout(plan, image, off):
 
 
 def _plan_modules(plan, strings, modules, after):
-    """Place modules page-aligned after the kernel; returns the module list."""
+    """Place modules page-aligned after the kernel (or, where kvmlite's
+    structures are, in the next free RAM); returns the module list."""
     entries = []
     addr = _align_up(max(after, KERNEL_START), PAGE)
     for i, module in enumerate(modules):
@@ -522,7 +626,11 @@ def _plan_modules(plan, strings, modules, after):
         except (TypeError, ValueError):
             raise BootError(f'module {i} must be a (bytes, command line) pair') from None
         data = _as_bytes(data, f'module {i}')
-        plan.put(addr, data, f'module {i} ({_size(len(data))})')
+        what = f'module {i} ({_size(len(data))})'
+        for lo, hi, _ in sorted(plan.placed):       # step over kvmlite's structures
+            if addr < hi and lo < addr + len(data):
+                addr = _align_up(hi, PAGE)
+        plan.put(addr, data, what)
         string = strings.add(args, f'module {i} command line')
         entries.append(struct.pack('<IIII', addr, addr + len(data), string, 0))
         addr = _align_up(addr + len(data), PAGE)
@@ -533,8 +641,8 @@ def _plan_modules(plan, strings, modules, after):
     return table
 
 
-def _multiboot_info(ram, cmdline, nmods, mmap_len, platform):
-    """struct multiboot_info at BOOT_INFO, pointing at the areas of the layout."""
+def _multiboot_info(ram, cmdline, nmods, mmap_len, platform, area):
+    """struct multiboot_info at ``area.info``, pointing at the boot area's parts."""
     low_end = _low_ram_end(ram, platform)
     flags = MBI_MEMORY | MBI_CMDLINE | MBI_MMAP | MBI_LOADER_NAME
     flags |= MBI_MODS if nmods else 0
@@ -542,9 +650,9 @@ def _multiboot_info(ram, cmdline, nmods, mmap_len, platform):
     struct.pack_into('<IIIIIII', info, 0, flags,
                      min(low_end, platform.holes[0].start) // KiB,   # mem_lower, KiB below 640K
                      max(low_end - KERNEL_START, 0) // KiB,    # mem_upper, KiB above 1M
-                     0, cmdline, nmods, BOOT_MODLIST if nmods else 0)
-    struct.pack_into('<II', info, 44, mmap_len, BOOT_MEMMAP)   # mmap_length, mmap_addr
-    struct.pack_into('<I', info, 64, MBI_LOADER_NAME_ADDR)     # boot_loader_name
+                     0, cmdline, nmods, area.modlist if nmods else 0)
+    struct.pack_into('<II', info, 44, mmap_len, area.memmap)   # mmap_length, mmap_addr
+    struct.pack_into('<I', info, 64, area.loader_name)         # boot_loader_name
     return bytes(info)
 
 
@@ -565,6 +673,7 @@ def load_multiboot(image, mem, cmdline=b'', modules=(), name=b'kvmlite', platfor
         entry, kind = _elf_entry(elf, 'multiboot ELF'), f'ELF{elf.bits}'
         if entry >= 4 * GiB:
             raise BootError(f'multiboot entry point {_hex(entry)} is above 4 GiB: link it lower')
+    area = plan.boot_area()
     strings = _Strings(plan)
     name = _as_bytes(name, 'kernel name')
     cmdline = _as_bytes(cmdline, 'command line')
@@ -573,16 +682,16 @@ def load_multiboot(image, mem, cmdline=b'', modules=(), name=b'kvmlite', platfor
     mmap = b''.join(struct.pack('<IQQI', 20, a, n, t) for a, n, t in e820_map(plan.ram, platform))
     if len(mmap) > BOOT_MEMMAP_SIZE:
         raise BootError(f'guest RAM has too many regions for the memory map ({len(plan.ram)})')
-    plan.put(BOOT_INFO, _multiboot_info(plan.ram, cmd_addr, len(modules), len(mmap), platform),
-             'the multiboot info', own=True)
-    plan.put(MBI_LOADER_NAME_ADDR, LOADER_NAME + b'\0', 'the boot loader name', own=True)
-    plan.put(BOOT_MEMMAP, mmap, 'the memory map', own=True)
-    plan.put(BOOT_MODLIST, modlist, 'the module list', own=True)
+    plan.put(area.info, _multiboot_info(plan.ram, cmd_addr, len(modules), len(mmap), platform,
+                                        area), 'the multiboot info', own=True)
+    plan.put(area.loader_name, LOADER_NAME + b'\0', 'the boot loader name', own=True)
+    plan.put(area.memmap, mmap, 'the memory map', own=True)
+    plan.put(area.modlist, modlist, 'the module list', own=True)
     plan.commit()
-    return Boot('prot32', entry, regs={'rax': MULTIBOOT_BOOTLOADER_MAGIC, 'rbx': BOOT_INFO},
-                stack=BOOT_STACK,
+    return Boot('prot32', entry, regs={'rax': MULTIBOOT_BOOTLOADER_MAGIC, 'rbx': area.info},
+                stack=area.stack,
                 describe=f'multiboot {kind} at {_span(lo, hi - lo)}, entry {_hex(entry)}, '
-                         f'{len(modules)} module(s)')
+                         f'{len(modules)} module(s)' + plan.describe_moved())
 
 
 # --- Linux bzImage, 64-bit boot protocol -------------------------------------
@@ -697,7 +806,7 @@ def _zero_page(image, hdr_end, cmd_addr, initrd_addr, initrd_size, ram, rsdp, pl
 
 def load_bzimage(image, mem, cmdline=b'', initrd=None, rsdp=0, platform=PC):
     """Load a Linux bzImage by the 64-bit boot protocol: kernel at its
-    preferred address, zero page at BOOT_INFO, command line, initrd below
+    preferred address, zero page in the boot area, command line, initrd below
     initrd_addr_max; enter 'long64' at startup_64 with RSI = the zero page.
     ``rsdp`` is the ACPI RSDP address, if tables were written (else 0)."""
     image = _as_bytes(image, 'bzImage')
@@ -713,6 +822,8 @@ def load_bzimage(image, mem, cmdline=b'', initrd=None, rsdp=0, platform=PC):
     if load + STARTUP_64_OFFSET >= 4 * GiB:
         raise BootError(f'bzImage pref_address {_hex(load)} is above 4 GiB, outside the identity '
                         'map')
+    area = plan.boot_area()
+    tables = plan.page_tables()
     cmdline = _as_bytes(cmdline, 'command line')
     if hdr['cmdline_size'] < len(cmdline):
         raise BootError(f'command line of {len(cmdline)} bytes is longer than the kernel\'s '
@@ -724,14 +835,15 @@ def load_bzimage(image, mem, cmdline=b'', initrd=None, rsdp=0, platform=PC):
         initrd_addr = _place_initrd(plan, initrd, load + need, limit + 1,
                                     f'below initrd_addr_max {_hex(limit)}')
     zp = _zero_page(image, hdr_end, cmd_addr, initrd_addr, len(initrd), plan.ram, rsdp, platform)
-    plan.put(BOOT_INFO, zp, 'the zero page', own=True)
+    plan.put(area.info, zp, 'the zero page', own=True)
     plan.commit()
     entry = load + STARTUP_64_OFFSET
     what = f'bzImage protocol {_version(hdr["version"])}, kernel at {_hex(load)} ' \
         f'({_size(len(kernel))}), entry {_hex(entry)}'
     if initrd:
         what += f', initrd {_size(len(initrd))} at {_hex(initrd_addr)}'
-    return Boot('long64', entry, regs={'rsi': BOOT_INFO}, stack=BOOT_STACK, describe=what)
+    return Boot('long64', entry, regs={'rsi': area.info}, stack=area.stack, page_tables=tables,
+                describe=what + plan.describe_moved())
 
 
 # --- PVH (Xen's direct boot ABI, used by Linux's vmlinux) ---------------------
@@ -817,7 +929,7 @@ def has_pvh_note(image):
 
 def load_pvh(image, mem, cmdline=b'', initrd=None, rsdp=0, platform=PC):
     """Load an ELF kernel (a Linux vmlinux) by Xen's PVH ABI: segments by
-    physical address, hvm_start_info at BOOT_INFO with the command line, the
+    physical address, hvm_start_info in the boot area with the command line, the
     initrd as module 0 and the memory map; enter 'prot32' at the PHYS32 entry
     with EBX = the start info. ``rsdp`` is the ACPI RSDP address, or 0."""
     image = _as_bytes(image, 'PVH kernel')
@@ -828,6 +940,7 @@ def load_pvh(image, mem, cmdline=b'', initrd=None, rsdp=0, platform=PC):
     if not any(s.type == PT_LOAD and s.paddr <= entry < s.paddr + s.filesz for s in elf.segments):
         raise BootError(f'PVH entry point {_hex(entry)} is not in the loaded code of any PT_LOAD '
                         'segment')
+    area = plan.boot_area()
     cmd_addr = _Strings(plan).add(cmdline, 'the command line')
     initrd = _as_bytes(initrd or b'', 'initrd')
     nmods = 0
@@ -835,18 +948,19 @@ def load_pvh(image, mem, cmdline=b'', initrd=None, rsdp=0, platform=PC):
         kernel_end = _align_up(hi, PAGE)
         addr = _place_initrd(plan, initrd, kernel_end, platform.low_ram_max,
                              f'in low RAM above the kernel (which ends at {_hex(kernel_end)})')
-        plan.put(BOOT_MODLIST, struct.pack(HVM_MODLIST_FMT, addr, len(initrd), 0, 0),
+        plan.put(area.modlist, struct.pack(HVM_MODLIST_FMT, addr, len(initrd), 0, 0),
                  'the module list', own=True)
         nmods = 1
     memmap = e820_map(plan.ram, platform)   # PVH memory types 1 and 2 equal e820's
     table = b''.join(struct.pack(HVM_MEMMAP_FMT, a, n, t, 0) for a, n, t in memmap)
     if len(table) > BOOT_MEMMAP_SIZE:
         raise BootError(f'guest RAM has too many regions for the memory map ({len(plan.ram)})')
-    plan.put(BOOT_MEMMAP, table, 'the memory map', own=True)
+    plan.put(area.memmap, table, 'the memory map', own=True)
     info = struct.pack(HVM_START_INFO_FMT, HVM_START_MAGIC, HVM_START_VERSION, 0, nmods,
-                       BOOT_MODLIST if nmods else 0, cmd_addr, rsdp, BOOT_MEMMAP, len(memmap), 0)
-    plan.put(BOOT_INFO, info, 'the hvm_start_info', own=True)
+                       area.modlist if nmods else 0, cmd_addr, rsdp, area.memmap, len(memmap), 0)
+    plan.put(area.info, info, 'the hvm_start_info', own=True)
     plan.commit()
-    return Boot('prot32', entry, regs={'rbx': BOOT_INFO}, stack=BOOT_STACK,
+    return Boot('prot32', entry, regs={'rbx': area.info}, stack=area.stack,
                 describe=f'PVH ELF{elf.bits} at {_span(lo, hi - lo)}, entry {_hex(entry)}'
-                         + (f', initrd {_size(len(initrd))}' if initrd else ''))
+                         + (f', initrd {_size(len(initrd))}' if initrd else '')
+                         + plan.describe_moved())

@@ -9,12 +9,12 @@ give COM1 another IRQ, change one entry (``PC.with_device('com1', irq=3)``,
 ``PC.replace(lapic_addr=...)``) and hand the result to
 ``Machine(platform=...)``; the wiring, the tables and the e820 map follow.
 
-Sources: the IBM PC/AT Technical Reference (the I/O port map and the ISA IRQ
-assignments), the Intel MultiProcessor Specification 1.4, chapter 3 and
-section 5.1 (the default APIC addresses, IRQ 0 on IOAPIC pin 2), the ACPI
-specification 6.x, section 15 (the e820 address range types), and the KVM
-API text for KVM_SET_IDENTITY_MAP_ADDR (a page Intel's VMX needs, kept out of
-RAM).
+Sources: the IBM PC/AT Technical Reference (the I/O port map, the ISA IRQ
+assignments, the interrupt vector table and BIOS data area at 0-0x4FF),
+the Intel MultiProcessor Specification 1.4, chapter 3 and section 5.1 (the
+default APIC addresses, IRQ 0 on IOAPIC pin 2), the ACPI specification 6.x,
+section 15 (the e820 address range types), and the KVM API text for
+KVM_SET_IDENTITY_MAP_ADDR (a page Intel's VMX needs, kept out of RAM).
 """
 
 from collections import namedtuple
@@ -53,7 +53,10 @@ class Platform:
 
     ``low_ram_max``: RAM above it moves to ``high_ram_base`` (the MMIO hole
     lies between). ``holes``: the :class:`Hole` entries of the low megabyte,
-    in address order. ``lapic_addr``: where every local APIC sits
+    in address order. ``fixed_low``: :class:`Hole` entries for the parts of
+    low RAM that real-mode code owns by convention (the interrupt vector
+    table and the BIOS data area): RAM in the e820 map, but no image is
+    loaded over them. ``lapic_addr``: where every local APIC sits
     (the board sets each vCPU's APIC base MSR to it); ``ioapic_pins``: the
     IOAPIC's inputs; its address is its slot's (:attr:`ioapic_addr`), its
     id one past the last CPU's APIC id (:meth:`ioapic_id`). ``isa_overrides``: ISA IRQ -> IOAPIC pin
@@ -65,7 +68,7 @@ class Platform:
     the devices after it reach it).
     """
 
-    _FIELDS = ('low_ram_max', 'high_ram_base', 'holes', 'lapic_addr', 'ioapic_pins',
+    _FIELDS = ('low_ram_max', 'high_ram_base', 'holes', 'fixed_low', 'lapic_addr', 'ioapic_pins',
                'isa_overrides', 'cascade_irq', 'identity_map_addr', 'devices')
     __slots__ = _FIELDS
 
@@ -111,6 +114,15 @@ class Platform:
         """``(start, end, what)`` spanning every hole of the low megabyte."""
         return (self.holes[0].start, self.holes[-1].end,
                 'the reserved ' + '/'.join(h.name.upper() for h in self.holes) + ' area')
+
+    @property
+    def fixed_areas(self):
+        """``(start, end, what)`` of each fixed area of the low megabyte (the
+        :attr:`fixed_low` ones, then the holes), in address order, each named
+        by what it holds and its short name."""
+        return tuple((h.start, h.end, h.what if h.name.upper() in h.what
+                      else f'{h.what} ({h.name.upper()})')
+                     for h in sorted(self.fixed_low + self.holes))
 
     @property
     def sci_irq(self):
@@ -164,6 +176,9 @@ PC = Platform(
         Hole('ebda', 0x9FC00, 0xA0000, E820_RESERVED, 'the extended BIOS data area'),
         Hole('vga', 0xA0000, 0xF0000, None, 'the VGA window and option ROMs'),
         Hole('bios', 0xF0000, 0x100000, E820_RESERVED, 'the BIOS area (MP and ACPI tables)'),
+    ),
+    fixed_low=(
+        Hole('ivt/bda', 0x0, 0x500, E820_RAM, 'the real-mode interrupt vector table and BIOS data area'),
     ),
     lapic_addr=0xFEE00000,
     ioapic_pins=24,

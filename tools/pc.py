@@ -541,8 +541,10 @@ class Machine:
     # -- loading guests --
     def load(self, boot):
         """Put vCPU 0 at the entry of a loaded image (a tools.boot.Boot)."""
+        tables = getattr(boot, 'page_tables', None)
+        where = {'page_tables': tables} if boot.mode == 'long64' and tables is not None else {}
         setup_mode(self.vm.vcpus[0], self.vm, boot.mode, boot.entry, stack=boot.stack,
-                   cs=getattr(boot, 'cs', 0), **boot.regs)
+                   cs=getattr(boot, 'cs', 0), **where, **boot.regs)
 
     def close(self):
         if self.vm is not None:
