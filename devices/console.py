@@ -27,11 +27,21 @@ Input is read in chunks of at most ``READ_CHUNK`` bytes; the caller hands
 them to ``Serial.receive()`` and keeps what the guest has no room for.
 
 The terminal back end's escape keys follow QEMU's ``-serial mon:stdio``
-habit: Ctrl-A x quits, Ctrl-A Ctrl-A sends one Ctrl-A.
+habit: Ctrl-A x quits, Ctrl-A h lists the escapes (on the terminal, not to
+the guest), Ctrl-A Ctrl-A sends one Ctrl-A.  Its input is ``interactive``:
+whoever runs it reads it even while the guest takes none, so the escape keys
+work whatever is typed ahead (what the guest has no room for past a bound is
+dropped and counted in ``input_dropped``, as a UART without flow control
+overruns).  ``restore_terminal()`` is the one place the terminal's modes go
+back; it runs on stop(), at interpreter exit, and on a signal in
+``ENDING_SIGNALS`` that nobody else handles (then the process still dies of
+it, as without us).  Sources: termios(3) for raw mode and tcsetattr; signal(7)
+for which signals end a process by default.
 """
 
 __all__ = ['MemoryBackend', 'FileBackend', 'TerminalBackend',
-           'SocketBackend', 'PtyBackend', 'EscapeFilter', 'OUTPUT_LIMIT']
+           'SocketBackend', 'PtyBackend', 'EscapeFilter', 'OUTPUT_LIMIT', 'ENDING_SIGNALS',
+           'ESCAPE_HELP']
 
 import atexit
 import errno
@@ -50,6 +60,19 @@ ALWAYS_ROOM = 1 << 62       # room() of a sink that never holds the guest
 DRAIN_SLICE_S = 0.1         # stop() looks for cancel() this often while it waits
 ESCAPE_KEY = 0x01           # Ctrl-A
 QUIT_KEYS = b'xX'           # after the escape key: quit
+HELP_KEYS = b'hH?'          # after the escape key: list the escapes
+ESCAPE_HELP = ('kvmlite console escapes:\r\n'
+               '  Ctrl-A x        quit (exit status 130)\r\n'
+               '  Ctrl-A h        show this list\r\n'
+               '  Ctrl-A Ctrl-A   send one Ctrl-A to the guest\r\n')
+
+#: Signals whose default action ends the process (signal(7): Term or Core),
+#: other than those a process cannot catch or that Python handles itself
+#: (SIGINT raises KeyboardInterrupt; SIGPIPE is ignored, a write gets EPIPE).
+#: The command line ends a run on each with status 128 + the signal number.
+ENDING_SIGNALS = tuple(getattr(signal, name) for name in (
+    'SIGHUP', 'SIGINT', 'SIGQUIT', 'SIGTERM', 'SIGUSR1', 'SIGUSR2', 'SIGALRM', 'SIGVTALRM',
+    'SIGPROF', 'SIGXCPU', 'SIGXFSZ', 'SIGIO', 'SIGPWR', 'SIGSYS') if hasattr(signal, name))
 
 
 def _readable(fd):
@@ -90,10 +113,14 @@ class Backend:
 
     #: stop() waits for the reader to take what waits (False: it is dropped)
     drain_on_stop = True
+    #: input is a person typing: read it even while the guest takes none (so
+    #: an escape key always gets through), dropping what cannot wait
+    interactive = False
 
     def __init__(self, limit=OUTPUT_LIMIT):
         self.limit = limit
         self.dropped = 0        # output lost: written past room(), or no reader
+        self.input_dropped = 0  # input the guest had no room for (see ``interactive``)
         self.eof = False        # the input side has ended
         self.output_error = None    # errno that ended the output (EPIPE...)
         self.at_line_start = True   # the last byte of output was a newline
@@ -210,6 +237,10 @@ class Backend:
         """Give up on what waits (stop() then drops it); safe in a signal handler."""
         self._cancelled = True
 
+    def restore_terminal(self):
+        """Put back a terminal's modes, if this back end changed them (safe in
+        a signal handler; stop() does it too)."""
+
     def _lost_output(self, err=errno.EIO):
         # The reader is gone (EIO, EPIPE...): what waits can never go.
         self.output_error = err
@@ -288,13 +319,15 @@ class FileBackend(Backend):
 class EscapeFilter:
     """Takes the console's escape keys out of the input stream.
 
-    Ctrl-A x (or X) requests quit; Ctrl-A Ctrl-A sends one Ctrl-A; Ctrl-A and
-    any other key are both dropped.  An escape key at the end of one chunk
-    applies to the first byte of the next.
+    Ctrl-A x (or X) requests quit; Ctrl-A h (H, ?) calls ``on_help``;
+    Ctrl-A Ctrl-A sends one Ctrl-A; Ctrl-A and any other key are both
+    dropped.  An escape key at the end of one chunk applies to the first
+    byte of the next.
     """
 
-    def __init__(self, key=ESCAPE_KEY):
+    def __init__(self, key=ESCAPE_KEY, on_help=None):
         self.key = key
+        self.on_help = on_help
         self.armed = False      # the last byte seen was the escape key
 
     def filter_input(self, data):
@@ -305,7 +338,9 @@ class EscapeFilter:
                 self.armed = False
                 if byte in QUIT_KEYS:
                     return bytes(out), True     # nothing after quit goes in
-                if byte == self.key:
+                if byte in HELP_KEYS and self.on_help is not None:
+                    self.on_help()
+                elif byte == self.key:
                     out.append(byte)
             elif byte == self.key:
                 self.armed = True
@@ -318,20 +353,26 @@ class TerminalBackend(Backend):
     """The controlling terminal (stdin/stdout by default), in raw mode.
 
     ``start()`` puts ``in_fd`` in raw mode if it is a tty, so keys such as
-    Ctrl-C reach the guest; ``stop()`` restores the saved attributes, and so
-    do an exit of the interpreter (atexit) and SIGTERM (the handler restores,
-    then does what the previous handler would have).  Input from a tty goes
-    through ``escape``; after Ctrl-A x, ``quit_requested`` is True.
+    Ctrl-C reach the guest.  :meth:`restore_terminal` puts the saved modes
+    back: ``stop()`` calls it, and so do an exit of the interpreter (atexit)
+    and each signal of ``ENDING_SIGNALS`` whose handler was the default when
+    ``start()`` ran (the handler restores, then the process dies of the
+    signal as it would have).  A signal someone else handles is theirs: the
+    command line's ends the run, and its ``stop()`` restores.  Input from a
+    tty goes through ``escape``; after Ctrl-A x, ``quit_requested`` is True;
+    Ctrl-A h writes :data:`ESCAPE_HELP` to the terminal.
     """
 
     def __init__(self, in_fd=0, out_fd=1, limit=OUTPUT_LIMIT):
         super().__init__(limit)
         self.in_fd = in_fd
         self.out_fd = out_fd
-        self.escape = EscapeFilter() if os.isatty(in_fd) else None
+        tty_in = os.isatty(in_fd)
+        self.escape = EscapeFilter(on_help=self._show_help) if tty_in else None
+        self.interactive = tty_in
         self.quit_requested = False
         self._saved = None          # termios attributes while in raw mode
-        self._prev_sigterm = None
+        self._handled = {}          # signal -> its handler before ours (always SIG_DFL)
         self._started = False
 
     def start(self):
@@ -347,7 +388,7 @@ class TerminalBackend(Backend):
                 self._saved = termios.tcgetattr(self.in_fd)
                 # The ways back are in place before the terminal changes.
                 atexit.register(self.stop)
-                self._install_sigterm()
+                self._install_signals()
                 tty.setraw(self.in_fd, termios.TCSANOW)
         except BaseException:
             self.stop()
@@ -360,40 +401,52 @@ class TerminalBackend(Backend):
             if self._started and self.drain_on_stop:
                 self.drain()
         finally:
-            if self._saved is not None:
-                try:
-                    termios.tcsetattr(self.in_fd, termios.TCSANOW, self._saved)
-                except termios.error:
-                    pass            # the terminal is gone (hangup)
-                self._saved = None
+            self.restore_terminal()
+            self._saved = None
             atexit.unregister(self.stop)
-            self._restore_sigterm()
+            self._restore_signals()
             self._started = False
             super().stop()
 
-    def _install_sigterm(self):
-        try:
-            self._prev_sigterm = signal.signal(signal.SIGTERM,
-                                               self._on_sigterm)
-        except ValueError:
-            pass                # not the main thread: atexit still restores
+    def restore_terminal(self):
+        saved = self._saved
+        if saved is not None:
+            try:
+                termios.tcsetattr(self.in_fd, termios.TCSANOW, saved)
+            except termios.error:
+                pass            # the terminal is gone (hangup)
 
-    def _restore_sigterm(self):
-        if signal.getsignal(signal.SIGTERM) != self._on_sigterm:
-            return              # never installed, or someone stacked on us
-        try:
-            signal.signal(signal.SIGTERM, self._prev_sigterm or signal.SIG_DFL)
-        except ValueError:
-            pass
+    def _install_signals(self):
+        for signum in ENDING_SIGNALS:
+            try:
+                if signal.getsignal(signum) == signal.SIG_DFL:
+                    self._handled[signum] = signal.signal(signum, self._on_signal)
+            except (ValueError, OSError):
+                return          # not the main thread: atexit still restores
 
-    def _on_sigterm(self, signum, frame):
-        previous = self._prev_sigterm
-        self.cancel()               # a dying process does not wait for a reader
-        self.stop()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
-            os.kill(os.getpid(), signum)    # die of it, as without us
+    def _restore_signals(self):
+        handled, self._handled = self._handled, {}
+        for signum, previous in handled.items():
+            if signal.getsignal(signum) != self._on_signal:
+                continue        # someone stacked on us: theirs now
+            try:
+                signal.signal(signum, previous)
+            except (ValueError, OSError):
+                pass
+
+    def _on_signal(self, signum, frame):
+        # the default action would end the process with the terminal raw:
+        # restore it, then die of the signal as without us
+        self.cancel()
+        self.restore_terminal()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    def _show_help(self):
+        text = ESCAPE_HELP if self.at_line_start else '\r\n' + ESCAPE_HELP
+        data = text.encode()
+        if self.room() >= len(data):     # a terminal that takes nothing would not show it
+            self.write(data)
 
     def filter_input(self, data):
         """Returns (bytes_for_guest, quit_requested) for raw input bytes."""

@@ -6,9 +6,9 @@ and file descriptors flat. The guests here sweep every port and the unmapped
 guest-physical space, triple-fault, run ``rep outsb``/``rep insb`` with
 enormous counts, storm interrupts, write garbage to the PIC, PIT, IOAPIC and
 UART, and write to a read-only slot; a device that raises, a timer that
-raises, timeouts at CPL0 and CPL3 (the run ends by its timeout), SIGINT and
-SIGTERM to the command line on a pty, and malformed kernel images through the
-command line complete the set.
+raises, timeouts at CPL0 and CPL3 (the run ends by its timeout), and
+malformed kernel images through the command line complete the set (signals
+to the command line on a pty: tests/test_terminal.py).
 
 No test here asserts how fast something happens: a loaded host (2 CPUs,
 shared with other test runs) breaks any such bound. How late a run comes back
@@ -21,15 +21,11 @@ guard against a hang with HANG_S.
 import contextlib
 import io
 import os
-import pty
 import random
-import select
-import signal
 import struct
 import subprocess
 import sys
 import tempfile
-import termios
 import threading
 import time
 import tracemalloc
@@ -705,59 +701,6 @@ class TimeoutTest(HostileCase):
                     self.assertEqual(m.vm.vcpus[0].get_sregs().cs.selector & 3, 3 if user else 0)
                     self.assertGreater(m.vm.vcpus[0].get_regs().rax, 0)
                     m.close()
-
-
-# real mode at 0x1000:0 (a flat image): 'R' on COM1, then spin
-SPIN_FLAT = b'\xba\xf8\x03\xb0R\xee\xeb\xfe'    # mov dx, 0x3f8; mov al, 'R'; out dx, al; jmp $
-
-
-@requires_kvm
-class SignalTest(unittest.TestCase):
-    """SIGINT and SIGTERM to ``kvmlite.py run`` with a pty as its terminal:
-    status 130, one line on stderr, no traceback, the terminal as before."""
-
-    def setUp(self):
-        fd, self.kernel = tempfile.mkstemp(suffix='.bin')
-        os.write(fd, SPIN_FLAT)
-        os.close(fd)
-        self.addCleanup(os.unlink, self.kernel)
-
-    def run_and_signal(self, signum):
-        master, slave = pty.openpty()
-        self.addCleanup(os.close, master)
-        self.addCleanup(os.close, slave)
-        before = termios.tcgetattr(slave)
-        p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'kvmlite.py'), 'run', '-k',
-                              self.kernel, '--format', 'flat'],
-                             stdin=slave, stdout=slave, stderr=subprocess.PIPE, cwd=ROOT)
-        try:
-            seen, deadline = b'', time.monotonic() + 20
-            while b'R' not in seen:                    # the guest runs
-                if time.monotonic() > deadline or p.poll() is not None:
-                    p.kill()
-                    self.fail(f'no output from the guest: {seen!r}, status {p.wait()}, '
-                              f'stderr {p.stderr.read()!r}')
-                if select.select([master], [], [], 0.1)[0]:
-                    seen += os.read(master, 100)
-            self.assertNotEqual(termios.tcgetattr(slave), before, 'the console did not go raw')
-            p.send_signal(signum)
-            status = p.wait(timeout=20)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        err = p.stderr.read().decode()
-        p.stderr.close()
-        self.assertEqual(termios.tcgetattr(slave), before, 'the terminal was not restored')
-        return status, err
-
-    def test_sigint_stops_the_vm_with_status_130_and_one_line(self):
-        status, err = self.run_and_signal(signal.SIGINT)
-        self.assertEqual((status, err), (130, 'kvmlite: interrupted (SIGINT)\n'))
-
-    def test_sigterm_stops_the_vm_with_status_130_and_one_line(self):
-        status, err = self.run_and_signal(signal.SIGTERM)
-        self.assertEqual((status, err), (130, 'kvmlite: stopped by SIGTERM\n'))
 
 
 @requires_kvm

@@ -21,7 +21,7 @@ import threading
 from kvmlite import (EMULATOR_UNSAFE_FEATURES, PAGE_SIZE, Cap, Kvm, KvmError, _import_part,
                      host_emulates_kernel_mode)
 
-from .pc import EXIT_OK, EXIT_SIGNAL, EXIT_USAGE, IRQCHIP_MODES, Machine, load_kernel
+from .pc import EXIT_OK, EXIT_USAGE, IRQCHIP_MODES, Machine, load_kernel
 
 __all__ = ['main']
 
@@ -203,14 +203,12 @@ def _cmd_run(args):
             console.stop()
             print(f'kvmlite: {e}', file=sys.stderr)
             return EXIT_USAGE
-        prev = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, lambda *a: machine.stop(EXIT_SIGNAL, 'stopped by SIGTERM'))
-        try:
-            console.start()
-            result = machine.run(timeout=args.timeout)
-        finally:
-            console.stop()
-            signal.signal(signal.SIGTERM, prev)
+        with _SignalsEndTheRun(machine, console):
+            try:
+                console.start()
+                result = machine.run(timeout=args.timeout)
+            finally:
+                console.stop()          # the one place the terminal's modes go back
     if result.status != EXIT_OK or args.verbose:
         lines = [result.reason]
         # after a console line the guest left open, kvmlite's own start on a fresh one
@@ -218,6 +216,38 @@ def _cmd_run(args):
         sys.stderr.write(fresh + ''.join(f'kvmlite: {line}\n' for line in lines))
         sys.stderr.flush()
     return result.status
+
+
+class _SignalsEndTheRun:
+    """While a run lasts, each signal that would end the process (the
+    console's ENDING_SIGNALS: SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1,
+    SIGALRM ...) ends the run instead: the machine stops with status
+    128 + the signal's number (the shell's convention) and a one-line
+    reason, the console gives up waiting for a stalled reader, and the run's
+    own ``finally`` restores the terminal. A signal that is ignored (nohup's
+    SIGHUP, Python's SIGXFSZ) stays ignored. Installed before the console
+    starts, so the console leaves these signals to us."""
+
+    def __init__(self, machine, console):
+        self.machine, self.console = machine, console
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self         # only the main thread may set handlers: main() run from a thread
+        for signum in _import_part('devices', 'console').ENDING_SIGNALS:
+            if signal.getsignal(signum) != signal.SIG_IGN:      # nohup's SIGHUP stays ignored
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+    def _on_signal(self, signum, frame):
+        self.console.cancel()           # a dying run does not wait for a reader
+        self.machine.stop(128 + signum, f'stopped by {signal.Signals(signum).name}')
 
 
 def _same_line(console, stream):
@@ -277,7 +307,8 @@ def main(argv=None):
     r.add_argument('--irqchip', choices=IRQCHIP_MODES, default='split',
                    help='interrupt controllers: split (default), user or kernel')
     r.add_argument('--console', default='stdio', metavar='{stdio,none,FILE}',
-                   help="COM1: the terminal (default; Ctrl-A x quits), 'none', or a file to append to")
+                   help="COM1: the terminal (default; Ctrl-A x quits, Ctrl-A h lists the escapes), "
+                        "'none', or a file to append to")
     r.add_argument('--format', default='auto', choices=('auto', 'flat', 'elf', 'multiboot', 'bzimage', 'pvh'),
                    help='kernel format (default: detected)')
     r.add_argument('--cpuid', default='auto', choices=('auto', 'safe', 'host'),

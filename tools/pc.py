@@ -55,6 +55,7 @@ HALT_POLL_S = 0.25      # how often an in-kernel-irqchip run looks for a final h
 # bounds its PIT's period (min_timer_period_us): a guest that programs a
 # 1.7 us period would otherwise keep that thread, and the GIL, from the vCPUs.
 MIN_TIMER_SLEEP_S = 200e-6
+INPUT_LIMIT = 4096      # bytes of console input that wait for a guest not reading its UART
 APIC_LVT0, APIC_LVT1 = 0x350, 0x360
 IOREDTBL_REMOTE_IRR = 1 << 14   # IOAPIC redirection entry: a level interrupt awaits its EOI
 APIC_DM_EXTINT, APIC_DM_NMI = 0x700, 0x400
@@ -363,7 +364,9 @@ class Machine:
                           [next_poll - time.monotonic()])
             readers, writers = [self._wake_r], []
             if con is not None:
-                fd = con.fileno() if not self._pending_input else None
+                # a terminal's input is watched even while earlier input waits
+                watch = not self._pending_input or getattr(con, 'interactive', False)
+                fd = con.fileno() if watch else None
                 if fd is not None:
                     readers.append(fd)
                 fd = con.output_fileno() if hasattr(con, 'output_fileno') else None
@@ -398,8 +401,15 @@ class Machine:
                 self.stop(EXIT_VMM, f'console output failed: {os.strerror(err)}')
         if not self._pending_input:
             self._pending_input = con.read_input()
-            if getattr(con, 'quit_requested', False):
-                self.stop(EXIT_SIGNAL, 'quit from the console (Ctrl-A x)')
+        elif getattr(con, 'interactive', False):
+            # a terminal is read even while the guest takes nothing, so Ctrl-A x
+            # gets through whatever was typed ahead; what waits stays bounded
+            data = con.read_input()
+            keep = max(0, INPUT_LIMIT - len(self._pending_input))
+            con.input_dropped += max(0, len(data) - keep)
+            self._pending_input += data[:keep]
+        if getattr(con, 'quit_requested', False):
+            self.stop(EXIT_SIGNAL, 'quit from the console (Ctrl-A x)')
         if self._pending_input:
             n = self.serials[0].receive(self._pending_input)
             self._pending_input = self._pending_input[n:]
