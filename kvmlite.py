@@ -751,6 +751,10 @@ class kvm_run(_Struct):
 
 
 KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT = 0, 1
+# kvm_run.s (KVM_CAP_SYNC_REGS): the register classes KVM copies out after
+# every exit (kvm_valid_regs) and loads before the next entry (kvm_dirty_regs)
+KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KVM_SYNC_X86_EVENTS = 1, 2, 4
+KVM_SYNC_X86_VALID_FIELDS = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS
 KVM_PIO_PAGE_OFFSET = 1
 KVM_COALESCED_MMIO_PAGE_OFFSET = 2
 KVM_MSR_EXIT_REASON_INVAL = 1 << 0
@@ -1754,6 +1758,7 @@ class _Watchdog:
         self._cond = threading.Condition()
         self._deadlines = {}          # vcpu -> monotonic deadline
         self._thread = None
+        self._wake_at = float('inf')  # when the thread wakes next by itself
 
     def arm(self, vcpu, deadline):
         with self._cond:
@@ -1762,7 +1767,10 @@ class _Watchdog:
                 self._thread = threading.Thread(target=self._loop, name='kvmlite-watchdog',
                                                 daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            # wake the thread only for a deadline before the one it waits for:
+            # a run after run with the same timeout costs no thread switch
+            if deadline < self._wake_at:
+                self._cond.notify()
 
     def disarm(self, vcpu):
         """Returns False if the deadline had already fired (a kick is set)."""
@@ -1777,8 +1785,8 @@ class _Watchdog:
                 for v in due:
                     del self._deadlines[v]
                     v.kick('timeout')
-                wait = min(self._deadlines.values(), default=now + 3600) - now
-                self._cond.wait(max(wait, 0))
+                self._wake_at = min(self._deadlines.values(), default=now + 3600)
+                self._cond.wait(max(self._wake_at - now, 0))
 
 
 _watchdog = _Watchdog()
@@ -2349,6 +2357,10 @@ def route_msi(gsi, address, data):
 # ---------------------------------------------------------------------------
 
 _U32 = struct.Struct('<I')
+_U64 = struct.Struct('<Q')
+_DIRTY_OFF = kvm_run.kvm_dirty_regs.offset
+_SYNC_SREGS = ctypes.sizeof(kvm_regs)                         # kvm_sync_regs: regs,
+_SYNC_EVENTS = _SYNC_SREGS + ctypes.sizeof(kvm_sregs)         # sregs, events
 _IO_EXIT = struct.Struct('<BBHIQ')          # kvm_run.io at offset 32
 _MMIO_EXIT = struct.Struct('<Q8sIB')        # kvm_run.mmio at offset 32
 _RUN_EXIT_IO = struct.Struct('<I20xBBHIQ')  # exit_reason at 8, then kvm_run.io at 32
@@ -2396,6 +2408,8 @@ class Vcpu:
         self._stats = None
         self._buf = None              # the IoIn/MmioRead buffer handed out, until the next run
         self._pending = False         # the last exit was port I/O or MMIO, not yet completed
+        self._sync = 0                # the KVM_SYNC_X86_* classes kept in kvm_run.s
+        self.sync_regs = self.sync_sregs = self.sync_events = None
         self._running = threading.Lock()   # held by the one thread in run_loop
         _install_kick_handler()
 
@@ -2405,6 +2419,8 @@ class Vcpu:
         if self._stats:
             self._stats.close()
         self._release_buf()           # an exit the caller still holds must not pin the map
+        self.sync_regs = self.sync_sregs = self.sync_events = None
+        self._sync = 0
         del self.kvm_run
         if self._ring is not None:
             self._ring.release()
@@ -2427,7 +2443,74 @@ class Vcpu:
         _ioctl(self.fd, request, s)
         return s
 
+    # -- the kvm_run sync area (KVM_CAP_SYNC_REGS) --
+    def enable_sync_regs(self, classes=KVM_SYNC_X86_VALID_FIELDS):
+        """Keep the register classes ``classes`` (KVM_SYNC_X86_REGS, _SREGS,
+        _EVENTS) in kvm_run's sync area (api.rst, "kvm_valid_regs" and
+        "kvm_dirty_regs"): KVM copies them out after every exit and loads
+        the ones marked dirty before the next entry, so get_regs/set_regs
+        (and the sregs and events calls) cost no ioctl. ``sync_regs``,
+        ``sync_sregs`` and ``sync_events`` are views of the area; after
+        changing one in place, call ``mark_dirty``. Returns False (and
+        changes nothing) where KVM does not offer all of ``classes``."""
+        if self.vm.check_extension(Cap.SYNC_REGS) & classes != classes:
+            return False
+        if self._pending:
+            raise KvmliteError(f'vCPU {self.index}: an I/O exit is pending; complete_io() first')
+        self._flush_sync()
+        run = self.kvm_run
+        run.kvm_valid_regs, run.kvm_dirty_regs = classes, 0
+        m = self._map
+        m[1] = 1                       # KVM_RUN with immediate_exit: fills the area, runs nothing
+        try:
+            fcntl.ioctl(self.fd, KVM_RUN)
+        except OSError as e:
+            if e.errno not in (errno.EINTR, errno.EAGAIN):
+                run.kvm_valid_regs = 0
+                raise KvmError(e.errno, 'KVM_RUN (filling the sync area)') from None
+        finally:
+            m[1] = 0
+        base = kvm_run.s.offset
+        self._sync = classes
+        if classes & KVM_SYNC_X86_REGS:
+            self.sync_regs = kvm_regs.from_buffer(m, base)
+        if classes & KVM_SYNC_X86_SREGS:
+            self.sync_sregs = kvm_sregs.from_buffer(m, base + _SYNC_SREGS)
+        if classes & KVM_SYNC_X86_EVENTS:
+            self.sync_events = kvm_vcpu_events.from_buffer(m, base + _SYNC_EVENTS)
+        return True
+
+    def mark_dirty(self, classes):
+        """The sync area's ``classes`` were changed in place: KVM loads them
+        before the next entry."""
+        _U64.pack_into(self._map, _DIRTY_OFF, _U64.unpack_from(self._map, _DIRTY_OFF)[0] | classes)
+
+    def _flush_sync(self):
+        """Push dirty sync-area classes with the ioctls, before an ioctl that
+        reads or changes state they hold (MSRs, events, translation...)."""
+        dirty = self._sync and _U64.unpack_from(self._map, _DIRTY_OFF)[0]
+        if not dirty:
+            return
+        if dirty & KVM_SYNC_X86_SREGS:
+            _ioctl(self.fd, KVM_SET_SREGS, self.sync_sregs)
+        if dirty & KVM_SYNC_X86_REGS:
+            _ioctl(self.fd, KVM_SET_REGS, self.sync_regs)
+        if dirty & KVM_SYNC_X86_EVENTS:
+            _ioctl(self.fd, KVM_SET_VCPU_EVENTS, self.sync_events)
+        _U64.pack_into(self._map, _DIRTY_OFF, 0)
+
+    def _refresh_sync(self):
+        """Read the synced classes back after an ioctl that may change them."""
+        if self._sync & KVM_SYNC_X86_REGS:
+            _ioctl(self.fd, KVM_GET_REGS, self.sync_regs)
+        if self._sync & KVM_SYNC_X86_SREGS:
+            _ioctl(self.fd, KVM_GET_SREGS, self.sync_sregs)
+        if self._sync & KVM_SYNC_X86_EVENTS:
+            _ioctl(self.fd, KVM_GET_VCPU_EVENTS, self.sync_events)
+
     def get_regs(self):
+        if self._sync & KVM_SYNC_X86_REGS:
+            return _copy(self.sync_regs)
         return self._get(KVM_GET_REGS, kvm_regs)
 
     def set_regs(self, regs=None, **fields):
@@ -2438,15 +2521,32 @@ class Vcpu:
             raise TypeError(f'set_regs: no register {", ".join(map(repr, unknown))}: use '
                             f'{", ".join(_REG_NAMES)}')
         values = {k: _check_u64(k, v) for k, v in fields.items()}
+        if self._sync & KVM_SYNC_X86_REGS:
+            target = self.sync_regs
+            if regs is not None and regs is not target:
+                ctypes.memmove(ctypes.addressof(target), ctypes.addressof(regs),
+                               ctypes.sizeof(kvm_regs))
+            for k, v in values.items():
+                setattr(target, k, v)
+            self.mark_dirty(KVM_SYNC_X86_REGS)
+            return
         regs = regs if regs is not None else self.get_regs()
         for k, v in values.items():
             setattr(regs, k, v)
         _ioctl(self.fd, KVM_SET_REGS, regs)
 
     def get_sregs(self):
+        if self._sync & KVM_SYNC_X86_SREGS:
+            return _copy(self.sync_sregs)
         return self._get(KVM_GET_SREGS, kvm_sregs)
 
     def set_sregs(self, sregs):
+        if self._sync & KVM_SYNC_X86_SREGS:
+            if sregs is not self.sync_sregs:
+                ctypes.memmove(ctypes.addressof(self.sync_sregs), ctypes.addressof(sregs),
+                               ctypes.sizeof(kvm_sregs))
+            self.mark_dirty(KVM_SYNC_X86_SREGS)
+            return
         _ioctl(self.fd, KVM_SET_SREGS, sregs)
 
     def get_fpu(self):
@@ -2457,6 +2557,7 @@ class Vcpu:
 
     def get_msrs(self, indices):
         """{index: value} for the MSRs in ``indices``."""
+        self._flush_sync()
         buf = kvm_msrs(len(indices))(nmsrs=len(indices))
         for i, idx in enumerate(indices):
             buf.entries[i].index = idx
@@ -2470,7 +2571,12 @@ class Vcpu:
         buf = kvm_msrs(len(values))(nmsrs=len(values))
         for i, (idx, val) in enumerate(values.items()):
             buf.entries[i].index, buf.entries[i].data = idx, val
-        n = _ioctl(self.fd, KVM_SET_MSRS, buf)
+        self._flush_sync()
+        try:
+            n = _ioctl(self.fd, KVM_SET_MSRS, buf)
+        finally:
+            if self._sync:
+                self._refresh_sync()      # EFER, for one, is in the sregs
         if n != len(values):
             raise KvmError(errno.EINVAL, 'KVM_SET_MSRS',
                            f'MSR {buf.entries[n].index:#x} cannot be written (KVM wrote {n} of {len(values)})')
@@ -2492,7 +2598,9 @@ class Vcpu:
         return s
 
     def set_lapic(self, lapic):
+        self._flush_sync()
         _ioctl(self.fd, KVM_SET_LAPIC, lapic, vm=self.vm)
+        self._refresh_sync()              # CR8 is the TPR
 
     def get_mp_state(self):
         """KVM_GET_MP_STATE as an :class:`MpState` (a number KVM adds later
@@ -2501,12 +2609,22 @@ class Vcpu:
         return MpState._value2member_map_.get(n, n)
 
     def set_mp_state(self, state):
+        self._flush_sync()
         _ioctl(self.fd, KVM_SET_MP_STATE, kvm_mp_state(mp_state=state))
+        self._refresh_sync()
 
     def get_vcpu_events(self):
+        if self._sync & KVM_SYNC_X86_EVENTS:
+            return _copy(self.sync_events)
         return self._get(KVM_GET_VCPU_EVENTS, kvm_vcpu_events)
 
     def set_vcpu_events(self, events):
+        if self._sync & KVM_SYNC_X86_EVENTS:
+            if events is not self.sync_events:
+                ctypes.memmove(ctypes.addressof(self.sync_events), ctypes.addressof(events),
+                               ctypes.sizeof(kvm_vcpu_events))
+            self.mark_dirty(KVM_SYNC_X86_EVENTS)
+            return
         _ioctl(self.fd, KVM_SET_VCPU_EVENTS, events)
 
     def get_debugregs(self):
@@ -2539,18 +2657,25 @@ class Vcpu:
         """KVM_TRANSLATE through the guest's current page tables: a
         :class:`Translation` (physical, valid, writeable, usermode)."""
         t = kvm_translation(linear_address=_check_u64('translate: linear address', linear))
+        self._flush_sync()
         _ioctl(self.fd, KVM_TRANSLATE, t)
         return Translation(t.physical_address, bool(t.valid), bool(t.writeable), bool(t.usermode))
 
     def interrupt(self, vector):
         """KVM_INTERRUPT: queue an external interrupt (no in-kernel PIC)."""
+        self._flush_sync()
         _ioctl(self.fd, KVM_INTERRUPT, kvm_interrupt(irq=vector), vm=self.vm)
+        self._refresh_sync()
 
     def nmi(self):
+        self._flush_sync()
         _ioctl(self.fd, KVM_NMI)
+        self._refresh_sync()
 
     def smi(self):
+        self._flush_sync()
         _ioctl(self.fd, KVM_SMI)
+        self._refresh_sync()
 
     def set_signal_mask(self, signals=None):
         """KVM_SET_SIGNAL_MASK: signals blocked while the guest runs (None: no mask)."""
@@ -2671,6 +2796,11 @@ class Vcpu:
             raise KvmliteError(f'vCPU {self.index} is running in another thread: '
                                'complete_io() after that run returns')
         m, extra = self._map, 0
+        # KVM loads dirty sync-area registers before it completes the access:
+        # hold them back, and put them back (still dirty) afterwards
+        dirty = self._sync and _U64.unpack_from(m, _DIRTY_OFF)[0]
+        kept = bytes(m[kvm_run.s.offset:kvm_run.s.offset + _SYNC_EVENTS + 64]) if dirty else b''
+        _U64.pack_into(m, _DIRTY_OFF, 0) if dirty else None
         try:
             self._release_buf()
             while True:
@@ -2691,6 +2821,14 @@ class Vcpu:
             m[1] = 0
             self._why = None
             self._pending = False
+            if dirty:
+                base = kvm_run.s.offset
+                for cls, lo, hi in ((KVM_SYNC_X86_REGS, 0, _SYNC_SREGS),
+                                    (KVM_SYNC_X86_SREGS, _SYNC_SREGS, _SYNC_EVENTS),
+                                    (KVM_SYNC_X86_EVENTS, _SYNC_EVENTS, _SYNC_EVENTS + 64)):
+                    if dirty & cls:
+                        m[base + lo:base + hi] = kept[lo:hi]
+                _U64.pack_into(m, _DIRTY_OFF, dirty)
             self._running.release()
 
     def _disarm(self, reason):
@@ -3068,14 +3206,16 @@ def cpuid_entries(kvm, vcpu_index=0, policy='auto', hide=()):
 # reg_write, emu_start, hook_*), but the code runs on the real CPU.
 #
 # How a snippet reports back: kvmlite owns a system area (SNIPPET_SYSTEM) with
-# a GDT, a TSS, an IDT whose 256 gates each point to a 4-byte stub
-# ``out SNIPPET_TRAP_PORT, al; hlt``, and, in long mode, the page tables. The
-# stub's port write exits to Python, its RIP says which vector it was, and
-# Python unwinds the frame the CPU pushed, so the registers read back as they
-# were at the faulting instruction. ``syscall`` enters another such stub (on
-# kvm_pvm it arrives there still at CPL3: the TSS's I/O bitmap lets CPL3 use
-# every port, so the stub works at either level). At CPL3 the snippet runs
-# natively; only the stubs run at CPL0.
+# a GDT, a TSS, an IDT whose 256 gates each point to a 4-byte stub ``hlt``,
+# and, in long mode, the page tables. The stub's HLT exits to Python (one
+# instruction at CPL0, the cheapest exit there is: no I/O left pending), its
+# RIP says which vector it was, and Python unwinds the frame the CPU pushed
+# (read from guest memory at once, registers changed in kvm_run's sync area),
+# so the registers read back as they were at the faulting instruction.
+# ``syscall`` enters another stub, ``out SNIPPET_TRAP_PORT, al; hlt`` (on
+# kvm_pvm it arrives there still at CPL3, where HLT would fault: the TSS's
+# I/O bitmap lets CPL3 use every port, so that stub works at either level).
+# At CPL3 the snippet runs natively; only the stubs run at CPL0.
 
 __all__ += ['Snippet', 'Stop', 'SnippetError', 'SnippetTestCase', 'kvm_unavailable']
 
@@ -3093,7 +3233,8 @@ _SYS_STUBS, _SYS_STACK_TOP, _SYS_PAGE_TABLES = 0x5000, 0x7000, 0x8000
 # KVM's emulator, which sign-extends `int n`'s byte and so looks up vectors
 # 0x80-0xFF at IVT - 4 * (256 - n) (without it such an `int` hangs in KVM)
 _REAL_IVT, _REAL_STUBS, _REAL_STUB_SEG = 0x200, 0x600, 0xFFFF
-_STUB = bytes((0xE6, SNIPPET_TRAP_PORT, 0xF4, 0x90))    # out port, al; hlt; nop
+_STUB = bytes((0xF4, 0x90, 0x90, 0x90))                 # hlt; nop; nop; nop
+_PORT_STUB = bytes((0xE6, SNIPPET_TRAP_PORT, 0xF4, 0x90))  # out port, al; hlt; nop
 _SYSCALL_STUB = 256                 # the stub after the 256 vectors' is LSTAR's
 _IOPB = 0x68                        # the I/O permission bitmap follows the TSS proper
 _TSS_LIMIT = _IOPB + 8192           # 8 KiB of zeros (every port allowed) + 0xFF
@@ -3122,6 +3263,7 @@ SNIPPET_FLAGS = {'CF': 0, 'PF': 2, 'AF': 4, 'ZF': 6, 'SF': 7, 'TF': 8, 'IF': 9, 
 
 EXCEPTION_NAMES = ('DE', 'DB', 'NMI', 'BP', 'OF', 'BR', 'UD', 'NM', 'DF', 'MP', 'TS', 'NP',
                    'SS', 'GP', 'PF', '15', 'MF', 'AC', 'MC', 'XM', 'VE', 'CP')
+_FRAME_BY_MODE = {'long64': struct.Struct('<5Q'), 'prot32': struct.Struct('<5I')}
 _ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17, 21, 29, 30))
 _USER_GATES = frozenset((3, 4, 0x80))   # int3, into and int 0x80 are allowed at CPL3
 
@@ -3264,12 +3406,21 @@ class Snippet:
         self._stop = None              # set by a handler that ends the run
         self._waiting = None           # the MMIO access an 'mmio' stop left half done
         self._until = self._patched = self._steps = None
+        self._synced = False           # registers live in kvm_run (KVM_CAP_SYNC_REGS)
+        self._handler_table = None     # the run loop's exit handlers, made once
+        self._frame = None             # struct of the CPL3 #GP frame (the fast hlt path)
         try:
             self.vm = Vm(self.kvm)
             self.vcpu = self.vm.create_vcpu()
             self.vcpu.set_cpuid2(cpuid_entries(self.kvm))
             self._write_system_area()
             self._enter_mode()
+            # from here on a run costs one KVM_RUN: registers go in and out
+            # through kvm_run, where KVM offers it (else through the ioctls)
+            self._synced = self.vcpu.enable_sync_regs()
+            # the #GP frame a CPL3 `hlt` leaves on the IST/ring-0 stack, unpacked at
+            # once: error code, RIP, CS, RFLAGS, RSP (SS follows)
+            self._frame = (_FRAME_BY_MODE[mode] if self._synced and cpl == 3 else None)
             if mem_size:
                 self.mem_map(0, mem_size)
                 # the stack starts at the top of RAM (SP 0 wraps to 0xFFFE in real mode)
@@ -3294,11 +3445,6 @@ class Snippet:
         self.close()
 
     # -- the system area: GDT, TSS, IDT, stubs, page tables --------------------
-    @property
-    def _stubs(self):
-        """Guest address of vector 0's stub."""
-        return self._system.gpa + (_REAL_STUBS if self.mode == 'real' else _SYS_STUBS)
-
     def _write_system_area(self):
         """(Re)create the system area. A new slot, not a rewrite: KVM's shadow
         MMU would keep using page tables that user space rewrote behind it."""
@@ -3306,7 +3452,9 @@ class Snippet:
             self.vm.remove_memory(self._system)
         base, size = SNIPPET_SYSTEM[self.mode]
         self._system = self.vm.add_memory(base, size)
-        stubs = _STUB * (_SYSCALL_STUB + 1)
+        # guest address of vector 0's stub
+        self._stubs = base + (_REAL_STUBS if self.mode == 'real' else _SYS_STUBS)
+        stubs = _STUB * _SYSCALL_STUB + _PORT_STUB
         if self.mode == 'real':
             off = self._stubs - (_REAL_STUB_SEG << 4)
             ivt = b''.join(struct.pack('<HH', off + 4 * v, _REAL_STUB_SEG) for v in range(256))
@@ -3343,7 +3491,7 @@ class Snippet:
 
     def _enter_mode(self):
         """Set the vCPU straight into ``mode`` at ``cpl``: no code runs to get there."""
-        s = self.vcpu.get_sregs()
+        s = self._sv()
         base = self._system.gpa
         if self.mode == 'real':
             for name in _SNIPPET_SEGS:
@@ -3514,11 +3662,11 @@ class Snippet:
         where, key = self._register(name)
         if where == 'gpr':
             field, shift, bits = key
-            return getattr(self.vcpu.get_regs(), field) >> shift & ((1 << bits) - 1)
+            return getattr(self._rv(), field) >> shift & ((1 << bits) - 1)
         if where == 'xsave':
             raw = bytes(self.vcpu.get_xsave())
             return int.from_bytes(raw[key[0]:key[0] + key[1]], 'little')
-        s = self.vcpu.get_sregs()
+        s = self._sv()
         if where == 'seg':
             seg, attr = key
             return getattr(getattr(s, seg), attr)
@@ -3549,15 +3697,15 @@ class Snippet:
             field, shift, bits = key
             if not -(1 << bits - 1) <= value < 1 << bits:
                 raise SnippetError(f'{name} = {value:#x} does not fit in its {bits} bits')
-            regs = self.vcpu.get_regs()
+            regs = self._rv()
             mask = ((1 << bits) - 1) << shift
             setattr(regs, field, getattr(regs, field) & ~mask | (value << shift) & mask)
-            self.vcpu.set_regs(regs)
+            self._put_regs(regs)
             return
         if not -(1 << 63) <= value < 1 << 64:
             raise SnippetError(f'{name} = {value:#x} does not fit in 64 bits')
         value &= (1 << 64) - 1
-        s = self.vcpu.get_sregs()
+        s = self._sv()
         if where == 'seg':
             seg, attr = key
             if attr == 'selector':
@@ -3590,7 +3738,7 @@ class Snippet:
 
     def flags(self):
         """The names of the status and control flags set in RFLAGS ('CF', 'ZF'...)."""
-        rflags = self.vcpu.get_regs().rflags
+        rflags = self._rv().rflags
         return frozenset(f for f, bit in SNIPPET_FLAGS.items() if rflags >> bit & 1)
 
     # -- hooks -----------------------------------------------------------------
@@ -3786,15 +3934,43 @@ class Snippet:
         return self.run(begin, until=until, timeout=timeout / 1e6 if timeout else None,
                         count=count or None)
 
+    def _rv(self):
+        """The registers: the live kvm_run view where KVM syncs them (change
+        it in place, then vcpu.set_regs(it)), else a copy."""
+        return self.vcpu.sync_regs if self._synced else self.vcpu.get_regs()
+
+    def _sv(self):
+        return self.vcpu.sync_sregs if self._synced else self.vcpu.get_sregs()
+
+    def _put_regs(self, regs):
+        """``regs`` (from _rv, changed) go in before the next entry."""
+        if self._synced:
+            self.vcpu.mark_dirty(KVM_SYNC_X86_REGS)
+        else:
+            self.vcpu.set_regs(regs)
+
+    def _put_sregs(self, sregs):
+        if self._synced:
+            self.vcpu.mark_dirty(KVM_SYNC_X86_SREGS)
+        else:
+            self.vcpu.set_sregs(sregs)
+
+    def _set_rip(self, rip):
+        if self._synced:
+            self.vcpu.sync_regs.rip = rip
+            self.vcpu.mark_dirty(KVM_SYNC_X86_REGS)
+        else:
+            self.vcpu.set_regs(rip=rip)
+
     def _jump(self, address):
         if self.mode != 'real':
-            self.vcpu.set_regs(rip=address)
+            self._set_rip(address)
             return
         cs = 0 if address < 0x10000 else address >> 4
-        s = self.vcpu.get_sregs()
+        s = self._sv()
         s.cs.selector, s.cs.base = cs, cs << 4
         self.vcpu.set_sregs(s)
-        self.vcpu.set_regs(rip=address - (cs << 4))
+        self._set_rip(address - (cs << 4))
 
     def _emulated(self):
         return self.cpl == 0 or self.mode == 'real'
@@ -3813,7 +3989,7 @@ class Snippet:
             elif self.mode != 'long64':      # long64 catches the fetch's #PF instead
                 raise SnippetError(f'until {until:#x} is not in mapped memory')
         if count is not None:
-            self.vcpu.set_regs(rflags=self.vcpu.get_regs().rflags | RFLAGS_TF)
+            self.vcpu.set_regs(rflags=self._rv().rflags | RFLAGS_TF)
 
     def _disarm(self):
         if self._until is not None and self._emulated():
@@ -3821,13 +3997,17 @@ class Snippet:
         if self._patched is not None:
             self.vm.write(self._until, bytes((self._patched,)))
         if self._steps is not None:
-            self.vcpu.set_regs(rflags=self.vcpu.get_regs().rflags & ~RFLAGS_TF)
+            self.vcpu.set_regs(rflags=self._rv().rflags & ~RFLAGS_TF)
         self._until = self._patched = self._steps = None
 
     def _handlers(self):
-        return {IoOut: self._on_io, IoIn: self._on_io, MmioRead: self._on_mmio,
-                MmioWrite: self._on_mmio, RdMsr: self._on_msr, WrMsr: self._on_msr,
-                Debug: self._on_debug, InternalError: self._on_internal}
+        if self._handler_table is not None:
+            return self._handler_table
+        self._handler_table = {
+            IoOut: self._on_io, IoIn: self._on_io, MmioRead: self._on_mmio,
+            MmioWrite: self._on_mmio, RdMsr: self._on_msr, WrMsr: self._on_msr,
+            Debug: self._on_debug, InternalError: self._on_internal, Hlt: self._on_hlt}
+        return self._handler_table
 
     def _halt(self, stop):
         """End the run with ``stop`` (a handler's return value)."""
@@ -3843,29 +4023,29 @@ class Snippet:
 
     def _final(self, exit):
         """The Stop for an exit no handler took."""
-        rip = self.vcpu.get_regs().rip
+        rip = self._rv().rip
         if isinstance(exit, Hlt):
             return Stop('hlt', rip)
         if isinstance(exit, Interrupted):
             if exit.why == 'timeout' and self._in_stub():
-                return self._finish_trap() or Stop('timeout', self.vcpu.get_regs().rip)
+                return self._finish_trap() or Stop('timeout', self._rv().rip)
             return Stop('timeout' if exit.why == 'timeout' else 'stopped', rip)
         if isinstance(exit, Shutdown):
             return Stop('shutdown', rip, exit=exit)
         linear = self._linear(rip)
         if isinstance(exit, InternalError) and self._peek(linear) == 0xCC:
             # the emulator cannot run int3: report it as the CPU would have
-            self.vcpu.set_regs(rip=rip + 1)
+            self._set_rip(rip + 1)
             return Stop('breakpoint', rip + 1, address=linear)
         return Stop('error', rip, exit=exit)
 
     def _linear(self, ip):
         if self.mode != 'real':
             return ip
-        return self.vcpu.get_sregs().cs.base + ip
+        return self._sv().cs.base + ip
 
     def _in_stub(self):
-        rip = self._linear(self.vcpu.get_regs().rip)
+        rip = self._linear(self._rv().rip)
         return self._stubs <= rip < self._stubs + 4 * (_SYSCALL_STUB + 1)
 
     def _finish_trap(self):
@@ -3873,14 +4053,34 @@ class Snippet:
         write, so the registers read back as the snippet's. Returns the Stop
         the trap makes, or None."""
         exit = self.vcpu.run(timeout=1.0)
-        if isinstance(exit, IoOut) and not self._on_io(self.vcpu, exit):
+        handler = {IoOut: self._on_io, Hlt: self._on_hlt}.get(type(exit))
+        if handler is not None and not handler(self.vcpu, exit):
             return self._stop
         return None
 
     # -- exit handlers: True runs on, False ends the run with self._stop -------
+    def _on_hlt(self, vcpu, exit):
+        regs = self._rv()
+        at = self._linear(regs.rip) - 1 - self._stubs       # RIP is after the stub's HLT
+        if at == 4 * 13 and self._frame is not None:
+            # the hot path: a CPL3 snippet's own `hlt` (#GP, error code 0)
+            system = self._system
+            err, rip, _, rflags, rsp = self._frame.unpack_from(system.view,
+                                                               regs.rsp - system.gpa)
+            if err == 0 and self._peek(rip) == 0xF4:
+                regs.rip, regs.rflags, regs.rsp = rip + 1, rflags, rsp
+                sregs = self.vcpu.sync_sregs
+                sregs.cs, sregs.ss = self._user_cs, self._user_ss
+                self.vcpu.mark_dirty(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)
+                self._stop = Stop('hlt', rip + 1)            # where HLT leaves RIP at CPL0
+                return False
+        if 0 <= at < 4 * _SYSCALL_STUB and not at & 3:
+            return self._on_trap(regs, self._sv(), at >> 2)
+        return False                                         # the snippet's own HLT
+
     def _on_io(self, vcpu, exit):
         if exit.port == SNIPPET_TRAP_PORT and isinstance(exit, IoOut) and self._in_stub():
-            regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+            regs, sregs = self._rv(), self._sv()
             return self._on_trap(regs, sregs, (self._linear(regs.rip) - 2 - self._stubs) // 4)
         hook, port, size = self._hooks.get('io'), exit.port, exit.size
         ones = (1 << 8 * size) - 1
@@ -3902,8 +4102,8 @@ class Snippet:
         if vector == _SYSCALL_STUB:
             regs.rip, regs.rflags = regs.rcx, regs.r11    # where SYSRET would return
             sregs.cs, sregs.ss = _copy(self._user_cs), _copy(self._user_ss)
-            self.vcpu.set_sregs(sregs)
-            self.vcpu.set_regs(regs)
+            self._put_sregs(sregs)
+            self._put_regs(regs)
             return self._on_syscall()
         error_code, soft = self._unwind(regs, sregs, vector)
         rip = regs.rip
@@ -3915,11 +4115,11 @@ class Snippet:
             if n not in _USER_GATES:
                 vector, error_code = 13, n * 8 + 2           # the gate's DPL is 0
             else:
-                self.vcpu.set_regs(rip=rip + 2)
+                self._set_rip(rip + 2)
                 rip, linear, vector, soft = rip + 2, linear + 2, n, True
         elif op == 0xCC or (op == 0xCE and self.mode == 'prot32'):
             # and for int3 and into where it emulates CPL3 code (prot32: no paging)
-            self.vcpu.set_regs(rip=rip + 1)
+            self._set_rip(rip + 1)
             rip, linear, vector = rip + 1, linear + 1, 3 if op == 0xCC else 4
             if op == 0xCE and not regs.rflags & 1 << SNIPPET_FLAGS['OF']:
                 return self._resume()                    # no overflow: into does nothing
@@ -3934,11 +4134,11 @@ class Snippet:
             return self._steps > 0 or self._halt(Stop('count', rip))
         if vector == 3:
             if self._patched is not None and linear - 1 == self._until:
-                self.vcpu.set_regs(rip=rip - 1)
+                self._set_rip(rip - 1)
                 return self._halt(Stop('until', rip - 1, address=self._until))
             return self._halt(Stop('breakpoint', rip, address=linear - 1))
         if vector == 13 and self.cpl == 3 and error_code == 0 and self._peek(linear) == 0xF4:
-            self.vcpu.set_regs(rip=rip + 1)         # where HLT leaves RIP at CPL0
+            self._set_rip(rip + 1)                  # where HLT leaves RIP at CPL0
             return self._halt(Stop('hlt', rip + 1))
         if vector == 0x80 and self.mode != 'real':
             return self._on_syscall()
@@ -3968,8 +4168,13 @@ class Snippet:
             sp = regs.rsp & (0xFFFFFFFF if word == 4 else ~0)
             n = 4 if has_code else 3
 
+            try:                     # the most the CPU pushed, read at once
+                frame = self.vm.read(sp, word * 5)
+            except GuestMemoryError:     # 32-bit, same level: at the top of the snippet's RAM
+                frame = self.vm.read(sp, word * n)
+
             def pop(i):
-                return struct.unpack(fmt, self.vm.read(sp + word * i, word))[0]
+                return struct.unpack_from(fmt, frame, word * i)[0]
             if has_code and self.cpl == 0 and pop(1) == self._user_cs.selector \
                     and self._int_before(pop(0), vector):
                 # `int 0xd` at CPL0 takes the gate of #GP but pushes no error code
@@ -3981,9 +4186,9 @@ class Snippet:
                 regs.rsp = pop(n)
             else:                        # 32-bit, same privilege: the frame was on its stack
                 regs.rsp = sp + word * n
-            sregs.cs, sregs.ss = _copy(self._user_cs), _copy(self._user_ss)
-        self.vcpu.set_sregs(sregs)
-        self.vcpu.set_regs(regs)
+            sregs.cs, sregs.ss = self._user_cs, self._user_ss     # copied in
+        self._put_sregs(sregs)
+        self._put_regs(regs)
         return error_code, soft
 
     def _int_before(self, linear, vector):
@@ -4010,24 +4215,24 @@ class Snippet:
         if exit.suberror != KVM_INTERNAL_ERROR_EMULATION or exit.insn[:1] != b'\xcd' \
                 or len(exit.insn) < 2:
             return False
-        rip = vcpu.get_regs().rip
+        rip = self._rv().rip
         at = self._linear(rip)
         if self._peek(at) != 0xCD or self._peek(at + 1) != exit.insn[1]:
             return False
-        vcpu.set_regs(rip=rip + 2)
+        self._set_rip(rip + 2)
         return self._software_interrupt(rip + 2, exit.insn[1], at)
 
     def _on_syscall(self):
         hook = self._hooks.get('syscall')
         if hook is None:
-            return self._halt(Stop('syscall', self.vcpu.get_regs().rip))
+            return self._halt(Stop('syscall', self._rv().rip))
         result = hook(self)
         if result is not None:
             self.vcpu.set_regs(rax=result & 0xFFFFFFFFFFFFFFFF)
         if self._steps is not None:      # a system call is one step (its trap is lost)
             self._steps -= 1
             if not self._steps:
-                return self._halt(Stop('count', self.vcpu.get_regs().rip))
+                return self._halt(Stop('count', self._rv().rip))
         return self._resume()
 
     def _on_mmio(self, vcpu, exit):
@@ -4039,7 +4244,7 @@ class Snippet:
             # a write stops after its instruction, as KVM reports it
             self._waiting = (MmioWrite(exit.addr, bytes(exit.data)) if is_write
                              else _MmioReadStop(exit.addr, size))
-            return self._halt(Stop('mmio', vcpu.get_regs().rip, address=exit.addr,
+            return self._halt(Stop('mmio', self._rv().rip, address=exit.addr,
                                    exit=self._waiting))
         value = hook(self, exit.addr, size, exit.value if is_write else None)
         if not is_write:
@@ -4066,7 +4271,7 @@ class Snippet:
 
     def _on_debug(self, vcpu, exit):
         # only `until` arms KVM's debugging
-        return self._halt(Stop('until', vcpu.get_regs().rip, address=exit.pc, exit=exit))
+        return self._halt(Stop('until', self._rv().rip, address=exit.pc, exit=exit))
 
 
 class _MmioReadStop(MmioRead):
