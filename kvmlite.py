@@ -3168,14 +3168,46 @@ def cpuid_restricted(policy):
 LINUX_CLEARCPUID = b'clearcpuid=xsave,smap,popcnt'
 
 
-def cpuid_entries(kvm, vcpu_index=0, policy='auto', hide=()):
+#: ``vendor`` of cpuid_entries -> the 12-byte CPUID vendor string.
+CPU_VENDORS = {'intel': b'GenuineIntel', 'amd': b'AuthenticAMD'}
+_AMD_EDX_ALIASES = 0x0183F3FF   # 0x80000001 EDX bits that repeat leaf 1 EDX on AMD
+
+
+def _set_vendor(entries, vendor):
+    """Present ``vendor`` ('intel' or 'amd') as QEMU's ``-cpu host,vendor=``
+    (with its default vendor-cpuid-only) does: the vendor string in leaf 0
+    and leaf 0x80000000 (EBX, EDX, ECX); for Intel no CmpLegacy (0x80000001
+    ECX bit 1, which Linux reads as "no thread info" on Intel); for AMD the
+    Intel cache leaves 2 and 4 read 0 and the 0x80000001 EDX bits that AMD
+    defines as copies of leaf 1 EDX are those copies (AMD APM Vol. 3,
+    appendix E.4.2). Everything else stays KVM's."""
+    ebx, edx, ecx = struct.unpack('<III', CPU_VENDORS[vendor])
+    leaf1_edx = next((e.edx for e in entries if e.function == 1), 0)
+    for e in entries:
+        if e.function in (0, 0x80000000):
+            e.ebx, e.edx, e.ecx = ebx, edx, ecx
+        elif e.function == 0x80000001:
+            if vendor == 'intel':
+                e.ecx &= ~(1 << 1)
+            else:
+                e.edx = (e.edx & ~_AMD_EDX_ALIASES) | (leaf1_edx & _AMD_EDX_ALIASES)
+        elif e.function in (2, 4) and vendor == 'amd':
+            e.eax = e.ebx = e.ecx = e.edx = 0
+
+
+def cpuid_entries(kvm, vcpu_index=0, policy='auto', hide=(), vendor='host'):
     """CPUID for a vCPU: KVM's supported list with the APIC ID set and, by
     ``policy``, features hidden: 'auto' hides EMULATOR_UNSAFE_FEATURES where
     host_emulates_kernel_mode(), 'safe' always, 'host' never. ``hide`` names
-    more features to hide (as in EMULATOR_UNSAFE_FEATURES)."""
+    more features to hide (as in EMULATOR_UNSAFE_FEATURES). ``vendor``:
+    'host' (KVM's, the host CPU's), or 'intel' / 'amd' (see _set_vendor)."""
     if policy not in ('auto', 'safe', 'host'):
         raise ValueError(f"CPUID policy {policy!r}: use 'auto', 'safe' or 'host'")
+    if vendor != 'host' and vendor not in CPU_VENDORS:
+        raise ValueError(f"CPU vendor {vendor!r}: use 'host', 'intel' or 'amd'")
     entries = kvm.supported_cpuid()
+    if vendor != 'host':
+        _set_vendor(entries, vendor)
     restrict = cpuid_restricted(policy)
     clear = [f for f in EMULATOR_UNSAFE_FEATURES if restrict] + \
         [f for f in EMULATOR_UNSAFE_FEATURES + EMULATOR_WANTED_FEATURES if f[4] in hide]

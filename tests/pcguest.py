@@ -420,12 +420,14 @@ def assemble(source, symbols=None):
     return assemble_with_labels(RUNTIME + source, bits=64, origin=CODE, symbols=symbols)
 
 
-def run_guest(source, mode, timeout=20, console=None, symbols=None):
+def run_guest(source, mode, timeout=20, console=None, symbols=None, **machine):
     """Run RUNTIME + ``source`` in a fresh Machine in irqchip ``mode`` with
-    ``console`` on COM1 (default a MemoryBackend); returns a :class:`GuestRun`."""
+    ``console`` on COM1 (default a MemoryBackend) and the Machine arguments
+    ``machine``; returns a :class:`GuestRun`."""
     code, labels = assemble(source, symbols)
     console = console if console is not None else MemoryBackend()
-    with kvmlite.Machine(mem_size=MEM_SIZE, irqchip=mode, console=console, kvm=kvm()) as m:
+    with kvmlite.Machine(mem_size=MEM_SIZE, irqchip=mode, console=console, kvm=kvm(),
+                         **machine) as m:
         m.vm.write(CODE, code)
         m.vm.write(IDT, _idt(labels))
         kvmlite.setup_mode(m.vm.vcpus[0], m.vm, 'long64', labels['start'], stack=STACK)

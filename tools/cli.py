@@ -180,7 +180,7 @@ def _cmd_run(args):
         initrd = _read_input_file(args.initrd, 'initrd', args.mem) if args.initrd else None
         console = _make_console(args.console)
         machine = Machine(mem_size=args.mem, cpus=args.cpus, irqchip=args.irqchip, console=console,
-                          cpuid_policy=args.cpuid, cmdline=cmdline)
+                          cpuid_policy=args.cpuid, cmdline=cmdline, cpu_vendor=args.cpu_vendor)
     except (ValueError, OSError) as e:            # KvmError is an OSError
         if console is not None:
             console.stop()
@@ -313,6 +313,8 @@ def main(argv=None):
                    help='kernel format (default: detected)')
     r.add_argument('--cpuid', default='auto', choices=('auto', 'safe', 'host'),
                    help='CPUID policy: auto hides emulator-unsafe features on hosts that need it')
+    r.add_argument('--cpu-vendor', default='host', choices=('host', 'intel', 'amd'),
+                   help="CPUID vendor the guest sees (leaves 0 and 0x80000000): the host's (default), intel or amd")
     r.add_argument('--timeout', type=_timeout, metavar='SECONDS',
                    help='stop the guest after this many seconds, above 0 (inf: never, the default)')
     r.add_argument('-v', '--verbose', action='store_true', help='say why the run ended even when it went well')

@@ -115,11 +115,13 @@ class Machine:
     ``platform``: where everything sits (a :class:`tools.layout.Platform`,
     by default :data:`tools.layout.PC`); ``devices`` maps each of its device
     names to the model built for it (also an attribute: ``machine.com1``).
+    ``cpu_vendor``: the CPUID vendor the guest sees, 'host', 'intel' or 'amd'
+    (kvmlite.cpuid_entries).
     """
 
     def __init__(self, mem_size=256 << 20, cpus=1, irqchip='split', console=None,
                  cpuid_policy='auto', kvm=None, clock=time.monotonic_ns, cmdline=b'',
-                 platform=PC):
+                 platform=PC, cpu_vendor='host'):
         if irqchip not in IRQCHIP_MODES:
             raise ValueError(f'irqchip mode {irqchip!r}: use one of {", ".join(IRQCHIP_MODES)}')
         if irqchip == 'user' and cpus != 1:
@@ -132,6 +134,7 @@ class Machine:
         self._routes = None         # the GSI routes last given to KVM (split mode)
         self._running = threading.Lock()
         self.cpuid_policy = cpuid_policy
+        self.cpu_vendor = cpu_vendor
         self.mem_size, self.cpus = mem_size, cpus
         self._own_kvm = kvm is None
         self.kvm = kvm or Kvm()
@@ -171,13 +174,19 @@ class Machine:
         self._wire_pc(cmdline)
 
     def _setup_vcpu(self, vcpu, policy):
-        entries = cpuid_entries(self.kvm, vcpu.index, policy)
+        entries = cpuid_entries(self.kvm, vcpu.index, policy, vendor=self.cpu_vendor)
         if self.mode == 'user':
             for e in entries:           # no local APIC to offer
                 if e.function == 1:
                     e.edx &= ~(1 << 9)
                     e.ecx &= ~(1 << 21)
-        vcpu.set_cpuid2(entries)
+        try:
+            vcpu.set_cpuid2(entries)
+        except KvmError as e:
+            if self.cpu_vendor == 'host':
+                raise
+            raise ValueError(f'KVM refused CPUID with vendor {self.cpu_vendor} on this host '
+                             f'({e}): run with --cpu-vendor host') from None
         if self.mode != 'user':
             # virtual-wire mode, as a BIOS leaves it: PIC through LINT0, NMI on LINT1
             regs = bytearray(vcpu.get_lapic())
