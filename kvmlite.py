@@ -443,6 +443,108 @@ class kvm_lapic_state(_Struct):
     _fields_ = [('regs', u8 * KVM_APIC_REG_SIZE)]
 
 
+class kvm_sregs2(_Struct):
+    """KVM_GET/SET_SREGS2: kvm_sregs without the interrupt bitmap, with the
+    PAE page-directory-pointer registers (valid when flags has
+    KVM_SREGS2_FLAGS_PDPTRS_VALID)."""
+    _fields_ = [(n, kvm_segment) for n in
+                ('cs', 'ds', 'es', 'fs', 'gs', 'ss', 'tr', 'ldt')] + [
+        ('gdt', kvm_dtable),
+        ('idt', kvm_dtable),
+        ('cr0', u64),
+        ('cr2', u64),
+        ('cr3', u64),
+        ('cr4', u64),
+        ('cr8', u64),
+        ('efer', u64),
+        ('apic_base', u64),
+        ('flags', u64),
+        ('pdptrs', u64 * 4),
+    ]
+
+
+KVM_SREGS2_FLAGS_PDPTRS_VALID = 1
+
+
+class kvm_cpuid_entry(_Struct):
+    """KVM_SET_CPUID's entry (the first CPUID ioctl: no index, no flags)."""
+    _fields_ = [('function', u32), ('eax', u32), ('ebx', u32), ('ecx', u32), ('edx', u32),
+                ('padding', u32)]
+
+
+def kvm_cpuid(n):
+    class kvm_cpuid(_Struct):
+        _fields_ = [('nent', u32), ('padding', u32), ('entries', kvm_cpuid_entry * n)]
+    return kvm_cpuid
+
+
+KVM_STATE_NESTED_FORMAT_VMX = 0
+KVM_STATE_NESTED_FORMAT_SVM = 1
+KVM_STATE_NESTED_GUEST_MODE = 0x00000001
+KVM_STATE_NESTED_RUN_PENDING = 0x00000002
+KVM_STATE_NESTED_EVMCS = 0x00000004
+KVM_STATE_NESTED_MTF_PENDING = 0x00000008
+KVM_STATE_NESTED_GIF_SET = 0x00000100
+KVM_STATE_NESTED_SMM_GUEST_MODE = 0x00000001
+KVM_STATE_NESTED_SMM_VMXON = 0x00000002
+KVM_STATE_NESTED_VMX_VMCS_SIZE = 0x1000
+KVM_STATE_NESTED_SVM_VMCB_SIZE = 0x1000
+KVM_STATE_VMX_PREEMPTION_TIMER_DEADLINE = 0x00000001
+
+
+class kvm_vmx_nested_state_hdr(_Struct):
+    _fields_ = [
+        ('vmxon_pa', u64),
+        ('vmcs12_pa', u64),
+        ('smm', type('_vmx_smm', (_Struct,), {'_fields_': [('flags', u16)]})),
+        ('pad', u16),
+        ('flags', u32),
+        ('preemption_timer_deadline', u64),
+    ]
+
+
+class kvm_svm_nested_state_hdr(_Struct):
+    _fields_ = [('vmcb_pa', u64)]
+
+
+class kvm_vmx_nested_state_data(_Struct):
+    _fields_ = [('vmcs12', u8 * KVM_STATE_NESTED_VMX_VMCS_SIZE),
+                ('shadow_vmcs12', u8 * KVM_STATE_NESTED_VMX_VMCS_SIZE)]
+
+
+class kvm_svm_nested_state_data(_Struct):
+    _fields_ = [('vmcb12', u8 * KVM_STATE_NESTED_SVM_VMCB_SIZE)]
+
+
+class _kvm_nested_state_hdr(_Union):
+    _fields_ = [('vmx', kvm_vmx_nested_state_hdr), ('svm', kvm_svm_nested_state_hdr),
+                ('pad', u8 * 120)]
+
+
+class kvm_nested_state(_Struct):
+    """KVM_GET/SET_NESTED_STATE's header; ``size`` bytes in all, the VMX or
+    SVM data (vmcs12 / vmcb12) following it."""
+    _fields_ = [('flags', u16), ('format', u16), ('size', u32), ('hdr', _kvm_nested_state_hdr)]
+
+
+def kvm_pmu_event_filter(n):
+    """struct kvm_pmu_event_filter with ``n`` event codes."""
+    class kvm_pmu_event_filter(_Struct):
+        _fields_ = [('action', u32), ('nevents', u32), ('fixed_counter_bitmap', u32),
+                    ('flags', u32), ('pad', u32 * 4), ('events', u64 * n)]
+    return kvm_pmu_event_filter
+
+
+KVM_PMU_EVENT_ALLOW = 0
+KVM_PMU_EVENT_DENY = 1
+KVM_VCPU_TSC_CTRL = 0          # vCPU device-attribute group: the TSC
+KVM_VCPU_TSC_OFFSET = 0        # its attribute: the guest's TSC offset (u64)
+KVM_X86_XCOMP_GUEST_SUPP = 0   # system attribute (group 0): XSAVE components a guest may use
+KVM_DIRTY_LOG_PAGE_OFFSET = 64  # the dirty ring's page offset in the vCPU mmap
+KVM_X86_DEFAULT_VM = 0
+KVM_X86_SW_PROTECTED_VM = 1
+
+
 # --- include/uapi/linux/kvm.h -----------------------------------------------
 
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
@@ -653,6 +755,209 @@ class kvm_msi(_Struct):
         ('devid', u32),
         ('pad', u8 * 12),
     ]
+
+
+class kvm_x86_mce(_Struct):
+    """KVM_X86_SET_MCE: one machine-check bank's registers to inject."""
+    _fields_ = [
+        ('status', u64),
+        ('addr', u64),
+        ('misc', u64),
+        ('mcg_status', u64),
+        ('bank', u8),
+        ('pad1', u8 * 7),
+        ('pad2', u64 * 3),
+    ]
+
+
+class kvm_tpr_access_ctl(_Struct):
+    _fields_ = [('enabled', u32), ('flags', u32), ('reserved', u32 * 8)]
+
+
+class kvm_vapic_addr(_Struct):
+    _fields_ = [('vapic_addr', u64)]
+
+
+KVM_CREATE_DEVICE_TEST = 1
+KVM_DEV_TYPE_FSL_MPIC_20 = 1
+KVM_DEV_TYPE_FSL_MPIC_42 = 2
+KVM_DEV_TYPE_XICS = 3
+KVM_DEV_TYPE_VFIO = 4
+KVM_DEV_TYPE_ARM_VGIC_V2 = 5
+KVM_DEV_TYPE_FLIC = 6
+KVM_DEV_TYPE_ARM_VGIC_V3 = 7
+KVM_DEV_TYPE_ARM_VGIC_ITS = 8
+KVM_DEV_TYPE_XIVE = 9
+KVM_DEV_TYPE_ARM_PV_TIME = 10
+KVM_DEV_TYPE_RISCV_AIA = 11
+KVM_DEV_VFIO_FILE = 1          # the VFIO device's group (KVM_DEV_VFIO_GROUP before 6.6)
+KVM_DEV_VFIO_FILE_ADD = 1
+KVM_DEV_VFIO_FILE_DEL = 2
+KVM_DEV_VFIO_GROUP = KVM_DEV_VFIO_FILE
+KVM_DEV_VFIO_GROUP_ADD = KVM_DEV_VFIO_FILE_ADD
+KVM_DEV_VFIO_GROUP_DEL = KVM_DEV_VFIO_FILE_DEL
+
+
+class kvm_create_device(_Struct):
+    _fields_ = [('type', u32), ('fd', u32), ('flags', u32)]
+
+
+class kvm_device_attr(_Struct):
+    _fields_ = [('flags', u32), ('group', u32), ('attr', u64), ('addr', u64)]
+
+
+class kvm_one_reg(_Struct):
+    _fields_ = [('id', u64), ('addr', u64)]
+
+
+def kvm_reg_list(n):
+    class kvm_reg_list(_Struct):
+        _fields_ = [('n', u64), ('reg', u64 * n)]
+    return kvm_reg_list
+
+
+KVM_DIRTY_GFN_F_DIRTY = 1 << 0
+KVM_DIRTY_GFN_F_RESET = 1 << 1
+KVM_DIRTY_GFN_F_MASK = 0x3
+
+
+class kvm_dirty_gfn(_Struct):
+    """One dirty-ring entry: a page (``offset`` in pages) of memory slot ``slot``."""
+    _fields_ = [('flags', u32), ('slot', u32), ('offset', u64)]
+
+
+class kvm_hyperv_eventfd(_Struct):
+    _fields_ = [('conn_id', u32), ('fd', s32), ('flags', u32), ('padding', u32 * 3)]
+
+
+KVM_HYPERV_CONN_ID_MASK = 0x00FFFFFF
+KVM_HYPERV_EVENTFD_DEASSIGN = 1 << 0
+
+KVM_XEN_HVM_CONFIG_HYPERCALL_MSR = 1 << 0
+KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL = 1 << 1
+KVM_XEN_HVM_CONFIG_SHARED_INFO = 1 << 2
+KVM_XEN_HVM_CONFIG_RUNSTATE = 1 << 3
+KVM_XEN_HVM_CONFIG_EVTCHN_2LEVEL = 1 << 4
+KVM_XEN_HVM_CONFIG_EVTCHN_SEND = 1 << 5
+
+
+class kvm_xen_hvm_config(_Struct):
+    _fields_ = [
+        ('flags', u32),
+        ('msr', u32),
+        ('blob_addr_32', u64),
+        ('blob_addr_64', u64),
+        ('blob_size_32', u8),
+        ('blob_size_64', u8),
+        ('pad2', u8 * 30),
+    ]
+
+
+class _xen_evtchn(_Struct):
+    _fields_ = [('send_port', u32), ('type', u32), ('flags', u32),
+                ('deliver', u32 * 4)]        # union { port {port, vcpu, priority}; eventfd {port, fd} }
+
+
+class _xen_hvm_attr_u(_Union):
+    _fields_ = [
+        ('long_mode', u8),
+        ('vector', u8),
+        ('shared_info', type('_xen_shared_info', (_Struct,), {'_fields_': [('gfn', u64)]})),
+        ('evtchn', _xen_evtchn),
+        ('xen_version', u32),
+        ('pad', u64 * 8),
+    ]
+
+
+class kvm_xen_hvm_attr(_Struct):
+    _fields_ = [('type', u16), ('pad', u16 * 3), ('u', _xen_hvm_attr_u)]
+
+
+KVM_XEN_ATTR_TYPE_LONG_MODE = 0x0
+KVM_XEN_ATTR_TYPE_SHARED_INFO = 0x1
+KVM_XEN_ATTR_TYPE_UPCALL_VECTOR = 0x2
+KVM_XEN_ATTR_TYPE_EVTCHN = 0x3
+KVM_XEN_ATTR_TYPE_XEN_VERSION = 0x4
+
+
+class _xen_vcpu_attr_u(_Union):
+    _fields_ = [
+        ('gpa', u64),
+        ('pad', u64 * 8),
+        ('runstate', type('_xen_runstate', (_Struct,), {'_fields_': [
+            ('state', u64), ('state_entry_time', u64), ('time_running', u64),
+            ('time_runnable', u64), ('time_blocked', u64), ('time_offline', u64)]})),
+        ('vcpu_id', u32),
+        ('timer', type('_xen_timer', (_Struct,), {'_fields_': [
+            ('port', u32), ('priority', u32), ('expires_ns', u64)]})),
+        ('vector', u8),
+    ]
+
+
+class kvm_xen_vcpu_attr(_Struct):
+    _fields_ = [('type', u16), ('pad', u16 * 3), ('u', _xen_vcpu_attr_u)]
+
+
+KVM_XEN_VCPU_ATTR_TYPE_VCPU_INFO = 0x0
+KVM_XEN_VCPU_ATTR_TYPE_VCPU_TIME_INFO = 0x1
+KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_ADDR = 0x2
+KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_CURRENT = 0x3
+KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_DATA = 0x4
+KVM_XEN_VCPU_ATTR_TYPE_RUNSTATE_ADJUST = 0x5
+KVM_XEN_VCPU_ATTR_TYPE_VCPU_ID = 0x6
+KVM_XEN_VCPU_ATTR_TYPE_TIMER = 0x7
+KVM_XEN_VCPU_ATTR_TYPE_UPCALL_VECTOR = 0x8
+
+
+class kvm_irq_routing_xen_evtchn(_Struct):
+    _fields_ = [('port', u32), ('vcpu', u32), ('priority', u32)]
+
+
+class kvm_enc_region(_Struct):
+    _fields_ = [('addr', u64), ('size', u64)]
+
+
+# Newer than Debian 12's header (6.1): the header test cannot compile these,
+# so each names the macro that marks it (_guard) and test_abi.py pins its layout.
+
+KVM_MEM_GUEST_MEMFD = 1 << 2
+
+
+class kvm_userspace_memory_region2(_Struct):
+    """KVM_SET_USER_MEMORY_REGION2 (Linux 6.8, Cap.USER_MEMORY2)."""
+    _guard = 'KVM_SET_USER_MEMORY_REGION2'
+    _fields_ = [
+        ('slot', u32),
+        ('flags', u32),
+        ('guest_phys_addr', u64),
+        ('memory_size', u64),
+        ('userspace_addr', u64),
+        ('guest_memfd_offset', u64),
+        ('guest_memfd', u32),
+        ('pad1', u32),
+        ('pad2', u64 * 14),
+    ]
+
+
+KVM_MEMORY_ATTRIBUTE_PRIVATE = 1 << 3
+
+
+class kvm_memory_attributes(_Struct):
+    """KVM_SET_MEMORY_ATTRIBUTES (Linux 6.8, Cap.MEMORY_ATTRIBUTES)."""
+    _guard = 'KVM_SET_MEMORY_ATTRIBUTES'
+    _fields_ = [('address', u64), ('size', u64), ('attributes', u64), ('flags', u64)]
+
+
+class kvm_create_guest_memfd(_Struct):
+    """KVM_CREATE_GUEST_MEMFD (Linux 6.8, Cap.GUEST_MEMFD)."""
+    _guard = 'KVM_CREATE_GUEST_MEMFD'
+    _fields_ = [('size', u64), ('flags', u64), ('reserved', u64 * 6)]
+
+
+class kvm_pre_fault_memory(_Struct):
+    """KVM_PRE_FAULT_MEMORY (Linux 6.10, Cap.PRE_FAULT_MEMORY)."""
+    _guard = 'KVM_PRE_FAULT_MEMORY'
+    _fields_ = [('gpa', u64), ('size', u64), ('flags', u64), ('padding', u64 * 5)]
 
 
 class kvm_stats_header(_Struct):
@@ -1145,6 +1450,27 @@ KVM_SIGNAL_MSI = _IOW(KVMIO, 0xa5, kvm_msi)
 KVM_CLEAR_DIRTY_LOG = _IOWR(KVMIO, 0xc0, kvm_clear_dirty_log)
 KVM_X86_SET_MSR_FILTER = _IOW(KVMIO, 0xc6, kvm_msr_filter)
 KVM_GET_STATS_FD = _IO(KVMIO, 0xce)
+KVM_SET_NR_MMU_PAGES = _IO(KVMIO, 0x44)
+KVM_GET_NR_MMU_PAGES = _IO(KVMIO, 0x45)
+KVM_SET_USER_MEMORY_REGION2 = _IOW(KVMIO, 0x49, kvm_userspace_memory_region2)
+KVM_SET_BOOT_CPU_ID = _IO(KVMIO, 0x78)
+KVM_XEN_HVM_CONFIG = _IOW(KVMIO, 0x7a, kvm_xen_hvm_config)
+KVM_SET_PMU_EVENT_FILTER = _IOW(KVMIO, 0xb2, kvm_pmu_event_filter(0))
+KVM_MEMORY_ENCRYPT_OP = _IOWR(KVMIO, 0xba, ctypes.c_ulong)
+KVM_MEMORY_ENCRYPT_REG_REGION = _IOR(KVMIO, 0xbb, kvm_enc_region)
+KVM_MEMORY_ENCRYPT_UNREG_REGION = _IOR(KVMIO, 0xbc, kvm_enc_region)
+KVM_HYPERV_EVENTFD = _IOW(KVMIO, 0xbd, kvm_hyperv_eventfd)
+KVM_RESET_DIRTY_RINGS = _IO(KVMIO, 0xc7)
+KVM_XEN_HVM_GET_ATTR = _IOWR(KVMIO, 0xc8, kvm_xen_hvm_attr)
+KVM_XEN_HVM_SET_ATTR = _IOW(KVMIO, 0xc9, kvm_xen_hvm_attr)
+KVM_XEN_HVM_EVTCHN_SEND = _IOW(KVMIO, 0xd0, kvm_irq_routing_xen_evtchn)
+KVM_SET_MEMORY_ATTRIBUTES = _IOW(KVMIO, 0xd2, kvm_memory_attributes)
+KVM_CREATE_GUEST_MEMFD = _IOWR(KVMIO, 0xd4, kvm_create_guest_memfd)
+KVM_CREATE_DEVICE = _IOWR(KVMIO, 0xe0, kvm_create_device)
+# device fds (and, with Cap.SYS_ATTRIBUTES, VM_ATTRIBUTES, VCPU_ATTRIBUTES, the others)
+KVM_SET_DEVICE_ATTR = _IOW(KVMIO, 0xe1, kvm_device_attr)
+KVM_GET_DEVICE_ATTR = _IOW(KVMIO, 0xe2, kvm_device_attr)
+KVM_HAS_DEVICE_ATTR = _IOW(KVMIO, 0xe3, kvm_device_attr)
 # VM and vCPU
 KVM_ENABLE_CAP = _IOW(KVMIO, 0xa3, kvm_enable_cap)
 KVM_SET_TSC_KHZ = _IO(KVMIO, 0xa2)
@@ -1180,6 +1506,24 @@ KVM_GET_XCRS = _IOR(KVMIO, 0xa6, kvm_xcrs)
 KVM_SET_XCRS = _IOW(KVMIO, 0xa7, kvm_xcrs)
 KVM_SMI = _IO(KVMIO, 0xb7)
 KVM_GET_XSAVE2 = _IOR(KVMIO, 0xcf, kvm_xsave)
+KVM_SET_CPUID = _IOW(KVMIO, 0x8a, kvm_cpuid(0))
+KVM_TPR_ACCESS_REPORTING = _IOWR(KVMIO, 0x92, kvm_tpr_access_ctl)
+KVM_SET_VAPIC_ADDR = _IOW(KVMIO, 0x93, kvm_vapic_addr)
+KVM_X86_SETUP_MCE = _IOW(KVMIO, 0x9c, u64)
+KVM_X86_GET_MCE_CAP_SUPPORTED = _IOR(KVMIO, 0x9d, u64)     # system
+KVM_X86_SET_MCE = _IOW(KVMIO, 0x9e, kvm_x86_mce)
+KVM_GET_ONE_REG = _IOW(KVMIO, 0xab, kvm_one_reg)
+KVM_SET_ONE_REG = _IOW(KVMIO, 0xac, kvm_one_reg)
+KVM_KVMCLOCK_CTRL = _IO(KVMIO, 0xad)
+KVM_GET_REG_LIST = _IOWR(KVMIO, 0xb0, kvm_reg_list(0))
+KVM_GET_NESTED_STATE = _IOWR(KVMIO, 0xbe, kvm_nested_state)
+KVM_SET_NESTED_STATE = _IOW(KVMIO, 0xbf, kvm_nested_state)
+KVM_GET_SUPPORTED_HV_CPUID = _IOWR(KVMIO, 0xc1, kvm_cpuid2(0))   # system and vCPU
+KVM_XEN_VCPU_GET_ATTR = _IOWR(KVMIO, 0xca, kvm_xen_vcpu_attr)
+KVM_XEN_VCPU_SET_ATTR = _IOW(KVMIO, 0xcb, kvm_xen_vcpu_attr)
+KVM_GET_SREGS2 = _IOR(KVMIO, 0xcc, kvm_sregs2)
+KVM_SET_SREGS2 = _IOW(KVMIO, 0xcd, kvm_sregs2)
+KVM_PRE_FAULT_MEMORY = _IOWR(KVMIO, 0xd5, kvm_pre_fault_memory)
 
 _IOCTL_NAMES = {}
 
