@@ -45,7 +45,7 @@ from collections import Counter, namedtuple
 
 __all__ = [
     'Kvm', 'Vm', 'Vcpu', 'KvmError', 'KvmliteError', 'GuestError',
-    'DeviceError', 'ExitReason', 'Cap', 'MpState', 'Translation', 'PioBus', 'MmioBus',
+    'DeviceError', 'ExitReason', 'Cap', 'MpState', 'Translation', 'Device', 'PioBus', 'MmioBus',
     'Exit', 'IoOut', 'IoIn', 'MmioRead', 'MmioWrite', 'Hlt', 'Shutdown',
     'FailEntry', 'InternalError', 'SystemEvent', 'Debug', 'Hypercall',
     'IrqWindowOpen', 'Interrupted', 'IoapicEoi', 'RdMsr', 'WrMsr',
@@ -1401,6 +1401,75 @@ def cap_name(cap):
     return member.name if member is not None else str(n)
 
 
+def _require(owner, cap, what):
+    """Raise a KvmliteError naming ``cap`` when ``owner`` (a Kvm or Vm)
+    reports it absent: the wrapper for ``what`` cannot work on this host."""
+    if not owner.check_extension(cap):
+        c = Cap(cap_number(cap))
+        raise KvmliteError(f"{what} needs KVM_CAP_{c.name} ({int(c)}), which this host's KVM "
+                           'does not offer')
+
+
+def _attr_call(fd, request, group, attr, value=None, vm=None):
+    """KVM_{HAS,GET,SET}_DEVICE_ATTR with a u64 value at ``addr``: HAS
+    returns True/False, GET the value, SET None."""
+    buf = u64(0 if value is None else _check_u64('attribute value', value))
+    a = kvm_device_attr(group=group, attr=attr, addr=ctypes.addressof(buf))
+    if request == KVM_HAS_DEVICE_ATTR:
+        try:
+            _ioctl(fd, request, a, vm=vm)
+        except KvmError as e:
+            if e.errno == errno.ENXIO:
+                return False
+            raise
+        return True
+    _ioctl(fd, request, a, f'{_IOCTL_NAMES[request]}(group {group}, attr {attr})', vm=vm)
+    return buf.value if request == KVM_GET_DEVICE_ATTR else None
+
+
+class _Attributes:
+    """has_attr / get_attr / set_attr over one fd: a device's, or the
+    system's, a VM's or a vCPU's where KVM offers attributes there."""
+
+    def has_attr(self, group, attr):
+        """KVM_HAS_DEVICE_ATTR: True when ``attr`` of ``group`` exists."""
+        return _attr_call(self.fd, KVM_HAS_DEVICE_ATTR, group, attr)
+
+    def get_attr(self, group, attr):
+        """KVM_GET_DEVICE_ATTR of a u64 attribute."""
+        return _attr_call(self.fd, KVM_GET_DEVICE_ATTR, group, attr)
+
+    def set_attr(self, group, attr, value):
+        """KVM_SET_DEVICE_ATTR of a u64 attribute."""
+        _attr_call(self.fd, KVM_SET_DEVICE_ATTR, group, attr, value)
+
+
+class Device(_Attributes):
+    """A KVM device (KVM_CREATE_DEVICE): its fd, its KVM_DEV_TYPE_* type and
+    its attributes. Closed with its VM, or by close()."""
+
+    def __init__(self, fd, type_):
+        self.fd, self.type = fd, type_
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __repr__(self):
+        return f'<Device type {self.type} fd {self.fd}>'
+
+
+def _device_type(t):
+    if isinstance(t, str):
+        value = globals().get('KVM_DEV_TYPE_' + t.strip().upper().removeprefix('KVM_DEV_TYPE_'))
+        if not isinstance(value, int):
+            raise KvmliteError(f'no KVM device type named {t!r}: x86 has VFIO (and the '
+                               'KVM_DEV_TYPE_* of other architectures)')
+        return value
+    return int(t)
+
+
 def _enable_cap(fd, cap, args, flags):
     n = cap_number(cap)
     if len(args) > 4:
@@ -1597,10 +1666,11 @@ def _explain(request, err, vm):
             and not vm.slots:
         return ('the VM has no memory: add memory first (vm.add_memory(gpa, size)) and put '
                 "code at the vCPU's RIP")
-    if request in (KVM_GET_LAPIC, KVM_SET_LAPIC) and err == errno.EINVAL and chip is None:
+    if request in (KVM_GET_LAPIC, KVM_SET_LAPIC, KVM_SET_VAPIC_ADDR) and err == errno.EINVAL \
+            and chip is None:
         return ('this VM has no in-kernel local APIC: create the irqchip first '
                 '(vm.create_irqchip() or vm.create_split_irqchip(), before the vCPUs)')
-    if request == KVM_CREATE_PIT2 and err == errno.ENOENT:
+    if request in (KVM_CREATE_PIT2, KVM_CREATE_PIT) and err == errno.ENOENT:
         return ('the in-kernel PIT needs the in-kernel PIC: create the irqchip first '
                 '(vm.create_irqchip(); a split irqchip has no PIC)')
     if request in (KVM_GET_PIT2, KVM_SET_PIT2, KVM_GET_PIT, KVM_SET_PIT,
@@ -1625,6 +1695,8 @@ def _explain(request, err, vm):
                 'or send an MSI (vm.signal_msi())')
     if request == KVM_GET_DIRTY_LOG and err == errno.ENOENT:
         return 'the slot does not log dirty pages: add its memory with dirty_log=True'
+    if request == KVM_GET_NR_MMU_PAGES and err == errno.ENOTTY:
+        return 'this kernel no longer has it (long deprecated, now removed)'
     if request == KVM_CREATE_VCPU and err == errno.EEXIST:
         return 'a vCPU with that index exists'
     return ''
@@ -2275,6 +2347,30 @@ class Kvm:
     def max_vcpus(self):
         return self.check_extension(Cap.MAX_VCPUS) or self.recommended_vcpus()
 
+    def mce_cap_supported(self):
+        """KVM_X86_GET_MCE_CAP_SUPPORTED: the MCG_CAP bits KVM can emulate,
+        the bank count in bits 0-7 (for Vcpu.setup_mce)."""
+        _require(self, Cap.MCE, 'KVM_X86_GET_MCE_CAP_SUPPORTED')
+        v = u64()
+        _ioctl(self.fd, KVM_X86_GET_MCE_CAP_SUPPORTED, v)
+        return v.value
+
+    def supported_hv_cpuid(self):
+        """KVM_GET_SUPPORTED_HV_CPUID on /dev/kvm: the Hyper-V CPUID leaves."""
+        _require(self, Cap.SYS_HYPERV_CPUID, 'KVM_GET_SUPPORTED_HV_CPUID')
+        return self._cpuid_list(KVM_GET_SUPPORTED_HV_CPUID)
+
+    def has_attr(self, group, attr):
+        """KVM_HAS_DEVICE_ATTR on /dev/kvm (Cap.SYS_ATTRIBUTES), e.g. group 0,
+        KVM_X86_XCOMP_GUEST_SUPP."""
+        _require(self, Cap.SYS_ATTRIBUTES, 'KVM_HAS_DEVICE_ATTR on /dev/kvm')
+        return _attr_call(self.fd, KVM_HAS_DEVICE_ATTR, group, attr)
+
+    def get_attr(self, group, attr):
+        """KVM_GET_DEVICE_ATTR on /dev/kvm (Cap.SYS_ATTRIBUTES)."""
+        _require(self, Cap.SYS_ATTRIBUTES, 'KVM_GET_DEVICE_ATTR on /dev/kvm')
+        return _attr_call(self.fd, KVM_GET_DEVICE_ATTR, group, attr)
+
     def create_vm(self, **kw):
         return Vm(self, **kw)
 
@@ -2377,6 +2473,8 @@ class Vm:
         self.irqchip = None                # None, 'kernel' or 'split'
         self._coalesced = []
         self._stats = None
+        self._devices = []                 # KVM_CREATE_DEVICE fds, closed with the VM
+        self.dirty_ring_size = 0           # bytes per vCPU once enable_dirty_ring() ran
         try:
             # Intel needs a TSS (3 pages) for real mode; KVM ignores it elsewhere
             _ioctl(self.fd, KVM_SET_TSS_ADDR, tss_addr)
@@ -2388,6 +2486,9 @@ class Vm:
         for v in self.vcpus:
             v.close()
         self.vcpus.clear()
+        for d in self._devices:
+            d.close()
+        self._devices.clear()
         if self._stats:
             self._stats.close()
         for s in self.slots:
@@ -2629,6 +2730,190 @@ class Vm:
                                                bitmap=ctypes.addressof(buf))
         _ioctl(self.fd, KVM_X86_SET_MSR_FILTER, f)
 
+    # -- the rest of the VM API (Documentation/virt/kvm/api.rst, section 4) --
+    def create_device(self, type_, test=False):
+        """KVM_CREATE_DEVICE: a :class:`Device` of KVM_DEV_TYPE_* ``type_`` (a
+        number or a name, 'VFIO' on x86). ``test=True`` only asks whether KVM
+        could create one: True or False, nothing created."""
+        _require(self, Cap.DEVICE_CTRL, 'KVM_CREATE_DEVICE')
+        c = kvm_create_device(type=_device_type(type_), flags=KVM_CREATE_DEVICE_TEST if test else 0)
+        try:
+            _ioctl(self.fd, KVM_CREATE_DEVICE, c, vm=self)
+        except KvmError as e:
+            if test and e.errno == errno.ENODEV:
+                return False
+            raise
+        if test:
+            return True
+        d = Device(c.fd, c.type)
+        self._devices.append(d)
+        return d
+
+    def has_attr(self, group, attr):
+        """KVM_HAS_DEVICE_ATTR on the VM (Cap.VM_ATTRIBUTES)."""
+        _require(self, Cap.VM_ATTRIBUTES, 'KVM_HAS_DEVICE_ATTR on a VM')
+        return _attr_call(self.fd, KVM_HAS_DEVICE_ATTR, group, attr, vm=self)
+
+    def get_attr(self, group, attr):
+        _require(self, Cap.VM_ATTRIBUTES, 'KVM_GET_DEVICE_ATTR on a VM')
+        return _attr_call(self.fd, KVM_GET_DEVICE_ATTR, group, attr, vm=self)
+
+    def set_attr(self, group, attr, value):
+        _require(self, Cap.VM_ATTRIBUTES, 'KVM_SET_DEVICE_ATTR on a VM')
+        _attr_call(self.fd, KVM_SET_DEVICE_ATTR, group, attr, value, vm=self)
+
+    def enable_dirty_ring(self, size=1 << 16):
+        """Log written pages in a per-vCPU ring instead of the slot bitmaps
+        (KVM_CAP_DIRTY_LOG_RING): ``size`` bytes per vCPU (a power of two,
+        16 bytes an entry), before any vCPU exists. Slots still need
+        ``dirty_log=True``; :meth:`harvest_dirty_ring` then returns the pages
+        written, in the order each vCPU wrote them, with no bitmap to scan."""
+        if self.vcpus:
+            raise KvmliteError('enable_dirty_ring before creating vCPUs: each vCPU maps its ring')
+        cap = Cap.DIRTY_LOG_RING_ACQ_REL if self.check_extension(Cap.DIRTY_LOG_RING_ACQ_REL) \
+            else Cap.DIRTY_LOG_RING
+        limit = self.check_extension(cap)
+        if not limit:
+            _require(self, Cap.DIRTY_LOG_RING, 'enable_dirty_ring')
+        if size & (size - 1) or not PAGE_SIZE <= size <= limit:
+            raise ValueError(f'dirty ring size {size}: a power of two from {PAGE_SIZE} to {limit}')
+        self.enable_cap(cap, size)
+        self.dirty_ring_size = size
+
+    def harvest_dirty_ring(self):
+        """The guest-physical pages written since the last harvest, each once,
+        in the order of their first write (vCPU by vCPU); the entries are
+        handed back to KVM (KVM_RESET_DIRTY_RINGS) so the pages are logged
+        again. (KVM may push a page twice, e.g. for emulated writes.)"""
+        if not self.dirty_ring_size:
+            raise KvmliteError('harvest_dirty_ring needs enable_dirty_ring() first')
+        slots = {s.slot: s for s in self.slots}
+        out = {}
+        for v in self.vcpus:
+            for slot, offset in v._harvest_ring():
+                s = slots.get(slot & 0xFFFF)
+                if s is not None:
+                    out.setdefault(s.gpa + offset * PAGE_SIZE, None)
+        self.reset_dirty_rings()
+        return list(out)
+
+    def reset_dirty_rings(self):
+        """KVM_RESET_DIRTY_RINGS: re-protect the harvested pages; returns how many."""
+        return _ioctl(self.fd, KVM_RESET_DIRTY_RINGS, vm=self)
+
+    def set_pmu_event_filter(self, events, action='deny', fixed_counter_bitmap=0, flags=0):
+        """KVM_SET_PMU_EVENT_FILTER: ``events`` (event select | unit mask << 8,
+        as in IA32_PERFEVTSELx) the guest may not count (``action='deny'``) or
+        the only ones it may (``'allow'``)."""
+        _require(self, Cap.PMU_EVENT_FILTER, 'KVM_SET_PMU_EVENT_FILTER')
+        acts = {'allow': KVM_PMU_EVENT_ALLOW, 'deny': KVM_PMU_EVENT_DENY}
+        if action not in acts:
+            raise ValueError(f"PMU filter action {action!r}: 'allow' or 'deny'")
+        f = kvm_pmu_event_filter(len(events))(action=acts[action], nevents=len(events),
+                                              fixed_counter_bitmap=fixed_counter_bitmap, flags=flags)
+        for i, e in enumerate(events):
+            f.events[i] = _check_u64('PMU event', e)
+        _ioctl(self.fd, KVM_SET_PMU_EVENT_FILTER, f, vm=self)
+
+    def set_boot_cpu_id(self, index):
+        """KVM_SET_BOOT_CPU_ID: which vCPU is the BSP (before creating vCPUs)."""
+        _require(self, Cap.SET_BOOT_CPU_ID, 'KVM_SET_BOOT_CPU_ID')
+        _ioctl(self.fd, KVM_SET_BOOT_CPU_ID, index, vm=self)
+
+    def reinject_control(self, pit_reinject):
+        """KVM_REINJECT_CONTROL: whether the in-kernel PIT re-injects the
+        ticks a guest missed (the default) or drops them."""
+        _require(self, Cap.REINJECT_CONTROL, 'KVM_REINJECT_CONTROL')
+        _ioctl(self.fd, KVM_REINJECT_CONTROL, kvm_reinject_control(pit_reinject=bool(pit_reinject)),
+               vm=self)
+
+    def set_nr_mmu_pages(self, pages):
+        """KVM_SET_NR_MMU_PAGES: the most shadow-MMU pages KVM may use for this VM."""
+        _ioctl(self.fd, KVM_SET_NR_MMU_PAGES, pages, vm=self)
+
+    def get_nr_mmu_pages(self):
+        """KVM_GET_NR_MMU_PAGES (deprecated by the kernel, still answered)."""
+        return _ioctl(self.fd, KVM_GET_NR_MMU_PAGES, vm=self)
+
+    def create_pit(self):
+        """KVM_CREATE_PIT: the first in-kernel PIT (create_pit2 is the one to use)."""
+        _ioctl(self.fd, KVM_CREATE_PIT, vm=self)
+
+    def get_pit(self):
+        p = kvm_pit_state()
+        _ioctl(self.fd, KVM_GET_PIT, p, vm=self)
+        return p
+
+    def set_pit(self, state):
+        _ioctl(self.fd, KVM_SET_PIT, state, vm=self)
+
+    def hyperv_eventfd(self, conn_id, fd, deassign=False):
+        """KVM_HYPERV_EVENTFD: signal ``fd`` when the guest posts to Hyper-V
+        connection ``conn_id``."""
+        _require(self, Cap.HYPERV_EVENTFD, 'KVM_HYPERV_EVENTFD')
+        _ioctl(self.fd, KVM_HYPERV_EVENTFD, kvm_hyperv_eventfd(
+            conn_id=conn_id, fd=fd, flags=KVM_HYPERV_EVENTFD_DEASSIGN if deassign else 0), vm=self)
+
+    def xen_hvm_config(self, flags=0, msr=0, blob_addr_32=0, blob_addr_64=0, blob_size_32=0,
+                       blob_size_64=0):
+        """KVM_XEN_HVM_CONFIG: Xen HVM hypercall page MSR and the features
+        (KVM_XEN_HVM_CONFIG_*) KVM handles in the kernel."""
+        _require(self, Cap.XEN_HVM, 'KVM_XEN_HVM_CONFIG')
+        _ioctl(self.fd, KVM_XEN_HVM_CONFIG, kvm_xen_hvm_config(
+            flags=flags, msr=msr, blob_addr_32=blob_addr_32, blob_addr_64=blob_addr_64,
+            blob_size_32=blob_size_32, blob_size_64=blob_size_64), vm=self)
+
+    def xen_hvm_get_attr(self, type_):
+        _require(self, Cap.XEN_HVM, 'KVM_XEN_HVM_GET_ATTR')
+        a = kvm_xen_hvm_attr(type=type_)
+        _ioctl(self.fd, KVM_XEN_HVM_GET_ATTR, a, vm=self)
+        return a
+
+    def xen_hvm_set_attr(self, attr):
+        _require(self, Cap.XEN_HVM, 'KVM_XEN_HVM_SET_ATTR')
+        _ioctl(self.fd, KVM_XEN_HVM_SET_ATTR, attr, vm=self)
+
+    def xen_hvm_evtchn_send(self, port, vcpu, priority=0):
+        _require(self, Cap.XEN_HVM, 'KVM_XEN_HVM_EVTCHN_SEND')
+        _ioctl(self.fd, KVM_XEN_HVM_EVTCHN_SEND,
+               kvm_irq_routing_xen_evtchn(port=port, vcpu=vcpu, priority=priority), vm=self)
+
+    def set_user_memory_region2(self, slot, flags, gpa, size, userspace_addr, guest_memfd=0,
+                                guest_memfd_offset=0):
+        """KVM_SET_USER_MEMORY_REGION2 (the raw call: add_memory keeps its own
+        slots): a slot that may also be backed by a guest_memfd."""
+        _require(self, Cap.USER_MEMORY2, 'KVM_SET_USER_MEMORY_REGION2')
+        _ioctl(self.fd, KVM_SET_USER_MEMORY_REGION2, kvm_userspace_memory_region2(
+            slot=slot, flags=flags, guest_phys_addr=gpa, memory_size=size,
+            userspace_addr=userspace_addr, guest_memfd=guest_memfd,
+            guest_memfd_offset=guest_memfd_offset), vm=self)
+
+    def set_memory_attributes(self, gpa, size, attributes):
+        """KVM_SET_MEMORY_ATTRIBUTES: e.g. KVM_MEMORY_ATTRIBUTE_PRIVATE on a
+        range (the VM's check_extension(MEMORY_ATTRIBUTES) says which exist)."""
+        _require(self, Cap.MEMORY_ATTRIBUTES, 'KVM_SET_MEMORY_ATTRIBUTES')
+        _ioctl(self.fd, KVM_SET_MEMORY_ATTRIBUTES, kvm_memory_attributes(
+            address=gpa, size=size, attributes=attributes), vm=self)
+
+    def create_guest_memfd(self, size, flags=0):
+        """KVM_CREATE_GUEST_MEMFD: a file of guest memory the host cannot map
+        unless ``flags`` allows it; returns the fd (yours to close)."""
+        _require(self, Cap.GUEST_MEMFD, 'KVM_CREATE_GUEST_MEMFD')
+        return _ioctl(self.fd, KVM_CREATE_GUEST_MEMFD, kvm_create_guest_memfd(size=size, flags=flags),
+                      vm=self)
+
+    def memory_encrypt_op(self, command):
+        """KVM_MEMORY_ENCRYPT_OP: ``command`` is the platform's struct (SEV's
+        kvm_sev_cmd, TDX's kvm_tdx_cmd), passed as is."""
+        _ioctl(self.fd, KVM_MEMORY_ENCRYPT_OP, command, vm=self)
+
+    def memory_encrypt_reg_region(self, addr, size):
+        _ioctl(self.fd, KVM_MEMORY_ENCRYPT_REG_REGION, kvm_enc_region(addr=addr, size=size), vm=self)
+
+    def memory_encrypt_unreg_region(self, addr, size):
+        _ioctl(self.fd, KVM_MEMORY_ENCRYPT_UNREG_REGION, kvm_enc_region(addr=addr, size=size),
+               vm=self)
+
     # -- statistics --
     def stats(self):
         """The kernel's VM statistics by name (``struct kvm_vm_stat``)."""
@@ -2711,6 +2996,9 @@ _RUN_EXIT_IO = struct.Struct('<I20xBBHIQ')  # exit_reason at 8, then kvm_run.io 
 _RING_ENDS = struct.Struct('<II')           # kvm_coalesced_mmio_ring: first, last
 _RING_ENTRY = struct.Struct('<QIIQ')        # kvm_coalesced_mmio: phys_addr, len, pio, data
 _RUN_U = kvm_run.u.offset
+_DIRTY_GFN = struct.Struct('<IIQ')          # kvm_dirty_gfn: flags, slot, offset
+MCG_STATUS_RIPV, MCG_STATUS_EIPV, MCG_STATUS_MCIP = 1 << 0, 1 << 1, 1 << 2   # Intel SDM 15.3.1.2
+MCI_STATUS_VAL, MCI_STATUS_UC, MCI_STATUS_EN = 1 << 63, 1 << 61, 1 << 60      # Intel SDM 15.3.2.2
 
 
 def _return_exit(vcpu, exit):
@@ -2755,6 +3043,20 @@ class Vcpu:
         self._sync = 0                # the KVM_SYNC_X86_* classes kept in kvm_run.s
         self.sync_regs = self.sync_sregs = self.sync_events = None
         self._running = threading.Lock()   # held by the one thread in run_loop
+        self._dirty = None            # the dirty ring's mmap, when the VM enabled one
+        self._dirty_next = 0          # the next ring entry to harvest
+        if vm.dirty_ring_size:
+            try:
+                self._dirty = mmap.mmap(self.fd, vm.dirty_ring_size, mmap.MAP_SHARED,
+                                        mmap.PROT_READ | mmap.PROT_WRITE,
+                                        offset=KVM_DIRTY_LOG_PAGE_OFFSET * PAGE_SIZE)
+            except OSError as e:
+                del self.kvm_run
+                if self._ring is not None:
+                    self._ring.release()
+                self._map.close()
+                os.close(self.fd)
+                raise KvmError(e.errno, 'mmap of the dirty ring') from None
         _install_kick_handler()
 
     def close(self):
@@ -2769,6 +3071,8 @@ class Vcpu:
         if self._ring is not None:
             self._ring.release()
         self._map.close()
+        if self._dirty is not None:
+            self._dirty.close()
         os.close(self.fd)
         self.fd = -1
 
@@ -3066,6 +3370,186 @@ class Vcpu:
         if self._stats is None:
             self._stats = Stats(_ioctl(self.fd, KVM_GET_STATS_FD))
         return self._stats.read()
+
+    # -- the rest of the vCPU API (Documentation/virt/kvm/api.rst, section 4) --
+    def get_sregs2(self):
+        """KVM_GET_SREGS2: the special registers with the PAE PDPTRs
+        (``flags & KVM_SREGS2_FLAGS_PDPTRS_VALID`` when they are loaded)."""
+        _require(self.vm, Cap.SREGS2, 'KVM_GET_SREGS2')
+        return self._get(KVM_GET_SREGS2, kvm_sregs2)
+
+    def set_sregs2(self, sregs2):
+        _require(self.vm, Cap.SREGS2, 'KVM_SET_SREGS2')
+        _ioctl(self.fd, KVM_SET_SREGS2, sregs2, vm=self.vm)
+
+    def setup_mce(self, mcg_cap=None):
+        """KVM_X86_SETUP_MCE: give the vCPU machine-check banks; ``mcg_cap``
+        is IA32_MCG_CAP (bank count in bits 0-7), by default all KVM supports."""
+        _require(self.vm, Cap.MCE, 'KVM_X86_SETUP_MCE')
+        if mcg_cap is None:       # the supported MCG_CAP bits and every bank KVM offers
+            mcg_cap = self.vm.kvm.mce_cap_supported() & ~0xFF | \
+                min(self.vm.check_extension(Cap.MCE), 0xFF)
+        _ioctl(self.fd, KVM_X86_SETUP_MCE, u64(mcg_cap), vm=self.vm)
+
+    def set_mce(self, bank, status, addr=0, misc=0, mcg_status=None):
+        """KVM_X86_SET_MCE: inject a machine check in ``bank``. An
+        uncorrected ``status`` (MCi_STATUS.UC) raises #MC in the guest, which
+        needs CR4.MCE; a corrected one is only logged in the bank."""
+        _require(self.vm, Cap.MCE, 'KVM_X86_SET_MCE')
+        if mcg_status is None:       # a recoverable #MC: restart IP valid, MC in progress
+            mcg_status = MCG_STATUS_RIPV | MCG_STATUS_MCIP if status & MCI_STATUS_UC else 0
+        _ioctl(self.fd, KVM_X86_SET_MCE, kvm_x86_mce(
+            status=_check_u64('MCi_STATUS', status), addr=addr, misc=misc,
+            mcg_status=mcg_status, bank=bank), vm=self.vm)
+
+    def get_nested_state(self):
+        """KVM_GET_NESTED_STATE: the vCPU's nested (VMX/SVM) state as bytes, a
+        kvm_nested_state header then its data, for set_nested_state."""
+        _require(self.vm, Cap.NESTED_STATE, 'KVM_GET_NESTED_STATE')
+        size = max(self.vm.check_extension(Cap.NESTED_STATE), ctypes.sizeof(kvm_nested_state))
+        buf = ctypes.create_string_buffer(size)
+        kvm_nested_state.from_buffer(buf).size = size
+        _ioctl(self.fd, KVM_GET_NESTED_STATE, buf, vm=self.vm)
+        return buf.raw[:kvm_nested_state.from_buffer(buf).size]
+
+    def set_nested_state(self, state):
+        _require(self.vm, Cap.NESTED_STATE, 'KVM_SET_NESTED_STATE')
+        buf = ctypes.create_string_buffer(bytes(state), len(state))
+        _ioctl(self.fd, KVM_SET_NESTED_STATE, buf, vm=self.vm)
+
+    def has_attr(self, group, attr):
+        """KVM_HAS_DEVICE_ATTR on the vCPU (Cap.VCPU_ATTRIBUTES)."""
+        _require(self.vm, Cap.VCPU_ATTRIBUTES, 'KVM_HAS_DEVICE_ATTR on a vCPU')
+        return _attr_call(self.fd, KVM_HAS_DEVICE_ATTR, group, attr, vm=self.vm)
+
+    def get_attr(self, group, attr):
+        _require(self.vm, Cap.VCPU_ATTRIBUTES, 'KVM_GET_DEVICE_ATTR on a vCPU')
+        return _attr_call(self.fd, KVM_GET_DEVICE_ATTR, group, attr, vm=self.vm)
+
+    def set_attr(self, group, attr, value):
+        _require(self.vm, Cap.VCPU_ATTRIBUTES, 'KVM_SET_DEVICE_ATTR on a vCPU')
+        _attr_call(self.fd, KVM_SET_DEVICE_ATTR, group, attr, value, vm=self.vm)
+
+    @property
+    def tsc_offset(self):
+        """The guest TSC's offset from the host's (KVM_VCPU_TSC_CTRL /
+        KVM_VCPU_TSC_OFFSET, a u64 that wraps: -n is 2**64 - n)."""
+        return self.get_attr(KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET)
+
+    @tsc_offset.setter
+    def tsc_offset(self, value):
+        self.set_attr(KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET, value & ((1 << 64) - 1))
+
+    def kvmclock_ctrl(self):
+        """KVM_KVMCLOCK_CTRL: tell the guest (through its kvmclock page) that
+        the host paused it, so its soft-lockup watchdog keeps quiet."""
+        _require(self.vm, Cap.KVMCLOCK_CTRL, 'KVM_KVMCLOCK_CTRL')
+        try:
+            _ioctl(self.fd, KVM_KVMCLOCK_CTRL, vm=self.vm)
+        except KvmError as e:
+            if e.errno == errno.EINVAL:
+                raise KvmError(e.errno, 'KVM_KVMCLOCK_CTRL', 'the guest has not enabled '
+                               'kvmclock (MSR_KVM_SYSTEM_TIME_NEW)') from None
+            raise
+
+    def tpr_access_reporting(self, enabled=True):
+        """KVM_TPR_ACCESS_REPORTING: report guest TPR accesses as
+        KVM_EXIT_TPR_ACCESS (for a VMM's TPR patching)."""
+        _require(self.vm, Cap.VAPIC, 'KVM_TPR_ACCESS_REPORTING')
+        c = kvm_tpr_access_ctl(enabled=bool(enabled))
+        _ioctl(self.fd, KVM_TPR_ACCESS_REPORTING, c, vm=self.vm)
+        return c
+
+    def set_vapic_addr(self, gpa):
+        """KVM_SET_VAPIC_ADDR: where KVM mirrors the TPR for a paravirtual
+        guest (0 turns it off)."""
+        _require(self.vm, Cap.VAPIC, 'KVM_SET_VAPIC_ADDR')
+        _ioctl(self.fd, KVM_SET_VAPIC_ADDR, kvm_vapic_addr(vapic_addr=gpa), vm=self.vm)
+
+    def set_cpuid(self, entries):
+        """KVM_SET_CPUID, the first CPUID ioctl: kvm_cpuid_entry (or
+        kvm_cpuid_entry2, whose index and flags it cannot carry)."""
+        buf = kvm_cpuid(len(entries))(nent=len(entries))
+        for i, e in enumerate(entries):
+            buf.entries[i] = kvm_cpuid_entry(function=e.function, eax=e.eax, ebx=e.ebx,
+                                             ecx=e.ecx, edx=e.edx)
+        _ioctl(self.fd, KVM_SET_CPUID, buf, vm=self.vm)
+
+    def supported_hv_cpuid(self):
+        """KVM_GET_SUPPORTED_HV_CPUID on the vCPU (Cap.HYPERV_CPUID)."""
+        _require(self.vm, Cap.HYPERV_CPUID, 'KVM_GET_SUPPORTED_HV_CPUID')
+        buf = kvm_cpuid2(64)(nent=64)
+        _ioctl(self.fd, KVM_GET_SUPPORTED_HV_CPUID, buf, vm=self.vm)
+        return [_copy(buf.entries[i]) for i in range(buf.nent)]
+
+    def xen_vcpu_get_attr(self, type_):
+        _require(self.vm, Cap.XEN_HVM, 'KVM_XEN_VCPU_GET_ATTR')
+        a = kvm_xen_vcpu_attr(type=type_)
+        _ioctl(self.fd, KVM_XEN_VCPU_GET_ATTR, a, vm=self.vm)
+        return a
+
+    def xen_vcpu_set_attr(self, attr):
+        _require(self.vm, Cap.XEN_HVM, 'KVM_XEN_VCPU_SET_ATTR')
+        _ioctl(self.fd, KVM_XEN_VCPU_SET_ATTR, attr, vm=self.vm)
+
+    def pre_fault_memory(self, gpa, size):
+        """KVM_PRE_FAULT_MEMORY: map ``size`` bytes at ``gpa`` into the
+        guest's page tables now, as the vCPU would on first touch."""
+        _require(self.vm, Cap.PRE_FAULT_MEMORY, 'KVM_PRE_FAULT_MEMORY')
+        r = kvm_pre_fault_memory(gpa=gpa, size=size)
+        while r.size:
+            left = r.size
+            try:
+                _ioctl(self.fd, KVM_PRE_FAULT_MEMORY, r, vm=self.vm)
+            except KvmError as e:
+                if e.errno != errno.EAGAIN:
+                    raise
+            if r.size == left and r.size:
+                raise KvmError(errno.EIO, 'KVM_PRE_FAULT_MEMORY',
+                               f'no progress at {r.gpa:#x} ({r.size:#x} bytes left)')
+
+    def get_one_reg(self, reg_id, size=8):
+        """KVM_GET_ONE_REG: the register ``reg_id`` (KVM_REG_X86 | ...) as an int."""
+        _require(self.vm, Cap.ONE_REG, 'KVM_GET_ONE_REG')
+        buf = ctypes.create_string_buffer(size)
+        _ioctl(self.fd, KVM_GET_ONE_REG, kvm_one_reg(id=reg_id, addr=ctypes.addressof(buf)),
+               f'KVM_GET_ONE_REG({reg_id:#x})', vm=self.vm)
+        return int.from_bytes(buf.raw, 'little')
+
+    def set_one_reg(self, reg_id, value, size=8):
+        _require(self.vm, Cap.ONE_REG, 'KVM_SET_ONE_REG')
+        buf = ctypes.create_string_buffer(value.to_bytes(size, 'little'), size)
+        _ioctl(self.fd, KVM_SET_ONE_REG, kvm_one_reg(id=reg_id, addr=ctypes.addressof(buf)),
+               f'KVM_SET_ONE_REG({reg_id:#x})', vm=self.vm)
+
+    def get_reg_list(self):
+        """KVM_GET_REG_LIST: the ids KVM_GET/SET_ONE_REG take on this vCPU."""
+        _require(self.vm, Cap.ONE_REG, 'KVM_GET_REG_LIST')
+        head = kvm_reg_list(0)()
+        try:
+            fcntl.ioctl(self.fd, KVM_GET_REG_LIST, head)
+        except OSError as e:
+            if e.errno != errno.E2BIG:
+                raise KvmError(e.errno, 'KVM_GET_REG_LIST') from None
+        buf = kvm_reg_list(head.n)(n=head.n)
+        _ioctl(self.fd, KVM_GET_REG_LIST, buf, vm=self.vm)
+        return list(buf.reg[:buf.n])
+
+    def _harvest_ring(self):
+        """(slot, page offset) of each dirty entry from where the last harvest
+        stopped; each is marked for KVM to reset (api.rst, KVM_CAP_DIRTY_LOG_RING)."""
+        ring, out = self._dirty, []
+        if ring is None:
+            return out
+        n = len(ring) // ctypes.sizeof(kvm_dirty_gfn)
+        while True:
+            off = (self._dirty_next % n) * 16
+            flags, slot, offset = _DIRTY_GFN.unpack_from(ring, off)
+            if not flags & KVM_DIRTY_GFN_F_DIRTY:
+                return out
+            out.append((slot, offset))
+            _U32.pack_into(ring, off, KVM_DIRTY_GFN_F_RESET)
+            self._dirty_next += 1
 
     # -- running --
     @property
