@@ -2987,6 +2987,16 @@ def route_msi(gsi, address, data):
 
 _U32 = struct.Struct('<I')
 _U64 = struct.Struct('<Q')
+_MSRS_TYPES = {}
+
+
+def _msrs_type(n):
+    """kvm_msrs(n), made once per n (a class per call costs ~100 us)."""
+    t = _MSRS_TYPES.get(n)
+    if t is None:
+        t = _MSRS_TYPES[n] = kvm_msrs(n)
+    return t
+
 _DIRTY_OFF = kvm_run.kvm_dirty_regs.offset
 _SYNC_SREGS = ctypes.sizeof(kvm_regs)                         # kvm_sync_regs: regs,
 _SYNC_EVENTS = _SYNC_SREGS + ctypes.sizeof(kvm_sregs)         # sregs, events
@@ -3206,7 +3216,7 @@ class Vcpu:
     def get_msrs(self, indices):
         """{index: value} for the MSRs in ``indices``."""
         self._flush_sync()
-        buf = kvm_msrs(len(indices))(nmsrs=len(indices))
+        buf = _msrs_type(len(indices))(nmsrs=len(indices))
         for i, idx in enumerate(indices):
             buf.entries[i].index = idx
         n = _ioctl(self.fd, KVM_GET_MSRS, buf)
@@ -3216,7 +3226,7 @@ class Vcpu:
         return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
 
     def set_msrs(self, values):
-        buf = kvm_msrs(len(values))(nmsrs=len(values))
+        buf = _msrs_type(len(values))(nmsrs=len(values))
         for i, (idx, val) in enumerate(values.items()):
             buf.entries[i].index, buf.entries[i].data = idx, val
         self._flush_sync()
@@ -4077,7 +4087,8 @@ def cpuid_entries(kvm, vcpu_index=0, policy='auto', hide=(), vendor='host'):
 # I/O bitmap lets CPL3 use every port, so that stub works at either level).
 # At CPL3 the snippet runs natively; only the stubs run at CPL0.
 
-__all__ += ['Snippet', 'Stop', 'SnippetError', 'SnippetTestCase', 'kvm_unavailable']
+__all__ += ['Snippet', 'Stop', 'SnippetError', 'SnippetTestCase', 'kvm_unavailable',
+            'snippet_pool_clear']
 
 SNIPPET_MODES = ('real', 'prot32', 'long64')
 SNIPPET_CODE_ADDR = 0x1000          # where run(code_bytes) puts the code
@@ -4117,6 +4128,9 @@ _SNIPPET_SELECTORS = {('prot32', 0): (0x08, 0x18), ('prot32', 3): (0x23, 0x2B),
 
 MSR_STAR, MSR_LSTAR, MSR_SFMASK = 0xC0000081, 0xC0000082, 0xC0000084
 PTE_P, PTE_RW, PTE_US, PTE_PS, PTE_NX = 1, 2, 4, 0x80, 1 << 63
+# accessed and dirty, set from the start: the CPU never writes the tables (so
+# they read back as written, and a walk costs no write)
+PTE_AD = 0x60
 RFLAGS_TF = 1 << 8                  # the trap flag: single-step
 SNIPPET_FLAGS = {'CF': 0, 'PF': 2, 'AF': 4, 'ZF': 6, 'SF': 7, 'TF': 8, 'IF': 9, 'DF': 10,
                  'OF': 11}
@@ -4255,9 +4269,10 @@ class Snippet:
         if cpl not in (0, 3) or (mode == 'real' and cpl):
             raise SnippetError(f'cpl {cpl!r} in {mode}: use 0 or 3 (real mode runs at 0)')
         self.mode, self.cpl = mode, cpl
-        self._own_kvm = kvm is None
-        self.kvm = Kvm() if kvm is None else kvm
-        self.vm = None
+        self.kvm = _process_kvm() if kvm is None else kvm
+        self._vm = self._vcpu = None
+        self._exposed = False          # the user reached vm or vcpu: not recycled
+        self._tainted = False          # a VM-wide change (MSR filter): not recycled
         self._regions = []             # [(addr, size, perms)]; perms '' is MMIO
         self._system = None            # the system area's memory slot
         self._tables_dirty = True      # long mode: the page tables lag the regions
@@ -4269,34 +4284,142 @@ class Snippet:
         self._synced = False           # registers live in kvm_run (KVM_CAP_SYNC_REGS)
         self._handler_table = None     # the run loop's exit handlers, made once
         self._frame = None             # struct of the CPL3 #GP frame (the fast hlt path)
+        self._spares = {}              # (gpa, size, readonly) -> a zeroed slot a last user left
+        self._tables_in_place = None   # the regions the page tables in place map
+        self._vm_ran = False           # the vCPU has run (this Snippet's or a last user's)
         try:
-            self.vm = Vm(self.kvm)
-            self.vcpu = self.vm.create_vcpu()
-            self.vcpu.set_cpuid2(cpuid_entries(self.kvm))
-            self._write_system_area()
-            self._enter_mode()
-            # from here on a run costs one KVM_RUN: registers go in and out
-            # through kvm_run, where KVM offers it (else through the ioctls)
-            self._synced = self.vcpu.enable_sync_regs()
-            # the #GP frame a CPL3 `hlt` leaves on the IST/ring-0 stack, unpacked at
-            # once: error code, RIP, CS, RFLAGS, RSP (SS follows)
-            self._frame = (_FRAME_BY_MODE[mode] if self._synced and cpl == 3 else None)
+            unit = _snippet_pool_take(self.kvm, mode, cpl)
+            if unit is None:
+                self._build()
+            else:
+                for name, value in unit.items():
+                    setattr(self, name, value)
             if mem_size:
                 self.mem_map(0, mem_size)
                 # the stack starts at the top of RAM (SP 0 wraps to 0xFFFE in real mode)
-                self.vcpu.set_regs(rsp=min(mem_size, 0x10000) & 0xFFFF if mode == 'real'
+                self._vcpu.set_regs(rsp=min(mem_size, 0x10000) & 0xFFFF if mode == 'real'
                                    else mem_size)
         except BaseException:
             self.close()
             raise
 
+    def _build(self):
+        """A new VM and vCPU in this Snippet's mode (what the pool saves)."""
+        self._vm = Vm(self.kvm)
+        self._vcpu = self._vm.create_vcpu()
+        self._vcpu.set_cpuid2(cpuid_entries(self.kvm))
+        self._write_system_area()
+        self._enter_mode()
+        # from here on a run costs one KVM_RUN: registers go in and out
+        # through kvm_run, where KVM offers it (else through the ioctls)
+        self._synced = self._vcpu.enable_sync_regs()
+        # the #GP frame a CPL3 `hlt` leaves on the IST/ring-0 stack, unpacked at
+        # once: error code, RIP, CS, RFLAGS, RSP (SS follows)
+        self._frame = _FRAME_BY_MODE[self.mode] if self._synced and self.cpl == 3 else None
+        self._fresh = _FreshState(self._vcpu)
+
+    def _rebuild(self):
+        """Move this Snippet to a new VM (from a recycled one whose vCPU has
+        run), keeping its memory, registers and regions."""
+        old, regions = self._vm, list(self._regions)
+        contents = [(a, self.mem_read(a, n)) for a, n, perms in regions if perms]
+        regs, sregs, xsave = self._vcpu.get_regs(), self._vcpu.get_sregs(), \
+            self._vcpu.get_xsave()
+        self._system, self._spares, self._tables_in_place, self._vm_ran = None, {}, None, False
+        self._synced, self._frame, self._fresh = False, None, None
+        try:
+            self._build()
+            for a, n, perms in regions:
+                if perms:
+                    self._vm.add_memory(a, n, readonly='w' not in perms)
+            for a, data in contents:
+                self.mem_write(a, data)
+            self._vcpu.set_sregs(sregs)
+            self._vcpu.set_regs(regs)
+            self._vcpu.set_xsave(xsave)
+            self._tables_dirty = self.mode == 'long64'
+        except BaseException:
+            self._tainted = True           # half moved: never recycled
+            raise
+        finally:
+            old.close()
+
+    @property
+    def vm(self):
+        """The :class:`Vm` (its ``pio`` bus takes devices). A Snippet whose vm
+        or vcpu was used is not recycled by the pool: its VM is closed."""
+        self._exposed = True
+        return self._vm
+
+    @property
+    def vcpu(self):
+        """The :class:`Vcpu` (see :attr:`vm`)."""
+        self._exposed = True
+        return self._vcpu
+
     def close(self):
-        if self.vm:
-            self.vm.close()
+        """Give the VM back to the process's pool (reset, and the reset
+        verified: see docs/snippets.md), or close it. Idempotent."""
+        vm = self._vm
+        if vm:
+            try:
+                recycled = self._recycle()
+            except (KvmliteError, OSError, ValueError):
+                recycled = False
+            if not recycled:
+                vm.close()
         # every later call names the mistake instead of failing on a dead fd
-        self.vm = self.vcpu = _Closed('this Snippet')
-        if self._own_kvm:
-            self.kvm.close()
+        self._vm = self._vcpu = _Closed('this Snippet')
+
+    def _recycle(self):
+        """Reset the VM to exactly what _build made and give it to the pool.
+        False (the caller closes it) when something here cannot be reset, or
+        the reset does not read back as fresh."""
+        vm, v, fresh = self._vm, self._vcpu, getattr(self, '_fresh', None)
+        if (self._exposed or self._tainted or fresh is None or v.running or v.fd < 0
+                or vm.irqchip or vm._coalesced or vm.pio.devices() or vm.mmio.devices()
+                or len(vm.vcpus) != 1 or not _snippet_pool_wants(self.kvm, self.mode, self.cpl)):
+            return False
+        self._waiting = None
+        v.complete_io()
+        if self._until is not None or self._steps is not None:
+            self._disarm()
+        v.set_guest_debug(enable=False)
+        # memory: every RAM region becomes a zeroed spare slot for the next user
+        spares = dict(self._spares)
+        user = [sl for sl in vm.slots if sl is not self._system and sl not in spares.values()]
+        for sl in user:
+            sl.map.madvise(mmap.MADV_DONTNEED)       # zero pages; KVM's mapping follows
+            spares[(sl.gpa, sl.size, sl.readonly)] = sl
+        for sl in spares.values():
+            if sl.map[:PAGE_SIZE].count(0) != PAGE_SIZE or sl.map[:].count(0) != sl.size:
+                return False
+        # the system area: the IST/ring-0 stack holds the last frames; the rest
+        # must read back as written (a CPL0 snippet could have written it)
+        base = self._system.gpa
+        if self.mode != 'real':
+            top = base + _SYS_STACK_TOP
+            self._system.view[top - PAGE_SIZE - base:top - base] = bytes(PAGE_SIZE)
+        image, sysmap = self._sys_image, self._system.map
+        n = 0x8000 if self.mode == 'long64' and self.cpl == 3 else len(image)
+        # (at CPL3 in long64 nothing past the stack page is reachable: supervisor pages)
+        if sysmap[:n] != image[:n]:
+            return False
+        if not fresh.reset(v):
+            return False
+        vm.exit_counts.clear()
+        for bus in (vm.pio, vm.mmio):                # the last user's accesses, counted
+            bus.unclaimed.clear()
+            bus.counts.clear()
+            bus.unclaimed_other = bus.counts_other = bus.device_errors = 0
+            bus.count_accesses = False
+        _snippet_pool_give(self.kvm, self.mode, self.cpl, {
+            '_vm': vm, '_vcpu': v, '_system': self._system, '_stubs': self._stubs,
+            '_user_cs': self._user_cs, '_user_ss': self._user_ss, '_synced': self._synced,
+            '_frame': self._frame, '_fresh': fresh, '_spares': spares,
+            '_tables_in_place': self._tables_in_place, '_sys_image': image,
+            '_vm_ran': self._vm_ran or self._ran})
+        return True
 
     def __enter__(self):
         return self
@@ -4309,22 +4432,23 @@ class Snippet:
         """(Re)create the system area. A new slot, not a rewrite: KVM's shadow
         MMU would keep using page tables that user space rewrote behind it."""
         if self._system is not None:
-            self.vm.remove_memory(self._system)
+            self._vm.remove_memory(self._system)
         base, size = SNIPPET_SYSTEM[self.mode]
-        self._system = self.vm.add_memory(base, size)
+        self._system = self._vm.add_memory(base, size)
         # guest address of vector 0's stub
         self._stubs = base + (_REAL_STUBS if self.mode == 'real' else _SYS_STUBS)
         stubs = _STUB * _SYSCALL_STUB + _PORT_STUB
         if self.mode == 'real':
             off = self._stubs - (_REAL_STUB_SEG << 4)
             ivt = b''.join(struct.pack('<HH', off + 4 * v, _REAL_STUB_SEG) for v in range(256))
-            self.vm.write(base + _REAL_IVT, ivt)
-            self.vm.write(base + _REAL_IVT - 512, ivt[512:])
-            self.vm.write(self._stubs, stubs)
+            self._vm.write(base + _REAL_IVT, ivt)
+            self._vm.write(base + _REAL_IVT - 512, ivt[512:])
+            self._vm.write(self._stubs, stubs)
+            self._sys_image = bytes(self._system.map)
             return
         gdt = SNIPPET_GDT + _tss_descriptor(base + _SYS_TSS, _TSS_LIMIT)
-        self.vm.write(base + _SYS_GDT, struct.pack(f'<{len(gdt)}Q', *gdt))
-        self.vm.write(base + _SYS_IDT, b''.join(self._gate(v) for v in range(256)))
+        self._vm.write(base + _SYS_GDT, struct.pack(f'<{len(gdt)}Q', *gdt))
+        self._vm.write(base + _SYS_IDT, b''.join(self._gate(v) for v in range(256)))
         tss = bytearray(_TSS_LIMIT + 1)
         stack = base + _SYS_STACK_TOP
         if self.mode == 'long64':
@@ -4334,10 +4458,12 @@ class Snippet:
             struct.pack_into('<II', tss, 4, stack, 0x18)   # ESP0, SS0
         struct.pack_into('<H', tss, 0x66, _IOPB)
         tss[-1] = 0xFF                                     # the bitmap's terminator
-        self.vm.write(base + _SYS_TSS, bytes(tss))
-        self.vm.write(self._stubs, stubs)
+        self._vm.write(base + _SYS_TSS, bytes(tss))
+        self._vm.write(self._stubs, stubs)
         if self.mode == 'long64':
             self._write_page_tables()
+        else:
+            self._sys_image = bytes(self._system.map)
 
     def _gate(self, vector):
         """An interrupt gate to ``vector``'s stub."""
@@ -4378,14 +4504,14 @@ class Snippet:
                 s.cr4 |= CR4_PAE
                 s.cr3 = base + _SYS_PAGE_TABLES
                 s.efer = EFER_LME | EFER_LMA | EFER_SCE | EFER_NXE
-                self.vcpu.set_msrs({MSR_LSTAR: self._stubs + 4 * _SYSCALL_STUB,
+                self._vcpu.set_msrs({MSR_LSTAR: self._stubs + 4 * _SYSCALL_STUB,
                                     MSR_STAR: 0x10 << 32 | 0x23 << 48,
                                     MSR_SFMASK: 0x4700})   # TF, IF, DF, NT
         self._user_cs, self._user_ss = _copy(s.cs), _copy(s.ss)
-        self.vcpu.set_sregs(s)
+        self._vcpu.set_sregs(s)
         # user code runs with interrupts on, as under any OS (and kvm_pvm's
         # R11 after a CPL3 syscall says IF=1 whatever RFLAGS said); none come
-        self.vcpu.set_regs(kvm_regs(rflags=0x202 if self.cpl == 3 else 0x2))
+        self._vcpu.set_regs(kvm_regs(rflags=0x202 if self.cpl == 3 else 0x2))
 
     def _page_plan(self):
         """(address, size, PTE flags) of every range the guest may touch."""
@@ -4407,13 +4533,13 @@ class Snippet:
             while addr < end:
                 chunk = addr >> 21
                 if not addr & 0x1FFFFF and end - addr >= 1 << 21:
-                    leaves[chunk] = addr | flags | PTE_PS
+                    leaves[chunk] = addr | flags | PTE_PS | PTE_AD
                     addr += 1 << 21
                     continue
                 table = leaves.setdefault(chunk, bytearray(PAGE_SIZE))
                 stop = min(end, (chunk + 1) << 21)
                 for a in range(addr, stop, PAGE_SIZE):
-                    struct.pack_into('<Q', table, (a >> 12 & 511) * 8, a | flags)
+                    struct.pack_into('<Q', table, (a >> 12 & 511) * 8, a | flags | PTE_AD)
                 addr = stop
         tables = {}                  # guest address -> table contents
         room = range(self._system.gpa + _SYS_PAGE_TABLES, self._system.end, PAGE_SIZE)
@@ -4429,7 +4555,7 @@ class Snippet:
         def child(table, index):
             entry = struct.unpack_from('<Q', tables[table], index * 8)[0]
             if not entry:
-                entry = new() | PTE_P | PTE_RW | PTE_US
+                entry = new() | PTE_P | PTE_RW | PTE_US | PTE_AD
                 struct.pack_into('<Q', tables[table], index * 8, entry)
             return entry & 0x000FFFFFFFFFF000
 
@@ -4437,11 +4563,13 @@ class Snippet:
         for chunk, leaf in sorted(leaves.items()):
             va = chunk << 21
             pd = child(child(pml4, va >> 39 & 511), va >> 30 & 511)
-            entry = leaf if isinstance(leaf, int) else new(leaf) | PTE_P | PTE_RW | PTE_US
+            entry = leaf if isinstance(leaf, int) else new(leaf) | PTE_P | PTE_RW | PTE_US | PTE_AD
             struct.pack_into('<Q', tables[pd], (va >> 21 & 511) * 8, entry)
         for a, contents in tables.items():
-            self.vm.write(a, contents)
+            self._vm.write(a, contents)
         self._tables_dirty = False
+        self._tables_in_place = tuple(self._regions)
+        self._sys_image = bytes(self._system.map)
 
     # -- memory ----------------------------------------------------------------
     def mem_map(self, addr, size, perms='rwx'):
@@ -4452,9 +4580,11 @@ class Snippet:
         if not set(perms) <= set('rwx') or 'r' not in perms:
             raise SnippetError(f"perms {perms!r}: use 'r' plus any of 'w', 'x' "
                                '(x86 memory is always readable)')
-        self._claim(addr, size, 'memory')
+        self._claim(addr, size, 'memory', keep=(addr, size, 'w' not in perms))
         self._settle()
-        self.vm.add_memory(addr, size, readonly='w' not in perms)
+        # a zeroed slot of the same shape that the VM's last user left: no ioctl
+        if self._spares.pop((addr, size, 'w' not in perms), None) is None:
+            self._vm.add_memory(addr, size, readonly='w' not in perms)
         self._add_region(addr, size, perms)
 
     def mmio_map(self, addr, size):
@@ -4466,7 +4596,7 @@ class Snippet:
         self._settle()
         self._add_region(addr, size, '')
 
-    def _claim(self, addr, size, what):
+    def _claim(self, addr, size, what, keep=None):
         if addr % PAGE_SIZE or size % PAGE_SIZE or size <= 0:
             raise SnippetError(f'{what} at {addr:#x} of {size:#x} bytes: address and size must '
                                f'be multiples of {PAGE_SIZE:#x} (4 KiB), size above 0')
@@ -4479,6 +4609,11 @@ class Snippet:
             if addr < a + s and a < addr + size:
                 raise SnippetError(f'{what} at {addr:#x}-{addr + size - 1:#x} overlaps '
                                    f'{name} at {a:#x}-{a + s - 1:#x}')
+        for key, slot in list(self._spares.items()):     # a last user's, not ours
+            if key != keep and addr < slot.end and slot.gpa < addr + size:
+                self._settle()
+                self._vm.remove_memory(slot)
+                del self._spares[key]
 
     def _add_region(self, addr, size, perms):
         self._regions.append((addr, size, perms))
@@ -4487,8 +4622,10 @@ class Snippet:
 
     def _ram_pieces(self, addr, size):
         """(address, length) pieces of ``addr``..``addr + size``, one per slot."""
+        spares = self._spares.values()
         while size > 0:
-            slot = next((s for s in self.vm.slots if s.gpa <= addr < s.end), None)
+            slot = next((s for s in self._vm.slots if s.gpa <= addr < s.end
+                         and s not in spares), None)
             if slot is None:
                 raise SnippetError(f'{addr:#x} is not in mapped memory (mem_map it first)')
             n = min(size, slot.end - addr)
@@ -4500,16 +4637,16 @@ class Snippet:
         self._settle()
         done = 0
         for a, n in list(self._ram_pieces(addr, len(data))):
-            self.vm.write(a, data[done:done + n])
+            self._vm.write(a, data[done:done + n])
             done += n
 
     def mem_read(self, addr, size):
-        return b''.join(self.vm.read(a, n) for a, n in self._ram_pieces(addr, size))
+        return b''.join(self._vm.read(a, n) for a, n in self._ram_pieces(addr, size))
 
     def _peek(self, addr):
         """The byte at ``addr``, or None where no RAM is."""
         try:
-            return self.vm.read(addr, 1)[0]
+            return self._vm.read(addr, 1)[0]
         except GuestMemoryError:
             return None
 
@@ -4524,7 +4661,7 @@ class Snippet:
             field, shift, bits = key
             return getattr(self._rv(), field) >> shift & ((1 << bits) - 1)
         if where == 'xsave':
-            raw = bytes(self.vcpu.get_xsave())
+            raw = bytes(self._vcpu.get_xsave())
             return int.from_bytes(raw[key[0]:key[0] + key[1]], 'little')
         s = self._sv()
         if where == 'seg':
@@ -4544,12 +4681,12 @@ class Snippet:
                 if len(value) != size:
                     raise SnippetError(f'{name} takes {size} bytes, got {len(value)}')
                 value = int.from_bytes(value, 'little')
-            raw = bytearray(bytes(self.vcpu.get_xsave()))
+            raw = bytearray(bytes(self._vcpu.get_xsave()))
             raw[off:off + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, 'little')
             # a clear XSTATE_BV bit would make KVM load the SSE state as all zeros
             struct.pack_into('<Q', raw, _XSAVE_BV,
                              struct.unpack_from('<Q', raw, _XSAVE_BV)[0] | _XFEATURE_SSE)
-            self.vcpu.set_xsave(bytes(raw))
+            self._vcpu.set_xsave(bytes(raw))
             return
         if not isinstance(value, int):
             raise SnippetError(f'{name} takes an int, got {type(value).__name__}')
@@ -4576,7 +4713,7 @@ class Snippet:
             setattr(getattr(s, seg), attr, value)
         else:
             setattr(s, key, value)
-        self.vcpu.set_sregs(s)
+        self._vcpu.set_sregs(s)
 
     def _register(self, name):
         """(where, key) of a register name, or SnippetError."""
@@ -4625,13 +4762,14 @@ class Snippet:
         if msrs is not None and len(msrs) > KVM_MSR_FILTER_MAX_RANGES:
             raise SnippetError(f'hook_msr takes at most {KVM_MSR_FILTER_MAX_RANGES} MSRs '
                                f'(one filter range each), or None for all')
-        self.vm.enable_cap(Cap.X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER |
+        self._vm.enable_cap(Cap.X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER |
                            KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_INVAL)
         both = KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE
         # a filter bit of 0 denies the access, and a denied access exits to us;
         # KVM refuses a deny-all filter without ranges, hence the one empty range
         ranges = [(both, index, 1, b'\0') for index in (msrs if msrs is not None else [0])]
-        self.vm.set_msr_filter(ranges, default_allow=msrs is not None)
+        self._vm.set_msr_filter(ranges, default_allow=msrs is not None)
+        self._tainted = True           # VM-wide: this VM is closed, not recycled
         self._hooks['msr'] = fn
 
     def hook_cpuid(self, fn, leaves=()):
@@ -4661,7 +4799,9 @@ class Snippet:
             answer = fn(self, e.function, e.index)
             if answer is not None:
                 e.eax, e.ebx, e.ecx, e.edx = (v & 0xFFFFFFFF for v in answer)
-        self.vcpu.set_cpuid2(entries)
+        if self._vm_ran:
+            self._rebuild()                # KVM fixes CPUID once a vCPU has run
+        self._vcpu.set_cpuid2(entries)
 
     def hook_syscall(self, fn):
         """``fn(snippet)`` for each ``syscall`` (long64) and ``int 0x80``
@@ -4682,7 +4822,7 @@ class Snippet:
     def stop(self):
         """End the current run (from a hook or another thread): it returns
         Stop('stopped'). Unicorn calls this emu_stop."""
-        self.vcpu.kick('stop')
+        self._vcpu.kick('stop')
 
     emu_stop = stop
 
@@ -4695,7 +4835,7 @@ class Snippet:
         reaching this address (an instruction's). ``count``: stop after this
         many instructions (single-stepped: slow). ``timeout``: seconds, or None.
         """
-        if self.vcpu and self.vcpu.running:
+        if self._vcpu and self._vcpu.running:
             raise KvmliteError('this Snippet is already running in another thread: one run at '
                                'a time (stop() ends that run)')
         self._settle()
@@ -4725,7 +4865,7 @@ class Snippet:
             raise SnippetError('resume: no MMIO access is waiting (the last run did not stop '
                                "with reason 'mmio', or the snippet was changed since, which "
                                'gave the access up): use run()')
-        if self.vcpu.running:
+        if self._vcpu.running:
             raise KvmliteError('this Snippet is already running in another thread: one run at '
                                'a time (stop() ends that run)')
         if isinstance(exit, MmioWrite):
@@ -4739,22 +4879,30 @@ class Snippet:
             if not isinstance(value, int) or not -(1 << 8 * n - 1) <= value < 1 << 8 * n:
                 raise SnippetError(f'resume: {value!r} does not fit the {n}-byte read at '
                                    f'{exit.addr:#x}')
-            self.vcpu._map[_RUN_U + 8:_RUN_U + 8 + n] = (value & (1 << 8 * n) - 1).to_bytes(
+            self._vcpu._map[_RUN_U + 8:_RUN_U + 8 + n] = (value & (1 << 8 * n) - 1).to_bytes(
                 n, 'little')
         self._waiting = None
         return self._go(until, timeout, count)
 
     def _go(self, until, timeout, count):
-        if self._tables_dirty and self._ran:
-            self._write_system_area()
-        elif self._tables_dirty:             # nothing cached yet: rewriting is enough
-            self._write_page_tables()
+        if self._spares and self.mode != 'long64':
+            # without paging a last user's spare RAM would be seen: MMIO is there
+            for slot in self._spares.values():
+                self._vm.remove_memory(slot)
+            self._spares.clear()
+        if self._tables_dirty:
+            if tuple(self._regions) == self._tables_in_place:
+                self._tables_dirty = False   # a recycled VM's tables already map these
+            elif self._vm_ran or self._ran:
+                self._write_system_area()    # KVM may cache the old ones: a new slot
+            else:                            # nothing cached yet: rewriting is enough
+                self._write_page_tables()
         self._stop = None
-        self.vcpu.kvm_run.immediate_exit = 0       # a stop() between runs is spent
+        self._vcpu.kvm_run.immediate_exit = 0       # a stop() between runs is spent
         self._arm(until, count)
         try:
             self._ran = True
-            exit = self.vcpu.run_loop(self._handlers(), timeout=timeout)
+            exit = self._vcpu.run_loop(self._handlers(), timeout=timeout)
             if self._stop is None:
                 self._stop = self._final(exit)
         except BaseException:
@@ -4775,7 +4923,7 @@ class Snippet:
         if self._waiting is None and not force:
             return
         self._waiting = None
-        v = self.vcpu
+        v = self._vcpu
         if not v or not v.io_pending:
             return
         regs, sregs, events, xsave = v.get_regs(), v.get_sregs(), v.get_vcpu_events(), \
@@ -4797,30 +4945,30 @@ class Snippet:
     def _rv(self):
         """The registers: the live kvm_run view where KVM syncs them (change
         it in place, then vcpu.set_regs(it)), else a copy."""
-        return self.vcpu.sync_regs if self._synced else self.vcpu.get_regs()
+        return self._vcpu.sync_regs if self._synced else self._vcpu.get_regs()
 
     def _sv(self):
-        return self.vcpu.sync_sregs if self._synced else self.vcpu.get_sregs()
+        return self._vcpu.sync_sregs if self._synced else self._vcpu.get_sregs()
 
     def _put_regs(self, regs):
         """``regs`` (from _rv, changed) go in before the next entry."""
         if self._synced:
-            self.vcpu.mark_dirty(KVM_SYNC_X86_REGS)
+            self._vcpu.mark_dirty(KVM_SYNC_X86_REGS)
         else:
-            self.vcpu.set_regs(regs)
+            self._vcpu.set_regs(regs)
 
     def _put_sregs(self, sregs):
         if self._synced:
-            self.vcpu.mark_dirty(KVM_SYNC_X86_SREGS)
+            self._vcpu.mark_dirty(KVM_SYNC_X86_SREGS)
         else:
-            self.vcpu.set_sregs(sregs)
+            self._vcpu.set_sregs(sregs)
 
     def _set_rip(self, rip):
         if self._synced:
-            self.vcpu.sync_regs.rip = rip
-            self.vcpu.mark_dirty(KVM_SYNC_X86_REGS)
+            self._vcpu.sync_regs.rip = rip
+            self._vcpu.mark_dirty(KVM_SYNC_X86_REGS)
         else:
-            self.vcpu.set_regs(rip=rip)
+            self._vcpu.set_regs(rip=rip)
 
     def _jump(self, address):
         if self.mode != 'real':
@@ -4829,7 +4977,7 @@ class Snippet:
         cs = 0 if address < 0x10000 else address >> 4
         s = self._sv()
         s.cs.selector, s.cs.base = cs, cs << 4
-        self.vcpu.set_sregs(s)
+        self._vcpu.set_sregs(s)
         self._set_rip(address - (cs << 4))
 
     def _emulated(self):
@@ -4842,22 +4990,22 @@ class Snippet:
         self._until, self._patched, self._steps = until, None, count
         if until is not None:
             if self._emulated():
-                self.vcpu.set_guest_debug(breakpoints=[until])
+                self._vcpu.set_guest_debug(breakpoints=[until])
             elif self._peek(until) is not None:
                 self._patched = self._peek(until)
-                self.vm.write(until, b'\xcc')
+                self._vm.write(until, b'\xcc')
             elif self.mode != 'long64':      # long64 catches the fetch's #PF instead
                 raise SnippetError(f'until {until:#x} is not in mapped memory')
         if count is not None:
-            self.vcpu.set_regs(rflags=self._rv().rflags | RFLAGS_TF)
+            self._vcpu.set_regs(rflags=self._rv().rflags | RFLAGS_TF)
 
     def _disarm(self):
         if self._until is not None and self._emulated():
-            self.vcpu.set_guest_debug(enable=False)
+            self._vcpu.set_guest_debug(enable=False)
         if self._patched is not None:
-            self.vm.write(self._until, bytes((self._patched,)))
+            self._vm.write(self._until, bytes((self._patched,)))
         if self._steps is not None:
-            self.vcpu.set_regs(rflags=self._rv().rflags & ~RFLAGS_TF)
+            self._vcpu.set_regs(rflags=self._rv().rflags & ~RFLAGS_TF)
         self._until = self._patched = self._steps = None
 
     def _handlers(self):
@@ -4912,9 +5060,9 @@ class Snippet:
         """A timeout caught the vCPU inside a stub: let it reach the port
         write, so the registers read back as the snippet's. Returns the Stop
         the trap makes, or None."""
-        exit = self.vcpu.run(timeout=1.0)
+        exit = self._vcpu.run(timeout=1.0)
         handler = {IoOut: self._on_io, Hlt: self._on_hlt}.get(type(exit))
-        if handler is not None and not handler(self.vcpu, exit):
+        if handler is not None and not handler(self._vcpu, exit):
             return self._stop
         return None
 
@@ -4929,9 +5077,9 @@ class Snippet:
                                                                regs.rsp - system.gpa)
             if err == 0 and self._peek(rip) == 0xF4:
                 regs.rip, regs.rflags, regs.rsp = rip + 1, rflags, rsp
-                sregs = self.vcpu.sync_sregs
+                sregs = self._vcpu.sync_sregs
                 sregs.cs, sregs.ss = self._user_cs, self._user_ss
-                self.vcpu.mark_dirty(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)
+                self._vcpu.mark_dirty(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)
                 self._stop = Stop('hlt', rip + 1)            # where HLT leaves RIP at CPL0
                 return False
         if 0 <= at < 4 * _SYSCALL_STUB and not at & 3:
@@ -4951,9 +5099,9 @@ class Snippet:
                 if hook:
                     hook(self, port, size, value)
                 else:
-                    self.vm.pio.write(port, size, value)
+                    self._vm.pio.write(port, size, value)
             else:
-                value = hook(self, port, size, None) if hook else self.vm.pio.read(port, size)
+                value = hook(self, port, size, None) if hook else self._vm.pio.read(port, size)
                 exit.buf[item] = (ones if value is None else value & ones).to_bytes(size, 'little')
         return self._resume()
 
@@ -5018,7 +5166,7 @@ class Snippet:
         soft = False
         if self.mode == 'real':          # IP, CS, FLAGS on the snippet's stack
             sp = regs.rsp & 0xFFFF
-            ip, cs, flags = struct.unpack('<3H', self.vm.read(sregs.ss.base + sp, 6))
+            ip, cs, flags = struct.unpack('<3H', self._vm.read(sregs.ss.base + sp, 6))
             regs.rip, regs.rsp = ip, regs.rsp & ~0xFFFF | (sp + 6) & 0xFFFF
             regs.rflags = regs.rflags & ~0xFFFF | flags
             sregs.cs.selector, sregs.cs.base = cs, cs << 4
@@ -5029,9 +5177,9 @@ class Snippet:
             n = 4 if has_code else 3
 
             try:                     # the most the CPU pushed, read at once
-                frame = self.vm.read(sp, word * 5)
+                frame = self._vm.read(sp, word * 5)
             except GuestMemoryError:     # 32-bit, same level: at the top of the snippet's RAM
-                frame = self.vm.read(sp, word * n)
+                frame = self._vm.read(sp, word * n)
 
             def pop(i):
                 return struct.unpack_from(fmt, frame, word * i)[0]
@@ -5088,7 +5236,7 @@ class Snippet:
             return self._halt(Stop('syscall', self._rv().rip))
         result = hook(self)
         if result is not None:
-            self.vcpu.set_regs(rax=result & 0xFFFFFFFFFFFFFFFF)
+            self._vcpu.set_regs(rax=result & 0xFFFFFFFFFFFFFFFF)
         if self._steps is not None:      # a system call is one step (its trap is lost)
             self._steps -= 1
             if not self._steps:
@@ -5132,6 +5280,143 @@ class Snippet:
     def _on_debug(self, vcpu, exit):
         # only `until` arms KVM's debugging
         return self._halt(Stop('until', self._rv().rip, address=exit.pc, exit=exit))
+
+
+# -- the pool: a Snippet takes a VM a closed Snippet left, reset and verified --
+
+SNIPPET_POOL_SIZE = 2                # spare VMs kept per (Kvm, mode, cpl) in a process
+_snippet_pool = {}                   # (pid, id(kvm), mode, cpl) -> [unit dicts]
+_snippet_pool_lock = threading.Lock()
+_process_kvm_fd = [None, None]       # the pid and the Kvm Snippets share when given none
+
+
+def _process_kvm():
+    """The /dev/kvm a process's Snippets share (opened once, left open)."""
+    pid, kvm = _process_kvm_fd
+    if pid != os.getpid() or kvm is None or kvm.fd < 0:
+        kvm = Kvm()
+        _process_kvm_fd[:] = [os.getpid(), kvm]
+    return kvm
+
+
+def _snippet_pool_take(kvm, mode, cpl):
+    with _snippet_pool_lock:
+        units = _snippet_pool.get((os.getpid(), id(kvm), mode, cpl))
+        while units:
+            unit = units.pop()
+            if kvm.fd >= 0 and unit['_vm'].fd >= 0:
+                return unit
+            unit['_vm'].close()
+    return None
+
+
+def _snippet_pool_wants(kvm, mode, cpl):
+    with _snippet_pool_lock:
+        return kvm.fd >= 0 and len(_snippet_pool.get((os.getpid(), id(kvm), mode, cpl), ())) \
+            < SNIPPET_POOL_SIZE
+
+
+def _snippet_pool_give(kvm, mode, cpl, unit):
+    with _snippet_pool_lock:
+        # a fork's child gets the parent's units: they are not its VMs to use
+        for key in [k for k in _snippet_pool if k[0] != os.getpid()]:
+            del _snippet_pool[key]
+        _snippet_pool.setdefault((os.getpid(), id(kvm), mode, cpl), []).append(unit)
+
+
+def snippet_pool_clear():
+    """Close every spare VM the pool keeps (the next Snippet makes a new one)."""
+    with _snippet_pool_lock:
+        units = [u for us in _snippet_pool.values() for u in us]
+        _snippet_pool.clear()
+    for unit in units:
+        unit['_vm'].close()
+
+
+_RESTORABLE_MSRS = {}                # id(kvm) -> MSR indices a reset writes back
+
+
+def _restorable_msrs(vcpu):
+    """The MSRs of KVM's index list that read back as written and stay put
+    between two reads (the TSC does not): what a reset restores and checks."""
+    kvm = vcpu.vm.kvm
+    known = _RESTORABLE_MSRS.get(id(kvm))
+    if known is not None:
+        return known
+    readable = []
+    for index in kvm.msr_index_list():
+        try:
+            vcpu.get_msrs([index])
+        except KvmError:
+            continue
+        readable.append(index)
+    first = vcpu.get_msrs(readable)
+    second = vcpu.get_msrs(readable)
+    stable = [i for i in readable if first[i] == second[i]]
+    good = []
+    for index in stable:
+        try:
+            vcpu.set_msrs({index: first[index]})
+        except KvmError:
+            continue
+        good.append(index)
+    _RESTORABLE_MSRS[id(kvm)] = good
+    return good
+
+
+class _FreshState:
+    """A new vCPU's state, as a Snippet's setup left it: what a reset puts
+    back (registers, segments, pending events, FPU/SSE, XCRs, debug
+    registers, MSRs) and then reads back through the ioctls to check."""
+
+    def __init__(self, vcpu):
+        self.regs, self.sregs = bytes(vcpu.get_regs()), bytes(vcpu.get_sregs())
+        self.events = bytes(vcpu.get_vcpu_events())
+        self.xsave = bytes(vcpu.get_xsave())
+        self.xcrs = bytes(vcpu.get_xcrs())
+        self.debugregs = bytes(vcpu.get_debugregs())
+        self.msrs = vcpu.get_msrs(_restorable_msrs(vcpu))
+        # one KVM_GET_MSRS into this buffer reads them all; its bytes say if any moved
+        self._msr_buf = _msrs_type(len(self.msrs))(nmsrs=len(self.msrs))
+        for i, (index, value) in enumerate(self.msrs.items()):
+            self._msr_buf.entries[i].index, self._msr_buf.entries[i].data = index, value
+        self._msr_bytes = bytes(self._msr_buf)
+
+    def _msrs_fresh(self, vcpu):
+        vcpu._flush_sync()
+        self._msr_buf.nmsrs = len(self.msrs)
+        return (_ioctl(vcpu.fd, KVM_GET_MSRS, self._msr_buf) == len(self.msrs)
+                and bytes(self._msr_buf) == self._msr_bytes)
+
+    def reset(self, vcpu):
+        """Put the fresh state back and read it back: True when KVM reports
+        every part as fresh (regs, sregs and events go through the sync area,
+        which KVM loads on the next entry, and are compared there)."""
+        _U64.pack_into(vcpu._map, _DIRTY_OFF, 0)     # the last user's registers: dropped
+        if not self._msrs_fresh(vcpu):
+            now = vcpu.get_msrs(list(self.msrs))
+            vcpu.set_msrs({i: v for i, v in self.msrs.items() if now[i] != v})
+        for get, put, want, ctype in (
+                (vcpu.get_xsave, vcpu.set_xsave, self.xsave, None),
+                (vcpu.get_xcrs, vcpu.set_xcrs, self.xcrs, kvm_xcrs),
+                (vcpu.get_debugregs, vcpu.set_debugregs, self.debugregs, kvm_debugregs)):
+            if bytes(get()) != want:
+                put(want if ctype is None else ctype.from_buffer_copy(want))
+                if bytes(get()) != want:
+                    return False
+        if vcpu.get_mp_state() != KVM_MP_STATE_RUNNABLE:
+            vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE)
+        vcpu.set_sregs(kvm_sregs.from_buffer_copy(self.sregs))
+        vcpu.set_regs(kvm_regs.from_buffer_copy(self.regs))
+        vcpu.set_vcpu_events(kvm_vcpu_events.from_buffer_copy(self.events))
+        vcpu._map[0] = vcpu._map[1] = 0              # request_interrupt_window, immediate_exit
+        if vcpu._sync == KVM_SYNC_X86_VALID_FIELDS:     # what KVM loads on the next entry
+            regs, sregs, events = vcpu.sync_regs, vcpu.sync_sregs, vcpu.sync_events
+        else:
+            regs, sregs, events = vcpu.get_regs(), vcpu.get_sregs(), vcpu.get_vcpu_events()
+        return (bytes(regs) == self.regs and bytes(sregs) == self.sregs
+                and bytes(events) == self.events
+                and self._msrs_fresh(vcpu) and vcpu.get_mp_state() == KVM_MP_STATE_RUNNABLE)
 
 
 class _MmioReadStop(MmioRead):
