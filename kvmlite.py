@@ -4266,8 +4266,11 @@ class Snippet:
     def __init__(self, mode='long64', cpl=0, mem_size=0x100000, kvm=None):
         if mode not in SNIPPET_MODES:
             raise SnippetError(f'unknown mode {mode!r}: use one of {", ".join(SNIPPET_MODES)}')
-        if cpl not in (0, 3) or (mode == 'real' and cpl):
-            raise SnippetError(f'cpl {cpl!r} in {mode}: use 0 or 3 (real mode runs at 0)')
+        if mode == 'real' and cpl != 0:
+            raise SnippetError(f'cpl {cpl!r} in real mode: real mode has no privilege levels, '
+                               'so it runs at 0; leave cpl out (or pass 0)')
+        if cpl not in (0, 3):
+            raise SnippetError(f'cpl {cpl!r} in {mode}: use 0 (kernel) or 3 (user)')
         self.mode, self.cpl = mode, cpl
         self.kvm = _process_kvm() if kvm is None else kvm
         self._vm = self._vcpu = None
@@ -4833,7 +4836,9 @@ class Snippet:
         ``start``: code bytes (written at SNIPPET_CODE_ADDR and run from
         there), an address, or None (go on from RIP). ``until``: stop on
         reaching this address (an instruction's). ``count``: stop after this
-        many instructions (single-stepped: slow). ``timeout``: seconds, or None.
+        many instructions (single-stepped: slow). ``timeout``: seconds (one
+        by default: a longer run comes back with reason 'timeout'), or None
+        for no limit.
         """
         if self._vcpu and self._vcpu.running:
             raise KvmliteError('this Snippet is already running in another thread: one run at '

@@ -568,8 +568,12 @@ class BadInputTest(SnippetTestCase):
     def test_bad_mode_and_cpl_are_refused(self):
         with self.assertRaisesRegex(SnippetError, "unknown mode 'long'"):
             Snippet('long')
-        with self.assertRaisesRegex(SnippetError, 'real mode runs at 0'):
+        with self.assertRaisesRegex(SnippetError, r'cpl 3 in real mode: .* runs at 0; leave '
+                                    r'cpl out \(or pass 0\)$') as cm:
             Snippet('real', cpl=3)
+        self.assertNotIn('or 3', str(cm.exception))        # no advice it would refuse
+        with self.assertRaisesRegex(SnippetError, r'cpl 1 in long64: use 0 \(kernel\) or 3'):
+            Snippet('long64', cpl=1)
 
     def test_reading_unmapped_memory_says_so(self):
         with self.assertRaisesRegex(SnippetError, '0x200000 is not in mapped memory'):
