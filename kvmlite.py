@@ -2921,6 +2921,16 @@ class Vm:
             self._stats = Stats(_ioctl(self.fd, KVM_GET_STATS_FD))
         return self._stats.read()
 
+    def drain_coalesced(self):
+        """Apply the writes KVM buffered in the coalesced ring now, from any
+        thread (the run loop does it before it serves an exit; a thread that
+        reads device state while the vCPUs run calls this first)."""
+        ring = self.vcpus[0]._ring if self.vcpus and self._coalesced else None
+        if ring is not None:
+            first, last = _RING_ENDS.unpack_from(ring, 0)
+            if first != last:
+                self._drain_coalesced(ring)
+
     def _drain_coalesced(self, ring):
         """Hand the writes KVM buffered in the coalesced ring to the buses, in
         guest order. ``ring`` is the vCPU mmap's coalesced page: one page for

@@ -41,6 +41,13 @@ Where the model differs from the chip, or the datasheet leaves room:
   line stays low (the interrupt is still visible in IIR).
 * Modem inputs outside loopback read CTS, DSR and DCD asserted, RI off: the
   host side is always ready.
+* ``thr_may_buffer()`` is True while IER is 0: then a THR write raises no
+  interrupt, and everything else it does (the byte to the sink or, in
+  loopback, to the receiver; THRE/TEMT; the divisor latch with DLAB set)
+  shows only in what a later read returns. So the board may let KVM buffer
+  those writes (coalesced PIO on the THR port) as long as it applies them, in
+  order, before any read of the UART is answered: the output and every LSR
+  value stay exactly those of one exit per write.
 * Accesses wider than a byte act as successive byte accesses at successive
   ports (low byte first); bytes past the device's ports are dropped on write
   and read as 0xFF.
@@ -312,6 +319,11 @@ class Serial(ByteRegisters, Device):
         if value & UART_FCR_CLEAR_RX:
             self.rx.clear()
         # CLEAR_TX: the transmitter FIFO is always empty here.
+
+    def thr_may_buffer(self):
+        """True while THR writes need not reach the UART at once (IER 0; see
+        the module doc)."""
+        return not self.ier
 
     # -- host side -----------------------------------------------------
 

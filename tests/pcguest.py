@@ -367,8 +367,9 @@ class GuestRun:
     """What a run left behind: ``status`` and ``reason`` (kvmlite.RunResult),
     ``output`` (COM1 bytes), ``labels``, the guest image's memory after the
     run, ``rip`` where the guest stopped, ``tsc_khz``, ``seconds`` (wall time
-    of the run), ``cpu_seconds`` (the process's CPU time during it) and
-    ``problems`` (every device's ``check()`` after the run)."""
+    of the run), ``cpu_seconds`` (the process's CPU time during it),
+    ``problems`` (every device's ``check()`` after the run) and, from
+    :func:`run_guest`, ``exit_counts`` (the VM's exits by ExitReason)."""
 
     def __init__(self, mode, result, output, labels, memory, rip, tsc_khz, seconds, cpu_seconds,
                  problems):
@@ -444,8 +445,10 @@ def run_guest(source, mode, timeout=20, console=None, symbols=None, **machine):
         for i, s in enumerate(m.serials):
             problems += [f'COM{i + 1}: {p}' for p in s.check()]
         vcpu = m.vm.vcpus[0]
-        return GuestRun(mode, result, bytes(console.output), labels, m.vm.read(CODE, len(code)),
-                        vcpu.get_regs().rip, vcpu.get_tsc_khz(), seconds, cpu, problems)
+        run = GuestRun(mode, result, bytes(console.output), labels, m.vm.read(CODE, len(code)),
+                       vcpu.get_regs().rip, vcpu.get_tsc_khz(), seconds, cpu, problems)
+        run.exit_counts = dict(m.vm.exit_counts)    # kvmlite's count of exits, by ExitReason
+        return run
 
 
 def run_in_every_mode(test, source, output, status=STATUS_PASSED, console=None, **kw):

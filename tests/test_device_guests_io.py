@@ -17,11 +17,15 @@ the next 0.25 s halt poll; the tests of such regressions run with that poll
 off (``no_halt_poll``), where it never comes and the run ends at its timeout.
 """
 
+import threading
 import unittest
 
+import kvmlite
+from devices.console import MemoryBackend
 from tests.guest import requires_kvm
 from tests.pcguest import PASSED, STATUS_PASSED, PromptedInput, run_guest, run_in_every_mode
 from tests.test_device_guests import no_halt_poll
+from tools.pc import EXIT_TIMEOUT
 
 UART = r'''
 COM equ 0x3f8
@@ -715,6 +719,96 @@ class SerialTest(unittest.TestCase):
                 self.assertEqual(run.status, STATUS_PASSED, run.describe())
                 self.assertEqual(run.u8('use_ioapic'), 1, run.describe())
                 self.assertEqual(run.problems, [], run.describe())
+
+
+POLLED = r'''
+; COUNT bytes through COM1 as firmware prints: LSR polled before each byte,
+; IER set to IER first (0: no UART interrupt wanted)
+main:
+    mov dx, 0x3f9
+    mov al, IER
+    out dx, al
+    xor ebx, ebx
+.poll:
+    mov dx, 0x3fd
+    in al, dx
+    test al, 0x20
+    jz .poll
+    mov eax, ebx
+    and eax, 63
+    add al, 32
+    mov dx, 0x3f8
+    out dx, al
+    inc ebx
+    cmp ebx, COUNT
+    jne .poll
+    xor eax, eax
+    mov dx, 0x3f9
+    out dx, al
+    mov al, PASSED
+    ret
+'''
+
+SPIN = r'''
+; prints without polling, then spins at CPL0 with interrupts off: no exit
+; after the last THR write
+main:
+    call print
+    db 'spinning now', 10, 0
+    cli
+.spin:
+    jmp .spin
+'''
+
+
+class ThreadRecorder(MemoryBackend):
+    """A memory console that notes which thread wrote each chunk."""
+
+    def __init__(self):
+        super().__init__()
+        self.writers = []
+
+    def write(self, data):
+        super().write(data)
+        self.writers.append(threading.current_thread().name)
+
+
+@requires_kvm
+class BufferedOutputTest(unittest.TestCase):
+    """While IER is 0, KVM buffers THR writes (coalesced PIO) and kvmlite
+    applies them before any UART read is answered: the same bytes and LSR
+    values as one exit per write, for one exit per byte fewer."""
+
+    COUNT = 3000
+
+    def polled(self, mode, ier):
+        run = run_guest(POLLED, mode, timeout=60, symbols={'COUNT': self.COUNT, 'IER': ier,
+                                                           'PASSED': PASSED})
+        self.assertEqual(run.output, bytes(32 + i % 64 for i in range(self.COUNT)), run.describe())
+        self.assertEqual(run.status, STATUS_PASSED, run.describe())
+        self.assertEqual(run.problems, [], run.describe())
+        return run.exit_counts.get(kvmlite.ExitReason.IO, 0)
+
+    def test_a_polling_guest_costs_one_exit_a_byte_while_ier_is_0(self):
+        for mode in ('split', 'user', 'kernel'):
+            with self.subTest(mode=mode):
+                # the LSR reads exit, the THR writes wait in KVM's ring (which
+                # holds 170: a full ring is one more exit)
+                self.assertLessEqual(self.polled(mode, 0), self.COUNT * 171 // 170 + 20)
+
+    def test_with_a_uart_interrupt_enabled_every_thr_write_exits(self):
+        # ETBEI on (OUT2 off, so no IRQ reaches the CPU): a THR write must
+        # raise THRE at once, so it is not buffered
+        self.assertGreaterEqual(self.polled('split', 0x02), 2 * self.COUNT)
+
+    def test_output_left_in_the_ring_by_a_spinning_guest_comes_out_while_it_runs(self):
+        # 'user' mode has no halt-poll kick: only the timer thread's rounds
+        # apply the buffered writes before the run's end (its timeout)
+        console = ThreadRecorder()
+        run = run_guest(SPIN, 'user', timeout=2, console=console, symbols={'PASSED': PASSED})
+        self.assertEqual(run.output, b'spinning now\n', run.describe())
+        self.assertEqual(run.status, EXIT_TIMEOUT, run.describe())
+        self.assertEqual(set(console.writers), {'kvmlite-timers'}, console.writers)
 
 
 @requires_kvm

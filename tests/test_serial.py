@@ -844,3 +844,28 @@ class OtherBackendTest(unittest.TestCase):
 
 if __name__ == '__main__':
     unittest.main()
+
+
+class ThrBufferingTest(unittest.TestCase):
+    """thr_may_buffer(): the board lets KVM buffer THR writes only while
+    they cannot raise an interrupt (IER 0), whatever LCR and MCR say."""
+
+    def test_only_while_ier_is_0(self):
+        uart = Serial(out=MemoryBackend())
+        self.assertTrue(uart.thr_may_buffer())
+        for bit in (UART_IER_ERBFI, UART_IER_ETBEI, UART_IER_ELSI, UART_IER_EDSSI):
+            uart.write(UART_IER, 1, bit)
+            self.assertFalse(uart.thr_may_buffer(), hex(bit))
+        uart.write(UART_IER, 1, 0)
+        uart.write(UART_LCR, 1, UART_LCR_DLAB)
+        uart.write(UART_DLM, 1, 0xFF)           # the divisor latch, not IER
+        self.assertTrue(uart.thr_may_buffer())
+        uart.write(UART_LCR, 1, 0)
+        uart.write(UART_MCR, 1, UART_MCR_LOOP)
+        self.assertTrue(uart.thr_may_buffer())
+        uart.write(UART_IER, 2, 0x0100)         # a word write at IER: IER = 0, LCR = 1
+        self.assertTrue(uart.thr_may_buffer())
+        uart.write(UART_THR, 2, 0x0200)         # a word write at THR reaches IER
+        self.assertFalse(uart.thr_may_buffer())
+        uart.reset()
+        self.assertTrue(uart.thr_may_buffer())

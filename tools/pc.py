@@ -55,6 +55,9 @@ HALT_POLL_S = 0.25      # how often an in-kernel-irqchip run looks for a final h
 # bounds its PIT's period (min_timer_period_us): a guest that programs a
 # 1.7 us period would otherwise keep that thread, and the GIL, from the vCPUs.
 MIN_TIMER_SLEEP_S = 200e-6
+# While KVM may buffer THR writes, the timer thread applies them at least this
+# often, so a guest that prints and then spins without exits is still heard.
+BUFFERED_OUTPUT_S = 0.02
 INPUT_LIMIT = 4096      # bytes of console input that wait for a guest not reading its UART
 APIC_LVT0, APIC_LVT1 = 0x350, 0x360
 IOREDTBL_REMOTE_IRR = 1 << 14   # IOAPIC redirection entry: a level interrupt awaits its EOI
@@ -77,6 +80,37 @@ class _Timed:
         self.device.write(offset, size, value)
         if size != 1 or offset not in self._quiet:
             self._wake()
+
+
+class _BufferedThr(_Timed):
+    """A UART whose THR writes KVM may buffer: while the UART says they need
+    no immediate effect (``thr_may_buffer()``: IER is 0), its THR port is a
+    coalesced PIO zone. The buffered writes reach the UART, in guest order,
+    before any exit is served (the run loop drains the ring first, and every
+    UART read is an exit) and at each round of the timer thread, so output
+    and LSR stay exactly what one exit per write gives, with one exit fewer
+    per byte for a guest that polls LSR. Only a write to another register
+    (or a wider one) can change IER: those re-check."""
+
+    def __init__(self, device, wake, quiet, vm, port):
+        super().__init__(device, wake, quiet)
+        self._vm, self._port, self.buffering = vm, port, False
+        self._sync()
+
+    def write(self, offset, size, value):
+        self.device.write(offset, size, value)
+        if size != 1 or offset not in self._quiet:
+            self._sync()
+            self._wake()
+
+    def _sync(self):
+        want = self.device.thr_may_buffer()
+        if want != self.buffering:
+            if want:
+                self._vm.coalesce(self._port, 1, pio=True)
+            else:
+                self._vm.uncoalesce(self._port, 1, pio=True)
+            self.buffering = want
 
 
 def _wiring_params(cls):
@@ -144,6 +178,7 @@ class Machine:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._irq_event = threading.Event()
         self._timed = []
+        self._buffered = []         # the UARTs whose THR writes KVM may buffer
         self._pending_input = b''
         self._woken = {}            # vCPU index -> RIP where _wake_for_lost_eoi woke it
         if console is not None and hasattr(console, 'wake'):
@@ -241,7 +276,10 @@ class Machine:
             for bus, ranges in ((vm.pio, slot.pio), (vm.mmio, slot.mmio)):
                 for attr, base, label in ranges:
                     part = getattr(dev, attr) if attr else dev
-                    if part is dev and timed:
+                    if part is dev and hasattr(dev, 'thr_may_buffer'):
+                        part = _BufferedThr(dev, self.wake, dev.UNTIMED_WRITES, vm, base)
+                        self._buffered.append(part)
+                    elif part is dev and timed:
                         part = _Timed(dev, self.wake, dev.UNTIMED_WRITES)
                     if slot.name == 'ioapic':
                         part = _Routed(dev, self)
@@ -364,6 +402,8 @@ class Machine:
         con = self.console
         while not self._stopping.is_set():
             with self.vm.lock:
+                # THR writes KVM buffered reach the UARTs (and the console) first
+                self.vm.drain_coalesced()
                 # input first: a character in the UART's FIFO starts its timeout;
                 # output too: the UART's tick() sees the room a drain made
                 self._feed_console()
@@ -383,6 +423,9 @@ class Machine:
                     writers.append(fd)      # output waits for its reader
             if self._pending_input:
                 timeout = min(timeout, 0.01)
+            if any(b.buffering for b in self._buffered):
+                # output a guest left in the ring while it spins without exits
+                timeout = min(timeout, BUFFERED_OUTPUT_S)
             ready, _, _ = select.select(readers, writers, [], max(timeout, 0))
             if self._wake_r in ready:
                 try:
@@ -473,6 +516,7 @@ class Machine:
                 timer.join()        # a cancelled Timer ends at once: leave no thread behind
             for t in threads:
                 t.join(timeout=5)
+            self.vm.drain_coalesced()     # what the guest wrote before it stopped
         return self.result
 
     def _vcpu_thread(self, vcpu):
