@@ -4646,8 +4646,16 @@ class Snippet:
             addr, size = addr + n, size - n
 
     def mem_write(self, addr, data):
-        data = bytes(data)
-        self._settle()
+        if self._waiting is not None:
+            self._settle()
+        if type(data) is not bytes:
+            data = bytes(data)
+        n = len(data)
+        for slot in self._vm.slots:          # the usual case: one slot holds it all
+            if slot.gpa <= addr and addr + n <= slot.end and addr >= 0 and (
+                    not self._spares or slot not in self._spares.values()):
+                slot.view[addr - slot.gpa:addr - slot.gpa + n] = data
+                return
         done = 0
         for a, n in list(self._ram_pieces(addr, len(data))):
             self._vm.write(a, data[done:done + n])
@@ -4658,10 +4666,11 @@ class Snippet:
 
     def _peek(self, addr):
         """The byte at ``addr``, or None where no RAM is."""
-        try:
-            return self._vm.read(addr, 1)[0]
-        except GuestMemoryError:
-            return None
+        for slot in self._vm.slots:
+            off = addr - slot.gpa
+            if 0 <= off < slot.size:
+                return slot.map[off]
+        return None
 
     # -- registers -------------------------------------------------------------
     def reg_read(self, name):
@@ -4687,7 +4696,8 @@ class Snippet:
         bits (as unicorn does); xmm registers take an int or 16 bytes. Segment
         selectors can be written in real mode only (the base follows)."""
         where, key = self._register(name)
-        self._settle()
+        if self._waiting is not None:
+            self._settle()
         if where == 'xsave':
             off, size = key
             if isinstance(value, (bytes, bytearray)):
@@ -4853,7 +4863,8 @@ class Snippet:
         if self._vcpu and self._vcpu.running:
             raise KvmliteError('this Snippet is already running in another thread: one run at '
                                'a time (stop() ends that run)')
-        self._settle()
+        if self._waiting is not None:
+            self._settle()
         if isinstance(start, (bytes, bytearray, memoryview)):
             self.mem_write(SNIPPET_CODE_ADDR, start)
             start = SNIPPET_CODE_ADDR
