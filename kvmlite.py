@@ -4407,17 +4407,17 @@ class Snippet:
         for sl in spares.values():
             if sl.map[:PAGE_SIZE].count(0) != PAGE_SIZE or sl.map[:].count(0) != sl.size:
                 return False
-        # the system area: the IST/ring-0 stack holds the last frames; the rest
-        # must read back as written (a CPL0 snippet could have written it)
-        base = self._system.gpa
-        if self.mode != 'real':
-            top = base + _SYS_STACK_TOP
-            self._system.view[top - PAGE_SIZE - base:top - base] = bytes(PAGE_SIZE)
-        image, sysmap = self._sys_image, self._system.map
-        n = 0x8000 if self.mode == 'long64' and self.cpl == 3 else len(image)
-        # (at CPL3 in long64 nothing past the stack page is reachable: supervisor pages)
-        if sysmap[:n] != image[:n]:
-            return False
+        # the system area: the IST/ring-0 stack holds the last frames; every
+        # other page the guest wrote (KVM's dirty log says which) must still
+        # read back as kvmlite wrote it (a CPL0 snippet can write it)
+        base, image, sysmap = self._system.gpa, self._sys_image, self._system.map
+        stack = base + _SYS_STACK_TOP - PAGE_SIZE if self.mode != 'real' else None
+        if stack is not None:
+            self._system.view[stack - base:stack - base + PAGE_SIZE] = bytes(PAGE_SIZE)
+        for page in vm.get_dirty_log(self._system):
+            off = page - base
+            if page != stack and sysmap[off:off + PAGE_SIZE] != image[off:off + PAGE_SIZE]:
+                return False
         if not fresh.reset(v):
             return False
         vm.exit_counts.clear()
@@ -4447,7 +4447,8 @@ class Snippet:
         if self._system is not None:
             self._vm.remove_memory(self._system)
         base, size = SNIPPET_SYSTEM[self.mode]
-        self._system = self._vm.add_memory(base, size)
+        # KVM logs the guest's writes to it: a reset checks just those pages
+        self._system = self._vm.add_memory(base, size, dirty_log=True)
         # guest address of vector 0's stub
         self._stubs = base + (_REAL_STUBS if self.mode == 'real' else _SYS_STUBS)
         stubs = _STUB * _SYSCALL_STUB + _PORT_STUB

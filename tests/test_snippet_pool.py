@@ -114,6 +114,22 @@ class RecycleCases:
                              fresh.mem_read(0x4000, 8 * len(MSRS)))
         self.assertEqual(second._vm.exit_counts, fresh._vm.exit_counts)
 
+    def test_a_snippet_that_wrote_kvmlites_system_area_is_not_recycled(self):
+        if self.mode == 'long64' and self.cpl == 3:
+            self.skipTest('the system area is supervisor-only at CPL3 in long64')
+        s = Snippet(self.mode, cpl=self.cpl)
+        vm = s._vm
+        base = K.SNIPPET_SYSTEM[self.mode][0]
+        if self.mode == 'real':       # the IVT's entry for int 0x40, through FFFF:xxxx
+            s.reg_write('ds', 0xFFFF)
+            code = f'mov byte [{base + 0x200 + 0x100 - 0xFFFF0:#x}], 0x42\nhlt'
+        else:                         # a byte of the IDT
+            code = f'mov ebx, {base + 0x1000 + 0x100:#x}\nmov byte [rbx], 0x42\nhlt' \
+                if self.mode == 'long64' else f'mov byte [{base + 0x1000 + 0x100:#x}], 0x42\nhlt'
+        self.assertEqual(s.run(self.asm(code)).reason, 'hlt')
+        s.close()
+        self.assertLess(vm.fd, 0, 'a VM whose IDT the guest changed went back to the pool')
+
     def test_a_snippet_whose_vm_was_used_is_not_recycled(self):
         s = Snippet(self.mode, cpl=self.cpl)
         vm = s.vm                                        # the user may do anything with it now
