@@ -4297,6 +4297,7 @@ class Snippet:
         self._synced = False           # registers live in kvm_run (KVM_CAP_SYNC_REGS)
         self._handler_table = None     # the run loop's exit handlers, made once
         self._frame = None             # struct of the CPL3 #GP frame (the fast hlt path)
+        self._debugged = False         # KVM_SET_GUEST_DEBUG was used (for `until`)
         self._spares = {}              # (gpa, size, readonly) -> a zeroed slot a last user left
         self._tables_in_place = None   # the regions the page tables in place map
         self._vm_ran = False           # the vCPU has run (this Snippet's or a last user's)
@@ -4397,7 +4398,8 @@ class Snippet:
         v.complete_io()
         if self._until is not None or self._steps is not None:
             self._disarm()
-        v.set_guest_debug(enable=False)
+        if self._debugged:                   # (only _arm sets it: vcpu users are not here)
+            v.set_guest_debug(enable=False)
         # memory: every RAM region becomes a zeroed spare slot for the next user
         spares = dict(self._spares)
         user = [sl for sl in vm.slots if sl is not self._system and sl not in spares.values()]
@@ -4679,6 +4681,9 @@ class Snippet:
         al, ah, r8d...), rip/eip/ip, rflags/eflags/flags, cs..ss (selectors),
         cs_base..gs_base, cr0, cr2, cr3, cr4, cr8, efer, xmm0-xmm15 (128-bit
         ints) and mxcsr."""
+        key = _SNIPPET_GPRS.get(name)
+        if key is not None and self._synced:        # the usual case, straight from kvm_run
+            return getattr(self._vcpu.sync_regs, key[0]) >> key[1] & ((1 << key[2]) - 1)
         where, key = self._register(name)
         if where == 'gpr':
             field, shift, bits = key
@@ -4696,6 +4701,12 @@ class Snippet:
         """Set a register (see :meth:`reg_read`). A narrow view keeps the other
         bits (as unicorn does); xmm registers take an int or 16 bytes. Segment
         selectors can be written in real mode only (the base follows)."""
+        key = _SNIPPET_GPRS.get(name)
+        if key is not None and key[2] == 64 and self._synced and type(value) is int \
+                and self._waiting is None and -(1 << 63) <= value < 1 << 64:
+            setattr(self._vcpu.sync_regs, key[0], value & 0xFFFFFFFFFFFFFFFF)   # in kvm_run
+            self._vcpu.mark_dirty(KVM_SYNC_X86_REGS)
+            return
         where, key = self._register(name)
         if self._waiting is not None:
             self._settle()
@@ -4925,8 +4936,9 @@ class Snippet:
             else:                            # nothing cached yet: rewriting is enough
                 self._write_page_tables()
         self._stop = None
-        self._vcpu.kvm_run.immediate_exit = 0       # a stop() between runs is spent
-        self._arm(until, count)
+        self._vcpu._map[1] = 0               # immediate_exit: a stop() between runs is spent
+        if until is not None or count is not None:
+            self._arm(until, count)
         try:
             self._ran = True
             exit = self._vcpu.run_loop(self._handlers(), timeout=timeout)
@@ -4939,7 +4951,8 @@ class Snippet:
             self._settle(force=True)
             raise
         finally:
-            self._disarm()
+            if self._until is not None or self._steps is not None:
+                self._disarm()
         return self._stop
 
     def _settle(self, force=False):
@@ -5017,6 +5030,7 @@ class Snippet:
         self._until, self._patched, self._steps = until, None, count
         if until is not None:
             if self._emulated():
+                self._debugged = True        # a reset turns KVM's guest debugging off
                 self._vcpu.set_guest_debug(breakpoints=[until])
             elif self._peek(until) is not None:
                 self._patched = self._peek(until)

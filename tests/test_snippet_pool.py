@@ -194,6 +194,17 @@ class PoolSharingTest(unittest.TestCase):
         stop = s.run(assemble('mov eax, 0x40000100\ncpuid\nhlt', bits=64, origin=CODE))
         self.assertEqual((stop.reason, s.reg_read('ecx')), ('hlt', 3), str(stop))
 
+    def test_a_last_users_until_breakpoint_is_gone(self):
+        code = assemble('nop\nnop\nmov eax, 3\nhlt', bits=64, origin=CODE)
+        s = Snippet('long64', cpl=0)
+        self.assertEqual(s.run(code, until=CODE + 1).reason, 'until')
+        vm = s._vm
+        s.close()
+        with Snippet('long64', cpl=0) as again:
+            self.assertIs(again._vm, vm)
+            stop = again.run(code)
+            self.assertEqual((stop.reason, again.reg_read('eax')), ('hlt', 3), str(stop))
+
     def test_the_pool_keeps_a_few_vms_and_closes_the_rest(self):
         many = [Snippet('real') for _ in range(K.SNIPPET_POOL_SIZE + 2)]
         vms = [s._vm for s in many]
