@@ -3364,9 +3364,13 @@ class Vcpu:
     def enable_cap(self, cap, *args, flags=0):
         _enable_cap(self.fd, cap, args, flags)
 
-    def set_guest_debug(self, enable=True, singlestep=False, breakpoints=(), sw_breakpoints=False):
+    def set_guest_debug(self, enable=True, singlestep=False, breakpoints=(), sw_breakpoints=False,
+                        block_irq=False):
         """KVM_SET_GUEST_DEBUG. ``breakpoints``: up to four linear addresses
-        for hardware execution breakpoints."""
+        for hardware execution breakpoints; ``sw_breakpoints``: a guest
+        ``int3`` exits to user space (KVM_EXIT_DEBUG, exception 3);
+        ``block_irq``: no interrupt is delivered while single-stepping
+        (KVM_GUESTDBG_BLOCKIRQ, if Cap.SET_GUEST_DEBUG2 lists it)."""
         if len(breakpoints) > 4:
             raise ValueError('x86 has four hardware breakpoints; got %d' % len(breakpoints))
         d = kvm_guest_debug()
@@ -3376,6 +3380,8 @@ class Vcpu:
                 d.control |= KVM_GUESTDBG_SINGLESTEP
             if sw_breakpoints:
                 d.control |= KVM_GUESTDBG_USE_SW_BP
+            if block_irq:
+                d.control |= KVM_GUESTDBG_BLOCKIRQ
             if breakpoints:
                 d.control |= KVM_GUESTDBG_USE_HW_BP
                 dr7 = 0

@@ -129,8 +129,21 @@ _FILE_KINDS = {stat.S_IFDIR: 'a directory', stat.S_IFIFO: 'a FIFO', stat.S_IFSOC
                stat.S_IFBLK: 'a block device', stat.S_IFCHR: 'a character device'}
 
 
+def _gdb_address(text):
+    """--gdb: [HOST:]PORT, loopback unless a host is given."""
+    try:
+        return _import_part('tools', 'gdbstub').parse_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _check_run_args(args):
-    """What no single option can check: the built-in demo takes no initrd or format."""
+    """What no single option can check: the built-in demo takes no initrd or
+    format; -S needs a gdb to let the vCPUs go."""
+    if args.gdb_1234 and args.gdb is None:
+        args.gdb = ('127.0.0.1', 1234)
+    if args.hold and args.gdb is None:
+        raise ValueError('-S holds every vCPU until gdb continues it: give --gdb PORT (or -s) too')
     if args.kernel is None:
         if args.format != 'auto':
             raise ValueError(f'--format needs --kernel: the built-in demo has its own '
@@ -203,12 +216,28 @@ def _cmd_run(args):
             console.stop()
             print(f'kvmlite: {e}', file=sys.stderr)
             return EXIT_USAGE
+        server = None
+        if args.gdb is not None:
+            host, port = args.gdb
+            try:
+                server = _import_part('tools', 'gdbstub').GdbServer(machine, host, port, hold=args.hold)
+            except OSError as e:
+                console.stop()
+                print(f'kvmlite: --gdb {host}:{port}: cannot listen there: {e.strerror or e}: '
+                      f'give another port (or 0 for any free one)', file=sys.stderr)
+                return EXIT_USAGE
+            server.start()
+            host, port = server.address
+            print(f'kvmlite: gdb stub listening on {host}:{port}'
+                  f'{" (vCPUs held until gdb continues)" if args.hold else ""}', file=sys.stderr)
         with _SignalsEndTheRun(machine, console):
             try:
                 console.start()
                 result = machine.run(timeout=args.timeout)
             finally:
                 console.stop()          # the one place the terminal's modes go back
+                if server is not None:
+                    server.close()
     if result.status != EXIT_OK or args.verbose:
         lines = [result.reason]
         # after a console line the guest left open, kvmlite's own start on a fresh one
@@ -318,6 +347,11 @@ def main(argv=None):
     r.add_argument('--timeout', type=_timeout, metavar='SECONDS',
                    help='stop the guest after this many seconds, above 0 (inf: never, the default)')
     r.add_argument('-v', '--verbose', action='store_true', help='say why the run ended even when it went well')
+    r.add_argument('--gdb', type=_gdb_address, metavar='[HOST:]PORT',
+                   help='serve the gdb remote protocol on PORT (127.0.0.1 unless HOST is given; 0: any free port)')
+    r.add_argument('-s', dest='gdb_1234', action='store_true', help='the same as --gdb 1234')
+    r.add_argument('-S', dest='hold', action='store_true',
+                   help='hold every vCPU before its first instruction until gdb continues (needs --gdb or -s)')
     try:
         args = ap.parse_args(argv)
         if args.command == 'info':

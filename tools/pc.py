@@ -181,6 +181,7 @@ class Machine:
         self._buffered = []         # the UARTs whose THR writes KVM may buffer
         self._pending_input = b''
         self._woken = {}            # vCPU index -> RIP where _wake_for_lost_eoi woke it
+        self.debug = None           # a debugger's vCPU gate (tools.gdbstub.Debugger), if attached
         if console is not None and hasattr(console, 'wake'):
             console.wake = self.wake        # output that waits for its reader wakes the timer thread
         try:
@@ -477,6 +478,22 @@ class Machine:
         for v in self.vm.vcpus if self.vm else ():
             v.kick('stop')
         self.wake()
+        if self.debug is not None:
+            self.debug.machine_ended()
+
+    def attach_debugger(self, debugger):
+        """Put a debugger between every vCPU thread and KVM_RUN (all-stop).
+
+        Before each entry into its run loop a vCPU thread calls
+        ``debugger.gate(vcpu, handlers)``, which may hold it there (the vCPU
+        is stopped: its registers and memory can be read and written from
+        another thread) and returns the exit table to run with (the board's,
+        plus the debugger's own exits: KVM_EXIT_DEBUG, breakpoint traps,
+        single steps). ``debugger.holds(vcpu)`` says whether a vCPU waiting
+        for an interrupt (user irqchip, HLT) should come back to the gate;
+        ``debugger.machine_ended()`` is called when the run ends. Attach
+        before run(); without a debugger the exit path is unchanged."""
+        self.debug = debugger
 
     def run(self, timeout=None):
         """Run every vCPU until the guest ends or ``timeout`` seconds pass;
@@ -531,11 +548,17 @@ class Machine:
         handlers = self._exit_handlers()
         inject = self.pic is not None and vcpu.index == 0
         stopping = self._stopping
+        debug = self.debug
+        table = handlers
         while not stopping.is_set():
+            if debug is not None:
+                table = debug.gate(vcpu, handlers)      # may hold this vCPU (a debugger stop)
+                if stopping.is_set():
+                    break
             if inject:
                 self._inject(vcpu)
-            exit = vcpu.run_loop(handlers)
-            if not stopping.is_set() and type(exit) not in handlers:
+            exit = vcpu.run_loop(table)
+            if not stopping.is_set() and type(exit) not in table:
                 self.stop(EXIT_INTERNAL, f'unexpected exit on vCPU {vcpu.index}: {exit!r}')
 
     def _exit_handlers(self):
@@ -589,6 +612,8 @@ class Machine:
             with self.vm.lock:
                 if self.pic.pending():
                     return
+            if self.debug is not None and self.debug.holds(vcpu):
+                return              # a debugger stops the machine: to the gate
             ev.wait(0.5)
             ev.clear()
 
