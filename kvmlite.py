@@ -2553,6 +2553,15 @@ class Vm:
         except BufferError:
             pass
 
+    def set_dirty_log(self, slot, enabled=True):
+        """Turn KVM_MEM_LOG_DIRTY_PAGES on or off for an existing slot; its
+        memory stays (api.rst, KVM_SET_USER_MEMORY_REGION: the flags of a
+        slot may change in place). A log turned on starts clean."""
+        flags = (slot.flags | KVM_MEM_LOG_DIRTY_PAGES) if enabled else (slot.flags & ~KVM_MEM_LOG_DIRTY_PAGES)
+        if flags != slot.flags:
+            self._set_region(slot.slot, flags, slot.gpa, slot.size, slot.addr)
+            slot.flags = flags
+
     def _set_region(self, slot, flags, gpa, size, addr):
         r = kvm_userspace_memory_region(slot=slot, flags=flags, guest_phys_addr=gpa,
                                         memory_size=size, userspace_addr=addr)
@@ -3062,6 +3071,7 @@ class Vcpu:
         self._pending = False         # the last exit was port I/O or MMIO, not yet completed
         self._sync = 0                # the KVM_SYNC_X86_* classes kept in kvm_run.s
         self.sync_regs = self.sync_sregs = self.sync_events = None
+        self.cpuid = None             # the entries last given to set_cpuid2()
         self._running = threading.Lock()   # held by the one thread in run_loop
         self._dirty = None            # the dirty ring's mmap, when the VM enabled one
         self._dirty_next = 0          # the next ring entry to harvest
@@ -3250,10 +3260,13 @@ class Vcpu:
                            f'MSR {buf.entries[n].index:#x} cannot be written (KVM wrote {n} of {len(values)})')
 
     def set_cpuid2(self, entries):
+        """KVM_SET_CPUID2; ``cpuid`` keeps what was given (KVM_GET_CPUID2
+        does not always return it: kvm_pvm reports other feature bits)."""
         buf = kvm_cpuid2(len(entries))(nent=len(entries))
         for i, e in enumerate(entries):
             buf.entries[i] = e
         _ioctl(self.fd, KVM_SET_CPUID2, buf)
+        self.cpuid = [_copy(e) for e in entries]
 
     def get_cpuid2(self, max_entries=256):
         buf = kvm_cpuid2(max_entries)(nent=max_entries)

@@ -18,10 +18,10 @@ import struct
 import sys
 import threading
 
-from kvmlite import (EMULATOR_UNSAFE_FEATURES, PAGE_SIZE, Cap, Kvm, KvmError, _import_part,
-                     host_emulates_kernel_mode)
+from kvmlite import (EMULATOR_UNSAFE_FEATURES, PAGE_SIZE, Cap, Kvm, KvmError, KvmliteError,
+                     _import_part, host_emulates_kernel_mode)
 
-from .pc import EXIT_OK, EXIT_USAGE, IRQCHIP_MODES, Machine, load_kernel
+from .pc import EXIT_OK, EXIT_SIGNAL, EXIT_TIMEOUT, EXIT_USAGE, IRQCHIP_MODES, Machine, load_kernel
 
 __all__ = ['main']
 
@@ -187,13 +187,20 @@ def _cmd_info(args, out=sys.stdout):
 def _cmd_run(args):
     console = None
     try:
-        _check_run_args(args)
-        cmdline = args.append.encode()
-        image = _read_input_file(args.kernel, 'kernel', args.mem) if args.kernel else None
-        initrd = _read_input_file(args.initrd, 'initrd', args.mem) if args.initrd else None
-        console = _make_console(args.console)
-        machine = Machine(mem_size=args.mem, cpus=args.cpus, irqchip=args.irqchip, console=console,
-                          cpuid_policy=args.cpuid, cmdline=cmdline, cpu_vendor=args.cpu_vendor)
+        if args.restore is not None:
+            machine = console = None
+            machine, console = _restore(args)
+            image = initrd = cmdline = None
+        else:
+            _check_run_args(args)
+            args.console = args.console or 'stdio'
+            cmdline = args.append.encode()
+            image = _read_input_file(args.kernel, 'kernel', args.mem) if args.kernel else None
+            initrd = _read_input_file(args.initrd, 'initrd', args.mem) if args.initrd else None
+            console = _make_console(args.console)
+            machine = Machine(mem_size=args.mem, cpus=args.cpus, irqchip=args.irqchip, console=console,
+                              cpuid_policy=args.cpuid, cmdline=cmdline,
+                              cpu_vendor=args.cpu_vendor)
     except (ValueError, OSError) as e:            # KvmError is an OSError
         if console is not None:
             console.stop()
@@ -207,7 +214,9 @@ def _cmd_run(args):
         return EXIT_USAGE
     with machine:
         try:
-            if image is None:
+            if args.restore is not None:
+                pass                                 # the guest is where the snapshot left it
+            elif image is None:
                 demo = _import_part('tools', 'demo')
                 demo.load(machine)
             else:
@@ -230,16 +239,23 @@ def _cmd_run(args):
             host, port = server.address
             print(f'kvmlite: gdb stub listening on {host}:{port}'
                   f'{" (vCPUs held until gdb continues)" if args.hold else ""}', file=sys.stderr)
+        machine.console_spec = args.console
+        notes = []
         with _SignalsEndTheRun(machine, console):
+            prev_usr2 = _arm_snapshot_signal(machine, args, console)
             try:
                 console.start()
                 result = machine.run(timeout=args.timeout)
+                if args.snapshot_on_exit and result.status in (EXIT_TIMEOUT, EXIT_SIGNAL):
+                    notes.append(_snapshot_on_exit(machine, args.snapshot_on_exit))
             finally:
                 console.stop()          # the one place the terminal's modes go back
                 if server is not None:
                     server.close()
-    if result.status != EXIT_OK or args.verbose:
-        lines = [result.reason]
+                if prev_usr2 is not None:
+                    signal.signal(signal.SIGUSR2, prev_usr2)
+    if result.status != EXIT_OK or args.verbose or notes:
+        lines = [result.reason] + notes
         # after a console line the guest left open, kvmlite's own start on a fresh one
         fresh = '\n' if _same_line(console, sys.stderr) else ''
         sys.stderr.write(fresh + ''.join(f'kvmlite: {line}\n' for line in lines))
@@ -277,6 +293,56 @@ class _SignalsEndTheRun:
     def _on_signal(self, signum, frame):
         self.console.cancel()           # a dying run does not wait for a reader
         self.machine.stop(128 + signum, f'stopped by {signal.Signals(signum).name}')
+# -- snapshots: run --snapshot / --snapshot-on-exit / --restore --
+
+_MACHINE_OPTIONS = (('kernel', '-k'), ('initrd', '-i'), ('append', '-p'), ('mem', '-m'),
+                    ('cpus', '-c'), ('irqchip', '--irqchip'), ('format', '--format'),
+                    ('cpuid', '--cpuid'), ('cpu_vendor', '--cpu-vendor'))
+
+
+def _restore(args):
+    """The machine of ``run --restore FILE`` and its console: the file says
+    which machine (and console, unless --console is given)."""
+    snapshot = _import_part('tools', 'snapshot')
+    given = [flag for name, flag in _MACHINE_OPTIONS if getattr(args, name) != args.defaults[name]]
+    if given:
+        raise ValueError(f'--restore takes the machine from the snapshot: drop {", ".join(given)}')
+    snap = snapshot.open_snapshot(args.restore)
+    console = None
+    try:
+        args.console = args.console or snap.config['console'] or 'stdio'
+        console = _make_console(args.console)
+        return Machine.restore(snap, console=console), console
+    except BaseException:
+        if console is not None:
+            console.stop()
+        raise
+    finally:
+        snap.close()
+
+
+def _arm_snapshot_signal(machine, args, console):
+    """--snapshot FILE: SIGUSR2 has the machine write FILE and run on.
+    Returns the previous handler (None if not armed)."""
+    if not args.snapshot:
+        return None
+    path = args.snapshot
+
+    def done(target, error):
+        if error is not None or args.verbose:
+            what = f'snapshot {target} not written: {error}' if error else f'snapshot written to {target}'
+            fresh = '\n' if _same_line(console, sys.stderr) else ''
+            sys.stderr.write(f'{fresh}kvmlite: {what}\n')
+            sys.stderr.flush()
+    return signal.signal(signal.SIGUSR2, lambda *a: machine.request_snapshot(path, done))
+
+
+def _snapshot_on_exit(machine, path):
+    try:
+        machine.snapshot(path)
+    except (KvmliteError, OSError) as e:
+        return f'snapshot {path} not written: {e}'
+    return f'snapshot written to {path}: resume with kvmlite run --restore {path}'
 
 
 def _same_line(console, stream):
@@ -335,7 +401,7 @@ def main(argv=None):
                    help="number of vCPUs: 1 to the host's KVM_CAP_MAX_VCPUS (default 1)")
     r.add_argument('--irqchip', choices=IRQCHIP_MODES, default='split',
                    help='interrupt controllers: split (default), user or kernel')
-    r.add_argument('--console', default='stdio', metavar='{stdio,none,FILE}',
+    r.add_argument('--console', default=None, metavar='{stdio,none,FILE}',
                    help="COM1: the terminal (default; Ctrl-A x quits, Ctrl-A h lists the escapes), "
                         "'none', or a file to append to")
     r.add_argument('--format', default='auto', choices=('auto', 'flat', 'elf', 'multiboot', 'bzimage', 'pvh'),
@@ -352,6 +418,12 @@ def main(argv=None):
     r.add_argument('-s', dest='gdb_1234', action='store_true', help='the same as --gdb 1234')
     r.add_argument('-S', dest='hold', action='store_true',
                    help='hold every vCPU before its first instruction until gdb continues (needs --gdb or -s)')
+    r.add_argument('--snapshot', metavar='FILE',
+                   help='on SIGUSR2, write a snapshot of the whole machine to FILE; the run goes on')
+    r.add_argument('--snapshot-on-exit', metavar='FILE',
+                   help='write a snapshot to FILE when the run ends by its timeout or Ctrl-A x')
+    r.add_argument('--restore', metavar='FILE',
+                   help='resume the machine of a snapshot (it holds memory size, vCPUs, irqchip, console)')
     try:
         args = ap.parse_args(argv)
         if args.command == 'info':
@@ -359,6 +431,9 @@ def main(argv=None):
         if args.command in (None, 'run'):
             if args.command is None:
                 args = r.parse_args([])
+            # what the machine options are when not given (argparse converts a string default)
+            args.defaults = {name: r.get_default(name) for name, _ in _MACHINE_OPTIONS}
+            args.defaults['mem'] = _mem_size(args.defaults['mem'])
             return _cmd_run(args)
     except (KvmError, _UsageError) as e:
         print(f'kvmlite: {e}', file=sys.stderr)

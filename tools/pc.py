@@ -14,7 +14,9 @@ KVM_GET/SET_MP_STATE), and the Intel SDM Vol. 3, chapter 11 (local APIC
 LVT entries and delivery modes).
 """
 
+import contextlib
 import errno
+import inspect
 import os
 import select
 import struct
@@ -184,6 +186,7 @@ class Machine:
         self.debug = None           # a debugger's vCPU gate (tools.gdbstub.Debugger), if attached
         if console is not None and hasattr(console, 'wake'):
             console.wake = self.wake        # output that waits for its reader wakes the timer thread
+        self._snapshot_init(cmdline)
         try:
             self._build(cpuid_policy, cmdline)
         except BaseException:
@@ -268,7 +271,7 @@ class Machine:
                                  f'the board hands out {", ".join(wiring)}')
             if slot.name in self.__dict__ or hasattr(type(self), slot.name):
                 raise ValueError(f'device name {slot.name!r} is taken by the board')
-            dev = cls(**{p: wiring[p](slot) for p in params if p in wiring})
+            dev = self._make_device(slot, cls, {p: wiring[p](slot) for p in params if p in wiring})
             self.devices[slot.name] = dev
             setattr(self, slot.name, dev)
             timed = hasattr(dev, 'tick')
@@ -285,7 +288,7 @@ class Machine:
                     if slot.name == 'ioapic':
                         part = _Routed(dev, self)
                     bus.register(base, part, name=label)
-                    if slot.coalesce:
+                    if slot.coalesce and not self._device_states:
                         vm.coalesce(base, getattr(part, 'SIZE'), pio=bus is vm.pio)
         self.pic, self.pit, self.ioapic = (self.devices.get(n) for n in ('pic', 'pit', 'ioapic'))
         self.serials = [d for d in self.devices.values() if type(d).__name__ == 'Serial']
@@ -433,6 +436,8 @@ class Machine:
                     os.read(self._wake_r, 4096)
                 except BlockingIOError:
                     pass
+            if self._snapshot_request is not None:
+                self._serve_snapshot_request()
             if time.monotonic() >= next_poll:
                 # advance it in user mode too, or the select timeout stays 0 (a busy loop)
                 next_poll = time.monotonic() + HALT_POLL_S
@@ -550,16 +555,24 @@ class Machine:
         stopping = self._stopping
         debug = self.debug
         table = handlers
-        while not stopping.is_set():
-            if debug is not None:
-                table = debug.gate(vcpu, handlers)      # may hold this vCPU (a debugger stop)
-                if stopping.is_set():
-                    break
-            if inject:
-                self._inject(vcpu)
-            exit = vcpu.run_loop(table)
-            if not stopping.is_set() and type(exit) not in table:
-                self.stop(EXIT_INTERNAL, f'unexpected exit on vCPU {vcpu.index}: {exit!r}')
+        with self._vcpu_active(vcpu):
+            if self._user_halted and vcpu.index == 0:
+                self._wait_for_interrupt(vcpu, check_if=False)   # restored inside a HLT
+            while not stopping.is_set():
+                if self._pause_requested:
+                    self._park(vcpu)
+                    continue
+                if debug is not None:
+                    table = debug.gate(vcpu, handlers)      # may hold this vCPU (a debugger stop)
+                    if stopping.is_set():
+                        break
+                    if self._pause_requested:
+                        continue                            # paused() came while it was held
+                if inject:
+                    self._inject(vcpu)
+                exit = vcpu.run_loop(table)
+                if not stopping.is_set() and type(exit) not in table:
+                    self.stop(EXIT_INTERNAL, f'unexpected exit on vCPU {vcpu.index}: {exit!r}')
 
     def _exit_handlers(self):
         """The board's one exit table, on top of the buses that run_loop
@@ -601,16 +614,22 @@ class Machine:
                                                else 'powered off'))
         return False
 
-    def _wait_for_interrupt(self, vcpu):
-        """User mode: the guest halted; sleep until the PIC has an interrupt."""
-        if not vcpu.if_flag:
+    def _wait_for_interrupt(self, vcpu, check_if=True):
+        """User mode: the guest halted; sleep until the PIC has an interrupt.
+        Until then the vCPU is in its HLT (``_user_halted``: a snapshot says
+        so, and a run that ends here resumes in it)."""
+        if check_if and not vcpu.if_flag:
             self.stop(EXIT_OK, 'the guest halted with interrupts disabled')
             return
         ev = self._irq_event
         ev.clear()
+        self._user_halted = True
         while not self._stopping.is_set():
+            if self._pause_requested:
+                self._park(vcpu)
             with self.vm.lock:
                 if self.pic.pending():
+                    self._user_halted = False
                     return
             if self.debug is not None and self.debug.holds(vcpu):
                 return              # a debugger stops the machine: to the gate
@@ -625,6 +644,160 @@ class Machine:
             if state != KVM_MP_STATE_HALTED or v.get_regs().rflags & 0x200:
                 return False
         return True
+
+    # -- snapshots, checkpoints and pausing every vCPU -------------------------
+    # (tools/snapshot.py does the saving and restoring; this is the board's part:
+    # stopping every vCPU at an instruction boundary, and rebuilding devices)
+
+    #: how the console was given on the command line (a snapshot records it, so
+    #: ``run --restore`` needs no --console); None from the library
+    console_spec = None
+
+    def _snapshot_init(self, cmdline):
+        self.cmdline = bytes(cmdline)
+        self._pause_requested = False
+        self._pause_cv = threading.Condition()
+        self._pause_lock = threading.RLock()    # one pauser at a time (nesting allowed)
+        self._pause_depth = 0
+        self._active = {}           # vCPU index -> ident of the thread running it
+        self._parked = set()        # vCPU indices stopped by paused()
+        self._user_halted = False   # user mode: vCPU 0 waits in its HLT
+        self._device_states = None  # while _rewire_devices builds from saved states
+        self._snapshot_request = None
+        self._armed_checkpoint = None
+
+    @contextlib.contextmanager
+    def _vcpu_active(self, vcpu):
+        with self._pause_cv:
+            self._active[vcpu.index] = threading.get_ident()
+        try:
+            yield
+        finally:
+            with self._pause_cv:
+                del self._active[vcpu.index]
+                self._pause_cv.notify_all()
+
+    def _park(self, vcpu):
+        """A vCPU thread stops here while paused(): outside KVM_RUN, its last
+        port I/O or MMIO completed (a kick's EINTR comes after KVM finished
+        it; complete_io() covers any other way out)."""
+        if vcpu.io_pending:
+            vcpu.complete_io()
+        with self._pause_cv:
+            self._parked.add(vcpu.index)
+            self._pause_cv.notify_all()
+            while self._pause_requested and not self._stopping.is_set():
+                self._pause_cv.wait(0.05)
+            self._parked.discard(vcpu.index)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Every running vCPU stopped at an instruction boundary, no exit
+        half handled, until the block ends; then they run on. Between runs
+        it costs nothing. Not from a vCPU's own thread (a device callback),
+        nor while holding the VM's bus lock."""
+        me = threading.get_ident()
+        with self._pause_cv:
+            if me in self._active.values():
+                raise KvmliteError('paused() from a vCPU thread would wait for itself: '
+                                   'call it from another thread')
+        with self._pause_lock:
+            self._pause_depth += 1
+            try:
+                if self._pause_depth == 1:
+                    self._pause_requested = True
+                    with self._pause_cv:
+                        while not set(self._active) <= self._stopped_vcpus():
+                            for i in set(self._active) - self._stopped_vcpus():
+                                self.vm.vcpus[i].kick('pause')
+                            self._irq_event.set()
+                            self._pause_cv.wait(0.05)
+                yield self
+            finally:
+                self._pause_depth -= 1
+                if self._pause_depth == 0:
+                    with self._pause_cv:
+                        self._pause_requested = False
+                        self._pause_cv.notify_all()
+
+    def _stopped_vcpus(self):
+        """vCPUs parked by paused(), or held by a debugger's gate (which
+        runs none of them on until gdb resumes; one resumed meanwhile parks
+        before it runs)."""
+        held = set(self.debug.parked) if self.debug is not None else set()
+        return self._parked | held
+
+    def checkpoint(self):
+        """The whole machine held in memory (a :class:`tools.snapshot.Checkpoint`);
+        from then on KVM logs the pages the guest dirties, so that
+        :meth:`reset_to` copies back only those."""
+        return _snapshot().checkpoint(self)
+
+    def reset_to(self, checkpoint):
+        """Put the machine back as it was at ``checkpoint``: vCPUs, devices,
+        clock, and the RAM pages dirtied since (the whole RAM if another
+        checkpoint was taken in between). A guest that had ended can run
+        again. Returns the number of pages copied back."""
+        return _snapshot().reset_to(self, checkpoint)
+
+    def snapshot(self, target):
+        """Write the machine to ``target`` (a path, written atomically, or a
+        binary file); the format is docs/snapshot.md. A running machine is
+        paused for it and runs on."""
+        return _snapshot().write_snapshot(self, target)
+
+    @classmethod
+    def restore(cls, source, console=None, kvm=None, clock=None, platform=PC):
+        """A new Machine from a snapshot (a path, a binary file, or an opened
+        tools.snapshot.SnapshotFile), ready to run() on from where it was
+        taken. A file that is refused raises SnapshotError (a ValueError)."""
+        return _snapshot().restore(cls, source, console=console, kvm=kvm, clock=clock,
+                                   platform=platform)
+
+    def request_snapshot(self, target, done=None):
+        """Have the timer thread write a snapshot to ``target`` as soon as it
+        can (safe in a signal handler); ``done(target, error)`` is called
+        after, with None or the SnapshotError."""
+        self._snapshot_request = (target, done)
+        self.wake()
+
+    def _serve_snapshot_request(self):
+        target, done = self._snapshot_request
+        self._snapshot_request = None
+        error = None
+        try:
+            self.snapshot(target)
+        except (KvmliteError, OSError) as e:
+            error = e
+        if done is not None:
+            done(target, error)
+
+    def _make_device(self, slot, cls, wiring):
+        states = self._device_states
+        if states is None:
+            return cls(**wiring)
+        accepted = inspect.signature(cls.from_state).parameters
+        return cls.from_state(states[slot.name], **{p: v for p, v in wiring.items() if p in accepted})
+
+    def _rewire_devices(self, states):
+        """Replace every device with one rebuilt from ``states`` (name ->
+        state()), wired and on the buses as _wire_pc wires a new one."""
+        vm = self.vm
+        with vm.lock:
+            for slot in self.platform.devices:
+                if slot.name not in self.devices:
+                    continue
+                for bus, ranges in ((vm.pio, slot.pio), (vm.mmio, slot.mmio)):
+                    for _, base, _ in ranges:
+                        bus.unregister(base)
+                delattr(self, slot.name)
+            self.devices, self._timed = {}, []
+            self._device_states = states
+            try:
+                self._wire_pc(self.cmdline)
+            finally:
+                self._device_states = None
+        self.wake()
 
     # -- loading guests --
     def load(self, boot):
@@ -651,6 +824,11 @@ class Machine:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _snapshot():
+    from . import snapshot      # on first use: the board does not need it to run
+    return snapshot
 
 
 class _Routed:
