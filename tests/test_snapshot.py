@@ -1,0 +1,562 @@
+"""Snapshots, restores and fast resets of a whole machine, on real KVM.
+
+A guest printing numbered lines is snapshotted while it runs; each restore
+must print exactly the rest of what the original printed, byte for byte,
+and end with the same status, in every irqchip mode; a guest taking PIT
+interrupts in HLT is snapshotted between two ticks; two vCPUs; in-memory
+checkpoints reset by the dirty log; every refusal of a bad file (truncated,
+a flipped byte, foreign, a future version, a CPUID this host cannot give,
+a run outside RAM, a crafted device or register state) before any vCPU
+runs; an atomic write that a full disk cannot leave half done; and the CLI
+(``run --snapshot`` + SIGUSR2, ``--restore``, ``--snapshot-on-exit``) as a
+subprocess. No assertion depends on how long anything takes.
+"""
+
+import fcntl
+import io
+import json
+import os
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import zlib
+
+import kvmlite
+from devices.console import MemoryBackend
+from tests.guest import kvm, requires_kvm
+from tests import pcguest
+from tools import snapshot
+from tools.asm import assemble_with_labels
+from tools.demo import elf64
+from tools.pc import EXIT_TIMEOUT, load_kernel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HANG_S = 60                     # guards against a hang only
+ORIGIN = 0x100000
+EXIT_VALUE = 0x21
+EXIT_STATUS = EXIT_VALUE << 1 | 1
+LINE = 16
+F_SETPIPE_SZ = 1031             # fcntl.h: a pipe's capacity
+#: KVMLITE_SNAPSHOT_ALL=1: every irqchip mode in the long cases (by default
+#: split and kernel in-process, split through the CLI, to keep the suite fast)
+ALL = os.environ.get('KVMLITE_SNAPSHOT_ALL') == '1'
+LONG_MODES = pcguest.MODES if ALL else ('split', 'kernel')
+CLI_MODES = ('split', 'kernel') if ALL else ('split',)
+
+
+def lines_guest(count):
+    """An ELF64 that prints ``count`` lines '00000 abcdefghi' .. numbered
+    from 0, a line per ``rep outsb`` once the UART's THR is empty (a
+    16-byte FIFO's worth), then writes EXIT_VALUE to the debug-exit port."""
+    src = f'''bits 64
+start:
+    mov ebx, {count}
+next:
+    mov dx, 0x3fd
+.wait:
+    in al, dx
+    test al, 0x20
+    jz .wait
+    mov dx, 0x3f8
+    mov rsi, line
+    mov ecx, {LINE}
+    rep outsb
+    mov rdi, line + 4
+.carry:
+    inc byte [rdi]
+    cmp byte [rdi], 58
+    jb .counted
+    mov byte [rdi], 48
+    dec rdi
+    jmp .carry
+.counted:
+    dec ebx
+    jnz next
+    mov al, {EXIT_VALUE}
+    out 0xf4, al
+    hlt
+line:
+    db '00000 abcdefghi', 10
+'''
+    code, labels = assemble_with_labels(src, bits=64, origin=ORIGIN)
+    return elf64(code, ORIGIN, labels['start'])
+
+
+def expected_lines(count):
+    return b''.join(b'%05d abcdefghi\n' % i for i in range(count))
+
+
+TICKS = r'''
+; the PIT at 100 Hz on IRQ 0 (through the IOAPIC where there is one); each
+; tick prints a '.', NTICKS of them, then ' done'
+main:
+    mov byte [want_ioapic], 1
+    call irq_setup
+    xor edi, edi
+    mov rsi, tick
+    call irq_handler
+    mov al, 0x34                ; counter 0, LSB then MSB, mode 2
+    out 0x43, al
+    mov al, 11932 & 0xff
+    out 0x40, al
+    mov al, 11932 >> 8
+    out 0x40, al
+    xor edi, edi
+    xor esi, esi
+    call irq_unmask
+    mov rsi, ticks
+    mov ecx, NTICKS
+    call wait_for
+    call print
+    db ' done', 10, 0
+    mov al, PASSED
+    ret
+tick:
+    inc qword [ticks]
+    mov al, '.'
+    call putc
+    xor edi, edi
+    jmp irq_eoi
+ticks: dq 0
+'''
+NTICKS = 24
+
+
+def until(predicate, what):
+    give_up = time.monotonic() + HANG_S
+    while not predicate():
+        if time.monotonic() > give_up:
+            raise AssertionError(f'no {what} after {HANG_S} s')
+        time.sleep(0.005)
+
+
+class Running:
+    """machine.run() in a thread, so the test can snapshot it meanwhile."""
+
+    def __init__(self, machine):
+        self.machine, self.result = machine, None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.result = self.machine.run(timeout=HANG_S)
+
+    def join(self):
+        self.thread.join(HANG_S)
+        return self.result
+
+
+def lines_machine(mode, count, cpus=1, mem_size=16 << 20):
+    con = MemoryBackend()
+    m = kvmlite.Machine(mem_size=mem_size, cpus=cpus, irqchip=mode, console=con, kvm=kvm())
+    load_kernel(m, lines_guest(count))
+    return m, con
+
+
+def ticks_machine(mode):
+    code, labels = pcguest.assemble(TICKS, {'NTICKS': NTICKS, 'PASSED': pcguest.PASSED})
+    con = MemoryBackend()
+    m = kvmlite.Machine(mem_size=pcguest.MEM_SIZE, irqchip=mode, console=con, kvm=kvm())
+    m.vm.write(pcguest.CODE, code)
+    m.vm.write(pcguest.IDT, pcguest._idt(labels))
+    kvmlite.setup_mode(m.vm.vcpus[0], m.vm, 'long64', labels['start'], stack=pcguest.STACK)
+    return m, con
+
+
+@requires_kvm
+class SnapshotWhileRunningTest(unittest.TestCase):
+    """Machine.snapshot() from another thread while the guest prints: the
+    original goes on to print everything; each restore prints the rest."""
+
+    def snapshot_midway(self, m, con, after):
+        run = Running(m)
+        until(lambda: len(con.output) >= after, f'{after} bytes of output')
+        buf = io.BytesIO()
+        m.snapshot(buf)
+        result = run.join()
+        return buf.getvalue(), result, bytes(con.output)
+
+    def restore(self, data):
+        con = MemoryBackend()
+        with kvmlite.Machine.restore(io.BytesIO(data), console=con, kvm=kvm()) as m:
+            return m.run(timeout=HANG_S), bytes(con.output)
+
+    def assert_rest(self, full, rest):
+        self.assertTrue(0 < len(rest) < len(full), f'{len(rest)} bytes restored of {len(full)}')
+        self.assertEqual(full[len(full) - len(rest):], rest, 'a restore printed other bytes')
+
+    def test_each_of_two_restores_prints_the_rest_in_every_mode(self):
+        count = 1500
+        for mode in LONG_MODES:
+            with self.subTest(mode=mode):
+                m, con = lines_machine(mode, count)
+                with m:
+                    data, result, full = self.snapshot_midway(m, con, 100 * LINE)
+                self.assertEqual((result.status, full), (EXIT_STATUS, expected_lines(count)))
+                for _ in range(2):
+                    restored, rest = self.restore(data)
+                    self.assertEqual(restored.status, EXIT_STATUS, restored.reason)
+                    self.assert_rest(full, rest)
+
+    def test_two_vcpus_restore(self):
+        m, con = lines_machine('split', 1500, cpus=2)
+        with m:
+            data, result, full = self.snapshot_midway(m, con, 100 * LINE)
+        restored, rest = self.restore(data)
+        self.assertEqual(restored.status, EXIT_STATUS, restored.reason)
+        self.assert_rest(full, rest)
+        self.assertEqual(len(snapshot.open_snapshot(io.BytesIO(data)).state['vcpus']), 2)
+
+    def test_a_guest_taking_timer_interrupts_in_hlt_resumes_its_ticks(self):
+        for mode in pcguest.MODES:
+            with self.subTest(mode=mode):
+                m, con = ticks_machine(mode)
+                with m:
+                    data, result, full = self.snapshot_midway(m, con, NTICKS // 3)
+                self.assertEqual((result.status, full), (pcguest.STATUS_PASSED, b'.' * NTICKS + b' done\n'))
+                restored, rest = self.restore(data)
+                self.assertEqual(restored.status, pcguest.STATUS_PASSED, restored.reason)
+                self.assert_rest(full, rest)
+
+    def test_the_file_holds_only_the_pages_the_guest_used(self):
+        m, con = lines_machine('split', 10, mem_size=256 << 20)
+        with m:
+            m.run(timeout=HANG_S)
+            buf = io.BytesIO()
+            m.snapshot(buf)
+        self.assertLess(len(buf.getvalue()), 1 << 20, '256 MiB guest, a few pages used')
+
+
+@requires_kvm
+class CheckpointTest(unittest.TestCase):
+    """checkpoint() / reset_to(): the guest runs again from the checkpoint,
+    and only the pages it dirtied are copied back."""
+
+    def test_reset_to_a_checkpoint_taken_before_the_run_runs_it_again(self):
+        for mode in pcguest.MODES:
+            with self.subTest(mode=mode):
+                m, con = lines_machine(mode, 100, mem_size=64 << 20)
+                with m:
+                    cp = m.checkpoint()
+                    first = m.run(timeout=HANG_S)
+                    self.assertEqual(first.status, EXIT_STATUS, first.reason)
+                    for _ in range(2):
+                        copied = m.reset_to(cp)
+                        self.assertTrue(1 <= copied <= 4, f'{copied} pages copied back')
+                        con.output.clear()
+                        again = m.run(timeout=HANG_S)
+                        self.assertEqual(again.status, EXIT_STATUS, again.reason)
+                        self.assertEqual(bytes(con.output), expected_lines(100))
+
+    def test_a_checkpoint_taken_while_running_resets_to_that_point(self):
+        m, con = lines_machine('kernel', 1500)
+        with m:
+            run = Running(m)
+            until(lambda: len(con.output) >= 50 * LINE, 'output')
+            cp = m.checkpoint()
+            run.join()
+            full = bytes(con.output)
+            m.reset_to(cp)
+            con.output.clear()
+            self.assertEqual(m.run(timeout=HANG_S).status, EXIT_STATUS)
+            rest = bytes(con.output)
+        self.assertTrue(0 < len(rest) < len(full))
+        self.assertEqual(full[len(full) - len(rest):], rest)
+
+    def test_pages_the_guest_wrote_come_back(self):
+        src = r'''
+main:
+    mov rdi, 0x200000
+    mov ecx, 64
+.fill:
+    mov qword [rdi], rcx
+    add rdi, 4096
+    loop .fill
+    mov al, PASSED
+    ret
+'''
+        code, labels = pcguest.assemble(src, {'PASSED': pcguest.PASSED})
+        with kvmlite.Machine(mem_size=pcguest.MEM_SIZE, console=MemoryBackend(), kvm=kvm()) as m:
+            m.vm.write(pcguest.CODE, code)
+            m.vm.write(pcguest.IDT, pcguest._idt(labels))
+            kvmlite.setup_mode(m.vm.vcpus[0], m.vm, 'long64', labels['start'], stack=pcguest.STACK)
+            cp = m.checkpoint()
+            self.assertEqual(m.run(timeout=HANG_S).status, pcguest.STATUS_PASSED)
+            self.assertEqual(m.vm.read_int(0x200000, 8), 64)
+            copied = m.reset_to(cp)
+            self.assertGreaterEqual(copied, 64)
+            self.assertEqual(m.vm.read(0x200000, 64 * 4096), bytes(64 * 4096))
+
+    def test_reset_to_refuses_another_machines_checkpoint(self):
+        a, _ = lines_machine('split', 1)
+        b, _ = lines_machine('split', 1)
+        with a, b:
+            with self.assertRaises(kvmlite.KvmliteError):
+                b.reset_to(a.checkpoint())
+
+
+def relayout(data, change):
+    """The snapshot ``data`` with ``change(meta)`` applied to its metadata,
+    its header, offsets and checksums consistent again: a crafted file."""
+    fields = snapshot.HEADER.unpack_from(data)
+    meta_off, meta_len = fields[3], fields[4]
+    meta = json.loads(data[meta_off:meta_off + meta_len])
+    change(meta)
+    pages = [data[off:off + n * 4096] for _, n, off, _ in meta['memory']]
+    blob = json.dumps(meta).encode()
+    data_off = (meta_off + len(blob) + 4095) // 4096 * 4096
+    off = data_off
+    for run in meta['memory']:
+        run[2] = off
+        off += run[1] * 4096
+    head = snapshot.HEADER.pack(snapshot.MAGIC, snapshot.VERSION, snapshot.HEADER.size, meta_off,
+                                len(blob), data_off, off, zlib.crc32(blob), 0)
+    head = head[:-4] + struct.pack('<I', zlib.crc32(head[:-4]))
+    out = head.ljust(meta_off, b'\0') + blob
+    out = out.ljust(data_off, b'\0') + b''.join(pages)
+    return out
+
+
+def with_header(data, **changes):
+    names = ('magic', 'version', 'header_size', 'meta_offset', 'meta_length', 'data_offset',
+             'file_length', 'meta_crc', 'header_crc')
+    fields = dict(zip(names, snapshot.HEADER.unpack_from(data)))
+    fields.update(changes)
+    head = snapshot.HEADER.pack(*fields.values())
+    head = head[:-4] + struct.pack('<I', zlib.crc32(head[:-4]))
+    return head + data[len(head):]
+
+
+def flip(data, offset):
+    return data[:offset] + bytes([data[offset] ^ 0x40]) + data[offset + 1:]
+
+
+@requires_kvm
+class RefusalTest(unittest.TestCase):
+    """Every bad file is refused with a SnapshotError (a ValueError) saying
+    why, before any vCPU runs; the CLI says it in one line, status 2."""
+
+    @classmethod
+    def setUpClass(cls):
+        m, con = lines_machine('split', 20)
+        with m:
+            m.run(timeout=HANG_S)
+            buf = io.BytesIO()
+            m.snapshot(buf)
+        cls.good = buf.getvalue()
+        meta_off, meta_len = snapshot.HEADER.unpack_from(cls.good)[3:5]
+        cls.meta = json.loads(cls.good[meta_off:meta_off + meta_len])
+
+    def refused(self, data, *words):
+        with self.assertRaises(snapshot.SnapshotError) as cm:
+            kvmlite.Machine.restore(io.BytesIO(data), console=MemoryBackend(), kvm=kvm())
+        for w in words:
+            self.assertIn(w, str(cm.exception))
+        return str(cm.exception)
+
+    def test_the_good_file_restores(self):
+        with kvmlite.Machine.restore(io.BytesIO(self.good), console=MemoryBackend(), kvm=kvm()) as m:
+            self.assertEqual(m.mem_size, 16 << 20)
+
+    def test_truncated(self):
+        self.refused(self.good[:-100], 'truncated')
+        self.refused(self.good[:20], 'truncated')
+
+    def test_flipped_byte_in_the_metadata(self):
+        self.refused(flip(self.good, snapshot.META_OFFSET + 40), 'corrupt', 'metadata checksum')
+
+    def test_flipped_byte_in_a_page(self):
+        self.refused(flip(self.good, len(self.good) - 5), 'corrupt', 'memory run')
+
+    def test_flipped_byte_in_the_header(self):
+        self.refused(flip(self.good, 13), 'corrupt', 'header checksum')
+
+    def test_foreign_file(self):
+        self.refused(b'\x7fELF' + bytes(8000), 'not a kvmlite snapshot')
+        self.refused(b'', 'not a kvmlite snapshot')
+
+    def test_future_and_unknown_versions(self):
+        self.refused(with_header(self.good, version=snapshot.VERSION + 1), 'newer')
+        self.refused(with_header(self.good, version=0), 'which no kvmlite wrote')
+
+    def test_bytes_past_the_end(self):
+        self.refused(self.good + b'\0', 'past its end')
+
+    def test_a_cpuid_this_host_cannot_give(self):
+        def change(meta):
+            for e in meta['state']['vcpus'][0]['cpuid']:
+                if e['function'] == 7 and e['index'] == 0:
+                    e['ebx'] = 0xFFFFFFFF
+        self.refused(relayout(self.good, change), 'CPUID', 'cannot give')
+
+    def test_a_memory_run_outside_ram(self):
+        def change(meta):
+            meta['memory'][0][0] = 0x7FFF0000000
+        self.refused(relayout(self.good, change), 'outside the guest\'s RAM')
+
+    def test_overlapping_memory_runs(self):
+        def change(meta):
+            meta['memory'].append(list(meta['memory'][-1]))
+        self.refused(relayout(self.good, change), 'overlaps')
+
+    def test_a_crafted_register_or_device_state(self):
+        def regs(meta):
+            meta['state']['vcpus'][0]['regs']['rip'] = 'exec(1)'
+        self.refused(relayout(self.good, regs), 'not an integer')
+
+        def wide(meta):
+            meta['state']['vcpus'][0]['regs']['rax'] = 1 << 64
+        self.refused(relayout(self.good, wide), 'does not fit')
+
+        def device(meta):
+            meta['state']['devices']['com1'] = {'version': 1}
+        self.refused(relayout(self.good, device), 'device state')
+
+        def msr(meta):
+            meta['state']['vcpus'][0]['msrs'].append([0xDEAD0000, 0])
+        self.refused(relayout(self.good, msr), 'MSR 0xdead0000')
+
+        def mode(meta):
+            meta['config']['irqchip'] = 'bogus'
+        self.refused(relayout(self.good, mode), 'irqchip mode')
+
+    def test_the_cli_says_why_in_one_line_with_status_2(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data, word in (('truncated', self.good[:-1], 'truncated'),
+                                     ('flipped', flip(self.good, snapshot.META_OFFSET + 9), 'corrupt'),
+                                     ('future', with_header(self.good, version=9), 'newer')):
+                path = os.path.join(tmp, name)
+                with open(path, 'wb') as f:
+                    f.write(data)
+                p = subprocess.run([sys.executable, 'kvmlite.py', 'run', '--restore', path],
+                                   cwd=ROOT, capture_output=True, stdin=subprocess.DEVNULL,
+                                   timeout=HANG_S)
+                with self.subTest(name=name):
+                    self.assertEqual(p.returncode, 2, p.stderr)
+                    self.assertEqual(p.stdout, b'')
+                    lines = p.stderr.decode().splitlines()
+                    self.assertEqual(len(lines), 1, lines)
+                    self.assertTrue(lines[0].startswith('kvmlite: snapshot '), lines)
+                    self.assertIn(word, lines[0])
+
+
+@requires_kvm
+class AtomicWriteTest(unittest.TestCase):
+    def test_a_full_disk_midway_leaves_the_old_file_and_no_temporary(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, 'machine.snap')
+            with open(path, 'wb') as f:
+                f.write(b'the previous snapshot')
+            m, _ = lines_machine('split', 20)
+            with m:
+                m.run(timeout=HANG_S)
+                soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+                prev = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, hard))   # writes past 16 KiB fail
+                try:
+                    with self.assertRaises(snapshot.SnapshotError) as cm:
+                        m.snapshot(path)
+                finally:
+                    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+                    signal.signal(signal.SIGXFSZ, prev)
+                self.assertIn('cannot write snapshot', str(cm.exception))
+                with open(path, 'rb') as f:
+                    self.assertEqual(f.read(), b'the previous snapshot')
+                self.assertEqual(os.listdir(tmp), ['machine.snap'])
+                m.snapshot(path)                       # and with room it is replaced whole
+            with kvmlite.Machine.restore(path, kvm=kvm()) as restored:
+                self.assertEqual(restored.mode, 'split')
+
+
+@requires_kvm
+class CliTest(unittest.TestCase):
+    """``kvmlite run`` as a subprocess, its stdout a pipe of one page that
+    the test stops reading: the guest waits for the reader (the console is
+    lossless), so the snapshot lands midway whatever the host's speed."""
+
+    COUNT = 2600            # 41600 bytes: more than the pipe and the console buffer hold
+
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.tmp = tmp.name
+        self.kernel = os.path.join(self.tmp, 'lines.elf')
+        with open(self.kernel, 'wb') as f:
+            f.write(lines_guest(self.COUNT))
+
+    def start(self, *args):
+        r, w = os.pipe()
+        fcntl.fcntl(r, F_SETPIPE_SZ, 4096)
+        p = subprocess.Popen([sys.executable, 'kvmlite.py', 'run', *args], cwd=ROOT, stdout=w,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        os.close(w)
+        self.addCleanup(lambda: p.poll() is None and (p.kill(), p.wait()))
+        self.addCleanup(os.close, r)
+        self.addCleanup(p.stderr.close)
+        return p, r
+
+    def read(self, fd, lines=None):
+        data, give_up = bytearray(), time.monotonic() + HANG_S
+        while lines is None or data.count(b'\n') < lines:
+            self.assertLess(time.monotonic(), give_up, 'the run hangs')
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            data += chunk
+        return bytes(data)
+
+    def restore(self, path):
+        p = subprocess.run([sys.executable, 'kvmlite.py', 'run', '--restore', path], cwd=ROOT,
+                           capture_output=True, stdin=subprocess.DEVNULL, timeout=HANG_S)
+        return p.returncode, p.stdout
+
+    def test_sigusr2_snapshots_midway_and_two_restores_print_the_rest(self):
+        for mode in CLI_MODES:
+            with self.subTest(mode=mode):
+                snap = os.path.join(self.tmp, f'{mode}.snap')
+                p, out = self.start('-k', self.kernel, '--irqchip', mode, '--snapshot', snap)
+                first = self.read(out, lines=100)
+                p.send_signal(signal.SIGUSR2)
+                until(lambda: os.path.exists(snap), 'snapshot file')
+                full = first + self.read(out)
+                self.assertEqual(p.wait(HANG_S), EXIT_STATUS, p.stderr.read())
+                self.assertEqual(full, expected_lines(self.COUNT))
+                self.assertLess(os.path.getsize(snap), (256 << 20) // 100)
+                for _ in range(2):
+                    status, rest = self.restore(snap)
+                    self.assertEqual(status, EXIT_STATUS)
+                    self.assertTrue(0 < len(rest) < len(full), f'{len(rest)} of {len(full)} bytes')
+                    self.assertEqual(full[len(full) - len(rest):], rest)
+
+    def test_snapshot_on_exit_at_a_timeout_resumes_where_the_run_stopped(self):
+        snap = os.path.join(self.tmp, 'exit.snap')
+        p, out = self.start('-k', self.kernel, '--timeout', '0.6', '--snapshot-on-exit', snap)
+        time.sleep(1.2)                 # nobody reads: the guest waits, then the timeout ends it
+        before = self.read(out)
+        self.assertEqual(p.wait(HANG_S), EXIT_TIMEOUT)
+        self.assertIn(b'resume with kvmlite run --restore', p.stderr.read())
+        status, rest = self.restore(snap)
+        self.assertEqual(status, EXIT_STATUS)
+        self.assertEqual(before + rest, expected_lines(self.COUNT))
+
+    def test_restore_takes_no_machine_options(self):
+        snap = os.path.join(self.tmp, 'none.snap')
+        p = subprocess.run([sys.executable, 'kvmlite.py', 'run', '--restore', snap, '-m', '512',
+                            '--irqchip', 'kernel'], cwd=ROOT, capture_output=True, timeout=HANG_S)
+        self.assertEqual(p.returncode, 2)
+        self.assertEqual(p.stderr.decode().strip(),
+                         'kvmlite: --restore takes the machine from the snapshot: drop -m, --irqchip')
+        p = subprocess.run([sys.executable, 'kvmlite.py', 'run', '--restore', snap], cwd=ROOT,
+                           capture_output=True, timeout=HANG_S)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn('cannot read snapshot', p.stderr.decode())
+
+
+if __name__ == '__main__':
+    unittest.main()
