@@ -160,7 +160,7 @@ def platform_digest(platform):
 
 def _config(m):
     return {'mem_size': m.mem_size, 'cpus': m.cpus, 'irqchip': m.mode,
-            'cpuid_policy': m.cpuid_policy, 'console': m.console_spec,
+            'cpuid_policy': m.cpuid_policy, 'cpu_vendor': m.cpu_vendor, 'console': m.console_spec,
             'cmdline': base64.b64encode(m.cmdline).decode('ascii'),
             'platform': {'devices': [[s.name, s.part] for s in m.platform.devices],
                          'digest': platform_digest(m.platform)},
@@ -223,16 +223,21 @@ def _cpu_state(m):
 
 # -- putting state back ---------------------------------------------------
 
-def _check_cpuid(m, saved, where):
-    """The saved CPUID's feature bits must be ones this host's KVM offers."""
-    host = {(e.function, e.index): e for e in m.kvm.supported_cpuid()}
+def _check_cpuid(m, vcpu, saved, where):
+    """The saved CPUID's feature bits must be ones this host's KVM offers
+    (KVM_GET_SUPPORTED_CPUID, or the table this machine gave the vCPU, which
+    KVM took: --cpu-vendor mirrors some bits between leaves)."""
+    offered = [{(e.function, e.index): e for e in entries}
+               for entries in (m.kvm.supported_cpuid(), vcpu.cpuid or [])]
     mine = {(e.function, e.index): e for e in saved}
     for leaf, sub, reg in _FEATURE_REGS:
         e = mine.get((leaf, sub))
         if e is None:
             continue
-        h = host.get((leaf, sub))
-        have = getattr(h, reg) if h is not None else 0
+        have = 0
+        for table in offered:
+            h = table.get((leaf, sub))
+            have |= getattr(h, reg) if h is not None else 0
         missing = getattr(e, reg) & ~have
         if missing:
             raise SnapshotError(f'{where}: CPUID leaf {leaf:#x}.{sub} {reg} has features '
@@ -284,7 +289,7 @@ def _load_vcpu(m, vcpu, d, fresh):
         if mp_state > 8:
             raise SnapshotError(f'{where}.mp_state: {mp_state} is no KVM_MP_STATE_*')
     if fresh:
-        _check_cpuid(m, cpuid, where)
+        _check_cpuid(m, vcpu, cpuid, where)
     return lambda: _put_vcpu(m, vcpu, where, fresh, cpuid, regs, sregs, xsave, fpu, xcrs,
                              msrs, events, lapic, d.get('mp_state'), dregs)
 
@@ -628,8 +633,8 @@ def _no_constant(name):
 
 def _check_config(c, what):
     from .pc import IRQCHIP_MODES
-    _check_keys(c, ('mem_size', 'cpus', 'irqchip', 'cpuid_policy', 'console', 'cmdline',
-                    'platform', 'ram'), f'{what} configuration')
+    _check_keys(c, ('mem_size', 'cpus', 'irqchip', 'cpuid_policy', 'cpu_vendor', 'console',
+                    'cmdline', 'platform', 'ram'), f'{what} configuration')
     for key in ('mem_size', 'cpus'):
         if type(c[key]) is not int:
             raise SnapshotError(f'{what}: {key} is not an integer')
@@ -640,6 +645,8 @@ def _check_config(c, what):
     if c['irqchip'] not in IRQCHIP_MODES or c['cpuid_policy'] not in ('auto', 'safe', 'host'):
         raise SnapshotError(f'{what}: irqchip mode {c["irqchip"]!r} or CPUID policy '
                             f'{c["cpuid_policy"]!r} unknown')
+    if c['cpu_vendor'] not in ('host', 'intel', 'amd'):
+        raise SnapshotError(f'{what}: CPU vendor {c["cpu_vendor"]!r} unknown')
     if c['console'] is not None and not isinstance(c['console'], str):
         raise SnapshotError(f'{what}: the console is not a string')
     _b64(c['cmdline'], None, f'{what}: cmdline')
@@ -686,7 +693,7 @@ def restore(cls, source, console=None, kvm=None, clock=None, platform=None, **kw
         if [list(r) for r in platform.ram_regions(c['mem_size'])] != c['ram']:
             raise SnapshotError(f'snapshot {snap.name!r}: its RAM layout is not the platform\'s')
         args = dict(mem_size=c['mem_size'], cpus=c['cpus'], irqchip=c['irqchip'], console=console,
-                    cpuid_policy=c['cpuid_policy'], kvm=kvm, platform=platform,
+                    cpuid_policy=c['cpuid_policy'], cpu_vendor=c['cpu_vendor'], kvm=kvm, platform=platform,
                     cmdline=base64.b64decode(c['cmdline']), **kw)
         if clock is not None:
             args['clock'] = clock
