@@ -791,7 +791,10 @@ class Machine:
                     for _, base, _ in ranges:
                         bus.unregister(base)
                 delattr(self, slot.name)
-            self.devices, self._timed = {}, []
+            for part in self._buffered:         # the old UARTs' coalesced THR ports
+                if part.buffering:
+                    vm.uncoalesce(part._port, 1, pio=True)
+            self.devices, self._timed, self._buffered = {}, [], []
             self._device_states = states
             try:
                 self._wire_pc(self.cmdline)

@@ -212,6 +212,7 @@ def _cpu_state(m):
                        'user_halted': bool(m._user_halted),
                        'woken': sorted([i, rip] for i, rip in m._woken.items())}}
     with m.vm.lock:
+        m.vm.drain_coalesced()      # THR writes KVM buffered belong to the UART's past
         state['devices'] = {name: dev.state() for name, dev in m.devices.items()}
         if m.mode == 'kernel':
             state['irqchip'] = [to_plain(getattr(m.vm.get_irqchip(cid).chip, kind))
