@@ -480,7 +480,8 @@ class CliTest(unittest.TestCase):
     the test stops reading: the guest waits for the reader (the console is
     lossless), so the snapshot lands midway whatever the host's speed."""
 
-    COUNT = 2600            # 41600 bytes: more than the pipe and the console buffer hold
+    COUNT = 4000            # 64000 bytes: more than the pipe and the console buffer hold
+    LONG = 8000             # 128000 bytes: the guest cannot end before a timeout while nobody reads
 
     def setUp(self):
         tmp = tempfile.TemporaryDirectory()
@@ -536,14 +537,17 @@ class CliTest(unittest.TestCase):
 
     def test_snapshot_on_exit_at_a_timeout_resumes_where_the_run_stopped(self):
         snap = os.path.join(self.tmp, 'exit.snap')
-        p, out = self.start('-k', self.kernel, '--timeout', '0.6', '--snapshot-on-exit', snap)
+        kernel = os.path.join(self.tmp, 'long.elf')
+        with open(kernel, 'wb') as f:
+            f.write(lines_guest(self.LONG))
+        p, out = self.start('-k', kernel, '--timeout', '0.6', '--snapshot-on-exit', snap)
         time.sleep(1.2)                 # nobody reads: the guest waits, then the timeout ends it
         before = self.read(out)
         self.assertEqual(p.wait(HANG_S), EXIT_TIMEOUT)
         self.assertIn(b'resume with kvmlite run --restore', p.stderr.read())
         status, rest = self.restore(snap)
         self.assertEqual(status, EXIT_STATUS)
-        self.assertEqual(before + rest, expected_lines(self.COUNT))
+        self.assertEqual(before + rest, expected_lines(self.LONG))
 
     def test_restore_takes_no_machine_options(self):
         snap = os.path.join(self.tmp, 'none.snap')
