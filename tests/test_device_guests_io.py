@@ -25,7 +25,7 @@ from devices.console import MemoryBackend
 from tests.guest import requires_kvm
 from tests.pcguest import PASSED, STATUS_PASSED, PromptedInput, run_guest, run_in_every_mode
 from tests.test_device_guests import no_halt_poll
-from tools.pc import EXIT_TIMEOUT
+from tools.pc import BUFFER_AFTER, EXIT_TIMEOUT
 
 UART = r'''
 COM equ 0x3f8
@@ -750,11 +750,18 @@ main:
 '''
 
 SPIN = r'''
-; prints without polling, then spins at CPL0 with interrupts off: no exit
-; after the last THR write
+; prints COUNT bytes without polling, then spins at CPL0 with interrupts
+; off: no exit after the last THR write
 main:
-    call print
-    db 'spinning now', 10, 0
+    xor ebx, ebx
+.next:
+    mov eax, ebx
+    and eax, 63
+    add al, 32
+    call putc
+    inc ebx
+    cmp ebx, COUNT
+    jne .next
     cli
 .spin:
     jmp .spin
@@ -781,20 +788,23 @@ class BufferedOutputTest(unittest.TestCase):
 
     COUNT = 3000
 
-    def polled(self, mode, ier):
-        run = run_guest(POLLED, mode, timeout=60, symbols={'COUNT': self.COUNT, 'IER': ier,
+    def polled(self, mode, ier, count=COUNT):
+        run = run_guest(POLLED, mode, timeout=60, symbols={'COUNT': count, 'IER': ier,
                                                            'PASSED': PASSED})
-        self.assertEqual(run.output, bytes(32 + i % 64 for i in range(self.COUNT)), run.describe())
+        self.assertEqual(run.output, bytes(32 + i % 64 for i in range(count)), run.describe())
         self.assertEqual(run.status, STATUS_PASSED, run.describe())
         self.assertEqual(run.problems, [], run.describe())
         return run.exit_counts.get(kvmlite.ExitReason.IO, 0)
 
     def test_a_polling_guest_costs_one_exit_a_byte_while_ier_is_0(self):
+        # after the first BUFFER_AFTER bytes (two exits each) the LSR reads
+        # exit and the THR writes wait in KVM's ring (which holds 170: a full
+        # ring is one more exit)
+        buffered = self.COUNT - BUFFER_AFTER
         for mode in ('split', 'user', 'kernel'):
             with self.subTest(mode=mode):
-                # the LSR reads exit, the THR writes wait in KVM's ring (which
-                # holds 170: a full ring is one more exit)
-                self.assertLessEqual(self.polled(mode, 0), self.COUNT * 171 // 170 + 20)
+                self.assertLessEqual(self.polled(mode, 0),
+                                     2 * BUFFER_AFTER + buffered * 171 // 170 + 20)
 
     def test_with_a_uart_interrupt_enabled_every_thr_write_exits(self):
         # ETBEI on (OUT2 off, so no IRQ reaches the CPU): a THR write must
@@ -805,10 +815,18 @@ class BufferedOutputTest(unittest.TestCase):
         # 'user' mode has no halt-poll kick: only the timer thread's rounds
         # apply the buffered writes before the run's end (its timeout)
         console = ThreadRecorder()
-        run = run_guest(SPIN, 'user', timeout=2, console=console, symbols={'PASSED': PASSED})
-        self.assertEqual(run.output, b'spinning now\n', run.describe())
+        count = BUFFER_AFTER + 100          # the last 100 are left in the ring
+        run = run_guest(SPIN, 'user', timeout=2, console=console,
+                        symbols={'PASSED': PASSED, 'COUNT': count})
+        self.assertEqual(run.output, bytes(32 + i % 64 for i in range(count)), run.describe())
         self.assertEqual(run.status, EXIT_TIMEOUT, run.describe())
-        self.assertEqual(set(console.writers), {'kvmlite-timers'}, console.writers)
+        self.assertEqual(console.writers[-1], 'kvmlite-timers', console.writers[-5:])
+
+    def test_short_runs_of_output_are_not_buffered(self):
+        # Linux's console clears IER around each message: messages shorter
+        # than BUFFER_AFTER cost no zone changes, and so one exit a write
+        self.assertGreaterEqual(self.polled('split', 0, count=BUFFER_AFTER - 1),
+                                2 * (BUFFER_AFTER - 1))
 
 
 @requires_kvm

@@ -60,6 +60,7 @@ MIN_TIMER_SLEEP_S = 200e-6
 # While KVM may buffer THR writes, the timer thread applies them at least this
 # often, so a guest that prints and then spins without exits is still heard.
 BUFFERED_OUTPUT_S = 0.02
+BUFFER_AFTER = 1024     # THR bytes at IER 0 before KVM may buffer them (see _BufferedThr)
 INPUT_LIMIT = 4096      # bytes of console input that wait for a guest not reading its UART
 APIC_LVT0, APIC_LVT1 = 0x350, 0x360
 IOREDTBL_REMOTE_IRR = 1 << 14   # IOAPIC redirection entry: a level interrupt awaits its EOI
@@ -85,34 +86,44 @@ class _Timed:
 
 
 class _BufferedThr(_Timed):
-    """A UART whose THR writes KVM may buffer: while the UART says they need
-    no immediate effect (``thr_may_buffer()``: IER is 0), its THR port is a
-    coalesced PIO zone. The buffered writes reach the UART, in guest order,
-    before any exit is served (the run loop drains the ring first, and every
-    UART read is an exit) and at each round of the timer thread, so output
-    and LSR stay exactly what one exit per write gives, with one exit fewer
-    per byte for a guest that polls LSR. Only a write to another register
-    (or a wider one) can change IER: those re-check."""
+    """A UART whose THR writes KVM may buffer: once the UART says they need
+    no immediate effect (``thr_may_buffer()``: IER is 0) and the guest has
+    written BUFFER_AFTER bytes to THR since that became so, its THR port is
+    a coalesced PIO zone until IER changes. The buffered writes reach the
+    UART, in guest order, before any exit is served (the run loop drains the
+    ring first, and every UART read is an exit) and at each round of the
+    timer thread, so output and LSR stay exactly what one exit per write
+    gives, with one exit fewer per byte for a guest that polls LSR. The
+    threshold keeps short runs of output (Linux's console clears IER around
+    each message) from paying for the zone: registering and unregistering
+    it costs KVM an SRCU grace period, some 10 ms a pair on kvm_pvm. Only a
+    write to another register (or a wider one) can change IER: those
+    re-check."""
 
     def __init__(self, device, wake, quiet, vm, port):
         super().__init__(device, wake, quiet)
-        self._vm, self._port, self.buffering = vm, port, False
-        self._sync()
+        self._vm, self._port = vm, port
+        self.buffering = False
+        self._run = 0               # THR writes since IER became 0 (while not buffering)
 
     def write(self, offset, size, value):
         self.device.write(offset, size, value)
-        if size != 1 or offset not in self._quiet:
-            self._sync()
-            self._wake()
-
-    def _sync(self):
-        want = self.device.thr_may_buffer()
-        if want != self.buffering:
-            if want:
-                self._vm.coalesce(self._port, 1, pio=True)
-            else:
+        if size == 1 and offset in self._quiet:
+            if not self.buffering:
+                if not self.device.thr_may_buffer():
+                    self._run = 0
+                    return
+                self._run += 1
+                if self._run >= BUFFER_AFTER:
+                    self._vm.coalesce(self._port, 1, pio=True)
+                    self.buffering = True
+            return
+        if not self.device.thr_may_buffer():
+            self._run = 0
+            if self.buffering:
                 self._vm.uncoalesce(self._port, 1, pio=True)
-            self.buffering = want
+                self.buffering = False
+        self._wake()
 
 
 def _wiring_params(cls):
