@@ -139,11 +139,7 @@ def _gdb_address(text):
 
 def _check_run_args(args):
     """What no single option can check: the built-in demo takes no initrd or
-    format; -S needs a gdb to let the vCPUs go."""
-    if args.gdb_1234 and args.gdb is None:
-        args.gdb = ('127.0.0.1', 1234)
-    if args.hold and args.gdb is None:
-        raise ValueError('-S holds every vCPU until gdb continues it: give --gdb PORT (or -s) too')
+    format."""
     if args.kernel is None:
         if args.format != 'auto':
             raise ValueError(f'--format needs --kernel: the built-in demo has its own '
@@ -184,9 +180,23 @@ def _cmd_info(args, out=sys.stdout):
     return 0
 
 
+def _check_debug_args(args):
+    """-S needs a gdb to let the vCPUs go; --trace-filter a --trace. For a
+    new machine and a restored one alike."""
+    if args.gdb_1234 and args.gdb is None:
+        args.gdb = ('127.0.0.1', 1234)
+    if args.hold and args.gdb is None:
+        raise ValueError('-S holds every vCPU until gdb continues it: give --gdb PORT (or -s) too')
+    if args.trace_filter is not None:
+        if args.trace is None:
+            raise ValueError('--trace-filter selects what --trace writes: give --trace FILE (or -) too')
+        args.trace_filter = _import_part('tools', 'trace').parse_filter(args.trace_filter)
+
+
 def _cmd_run(args):
     console = None
     try:
+        _check_debug_args(args)
         if args.restore is not None:
             machine = console = None
             machine, console = _restore(args)
@@ -225,6 +235,12 @@ def _cmd_run(args):
             console.stop()
             print(f'kvmlite: {e}', file=sys.stderr)
             return EXIT_USAGE
+        try:
+            tracer = _make_tracer(args, machine)
+        except ValueError as e:
+            console.stop()
+            print(f'kvmlite: {e}', file=sys.stderr)
+            return EXIT_USAGE
         server = None
         if args.gdb is not None:
             host, port = args.gdb
@@ -254,6 +270,11 @@ def _cmd_run(args):
                     server.close()
                 if prev_usr2 is not None:
                     signal.signal(signal.SIGUSR2, prev_usr2)
+                if tracer is not None and tracer.out is not sys.stderr:
+                    try:
+                        tracer.out.close()
+                    except OSError:
+                        pass            # the tracer has said why it stopped
     if result.status != EXIT_OK or args.verbose or notes:
         lines = [result.reason] + notes
         # after a console line the guest left open, kvmlite's own start on a fresh one
@@ -345,6 +366,20 @@ def _snapshot_on_exit(machine, path):
     return f'snapshot written to {path}: resume with kvmlite run --restore {path}'
 
 
+def _make_tracer(args, machine):
+    if args.trace is None:
+        return None
+    if args.trace == '-':
+        out = sys.stderr
+    else:
+        try:
+            out = open(args.trace, 'w', encoding='utf-8')
+        except OSError as e:
+            raise ValueError(f'trace file {args.trace!r}: {e.strerror}: give a file to write, '
+                             f'or - for stderr') from None
+    return _import_part('tools', 'trace').Tracer(out, args.trace_filter).attach(machine)
+
+
 def _same_line(console, stream):
     """True if ``stream`` shows the console's output and its last line is open."""
     try:
@@ -415,6 +450,11 @@ def main(argv=None):
     r.add_argument('-v', '--verbose', action='store_true', help='say why the run ended even when it went well')
     r.add_argument('--gdb', type=_gdb_address, metavar='[HOST:]PORT',
                    help='serve the gdb remote protocol on PORT (127.0.0.1 unless HOST is given; 0: any free port)')
+    r.add_argument('--trace', metavar='FILE',
+                   help='write one line per exit and device access to FILE (- for stderr)')
+    r.add_argument('--trace-filter', metavar='KIND[:LO-HI],...',
+                   help='what --trace writes: kinds io, mmio, hlt, eoi, intr, irq, debug, internal, '
+                        'shutdown, system, fail; io/mmio with a range (io:0x3f8-0x3ff is COM1)')
     r.add_argument('-s', dest='gdb_1234', action='store_true', help='the same as --gdb 1234')
     r.add_argument('-S', dest='hold', action='store_true',
                    help='hold every vCPU before its first instruction until gdb continues (needs --gdb or -s)')

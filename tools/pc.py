@@ -195,6 +195,7 @@ class Machine:
         self._pending_input = b''
         self._woken = {}            # vCPU index -> RIP where _wake_for_lost_eoi woke it
         self.debug = None           # a debugger's vCPU gate (tools.gdbstub.Debugger), if attached
+        self.tracer = None          # an exit trace (tools.trace.Tracer.attach), if any
         if console is not None and hasattr(console, 'wake'):
             console.wake = self.wake        # output that waits for its reader wakes the timer thread
         self._snapshot_init(cmdline)
@@ -562,6 +563,8 @@ class Machine:
 
     def _run_vcpu(self, vcpu):
         handlers = self._exit_handlers()
+        if self.tracer is not None:
+            handlers = self.tracer.handlers(vcpu, handlers)     # once per thread: no cost untraced
         inject = self.pic is not None and vcpu.index == 0
         stopping = self._stopping
         debug = self.debug
