@@ -103,8 +103,12 @@ class _BufferedThr(_Timed):
     def __init__(self, device, wake, quiet, vm, port):
         super().__init__(device, wake, quiet)
         self._vm, self._port = vm, port
-        self.buffering = False
         self._run = 0               # THR writes since IER became 0 (while not buffering)
+        # a zone left by the UART this one replaces (a snapshot's rewire) stays while it may buffer
+        self.buffering = any(z.pio and z.addr == port and z.size == 1 for z in vm._coalesced)
+        if self.buffering and not device.thr_may_buffer():
+            vm.uncoalesce(port, 1, pio=True)
+            self.buffering = False
 
     def write(self, offset, size, value):
         self.device.write(offset, size, value)
@@ -790,7 +794,9 @@ class Machine:
         states = self._device_states
         if states is None:
             return cls(**wiring)
-        accepted = inspect.signature(cls.from_state).parameters
+        accepted = _from_state_params.get(cls)
+        if accepted is None:
+            accepted = _from_state_params[cls] = frozenset(inspect.signature(cls.from_state).parameters)
         return cls.from_state(states[slot.name], **{p: v for p, v in wiring.items() if p in accepted})
 
     def _rewire_devices(self, states):
@@ -805,9 +811,7 @@ class Machine:
                     for _, base, _ in ranges:
                         bus.unregister(base)
                 delattr(self, slot.name)
-            for part in self._buffered:         # the old UARTs' coalesced THR ports
-                if part.buffering:
-                    vm.uncoalesce(part._port, 1, pio=True)
+            # the old UARTs' coalesced THR ports stay: each new one keeps or drops its own
             self.devices, self._timed, self._buffered = {}, [], []
             self._device_states = states
             try:
@@ -841,6 +845,9 @@ class Machine:
 
     def __exit__(self, *exc):
         self.close()
+
+
+_from_state_params = {}         # device class -> the names its from_state() takes
 
 
 def _snapshot():

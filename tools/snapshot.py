@@ -350,6 +350,13 @@ def _check_keys(d, keys, where):
 def _apply(m, state, fresh):
     """Put CPU, board and device state back into ``m`` (paused or not
     running). Everything is checked before the first thing is set."""
+    _prepare(m, state, fresh)()
+
+
+def _prepare(m, state, fresh):
+    """Check ``state`` for ``m`` and return what puts it back: a function
+    that only makes the ioctls and rebuilds the devices (a checkpoint keeps
+    it, so a reset pays no checking)."""
     keys = {'vcpus', 'clock', 'board', 'devices'} | ({'irqchip', 'pit2'} if m.mode == 'kernel' else set())
     _check_keys(state, keys, 'snapshot state')
     if not isinstance(state['vcpus'], list) or len(state['vcpus']) != len(m.vm.vcpus):
@@ -381,6 +388,10 @@ def _apply(m, state, fresh):
     expected = [s.name for s in m.platform.devices if m.mode in s.modes]
     if not isinstance(devices, dict) or sorted(devices) != sorted(expected):
         raise SnapshotError(f'devices: expected the states of {", ".join(expected)}')
+    return lambda: _put(m, puts, clock, chips, pit, devices, pending, board['user_halted'], woken)
+
+
+def _put(m, puts, clock, chips, pit, devices, pending, user_halted, woken):
     try:
         for put in puts:
             put()
@@ -397,7 +408,7 @@ def _apply(m, state, fresh):
         raise
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError) as e:
         raise SnapshotError(f'a device state is refused: {type(e).__name__}: {e}') from None
-    m._pending_input, m._user_halted, m._woken = pending, board['user_halted'], woken
+    m._pending_input, m._user_halted, m._woken = pending, user_halted, dict(woken)
     m.result = None
 
 
@@ -438,6 +449,7 @@ class Checkpoint:
 
     def __init__(self, machine, state, memory):
         self.machine, self.state, self.memory = machine, state, memory
+        self.apply = _prepare(machine, state, fresh=False)
 
     def __repr__(self):
         return f'<Checkpoint of {len(self.memory)} slots, {sum(len(b) for b in self.memory.values()) >> 20} MiB>'
@@ -479,7 +491,7 @@ def reset_to(m, cp):
                 slot.view[:] = cp.memory[slot.gpa]
                 copied += slot.size // PAGE_SIZE
             _arm(m, cp)
-        _apply(m, cp.state, fresh=False)
+        cp.apply()
     return copied
 
 
