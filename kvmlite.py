@@ -2347,6 +2347,19 @@ class Kvm:
     def max_vcpus(self):
         return self.check_extension(Cap.MAX_VCPUS) or self.recommended_vcpus()
 
+    def get_msrs(self, indices):
+        """KVM_GET_MSRS on /dev/kvm (Cap.GET_MSR_FEATURES): {index: value} of
+        feature MSRs (msr_feature_index_list()), what KVM can offer a guest."""
+        _require(self, Cap.GET_MSR_FEATURES, 'KVM_GET_MSRS on /dev/kvm')
+        buf = kvm_msrs(len(indices))(nmsrs=len(indices))
+        for i, idx in enumerate(indices):
+            buf.entries[i].index = idx
+        n = _ioctl(self.fd, KVM_GET_MSRS, buf)
+        if n != len(indices):
+            raise KvmError(errno.EINVAL, 'KVM_GET_MSRS',
+                           f'MSR {indices[n]:#x} is not a feature MSR (KVM read {n} of {len(indices)})')
+        return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
+
     def mce_cap_supported(self):
         """KVM_X86_GET_MCE_CAP_SUPPORTED: the MCG_CAP bits KVM can emulate,
         the bank count in bits 0-7 (for Vcpu.setup_mce)."""

@@ -212,6 +212,16 @@ class DeviceAttributeTest(unittest.TestCase):
         self.assertTrue(k.has_attr(0, K.KVM_X86_XCOMP_GUEST_SUPP))
         self.assertEqual(k.get_attr(0, K.KVM_X86_XCOMP_GUEST_SUPP) & 3, 3)   # x87 and SSE
 
+    def test_feature_msrs_from_the_system(self):
+        require_cap(self, K.Cap.GET_MSR_FEATURES)
+        k = kvm()
+        feats = k.msr_feature_index_list()
+        self.assertTrue(feats)
+        values = k.get_msrs(feats)
+        self.assertEqual(list(values), feats)
+        if 0x10A in values:             # IA32_ARCH_CAPABILITIES: the bits a host CPU reports
+            self.assertTrue(values[0x10A])
+
     def test_the_vcpu_tsc_offset_moves_the_guests_tsc(self):
         require_cap(self, K.Cap.VCPU_ATTRIBUTES)
         code = 'rdtsc\nmov eax, edx\nout 0x10, eax\nhlt'
