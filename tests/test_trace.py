@@ -1,6 +1,7 @@
-"""The exit trace (tools/trace.py, ``run --trace``): the filter syntax alone,
-then the command line on a real guest (a 32-bit ELF that prints on COM1 and
-exits through port 0xF4), filtered and not, and into a full disk."""
+"""The exit trace and the profile (tools/trace.py, ``run --trace``,
+``run --stats``): the filter syntax alone, then the command line and the
+library on a real guest (a 32-bit ELF that prints on COM1 and exits through
+port 0xF4), filtered and not, into a full disk, and counted by device."""
 
 import contextlib
 import io
@@ -12,10 +13,12 @@ import sys
 import tempfile
 import unittest
 
+import kvmlite
+from devices.console import MemoryBackend
 from tests.guest import requires_kvm
 from tests.test_gdbstub import DEBUG_EXIT_STATUS, PRINTER, guest
 from tools import cli
-from tools.trace import parse_filter
+from tools.trace import Profiler, parse_filter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINE = re.compile(r'^(\d+\.\d{6}) (vcpu\d+|-) (\S+)(?: (.*))?$')
@@ -83,6 +86,30 @@ class TraceRunTest(unittest.TestCase):
         self.assertEqual((status, out), (DEBUG_EXIT_STATUS, b'xm=?\n'), err)
         self.assertEqual(err.count('the trace stopped'), 1, err)
         self.assertNotIn('Traceback', err)
+
+    def test_stats_name_the_exits_the_devices_and_kvms_counters(self):
+        status, out, err = self.run_cli('--stats', '-c', '2')
+        self.assertEqual((status, out), (DEBUG_EXIT_STATUS, b'xm=?\n'), err)
+        stats = [line for line in err.splitlines() if line.startswith('kvmlite: stats: ')]
+        self.assertEqual(len(stats), 3, err)
+        self.assertRegex(stats[0], r'exits by reason: io 6 \(')
+        self.assertRegex(stats[1], r'device accesses: COM1 16550A 5 \(83\.3%, [\d.]+ ms\), '
+                                   r'debug exit 1 \(16\.7%, [\d.]+ ms\); unclaimed 0$')
+        self.assertRegex(stats[2], r'KVM: exits \d+, io_exits \d+')
+
+    def test_the_profile_as_a_dict(self):
+        machine = kvmlite.Machine(mem_size=64 << 20, console=MemoryBackend())
+        self.addCleanup(machine.close)
+        with open(self.image, 'rb') as f:
+            kvmlite.load_kernel(machine, f.read())
+        profiler = Profiler().attach(machine)
+        self.assertEqual(machine.run(timeout=30).status, DEBUG_EXIT_STATUS)
+        report = profiler.report()
+        self.assertEqual(report['exits']['io'], 6)
+        self.assertEqual({k: v['accesses'] for k, v in report['devices'].items()},
+                         {'COM1 16550A': 5, 'debug exit': 1})
+        self.assertAlmostEqual(sum(v['share'] for v in report['devices'].values()), 1.0)
+        self.assertGreaterEqual(report['kvm'].get('exits', 6), 6)
 
     def test_refusals(self):
         for args, want in ((['--trace-filter', 'io'], 'give --trace FILE'),

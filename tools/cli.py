@@ -235,6 +235,7 @@ def _cmd_run(args):
             console.stop()
             print(f'kvmlite: {e}', file=sys.stderr)
             return EXIT_USAGE
+        profiler = _import_part('tools', 'trace').Profiler().attach(machine) if args.stats else None
         try:
             tracer = _make_tracer(args, machine)
         except ValueError as e:
@@ -264,6 +265,8 @@ def _cmd_run(args):
                 result = machine.run(timeout=args.timeout)
                 if args.snapshot_on_exit and result.status in (EXIT_TIMEOUT, EXIT_SIGNAL):
                     notes.append(_snapshot_on_exit(machine, args.snapshot_on_exit))
+                if profiler is not None:        # while the vCPUs (and their KVM statistics) exist
+                    notes += [f'stats: {line}' for line in profiler.text()]
             finally:
                 console.stop()          # the one place the terminal's modes go back
                 if server is not None:
@@ -455,6 +458,8 @@ def main(argv=None):
     r.add_argument('--trace-filter', metavar='KIND[:LO-HI],...',
                    help='what --trace writes: kinds io, mmio, hlt, eoi, intr, irq, debug, internal, '
                         'shutdown, system, fail; io/mmio with a range (io:0x3f8-0x3ff is COM1)')
+    r.add_argument('--stats', action='store_true',
+                   help='at the end, print the exits by reason, device accesses by name and KVM statistics')
     r.add_argument('-s', dest='gdb_1234', action='store_true', help='the same as --gdb 1234')
     r.add_argument('-S', dest='hold', action='store_true',
                    help='hold every vCPU before its first instruction until gdb continues (needs --gdb or -s)')
