@@ -30,6 +30,25 @@ from tools.asm import assemble
 from tools.demo import elf64
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# A run started from a terminal's shell has these signals at their defaults;
+# a test process started as a background job (``python3 -m unittest &``)
+# ignores SIGINT and SIGQUIT, and its children would inherit that (kvmlite
+# rightly leaves an ignored signal ignored). Give the children a terminal's.
+_INHERITED = {}
+
+
+def setUpModule():
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            _INHERITED[signum] = signal.signal(signum, signal.SIG_DFL)
+
+
+def tearDownModule():
+    for signum, previous in _INHERITED.items():
+        signal.signal(signum, previous)
+    _INHERITED.clear()
 HANG_S = 60             # guards against a hang only
 ELF_ADDR = 0x100000
 
