@@ -2837,6 +2837,17 @@ class Vm:
             f.events[i] = _check_u64('PMU event', e)
         _ioctl(self.fd, KVM_SET_PMU_EVENT_FILTER, f, vm=self)
 
+    def set_tsc_khz(self, khz):
+        """KVM_SET_TSC_KHZ on the VM: the TSC frequency that vCPUs created
+        after it start with (each may still set its own)."""
+        _require(self, Cap.VM_TSC_CONTROL, 'KVM_SET_TSC_KHZ on a VM')
+        _ioctl(self.fd, KVM_SET_TSC_KHZ, _check_u64('TSC kHz', khz), vm=self)
+
+    def get_tsc_khz(self):
+        """KVM_GET_TSC_KHZ on the VM: the frequency new vCPUs start with."""
+        _require(self, Cap.VM_TSC_CONTROL, 'KVM_GET_TSC_KHZ on a VM')
+        return _ioctl(self.fd, KVM_GET_TSC_KHZ, vm=self)
+
     def set_boot_cpu_id(self, index):
         """KVM_SET_BOOT_CPU_ID: which vCPU is the BSP (before creating vCPUs)."""
         _require(self, Cap.SET_BOOT_CPU_ID, 'KVM_SET_BOOT_CPU_ID')

@@ -250,6 +250,27 @@ class DeviceAttributeTest(unittest.TestCase):
 
 
 @requires_kvm
+class VmTscKhzTest(unittest.TestCase):
+
+    def test_vcpus_created_after_it_start_at_the_vms_frequency(self):
+        require_cap(self, K.Cap.VM_TSC_CONTROL)
+        with kvm().create_vm() as vm:
+            host = vm.create_vcpu().get_tsc_khz()
+            vm.set_tsc_khz(host - 1000)
+            self.assertEqual(vm.get_tsc_khz(), host - 1000)
+            self.assertEqual(vm.create_vcpu().get_tsc_khz(), host - 1000)
+
+    def test_without_the_capability_it_names_it(self):
+        with kvm().create_vm() as vm:
+            if vm.check_extension(K.Cap.VM_TSC_CONTROL):
+                self.skipTest('this host offers KVM_CAP_VM_TSC_CONTROL (214)')
+            with self.assertRaisesRegex(K.KvmliteError, r'KVM_CAP_VM_TSC_CONTROL \(214\)'):
+                vm.set_tsc_khz(1000000)
+            with self.assertRaisesRegex(K.KvmliteError, r'KVM_CAP_VM_TSC_CONTROL \(214\)'):
+                vm.get_tsc_khz()
+
+
+@requires_kvm
 class BootCpuTest(unittest.TestCase):
 
     def test_set_boot_cpu_id_picks_the_bsp(self):
