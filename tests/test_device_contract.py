@@ -40,6 +40,9 @@ from devices.pit import Pit
 from devices.post import PostCode
 from devices.rtc import Rtc
 from devices.serial import Serial
+from devices.virtio_blk import BytesDisk, VirtioBlk
+from devices.virtio_mmio import GuestMemory, VirtioMmio
+from devices.virtio_rng import VirtioRng
 from tools.layout import PC
 from tools.pc import _wiring_params
 
@@ -85,6 +88,10 @@ RESET_KEEPS = {
     FwCfg: ('ignored',),
     # the RESET pin of a battery-backed chip keeps the time and the CMOS RAM
     Rtc: ('cmos', 'seconds', 'dow_offset', 'divider_age_ns'),
+    # virtio: counters kept for the host (refusals, ignored accesses, requests served)
+    VirtioRng: VirtioMmio.COUNTERS + ('last_refusal', 'device.given'),
+    VirtioBlk: VirtioMmio.COUNTERS + ('last_refusal',) + tuple(
+        f'device.{k}' for k in VirtioBlk._STATS),
 }
 
 
@@ -199,8 +206,18 @@ GUEST_SEQUENCES = {
         for key in (0x0000, 0x0001, 0x0003, 0x0005, 0x0014, 0x0015, 0x0019, 0x4000, 0x8000)
     ],
     DebugExit: [[wr(None, 0, 0x10)], [wr(None, 0, 0x11)]],
+    # the virtio-mmio bring-up (virtio 1.2, 3.1.1 and 4.2.3.2), queue 0 in zeroed RAM
+    VirtioRng: [
+        [wr(None, 0x70, 0, 4), wr(None, 0x70, 1, 4), wr(None, 0x70, 3, 4)],
+        [wr(None, 0x24, 1, 4), wr(None, 0x20, 1, 4), wr(None, 0x70, 11, 4)],
+        [wr(None, 0x24, 0, 4), wr(None, 0x20, 0x30000000, 4)],
+        [wr(None, 0x30, 0, 4), wr(None, 0x38, 16, 4), wr(None, 0x80, 0x1000, 4),
+         wr(None, 0x90, 0x2000, 4), wr(None, 0xA0, 0x3000, 4), wr(None, 0x44, 1, 4)],
+        [wr(None, 0x70, 15, 4)], [wr(None, 0x50, 0, 4)], [rd(None, 0x60, 4), wr(None, 0x64, 3, 4)],
+    ],
     PostCode: [[wr(None, 0, 0x55), rd(None, 0)]],
 }
+GUEST_SEQUENCES[VirtioBlk] = GUEST_SEQUENCES[VirtioRng] + [[rd(None, 0x100, 8), rd(None, 0xFC, 4)]]
 
 SIZES = (1, 2, 4, 8)
 RANDOM_SIZES = (1, 1, 1, 2, 4, 8)             # as guests mix them
@@ -287,6 +304,9 @@ class Wiring:
         self.irq = self.intr = IrqLine()       # a device's line (the PIC pair's INTR)
         self.out = self
         self.events = []
+        self.memory = GuestMemory([(0, bytearray(1 << 16))])   # DMA: 64 KiB of zeroed RAM
+        self.disk = BytesDisk(bytes(range(256)) * 64)          # a 32-sector disk
+        self.entropy = lambda n: bytes(range(n % 256)) * (n // 256) + bytes(range(n % 256))
 
     def write(self, data):                    # the UART's output sink
         self.events.append(('out', bytes(data)))

@@ -132,6 +132,18 @@ class _BootArea:
         self.stack = base + (BOOT_STACK - BOOT_INFO)
 
 
+def virtio_mmio_cmdline(cmdline, devices):
+    """``cmdline`` (bytes) with ``virtio_mmio.device=SIZE@ADDR:IRQ`` for
+    each ``(size, addr, irq)`` of ``devices`` (Linux
+    drivers/virtio/virtio_mmio.c, VIRTIO_MMIO_CMDLINE_DEVICES), unless the
+    user already named that address."""
+    words = [cmdline] if cmdline else []
+    for size, addr, irq in devices:
+        if f'@{addr:#x}:'.encode() not in cmdline:
+            words.append(f'virtio_mmio.device={size}@{addr:#x}:{irq}'.encode())
+    return b' '.join(words)
+
+
 class BootError(ValueError):
     """An image (or a loader argument) that cannot be booted; the message says
     what is wrong and what to do."""

@@ -148,6 +148,26 @@ def _check_run_args(args):
             raise ValueError('--initrd needs --kernel: the built-in demo takes no initrd')
 
 
+def _open_disks(specs):
+    """--disk FILE[,ro] ...: the opened images (devices.virtio_blk.DiskImage),
+    in order; a bad one raises ValueError (the others are closed)."""
+    disk_image = _import_part('devices', 'virtio_blk').DiskImage
+    disks = []
+    try:
+        for spec in specs:
+            path, *opts = spec.split(',')
+            unknown = [o for o in opts if o != 'ro']
+            if unknown or not path:
+                raise ValueError(f'--disk {spec!r}: give FILE or FILE,ro '
+                                 f'({"no file" if not path else "unknown option " + repr(unknown[0])})')
+            disks.append(disk_image(path, readonly='ro' in opts))
+    except BaseException:
+        for d in disks:
+            d.close()
+        raise
+    return disks
+
+
 def _cmd_info(args, out=sys.stdout):
     with Kvm() as kvm:
         p = lambda *a: print(*a, file=out)  # noqa: E731
@@ -194,7 +214,7 @@ def _check_debug_args(args):
 
 
 def _cmd_run(args):
-    console = None
+    console, disks = None, []
     try:
         _check_debug_args(args)
         if args.restore is not None:
@@ -207,13 +227,16 @@ def _cmd_run(args):
             cmdline = args.append.encode()
             image = _read_input_file(args.kernel, 'kernel', args.mem) if args.kernel else None
             initrd = _read_input_file(args.initrd, 'initrd', args.mem) if args.initrd else None
+            disks = _open_disks(args.disk)
             console = _make_console(args.console)
             machine = Machine(mem_size=args.mem, cpus=args.cpus, irqchip=args.irqchip, console=console,
                               cpuid_policy=args.cpuid, cmdline=cmdline,
-                              cpu_vendor=args.cpu_vendor)
+                              cpu_vendor=args.cpu_vendor, disks=disks, rng=args.rng)
     except (ValueError, OSError) as e:            # KvmError is an OSError
         if console is not None:
             console.stop()
+        for d in disks:
+            d.close()
         if isinstance(e, (ValueError, KvmError)):
             reason = e
         elif e.errno == errno.ENOMEM:               # the mmap of the guest's RAM
@@ -450,6 +473,11 @@ def main(argv=None):
                    help="CPUID vendor the guest sees (leaves 0 and 0x80000000): the host's (default), intel or amd")
     r.add_argument('--timeout', type=_timeout, metavar='SECONDS',
                    help='stop the guest after this many seconds, above 0 (inf: never, the default)')
+    r.add_argument('--disk', action='append', default=[], metavar='FILE[,ro]',
+                   help='a raw disk image as a virtio-blk disk (vda, vdb, ... in order; ",ro": '
+                        'read-only); repeatable')
+    r.add_argument('--rng', action='store_true',
+                   help='a virtio-rng entropy device (the guest\'s /dev/hwrng) fed from os.urandom')
     r.add_argument('-v', '--verbose', action='store_true', help='say why the run ended even when it went well')
     r.add_argument('--gdb', type=_gdb_address, metavar='[HOST:]PORT',
                    help='serve the gdb remote protocol on PORT (127.0.0.1 unless HOST is given; 0: any free port)')

@@ -172,7 +172,7 @@ class Machine:
 
     def __init__(self, mem_size=256 << 20, cpus=1, irqchip='split', console=None,
                  cpuid_policy='auto', kvm=None, clock=time.monotonic_ns, cmdline=b'',
-                 platform=PC, cpu_vendor='host'):
+                 platform=PC, cpu_vendor='host', disks=(), rng=False):
         if irqchip not in IRQCHIP_MODES:
             raise ValueError(f'irqchip mode {irqchip!r}: use one of {", ".join(IRQCHIP_MODES)}')
         if irqchip == 'user' and cpus != 1:
@@ -187,6 +187,8 @@ class Machine:
         self.cpuid_policy = cpuid_policy
         self.cpu_vendor = cpu_vendor
         self.mem_size, self.cpus = mem_size, cpus
+        self.disks = self._assign_disks(platform, disks)
+        self.rng = rng              # a virtio-rng filled from os.urandom
         self._own_kvm = kvm is None
         self.kvm = kvm or Kvm()
         self.vm = None
@@ -210,6 +212,26 @@ class Machine:
             raise
 
     # -- construction --
+    @staticmethod
+    def _assign_disks(platform, disks):
+        """{slot name: disk}: the disks (devices.virtio_blk.DiskImage) in
+        the order of the platform's virtio-blk slots (vda, vdb, ...)."""
+        slots = [s.name for s in platform.devices if s.part == 'virtio_blk.VirtioBlk']
+        if len(disks) > len(slots):
+            raise ValueError(f'{len(disks)} disks, but the board has {len(slots)} disk slots '
+                             f'({", ".join(slots)}): give fewer')
+        return dict(zip(slots, disks))
+
+    def virtio_devices(self):
+        """[(size, address, irq)] of the virtio-mmio devices the guest should
+        probe (placeholders without a disk left out)."""
+        out = []
+        for slot in self.platform.devices:
+            dev = self.devices.get(slot.name)
+            if getattr(dev, 'present', False) and slot.mmio and slot.irq is not None:
+                out.append((dev.SIZE, slot.mmio[0][1], slot.irq))
+        return out
+
     def _build(self, cpuid_policy, cmdline):
         vm = self.vm = self.kvm.create_vm()
         platform = self.platform
@@ -274,7 +296,12 @@ class Machine:
             'ram_size': lambda slot: self.mem_size,
             'cpus': lambda slot: self.cpus,
             'cmdline': lambda slot: cmdline,
+            'memory': lambda slot: guest_memory,
+            'disk': lambda slot: self.disks.get(slot.name),
+            'entropy': lambda slot: os.urandom if self.rng else None,
         }
+        guest_memory = _import_part('devices', 'virtio_mmio').GuestMemory(
+            [(s.gpa, s.view) for s in vm.slots if not s.readonly])
         for slot in platform.devices:
             if self.mode not in slot.modes:
                 continue
@@ -829,6 +856,8 @@ class Machine:
                    cs=getattr(boot, 'cs', 0), **where, **boot.regs)
 
     def close(self):
+        for disk in self.disks.values():
+            disk.close()
         if self.vm is not None:
             self.vm.close()
         if self._own_kvm and self.kvm is not None:
@@ -894,6 +923,8 @@ def load_kernel(machine, image, fmt='auto', cmdline=b'', initrd=None):
     if fmt in ('bzimage', 'pvh') and cpuid_restricted(machine.cpuid_policy) \
             and b'clearcpuid=' not in cmdline:
         cmdline = (cmdline + b' ' + LINUX_CLEARCPUID).strip()
+    if fmt in ('bzimage', 'pvh'):
+        cmdline = boot.virtio_mmio_cmdline(cmdline, machine.virtio_devices())
     rsdp, platform, vm = 0, machine.platform, machine.vm
     if machine.mode != 'user':
         rsdp = platform_tables.write_platform_tables(vm, machine.cpus, platform=platform).rsdp
