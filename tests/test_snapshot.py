@@ -309,12 +309,16 @@ def relayout(data, change):
     meta = json.loads(data[meta_off:meta_off + meta_len])
     change(meta)
     pages = [data[off:off + n * 4096] for _, n, off, _ in meta['memory']]
-    blob = json.dumps(meta).encode()
-    data_off = (meta_off + len(blob) + 4095) // 4096 * 4096
-    off = data_off
-    for run in meta['memory']:
-        run[2] = off
-        off += run[1] * 4096
+    data_off = None
+    while True:         # the runs' offsets are in the metadata, whose length moves them
+        blob = json.dumps(meta).encode()
+        new_off = (meta_off + len(blob) + 4095) // 4096 * 4096
+        if new_off == data_off:
+            break
+        data_off = off = new_off
+        for run in meta['memory']:
+            run[2] = off
+            off += run[1] * 4096
     head = snapshot.HEADER.pack(snapshot.MAGIC, snapshot.VERSION, snapshot.HEADER.size, meta_off,
                                 len(blob), data_off, off, zlib.crc32(blob), 0)
     head = head[:-4] + struct.pack('<I', zlib.crc32(head[:-4]))
