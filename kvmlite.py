@@ -4038,6 +4038,10 @@ EMULATOR_UNSAFE_FEATURES = (
     (1, 0, 'ecx', 26, 'xsave'),       # xsave/xrstor
     (1, 0, 'ecx', 27, 'osxsave'),
     (7, 0, 'ebx', 20, 'smap'),        # stac/clac
+    # KVM_FEATURE_PV_SEND_IPI: on kvm_pvm the guest's KVM_HC_SEND_IPI vmcall
+    # never completes (an SMP Linux stays at it, bringing up its APs); without
+    # it Linux sends IPIs through the x2APIC ICR, which KVM serves
+    (0x40000001, 0, 'eax', 11, 'pv_send_ipi'),
 )
 # ... and one to add: on AMD, without XSAVEERPTR Linux issues fnclex.
 EMULATOR_WANTED_FEATURES = ((0x80000008, 0, 'ebx', 2, 'xsaveerptr'),)
@@ -4055,8 +4059,13 @@ def cpuid_restricted(policy):
 
 #: What a Linux command line gets where the policy hides features: on
 #: kvm_pvm a CPL0 ``cpuid`` reports leaf 1 and 7 from the host CPU whatever
-#: the CPUID table says, so the kernel must be told as well.
-LINUX_CLEARCPUID = b'clearcpuid=xsave,smap,popcnt'
+#: the CPUID table says, so the kernel must be told as well. Also
+#: ``tsc_deadline_timer``: with a TSC-deadline local APIC timer, Linux's
+#: periodic tick is one-shot and catches up every missed tick in a loop with
+#: interrupts off; where a tick costs more emulated instructions than its
+#: period (an SMP 6.1 kernel on a loaded host) the guest livelocks in
+#: timekeeping_advance. Without it the tick is periodic and late ticks merge.
+LINUX_CLEARCPUID = b'clearcpuid=xsave,smap,popcnt,tsc_deadline_timer'
 
 
 #: ``vendor`` of cpuid_entries -> the 12-byte CPUID vendor string.

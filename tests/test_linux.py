@@ -13,6 +13,7 @@ and bzImage-b) or built into the cache with shared/linux/build.sh
 """
 
 import os
+import tempfile
 import unittest
 
 from tests.guest import requires_kvm
@@ -20,6 +21,7 @@ from tools import linux
 
 ENABLED = os.environ.get('KVMLITE_LINUX') == '1'
 TIMEOUT = 600.0             # seconds per boot; about 60 are needed here
+V_TIMEOUT = 1500.0          # variant v (2 emulated CPUs, disks): 540 s on a loaded host here
 
 
 @unittest.skipUnless(ENABLED, 'boots a real Linux kernel, about a minute per boot: set '
@@ -48,6 +50,51 @@ class LinuxBootTest(unittest.TestCase):
 
     def test_bzimage_boots_to_init_and_powers_off(self):
         self.boot_to_init('bzimage')
+
+
+@unittest.skipUnless(ENABLED, 'boots the SMP virtio Linux (variant v), minutes per boot: set '
+                     'KVMLITE_LINUX=1 to run (KVMLITE_LINUX_KERNEL_DIR with vmlinux-v and '
+                     'bzImage-v reuses a built kernel)')
+@requires_kvm
+class VirtioSmpLinuxTest(unittest.TestCase):
+    """Variant v with -c 2, a read-write vda, a read-only vdb and --rng: its
+    init prints the CPU count, the md5 of vda's first MiB and its sectors,
+    writes a marker into vda with conv=fsync, tries vdb, reads /dev/hwrng;
+    the host checks the lines and both image files."""
+
+    @classmethod
+    def setUpClass(cls):
+        cache = linux.default_cache()
+        cls.kernels = linux.ensure_kernel(os.environ.get('KVMLITE_LINUX_KERNEL_DIR'), cache, 'v')
+        busybox = linux.ensure_busybox(os.environ.get('KVMLITE_BUSYBOX'), cache)
+        cls.initrd = linux.make_initramfs(busybox, os.path.join(cache, 'initrd-v.cpio'),
+                                          linux.INIT_V)
+        cls.tmp = tempfile.TemporaryDirectory()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def boot_v(self, irqchip):
+        disks = linux.make_disks(os.path.join(self.tmp.name, irqchip))
+        before = {}
+        for name, path in disks.items():
+            with open(path, 'rb') as f:
+                before[name] = f.read()
+        run = linux.boot(self.kernels["pvh"], self.initrd, timeout=V_TIMEOUT,
+                         extra=linux.virtio_extra(disks, irqchip=irqchip))
+        tail = run.output[-3000:].decode(errors='replace')
+        message = (f'{irqchip}: kvmlite exit status {run.status} after {run.seconds:.1f} s, '
+                   f'stderr {run.stderr!r}; the console ended with:\n{tail}')
+        self.assertIsNotNone(run.marker_seconds, message)
+        self.assertEqual(run.status, 0, message)
+        self.assertEqual(linux.check_virtio_run(run, before, disks), [], message)
+
+    def test_split_irqchip_two_cpus_two_disks_and_rng(self):
+        self.boot_v('split')
+
+    def test_kernel_irqchip_two_cpus_two_disks_and_rng(self):
+        self.boot_v('kernel')
 
 
 if __name__ == '__main__':

@@ -23,13 +23,21 @@ What it does, each step skipped when its result is there already:
 
    The guest's console is echoed (unless ``-q``); at the end a line per boot
    gives the seconds to the marker and to the exit, and the exit status.
+
+   Variant ``v`` (SMP and virtio-mmio) boots with ``-c 2``, a fresh random
+   read-write vda (8 MiB) and read-only vdb (1 MiB) in ``CACHE/disks``, and
+   ``--rng`` (``--irqchip`` picks the mode); its init (:data:`INIT_V`)
+   prints the CPU count, the md5 of vda's first MiB and its sectors, writes
+   :data:`DISK_MARKER` at sector :data:`MARKER_SECTOR` with ``conv=fsync``,
+   tries to write vdb and reads 16 bytes of /dev/hwrng; the host then checks
+   those lines and both files (:func:`check_virtio_run`).
    Without ACPI, ``poweroff -f`` ends in a halt with interrupts disabled,
    which kvmlite counts as a power-off: status 0.
 
 Usage::
 
     python3 tools/linux.py [--format pvh|bzimage|both] [--kernel-dir DIR]
-        [--busybox PATH] [--cache DIR] [--variant b|a] [--timeout S] [-q]
+        [--busybox PATH] [--cache DIR] [--variant b|a|v] [--irqchip MODE] [--timeout S] [-q]
 
 The cache is ``--cache``, else ``$KVMLITE_CACHE``, else ``~/.cache/kvmlite``.
 Exit status: 0 when every boot reached the marker and exited with status 0,
@@ -61,9 +69,34 @@ __all__ = ['MARKER', 'CMDLINE', 'LinuxError', 'BootRun', 'default_cache', 'find_
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = b'KVMLITE-LINUX-INIT-OK'
 CMDLINE = 'console=ttyS0 panic=-1 reboot=k'
-VARIANT_CMDLINE = {'b': '', 'a': 'noapic nolapic'}   # variant a: PIC and PIT only
+VARIANT_CMDLINE = {'b': '', 'a': 'noapic nolapic', 'v': ''}   # variant a: PIC and PIT only
 FORMATS = {'pvh': 'vmlinux', 'bzimage': 'bzImage'}    # --format -> file name stem
 INIT = b'#!/bin/sh\necho ' + MARKER + b'\npoweroff -f\n'
+
+# Variant v (SMP, virtio-mmio): booted with -c 2, a read-write vda, a read-only
+# vdb and --rng; its init reports what it saw on lines the host checks
+# (check_virtio_run), writes DISK_MARKER into vda at sector MARKER_SECTOR with
+# conv=fsync and tries to write vdb.
+DISK_MARKER = b'KVMLITE-DISK-MARKER\n'
+MARKER_SECTOR = 2048
+VDA_SIZE, VDB_SIZE = 8 << 20, 1 << 20
+VIRTIO_CPUS = 2
+INIT_V = b'''#!/bin/sh
+B=/bin/busybox
+$B mount -t proc proc /proc
+$B mount -t sysfs sys /sys
+$B mount -t devtmpfs dev /dev
+echo "VIRTIO-CPUS $($B grep -c ^processor /proc/cpuinfo)"
+echo "VIRTIO-MD5 $($B head -c 1048576 /dev/vda | $B md5sum)"
+echo "VIRTIO-SECTORS $($B cat /sys/block/vda/size)"
+if echo KVMLITE-DISK-MARKER | $B dd of=/dev/vda bs=512 seek=%d conv=sync,fsync 2>/dev/null
+then echo VIRTIO-VDA-WRITE-OK; else echo VIRTIO-VDA-WRITE-FAILED; fi
+if echo X | $B dd of=/dev/vdb bs=512 conv=sync,fsync 2>/dev/null
+then echo VIRTIO-VDB-WRITE-OK; else echo VIRTIO-VDB-WRITE-REFUSED; fi
+echo "VIRTIO-RNG $($B head -c 16 /dev/hwrng | $B od -An -tx1 | $B tr -d ' \\n')"
+echo KVMLITE-LINUX-INIT-OK
+$B poweroff -f
+''' % MARKER_SECTOR
 DEFAULT_TIMEOUT = 600.0
 
 
@@ -163,11 +196,12 @@ def ensure_busybox(busybox, cache, log=log):
     return path
 
 
-def make_initramfs(busybox, path):
-    """Write the uncompressed initramfs (busybox, /init printing MARKER and
-    powering off) to ``path``, unless it already holds exactly that."""
+def make_initramfs(busybox, path, init=INIT):
+    """Write the uncompressed initramfs (busybox, an /init, by default one
+    printing MARKER and powering off) to ``path``, unless it already holds
+    exactly that."""
     with open(busybox, 'rb') as f:
-        data = cpio.build(cpio.busybox_entries(f.read(), INIT))
+        data = cpio.build(cpio.busybox_entries(f.read(), init))
     try:
         with open(path, 'rb') as f:
             if f.read() == data:
@@ -210,6 +244,65 @@ def boot(kernel, initrd, cmdline=CMDLINE, timeout=DEFAULT_TIMEOUT, extra=(), ech
     return BootRun(status, bytes(output), time.monotonic() - start, marker_at, argv, stderr)
 
 
+def make_disks(directory):
+    """Fresh random vda (read-write) and vdb (read-only) images in
+    ``directory``: {'vda': path, 'vdb': path}."""
+    os.makedirs(directory, exist_ok=True)
+    paths = {}
+    for name, size in (('vda', VDA_SIZE), ('vdb', VDB_SIZE)):
+        paths[name] = os.path.join(directory, f'{name}.img')
+        with open(paths[name], 'wb') as f:
+            f.write(os.urandom(size))
+    return paths
+
+
+def virtio_extra(disks, cpus=VIRTIO_CPUS, irqchip='split'):
+    """The kvmlite options of a variant v boot."""
+    return ['-c', str(cpus), '--irqchip', irqchip, '--disk', disks['vda'],
+            '--disk', disks['vdb'] + ',ro', '--rng']
+
+
+def check_virtio_run(run, before, disks, cpus=VIRTIO_CPUS):
+    """What is wrong with a variant v boot, as a list of strings: ``before``
+    is {'vda': bytes, 'vdb': bytes} of the images before the boot."""
+    import hashlib
+    import re
+    out = run.output.decode(errors='replace')
+    problems = []
+
+    def line(key):
+        m = re.search(rf'^{key} (\S*)', out, re.M)
+        return m.group(1) if m else None
+    after = {}
+    for name, path in disks.items():
+        with open(path, 'rb') as f:
+            after[name] = f.read()
+    want = {'VIRTIO-CPUS': str(cpus),
+            'VIRTIO-MD5': hashlib.md5(before['vda'][:1 << 20]).hexdigest(),
+            'VIRTIO-SECTORS': str(len(before['vda']) // 512)}
+    for key, value in want.items():
+        if line(key) != value:
+            problems.append(f'{key}: the guest said {line(key)!r}, expected {value!r}')
+    if 'VIRTIO-VDA-WRITE-OK' not in out:
+        problems.append('the guest could not write vda')
+    if 'VIRTIO-VDB-WRITE-REFUSED' not in out:
+        problems.append('writing the read-only vdb did not fail in the guest')
+    rng = line('VIRTIO-RNG') or ''
+    if not re.fullmatch(r'[0-9a-f]{32}', rng) or rng == '0' * 32:
+        problems.append(f'VIRTIO-RNG: {rng!r} is not 16 random bytes in hex')
+    at = MARKER_SECTOR * 512
+    marker = DISK_MARKER + bytes(512 - len(DISK_MARKER))
+    expected = before['vda'][:at] + marker + before['vda'][at + 512:]
+    if after['vda'] != expected:
+        diff = [i for i in range(0, len(expected), 512)
+                if after['vda'][i:i + 512] != expected[i:i + 512]]
+        problems.append(f'vda: sectors {[i // 512 for i in diff[:8]]} differ from the image with '
+                        f'the marker at sector {MARKER_SECTOR}')
+    if after['vdb'] != before['vdb']:
+        problems.append('the read-only vdb changed')
+    return problems
+
+
 def summary(name, run):
     marker = f'{run.marker_seconds:.1f} s' if run.marker_seconds is not None else 'never'
     return f'{name}: init marker after {marker}, kvmlite exit status {run.status} after ' \
@@ -226,8 +319,11 @@ def main(argv=None):
     ap.add_argument('--cache', default=default_cache(),
                     help='where built and fetched files go (default: $KVMLITE_CACHE or '
                     '~/.cache/kvmlite)')
-    ap.add_argument('--variant', choices=('b', 'a'), default='b',
-                    help='kernel variant of build.sh (default b: local APIC and IOAPIC)')
+    ap.add_argument('--variant', choices=('b', 'a', 'v'), default='b',
+                    help='kernel variant of build.sh (default b: local APIC and IOAPIC; v: SMP '
+                    'and virtio, booted with -c 2, two disks and --rng, its init checking them)')
+    ap.add_argument('--irqchip', choices=('split', 'kernel', 'user'), default='split',
+                    help='kvmlite --irqchip for variant v (default split)')
     ap.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT,
                     help=f'seconds per boot (default {DEFAULT_TIMEOUT:g})')
     ap.add_argument('-q', '--quiet', action='store_true', help="don't echo the guest console")
@@ -235,22 +331,37 @@ def main(argv=None):
     try:
         kernels = ensure_kernel(args.kernel_dir, args.cache, args.variant, log)
         busybox = ensure_busybox(args.busybox, args.cache, log)
-        initrd = make_initramfs(busybox, os.path.join(args.cache, 'initrd.cpio'))
+        v = args.variant == 'v'
+        initrd = make_initramfs(busybox, os.path.join(args.cache, 'initrd-v.cpio' if v else
+                                                      'initrd.cpio'), INIT_V if v else INIT)
     except (LinuxError, OSError, ValueError) as e:
         log(str(e))
         return 2
     cmdline = f'{CMDLINE} {VARIANT_CMDLINE[args.variant]}'.strip()
     names = ('pvh', 'bzimage') if args.format == 'both' else (args.format,)
     runs = {}
+    failed = False
     for name in names:
-        command = run_command(kernels[name], initrd, cmdline, args.timeout)
+        extra, disks = (), None
+        if v:
+            disks = make_disks(os.path.join(args.cache, 'disks'))
+            before = {}
+            for disk, path in disks.items():
+                with open(path, 'rb') as f:
+                    before[disk] = f.read()
+            extra = virtio_extra(disks, irqchip=args.irqchip)
+        command = run_command(kernels[name], initrd, cmdline, args.timeout, extra)
         log(f'booting {name}: {shlex.join(command)}')
-        runs[name] = run = boot(kernels[name], initrd, cmdline, args.timeout,
+        runs[name] = run = boot(kernels[name], initrd, cmdline, args.timeout, extra,
                                 echo=None if args.quiet else sys.stdout.buffer)
         sys.stderr.write(run.stderr)
+        if v:
+            for problem in check_virtio_run(run, before, disks):
+                log(f'{name}: {problem}')
+                failed = True
     for name, run in runs.items():
         log(summary(name, run))
-    return 0 if all(r.ok for r in runs.values()) else 1
+    return 0 if all(r.ok for r in runs.values()) and not failed else 1
 
 
 if __name__ == '__main__':

@@ -200,6 +200,8 @@ class Machine:
         self._buffered = []         # the UARTs whose THR writes KVM may buffer
         self._pending_input = b''
         self._woken = {}            # vCPU index -> RIP where _wake_for_lost_eoi woke it
+        self._poll_round = 0        # bumped by the timer thread before each 'poll' kick
+        self._poll_seen = {}        # vCPU index -> (poll round, halted for good) it saw itself
         self.debug = None           # a debugger's vCPU gate (tools.gdbstub.Debugger), if attached
         self.tracer = None          # an exit trace (tools.trace.Tracer.attach), if any
         if console is not None and hasattr(console, 'wake'):
@@ -484,6 +486,7 @@ class Machine:
             if time.monotonic() >= next_poll:
                 # advance it in user mode too, or the select timeout stays 0 (a busy loop)
                 next_poll = time.monotonic() + HALT_POLL_S
+                self._poll_round += 1
                 for v in self.vm.vcpus if poll_halt else ():
                     v.kick('poll')            # lets the run loop spot a final halt
 
@@ -641,6 +644,7 @@ class Machine:
 
     def _on_interrupted(self, vcpu, exit):
         if exit.why == 'poll':
+            self._poll_seen[vcpu.index] = (self._poll_round, self._own_halt(vcpu))
             if self._halted_for_good():
                 self.stop(EXIT_OK, 'the guest halted with interrupts disabled')
             else:
@@ -681,12 +685,26 @@ class Machine:
             ev.wait(0.5)
             ev.clear()
 
+    @staticmethod
+    def _own_halt(vcpu):
+        """Whether ``vcpu`` (asked from its own thread) is halted for good:
+        halted with interrupts disabled, or an AP never started (only
+        INIT/SIPI wakes it); None for an AP that was never started."""
+        state = vcpu.get_mp_state()
+        if state in (KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED):
+            return None
+        return state == KVM_MP_STATE_HALTED and not vcpu.get_regs().rflags & 0x200
+
     def _halted_for_good(self):
+        """Every vCPU saw itself halted for good in this poll round. Each
+        vCPU reads only its own state: a vCPU ioctl on another vCPU's fd
+        waits for that vCPU to leave KVM_RUN, which a guest spinning without
+        exits (the boot CPU waiting for an AP to call in) may not do for
+        seconds, and an AP stuck there never gets to the SIPI it waits for."""
+        now = self._poll_round
         for v in self.vm.vcpus:
-            state = v.get_mp_state()
-            if state in (KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED):
-                continue                # an AP never started: only INIT/SIPI wakes it
-            if state != KVM_MP_STATE_HALTED or v.get_regs().rflags & 0x200:
+            seen_round, halted = self._poll_seen.get(v.index, (None, False))
+            if seen_round != now or halted is False:
                 return False
         return True
 
