@@ -1963,6 +1963,7 @@ _HLT, _SHUTDOWN, _IRQ_WINDOW = Hlt(), Shutdown(), IrqWindowOpen()
 #: How many distinct addresses a bus counts accesses for: a guest that sweeps
 #: the address space must not grow the VMM's memory (64 bytes or so each).
 BUS_COUNTED_ADDRESSES = 4096
+RECENT_EXITS = 8        # port-I/O and MMIO exits a vCPU remembers (a power of 2)
 
 _UNPACK = {1: struct.Struct('<B'), 2: struct.Struct('<H'), 4: struct.Struct('<I'),
            8: struct.Struct('<Q')}
@@ -3111,6 +3112,12 @@ class Vcpu:
                 self._map.close()
                 os.close(self.fd)
                 raise KvmError(e.errno, 'mmap of the dirty ring') from None
+        # what the last exits touched, for a report on a stalled guest: the
+        # port of each of the last 8 port-I/O exits and the address of each of
+        # the last 8 MMIO exits (RECENT_EXITS), rings indexed by this vCPU's
+        # totals io_exits and mmio_exits; one list store per exit, nothing allocated
+        self.io_exits = self.mmio_exits = 0
+        self.last_ports, self.last_mmio = [0] * RECENT_EXITS, [0] * RECENT_EXITS
         _install_kick_handler()
 
     def close(self):
@@ -3819,7 +3826,9 @@ class Vcpu:
         unpack_exit, unpack_mmio = _RUN_EXIT_IO.unpack_from, _MMIO_EXIT.unpack_from
         ioctl, fd, ring, ring_ends = fcntl.ioctl, self.fd, self._ring, _RING_ENDS.unpack_from
         decode, tid = self._decode, threading.get_ident()
-        n_io = n_mmio = 0
+        io0 = n_io = self.io_exits
+        mmio0 = n_mmio = self.mmio_exits
+        last_ports, last_mmio, recent = self.last_ports, self.last_mmio, RECENT_EXITS - 1
         if timeout is not None:
             _watchdog.arm(self, time.monotonic() + timeout)
         reason = None
@@ -3848,12 +3857,14 @@ class Vcpu:
                 try:
                     if reason == 2:                              # KVM_EXIT_IO
                         n_io += 1
+                        last_ports[n_io & recent] = port
                         if io_bus[direction]:
                             pio_io(port, size, count, direction, m, off)
                             continue
                     elif reason == 6:                            # KVM_EXIT_MMIO
                         n_mmio += 1
                         addr, data, length, is_write = unpack_mmio(m, 32)
+                        last_mmio[n_mmio & recent] = addr
                         if mmio_bus[is_write]:
                             st = _UNPACK.get(length)
                             if st is None:          # a size no device decodes (16-byte SSE...)
@@ -3879,10 +3890,12 @@ class Vcpu:
             # an I/O exit left unanswered (returned, or a device raised)
             # completes on the next KVM_RUN: complete_io() does it at once
             self._pending = reason == 2 or reason == 6
-            if n_io:
-                counts[ExitReason.IO] += n_io
-            if n_mmio:
-                counts[ExitReason.MMIO] += n_mmio
+            if n_io != io0:
+                counts[ExitReason.IO] += n_io - io0
+                self.io_exits = n_io
+            if n_mmio != mmio0:
+                counts[ExitReason.MMIO] += n_mmio - mmio0
+                self.mmio_exits = n_mmio
             if timeout is not None:
                 self._disarm(reason)
 

@@ -161,5 +161,87 @@ class RunTest(CliCase):
                              'exit status 1\n'))
 
 
+# flat real-mode guests for the timeout report; the labels say where they stall
+STALLED = {
+    'spin': '''
+        bits 16
+        mov dx, 0x3f8
+        mov al, 'R'
+        out dx, al                  ; may wait in KVM's coalesced ring: no exit
+        mov dx, 0x3fd
+        in al, dx                   ; a read always exits
+    spin:
+        jmp spin
+    ''',
+    'poll': '''
+        bits 16
+    poll:
+        mov dx, 0x3fd
+        in al, dx
+        test al, 1                  ; waits for a byte that never comes
+        jz poll
+    end:
+        hlt
+    ''',
+    'halt': '''
+        bits 16
+        sti
+    halt:
+        hlt
+        jmp halt
+    ''',
+}
+
+
+@requires_kvm
+class TimeoutReportTest(CliCase):
+    """When --timeout expires, one line per vCPU after the timeout's own:
+    where it was, what it was doing, and its last exits by device."""
+
+    def run_stalled(self, cases):
+        """Run each (guest, irqchip) with --timeout 1, all at once; returns
+        {case: (its vCPU line, the guest's labels)}."""
+        from tools.asm import assemble_with_labels
+        procs = {}
+        for guest, irqchip in cases:
+            code, labels = assemble_with_labels(STALLED[guest], bits=16)
+            kernel = self.file(f'{guest}-{irqchip}', code)
+            procs[guest, irqchip] = labels, subprocess.Popen(
+                [sys.executable, 'kvmlite.py', 'run', '-k', kernel, '--format', 'flat',
+                 '--console', 'none', '--irqchip', irqchip, '--timeout', '1'],
+                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, text=True)
+        results = {}
+        for case, (labels, p) in procs.items():
+            _, err = p.communicate(timeout=60)
+            self.assertEqual(p.returncode, 124, err)
+            lines = err.splitlines()
+            self.assertEqual(len(lines), 2, err)            # the timeout, then one vCPU
+            self.assertEqual(lines[0], 'kvmlite: timeout after 1.0 s')
+            results[case] = lines[1], labels
+        return results
+
+    def test_each_vcpu_says_where_it_was_and_what_it_was_doing(self):
+        results = self.run_stalled([('spin', 'split'), ('spin', 'user'), ('poll', 'split'),
+                                    ('halt', 'split'), ('halt', 'user')])
+        for (guest, irqchip), (line, labels) in results.items():
+            with self.subTest(guest=guest, irqchip=irqchip):
+                self.assertRegex(line, r'^kvmlite: vCPU 0: real mode, CS:IP 1000:[0-9a-f]{4} '
+                                       r'\(linear 0x1[0-9a-f]{4}\): ')
+                if guest == 'spin':
+                    at = f'1000:{labels["spin"]:04x}'
+                    self.assertIn(f'CS:IP {at} ', line)
+                    self.assertIn(f': spinning at {at}; ', line)
+                    self.assertRegex(line, r'; last exits, newest first: COM1 16550A port 0x3fd'
+                                           r'[ ,].* 0 MMIO exits in all\)$')
+                elif guest == 'poll':
+                    ip = int(line.split('CS:IP 1000:')[1][:4], 16)
+                    self.assertTrue(labels['poll'] <= ip < labels['end'], line)
+                    self.assertIn('waiting on I/O (polling COM1 16550A port 0x3fd); '
+                                  'last exits, newest first: COM1 16550A port 0x3fd x8 (', line)
+                else:
+                    self.assertIn(': halted, interrupts on; last exits, newest first: none', line)
+
+
 if __name__ == '__main__':
     unittest.main()

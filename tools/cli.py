@@ -302,7 +302,7 @@ def _cmd_run(args):
                     except OSError:
                         pass            # the tracer has said why it stopped
     if result.status != EXIT_OK or args.verbose or notes:
-        lines = [result.reason] + notes
+        lines = [result.reason] + result.report + notes   # the report: after a timeout
         # after a console line the guest left open, kvmlite's own start on a fresh one
         fresh = '\n' if _same_line(console, sys.stderr) else ''
         sys.stderr.write(fresh + ''.join(f'kvmlite: {line}\n' for line in lines))

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import inspect
 import os
+from collections import deque
 import select
 import struct
 import sys
@@ -61,6 +62,7 @@ MIN_TIMER_SLEEP_S = 200e-6
 # often, so a guest that prints and then spins without exits is still heard.
 BUFFERED_OUTPUT_S = 0.02
 BUFFER_AFTER = 1024     # THR bytes at IER 0 before KVM may buffer them (see _BufferedThr)
+STALL_SAMPLES = 4       # halt polls (0.25 s apart) the timeout report looks back on
 INPUT_LIMIT = 4096      # bytes of console input that wait for a guest not reading its UART
 APIC_LVT0, APIC_LVT1 = 0x350, 0x360
 IOREDTBL_REMOTE_IRR = 1 << 14   # IOAPIC redirection entry: a level interrupt awaits its EOI
@@ -145,10 +147,12 @@ def _wiring_params(cls):
 
 class RunResult:
     """How a machine run ended: ``status`` (the process exit status) and a
-    one-line ``reason``."""
+    one-line ``reason``; after a timeout, ``report`` has one line per vCPU
+    saying where it was and what it was doing (see :func:`_stall_report`)."""
 
     def __init__(self, status, reason):
         self.status, self.reason = status, reason
+        self.report = []
 
     def __repr__(self):
         return f'RunResult({self.status}, {self.reason!r})'
@@ -204,6 +208,7 @@ class Machine:
         self._poll_seen = {}        # vCPU index -> (poll round, halted for good) it saw itself
         self.debug = None           # a debugger's vCPU gate (tools.gdbstub.Debugger), if attached
         self.tracer = None          # an exit trace (tools.trace.Tracer.attach), if any
+        self._samples = {}          # vCPU index -> its last (RIP, exits) at the halt polls
         if console is not None and hasattr(console, 'wake'):
             console.wake = self.wake        # output that waits for its reader wakes the timer thread
         self._snapshot_init(cmdline)
@@ -446,7 +451,6 @@ class Machine:
             raise DeviceError(f'{type(dev).__name__}.tick() raised {type(e).__name__}: {e}') from e
 
     def _io_loop(self):
-        poll_halt = self.mode != 'user'
         next_poll = time.monotonic() + HALT_POLL_S
         con = self.console
         while not self._stopping.is_set():
@@ -484,11 +488,10 @@ class Machine:
             if self._snapshot_request is not None:
                 self._serve_snapshot_request()
             if time.monotonic() >= next_poll:
-                # advance it in user mode too, or the select timeout stays 0 (a busy loop)
                 next_poll = time.monotonic() + HALT_POLL_S
                 self._poll_round += 1
-                for v in self.vm.vcpus if poll_halt else ():
-                    v.kick('poll')            # lets the run loop spot a final halt
+                for v in self.vm.vcpus:
+                    v.kick('poll')            # lets the run loop spot a final halt, and sample
 
     def _feed_console(self):
         """Drain console output; move console input into COM1, keeping what its
@@ -566,6 +569,7 @@ class Machine:
     def _run(self, timeout):
         self._stopping.clear()
         self.result = None
+        self._samples = {v.index: deque(maxlen=STALL_SAMPLES) for v in self.vm.vcpus}
         threads = [threading.Thread(target=self._io_thread, name='kvmlite-timers', daemon=True)]
         threads += [threading.Thread(target=self._vcpu_thread, args=(v,), name=f'kvmlite-vcpu{v.index}',
                                      daemon=True) for v in self.vm.vcpus[1:]]
@@ -585,6 +589,11 @@ class Machine:
             for t in threads:
                 t.join(timeout=5)
             self.vm.drain_coalesced()     # what the guest wrote before it stopped
+        if self.result.status == EXIT_TIMEOUT:
+            alive = {t.name for t in threads if t.is_alive()}
+            self.result.report = [_stall_report(self, v) if f'kvmlite-vcpu{v.index}' not in alive
+                                  else f'vCPU {v.index}: its thread did not stop'
+                                  for v in self.vm.vcpus]
         return self.result
 
     def _vcpu_thread(self, vcpu):
@@ -644,6 +653,10 @@ class Machine:
 
     def _on_interrupted(self, vcpu, exit):
         if exit.why == 'poll':
+            # four times a second, where it is: the timeout report's history
+            self._samples[vcpu.index].append((vcpu.get_regs().rip, vcpu.io_exits + vcpu.mmio_exits))
+            if self.mode == 'user':
+                return False            # HLT comes back to Python: _wait_for_interrupt sees it
             self._poll_seen[vcpu.index] = (self._poll_round, self._own_halt(vcpu))
             if self._halted_for_good():
                 self.stop(EXIT_OK, 'the guest halted with interrupts disabled')
@@ -900,6 +913,74 @@ _from_state_params = {}         # device class -> the names its from_state() tak
 def _snapshot():
     from . import snapshot      # on first use: the board does not need it to run
     return snapshot
+def _cpu_mode(sregs, rflags):
+    """'real mode', 'long mode, CPL0' ... from the segment and control registers
+    (Intel SDM Vol. 3, 2.2 and 9.8.5: CR0.PE, EFLAGS.VM, EFER.LMA, CS.L/D)."""
+    if not sregs.cr0 & 1:
+        return 'real mode'
+    if rflags & 1 << 17:
+        return 'virtual-8086 mode'
+    cs, cpl = sregs.cs, sregs.cs.selector & 3
+    if sregs.efer & 1 << 10:
+        kind = 'long mode' if cs.l else 'compatibility mode'
+    else:
+        kind = '32-bit protected mode' if cs.db else '16-bit protected mode'
+    return f'{kind}, CPL{cpl}'
+
+
+def _recent(ring, total, bus, kind):
+    """The ring's exits, newest first, as [('COM1 16550A port 0x3fd', 7), ...]:
+    runs of one address, named by the device the bus has there."""
+    runs = []
+    for k in range(min(total, len(ring))):
+        addr = ring[(total - k) & (len(ring) - 1)]
+        if runs and runs[-1][0] == addr:
+            runs[-1][1] += 1
+        else:
+            runs.append([addr, 1])
+    named = []
+    for addr, count in runs:
+        hit = bus.find(addr)
+        named.append((f'{hit[2] if hit else "unclaimed"} {kind} {addr:#x}', count))
+    return named
+
+
+def _stall_report(machine, vcpu):
+    """One line on where a stopped vCPU was and what it was doing: its mode
+    and RIP; halted (in KVM, or waiting for an interrupt in user mode),
+    spinning at one address or looping in a few bytes across the last halt
+    polls (0.25 s apart), polling a device (waiting on I/O) when it also
+    exited since the last poll, or running; then its last port-I/O and MMIO
+    exits by device (Vcpu.last_ports and last_mmio)."""
+    regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+    rip, if_on = regs.rip, bool(regs.rflags & 0x200)
+    real = not sregs.cr0 & 1
+    cs = sregs.cs.selector
+
+    def at(addr):
+        return f'{cs:04x}:{addr & 0xffff:04x}' if real else f'{addr:#x}'
+    where = f'CS:IP {at(rip)} (linear {sregs.cs.base + (rip & 0xffff):#x})' if real else f'RIP {rip:#x}'
+    mp = vcpu.get_mp_state() if machine.mode != 'user' else None
+    samples = list(machine._samples.get(vcpu.index, ())) + [(rip, vcpu.io_exits + vcpu.mmio_exits)]
+    ports = _recent(vcpu.last_ports, vcpu.io_exits, machine.vm.pio, 'port')
+    mmio = _recent(vcpu.last_mmio, vcpu.mmio_exits, machine.vm.mmio, 'MMIO')
+    if mp in (KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED):
+        doing = 'not started (waits for INIT and SIPI)'
+    elif mp == KVM_MP_STATE_HALTED or machine.mode == 'user' and machine._user_halted:
+        doing = f'halted, interrupts {"on" if if_on else "off"}'
+    elif len(samples) < 2:
+        doing = 'running'
+    else:
+        lo, hi = min(r for r, _ in samples), max(r for r, _ in samples)
+        doing = (f'spinning at {at(lo)}' if lo == hi else
+                 f'looping in {at(lo)}-{at(hi)}' if hi - lo < 64 else 'running')
+        if hi - lo < 64 and samples[-1][1] > samples[-2][1] and (ports or mmio):
+            # a small loop that still exits: a guest polling a device
+            doing += f', waiting on I/O (polling {(ports or mmio)[0][0]})'
+    last = ', '.join(what + (f' x{n}' if n > 1 else '') for what, n in ports + mmio) or 'none'
+    return (f'vCPU {vcpu.index}: {_cpu_mode(sregs, regs.rflags)}, {where}: {doing}; '
+            f'last exits, newest first: {last} ({vcpu.io_exits} port I/O and '
+            f'{vcpu.mmio_exits} MMIO exits in all)')
 
 
 class _Routed:
