@@ -144,6 +144,20 @@ class OneRunAtATimeTest(unittest.TestCase):
                 m.run(timeout=1)
 
 
+    def test_a_failing_vcpu_thread_ends_the_run_and_says_where(self):
+        # a bug in the board's exit handling must not leave the run going on
+        # without the vCPU, nor print into a raw terminal
+        with K.Machine(mem_size=8 << 20, irqchip='user', console=None) as m:
+            m.vm.write(0x10000, b'\xfb\xf4\xeb\xfe')        # sti; hlt; jmp $ in real mode
+            K.setup_mode(m.vm.vcpus[0], m.vm, 'real', 0, cs=0x1000)
+
+            def broken(vcpu, exit):
+                raise RuntimeError('boom')
+            m._on_hlt = broken
+            result = m.run(timeout=30)
+            self.assertEqual(result.status, K.EXIT_VMM, result.reason)
+            self.assertRegex(result.reason, r'vCPU 0 failed: RuntimeError: boom at test_misuse.py:\d+')
+
 @requires_kvm
 class IoapicRoutingTest(unittest.TestCase):
     def test_a_write_that_changes_no_route_costs_no_gsi_routing_ioctl(self):

@@ -24,6 +24,7 @@ import struct
 import sys
 import threading
 import time
+import traceback
 
 from kvmlite import (
     PAGE_SIZE, DeviceError, FailEntry, Hlt, InternalError, Interrupted, IoapicEoi,
@@ -603,6 +604,11 @@ class Machine:
             self.stop(EXIT_VMM, f'device error: {e}')
         except KvmError as e:
             self.stop(EXIT_VMM, f'KVM error on vCPU {vcpu.index}: {e}')
+        except Exception as e:          # a bug in the board: the run ends, no vCPU is lost silently
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            self.stop(EXIT_VMM, f'vCPU {vcpu.index} failed: {type(e).__name__}: {e} at '
+                      f'{os.path.basename(where.filename)}:{where.lineno} (a kvmlite bug: please '
+                      'report it)')
 
     def _run_vcpu(self, vcpu):
         handlers = self._exit_handlers()
