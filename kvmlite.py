@@ -4162,7 +4162,8 @@ def cpuid_entries(kvm, vcpu_index=0, policy='auto', hide=(), vendor='host'):
 # I/O bitmap lets CPL3 use every port, so that stub works at either level).
 # At CPL3 the snippet runs natively; only the stubs run at CPL0.
 
-__all__ += ['Snippet', 'Stop', 'SnippetError', 'SnippetTestCase', 'kvm_unavailable',
+__all__ += ['Snippet', 'Stop', 'SnippetError', 'SnippetContext', 'SnippetTestCase',
+            'kvm_unavailable',
             'snippet_pool_clear']
 
 SNIPPET_MODES = ('real', 'prot32', 'long64')
@@ -4232,6 +4233,27 @@ class _Closed:
 
 class SnippetError(KvmliteError, ValueError):
     """A bad request to a Snippet: unknown register, overlapping map..."""
+
+
+class SnippetContext:
+    """A Snippet's CPU state from :meth:`Snippet.context_save` (unicorn's
+    UcContext): ``mode``, ``cpl`` and the register blocks KVM returned."""
+    __slots__ = ('mode', 'cpl', 'regs', 'sregs', 'xsave')
+
+    def __init__(self, mode, cpl, regs, sregs, xsave):
+        self.mode, self.cpl, self.regs, self.sregs, self.xsave = mode, cpl, regs, sregs, xsave
+
+    def reg_read(self, name):
+        """A general register (rax..r15 and their views, rip, rflags) as saved."""
+        key = _SNIPPET_GPRS.get(name.lower() if isinstance(name, str) else '')
+        if key is None:
+            raise SnippetError(f'SnippetContext.reg_read({name!r}): a context reads the '
+                               'general registers, rip and rflags; restore it to read the rest')
+        field, shift, bits = key
+        return getattr(kvm_regs.from_buffer_copy(self.regs), field) >> shift & ((1 << bits) - 1)
+
+    def __repr__(self):
+        return f'SnippetContext({self.mode}, cpl={self.cpl}, rip={self.reg_read("rip"):#x})'
 
 
 class Stop:
@@ -4656,17 +4678,99 @@ class Snippet:
     def mem_map(self, addr, size, perms='rwx'):
         """Map ``size`` bytes of zeroed RAM at ``addr`` (both 4 KiB-aligned).
         Without 'w' the region is read-only: writes reach the MMIO hook.
-        Without 'x' (long64 only: NX) fetches fault with #PF. x86 pages are
-        always readable, so ``perms`` must hold 'r'."""
-        if not set(perms) <= set('rwx') or 'r' not in perms:
-            raise SnippetError(f"perms {perms!r}: use 'r' plus any of 'w', 'x' "
-                               '(x86 memory is always readable)')
+        Without 'x' (long64 only: NX; prot32 and real refuse it) fetches
+        fault with #PF. x86 pages are always readable, so ``perms`` must
+        hold 'r'."""
+        self._check_perms(perms)
         self._claim(addr, size, 'memory', keep=(addr, size, 'w' not in perms))
         self._settle()
         # a zeroed slot of the same shape that the VM's last user left: no ioctl
         if self._spares.pop((addr, size, 'w' not in perms), None) is None:
             self._vm.add_memory(addr, size, readonly='w' not in perms)
         self._add_region(addr, size, perms)
+
+    def mem_unmap(self, addr, size):
+        """Remove ``addr``..``addr + size`` (4 KiB-aligned) from the map, as
+        unicorn's mem_unmap: it may cut a region (or several) and must lie in
+        mapped memory or MMIO. The memory around it keeps its contents and
+        permissions. Afterwards an access there is as to any unmapped
+        address: #PF in long64, MMIO in prot32 and real."""
+        self._reshape(addr, size, None, 'mem_unmap')
+
+    def mem_protect(self, addr, size, perms):
+        """Change the permissions of ``addr``..``addr + size`` (4 KiB-aligned,
+        inside mapped RAM), as unicorn's mem_protect; contents are kept.
+        Without 'w' writes reach the MMIO hook (a read-only KVM memory slot,
+        every mode); without 'x' fetches fault with #PF (the page tables'
+        NX bit: long64 only, as prot32 and real have no paging to say it)."""
+        self._check_perms(perms)
+        self._reshape(addr, size, perms, 'mem_protect')
+
+    def mem_regions(self):
+        """``[(begin, end, perms)]`` of every mapped range, sorted, as unicorn's
+        mem_regions: ``end`` is the last byte (inclusive), ``perms`` 'rwx',
+        'rw', 'r'... for RAM and '' for MMIO (mmio_map). kvmlite's own
+        system area (SNIPPET_SYSTEM) is not listed."""
+        return [(a, a + n - 1, p) for a, n, p in self._regions]
+
+    def _check_perms(self, perms):
+        if not isinstance(perms, str) or not set(perms) <= set('rwx') or 'r' not in perms:
+            raise SnippetError(f"perms {perms!r}: use 'r' plus any of 'w', 'x' "
+                               '(x86 memory is always readable)')
+        if 'x' not in perms and self.mode != 'long64':
+            raise SnippetError(f"perms {perms!r} in {self.mode}: no-execute needs the page "
+                               f"tables' NX bit, and {self.mode} runs without paging; add 'x' "
+                               "(or use mode='long64')")
+
+    def _region_slot(self, addr, size):
+        spares = self._spares.values()
+        return next(s for s in self._vm.slots
+                    if s.gpa == addr and s.size == size and s not in spares)
+
+    def _reshape(self, addr, size, perms, what):
+        """Unmap (``perms`` None) or re-permission ``addr``..``addr + size``:
+        each region it touches is cut into the pieces outside it (as they
+        were) and the piece inside it (``perms``, or gone). A KVM memory slot
+        cannot be cut nor made read-only in place, so a touched RAM region
+        gets new slots with its bytes copied over."""
+        if addr % PAGE_SIZE or size % PAGE_SIZE or size <= 0 or addr < 0:
+            raise SnippetError(f'{what} at {addr:#x} of {size:#x} bytes: address and size must '
+                               f'be multiples of {PAGE_SIZE:#x} (4 KiB), size above 0')
+        end = addr + size
+        hit = [r for r in self._regions if r[0] < end and addr < r[0] + r[1]]
+        pos = addr
+        for a, n, p in hit:
+            if a > pos:
+                break
+            pos = a + n
+        if pos < end:
+            raise SnippetError(f'{what} at {addr:#x}-{end - 1:#x}: {pos:#x} is not mapped '
+                               '(see mem_regions())')
+        if perms is not None and any(not p for a, n, p in hit):
+            a, n = next((a, n) for a, n, p in hit if not p)
+            raise SnippetError(f'{what} at {addr:#x}-{end - 1:#x}: {a:#x}-{a + n - 1:#x} is '
+                               'MMIO (mmio_map), which has no permissions: unmap it instead')
+        self._settle()
+        for a, n, p in hit:
+            lo, hi = max(a, addr), min(a + n, end)
+            pieces = [(a, lo - a, p), (lo, hi - lo, perms), (hi, a + n - hi, p)]
+            pieces = [(pa, pn, pp) for pa, pn, pp in pieces if pn and pp is not None]
+            self._regions.remove((a, n, p))
+            if not p:                                    # MMIO: no slot behind it
+                self._regions.extend(pieces)
+                continue
+            if pieces == [(a, n, perms)] and ('w' in perms) == ('w' in p):
+                self._regions.append(pieces[0])          # only 'x' changed: the tables say it
+                continue
+            slot = self._region_slot(a, n)
+            data = bytes(slot.map)
+            self._vm.remove_memory(slot)
+            for pa, pn, pp in pieces:
+                new = self._vm.add_memory(pa, pn, readonly='w' not in pp)
+                new.view[:] = data[pa - a:pa - a + pn]
+                self._regions.append((pa, pn, pp))
+        self._regions.sort()
+        self._tables_dirty = self.mode == 'long64'
 
     def mmio_map(self, addr, size):
         """Make ``addr``..``addr + size`` device memory: no RAM, every access
@@ -4837,6 +4941,32 @@ class Snippet:
         """The names of the status and control flags set in RFLAGS ('CF', 'ZF'...)."""
         rflags = self._rv().rflags
         return frozenset(f for f, bit in SNIPPET_FLAGS.items() if rflags >> bit & 1)
+
+    def context_save(self):
+        """The CPU state, as unicorn's context_save: every general, segment
+        and control register, RIP, RFLAGS and the FPU/SSE/AVX state (not
+        memory, not hooks). :meth:`context_restore` puts it back, here or
+        in another Snippet of the same mode and CPL."""
+        self._settle()
+        v = self._vcpu
+        return SnippetContext(self.mode, self.cpl, bytes(v.get_regs()), bytes(v.get_sregs()),
+                              bytes(v.get_xsave()))
+
+    def context_restore(self, context):
+        """Put back a :meth:`context_save` (an 'mmio' stop's half-done
+        access is given up, as by reg_write)."""
+        if not isinstance(context, SnippetContext):
+            raise SnippetError(f'context_restore takes what context_save returned, not '
+                               f'{type(context).__name__}')
+        if (context.mode, context.cpl) != (self.mode, self.cpl):
+            raise SnippetError(f'context_restore: the context is of {context.mode} at CPL'
+                               f'{context.cpl}, this Snippet {self.mode} at CPL{self.cpl}: the '
+                               'segments and system registers would not fit')
+        self._settle()
+        v = self._vcpu
+        v.set_sregs(kvm_sregs.from_buffer_copy(context.sregs))
+        v.set_regs(kvm_regs.from_buffer_copy(context.regs))
+        v.set_xsave(context.xsave)
 
     # -- hooks -----------------------------------------------------------------
     # Each hook gets the Snippet first, so it can read and write registers and

@@ -1,0 +1,174 @@
+"""What a unicorn user reaches for first, on real guests in each mode it
+applies to: mem_unmap, mem_protect (read-only everywhere, no-execute where
+the mode has page tables, a clear refusal where it has none), mem_regions,
+context_save / context_restore.
+
+Keep CPL0 and real-mode guests tiny: on kvm_pvm hosts they are emulated."""
+
+import unittest
+
+import kvmlite as K
+from kvmlite import SnippetError, SnippetTestCase
+from tools.asm import assemble
+
+CODE = K.SNIPPET_CODE_ADDR
+BITS = {'real': 16, 'prot32': 32, 'long64': 64}
+PF_WRITE, PF_FETCH = 2, 0x10
+
+
+class UnicornGapCases:
+    """The cases; a subclass picks mode and cpl. ``R`` is a two-page region
+    mapped apart from the snippet's RAM."""
+    R = 0x200000
+
+    def setUp(self):
+        super().setUp()
+        s = self.snippet
+        if self.mode == 'real':
+            self.R = 0x80000            # 8000:0000, inside what real mode reaches
+            s.reg_write('ds', self.R >> 4)
+        s.mem_map(self.R, 0x2000)
+        s.mem_write(self.R, b'\x11' * 0x1000 + b'\x22' * 0x1000)
+
+    def ref(self, offset):
+        return f'[{offset:#x}]' if self.mode == 'real' else f'[{self.R + offset:#x}]'
+
+    def acc(self):
+        return 'ax' if self.mode == 'real' else 'eax'
+
+    def run_asm(self, text, **kw):
+        return self.snippet.run(assemble(text, bits=BITS[self.mode], origin=CODE), **kw)
+
+    def regions(self):
+        return [r for r in self.snippet.mem_regions() if r[0] >= self.R]
+
+    # -- mem_unmap -------------------------------------------------------
+    def test_unmap_cuts_a_region_and_an_access_there_is_unmapped(self):
+        s = self.snippet
+        s.mem_unmap(self.R, 0x1000)
+        self.assertEqual(self.regions(), [(self.R + 0x1000, self.R + 0x1FFF, 'rwx')])
+        self.assertEqual(s.mem_read(self.R + 0x1000, 2), b'\x22\x22')   # kept
+        with self.assertRaisesRegex(SnippetError, 'not in mapped memory'):
+            s.mem_read(self.R, 1)
+        stop = self.run_asm(f'mov {self.acc()}, {self.ref(0x1000)}\n'
+                            f'mov {self.acc()}, {self.ref(0)}\nhlt')
+        if self.mode == 'long64':
+            self.assertEqual((stop.reason, stop.vector, stop.address), ('exception', 14, self.R))
+        else:                           # no paging: an unbacked address is device memory
+            self.assertEqual((stop.reason, stop.address), ('mmio', self.R), str(stop))
+        self.assertEqual(s.reg_read('ax'), 0x2222)     # the first load ran
+
+    def test_unmap_then_map_again_gives_zeroed_memory(self):
+        s = self.snippet
+        s.mem_unmap(self.R, 0x2000)
+        self.assertEqual(self.regions(), [])
+        s.mem_map(self.R, 0x1000, 'rwx')
+        self.assertEqual(s.mem_read(self.R, 4), bytes(4))
+        self.assertEqual(self.run_asm(f'mov {self.acc()}, {self.ref(0)}\nhlt').reason, 'hlt')
+        self.assertEqual(s.reg_read('ax'), 0)
+
+    def test_unmap_of_what_is_not_mapped_is_refused(self):
+        with self.assertRaisesRegex(SnippetError, rf'mem_unmap at {self.R:#x}-'
+                                    rf'{self.R + 0x2FFF:#x}: {self.R + 0x2000:#x} is not mapped'):
+            self.snippet.mem_unmap(self.R, 0x3000)
+        with self.assertRaisesRegex(SnippetError, 'multiples of 0x1000'):
+            self.snippet.mem_unmap(self.R + 1, 0x1000)
+        self.assertEqual(len(self.regions()), 1)          # nothing changed
+
+    # -- mem_protect -------------------------------------------------------
+    def test_read_only_page_takes_no_write_and_the_write_is_reported(self):
+        s = self.snippet
+        s.mem_protect(self.R + 0x1000, 0x1000, 'rx')
+        self.assertEqual(self.regions(), [(self.R, self.R + 0xFFF, 'rwx'),
+                                          (self.R + 0x1000, self.R + 0x1FFF, 'rx')])
+        stop = self.run_asm(f'mov {self.acc()}, 0x3333\nmov {self.ref(0)}, {self.acc()}\n'
+                            f'mov {self.ref(0x1000)}, {self.acc()}\nhlt')
+        self.assertEqual((stop.reason, stop.address), ('mmio', self.R + 0x1000), str(stop))
+        self.assertEqual(s.mem_read(self.R, 2), b'\x33\x33')            # writable: written
+        self.assertEqual(s.mem_read(self.R + 0x1000, 2), b'\x22\x22')   # read-only: not
+        seen = []
+        s.hook_mmio(lambda s, a, n, v: seen.append((a, n, v)))
+        s.mem_protect(self.R + 0x1000, 0x1000, 'rwx')                   # writable again
+        self.assertEqual(s.mem_read(self.R + 0x1000, 2), b'\x22\x22')   # contents kept
+        self.assertEqual(self.run_asm(f'mov {self.acc()}, 0x4444\n'
+                                      f'mov {self.ref(0x1000)}, {self.acc()}\nhlt').reason, 'hlt')
+        self.assertEqual(s.mem_read(self.R + 0x1000, 2), b'\x44\x44')
+        self.assertEqual(seen, [])
+
+    def test_no_execute_faults_on_fetch_where_there_is_paging(self):
+        s = self.snippet
+        s.mem_write(self.R, assemble(f'mov {self.acc()}, 7\nhlt', bits=BITS[self.mode],
+                                     origin=self.R))
+        if self.mode != 'long64':
+            with self.assertRaisesRegex(SnippetError, f'no-execute needs the page tables.*'
+                                                      f'{self.mode} runs without paging'):
+                s.mem_protect(self.R, 0x1000, 'rw')
+            with self.assertRaisesRegex(SnippetError, 'no-execute needs'):
+                s.mem_map(0x300000 if self.mode == 'prot32' else 0x90000, 0x1000, 'r')
+            self.assertEqual(self.regions()[0][2], 'rwx')
+            return
+        s.mem_protect(self.R, 0x1000, 'rw')
+        stop = s.run(self.R)
+        self.assertEqual((stop.reason, stop.vector, stop.address, stop.rip),
+                         ('exception', 14, self.R, self.R), str(stop))
+        self.assertTrue(stop.error_code & PF_FETCH)
+        s.mem_protect(self.R, 0x1000, 'rwx')
+        self.assertEqual(s.run(self.R).reason, 'hlt')
+        self.assertEqual(s.reg_read('eax'), 7)
+
+    def test_protect_refuses_mmio_gaps_and_bad_perms(self):
+        s = self.snippet
+        with self.assertRaisesRegex(SnippetError, r"perms 'w'"):
+            s.mem_protect(self.R, 0x1000, 'w')
+        with self.assertRaisesRegex(SnippetError, 'is not mapped'):
+            s.mem_protect(self.R + 0x1000, 0x2000, 'rwx')
+        s.mmio_map(self.R + 0x2000, 0x1000)
+        with self.assertRaisesRegex(SnippetError, 'is MMIO'):
+            s.mem_protect(self.R, 0x3000, 'rwx')
+        self.assertEqual(self.regions()[-1], (self.R + 0x2000, self.R + 0x2FFF, ''))
+        s.mem_unmap(self.R + 0x2000, 0x1000)                # MMIO can be unmapped
+        self.assertEqual(len(self.regions()), 1)
+
+    # -- context_save / context_restore -----------------------------------
+    def test_context_restore_puts_every_register_back(self):
+        s = self.snippet
+        s.reg_write('rbx', 0x1234)
+        s.reg_write('xmm3', 0xABCDEF)
+        s.reg_write('rip', CODE)
+        s.mem_write(CODE, assemble('inc bx\nmov cx, bx\nhlt', bits=BITS[self.mode], origin=CODE))
+        ctx = s.context_save()
+        self.assertEqual(ctx.reg_read('bx'), 0x1234)
+        self.assertEqual(s.run().reason, 'hlt')
+        self.assertEqual((s.reg_read('bx'), s.reg_read('cx')), (0x1235, 0x1235))
+        s.reg_write('xmm3', 0)
+        s.context_restore(ctx)
+        self.assertEqual((s.reg_read('bx'), s.reg_read('ip'), s.reg_read('xmm3')),
+                         (0x1234, CODE, 0xABCDEF))
+        self.assertEqual(s.run().reason, 'hlt')          # the same run again
+        self.assertEqual(s.reg_read('cx'), 0x1235)
+        other = self.make_snippet()                      # same mode and CPL: fits
+        other.context_restore(ctx)
+        self.assertEqual(other.reg_read('bx'), 0x1234)
+        with self.assertRaisesRegex(SnippetError, 'the context is of'):
+            self.make_snippet(mode='long64' if self.mode != 'long64' else 'prot32',
+                              cpl=3).context_restore(ctx)
+
+
+class LongModeUserGaps(UnicornGapCases, SnippetTestCase):
+    mode, cpl = 'long64', 3
+
+
+class LongModeKernelGaps(UnicornGapCases, SnippetTestCase):
+    mode, cpl = 'long64', 0
+
+
+class ProtectedModeGaps(UnicornGapCases, SnippetTestCase):
+    mode, cpl = 'prot32', 3
+
+
+class RealModeGaps(UnicornGapCases, SnippetTestCase):
+    mode, cpl, mem_size = 'real', 0, 0x80000
+
+
+if __name__ == '__main__':
+    unittest.main()
