@@ -4162,7 +4162,8 @@ def cpuid_entries(kvm, vcpu_index=0, policy='auto', hide=(), vendor='host'):
 # I/O bitmap lets CPL3 use every port, so that stub works at either level).
 # At CPL3 the snippet runs natively; only the stubs run at CPL0.
 
-__all__ += ['Snippet', 'Stop', 'SnippetError', 'SnippetContext', 'SnippetTestCase',
+__all__ += ['Snippet', 'Stop', 'SnippetError', 'SnippetUnsupported', 'SnippetContext',
+            'SnippetTestCase',
             'kvm_unavailable',
             'snippet_pool_clear']
 
@@ -4235,6 +4236,39 @@ class SnippetError(KvmliteError, ValueError):
     """A bad request to a Snippet: unknown register, overlapping map..."""
 
 
+class SnippetUnsupported(SnippetError, AttributeError):
+    """A unicorn call that kvmlite cannot offer (the message says what to
+    use instead). An AttributeError too, so ``hasattr`` says no."""
+
+
+# unicorn's Uc methods kvmlite has no counterpart for, and why
+_UNICORN_MISSING = {
+    'hook_code': "unicorn's UC_HOOK_CODE calls back before each instruction, and a "
+                 'Snippet runs on the CPU: use run(count=n) to single-step, or until=address',
+    'hook_block': "unicorn's UC_HOOK_BLOCK needs a translator's basic blocks, and a Snippet "
+                  'runs on the CPU: use run(until=address) or count=',
+    'hook_mem_read': 'RAM reads never leave the CPU: map the range with mmio_map and '
+                     'answer in hook_mmio',
+    'hook_mem_write': 'RAM writes never leave the CPU: mem_protect the range read-only '
+                      "('rx') and the writes reach hook_mmio, or mmio_map it",
+    'hook_mem_fetch': 'fetches never leave the CPU: use run(until=address) or count=',
+    'hook_mem_unmapped': 'an unmapped access is a #PF in long64 (hook_exception sees it; '
+                         "map the page and return True) and an 'mmio' access in prot32 and "
+                         "real (hook_mmio); an unmapped fetch there stops with 'unmapped'",
+    'hook_mem_invalid': 'a protection fault is a #PF in long64 (hook_exception) and a write '
+                        'to read-only memory reaches hook_mmio',
+    'hook_insn_invalid': 'an invalid instruction raises #UD: hook_exception sees vector 6',
+    'hook_add': 'use the hook_* method of the kind: hook_io, hook_mmio, hook_msr, '
+                'hook_cpuid, hook_syscall, hook_exception (hook_del removes any)',
+    'mem_map_ptr': 'a Snippet maps its own memory (mem_map); read and write it with '
+                   'mem_read and mem_write',
+    'ctl_set_cpu_model': 'the CPU is the host\'s: hook_cpuid changes what cpuid reports',
+    'ctl_flush_tb': 'there is no translation cache to flush: code written with mem_write '
+                    'runs as written',
+    'ctl_exits': 'use run(until=address)',
+}
+
+
 class SnippetContext:
     """A Snippet's CPU state from :meth:`Snippet.context_save` (unicorn's
     UcContext): ``mode``, ``cpl`` and the register blocks KVM returned."""
@@ -4267,7 +4301,9 @@ class Stop:
     is that instruction for a fault, the next one for a trap), 'interrupt'
     (an ``int n``: ``vector`` n, ``address`` the instruction, RIP after
     it), 'syscall'
-    (no syscall hook; RIP after the syscall), 'mmio' (an access to
+    (no syscall hook; RIP after the syscall), 'unmapped' (an instruction
+    fetch from ``address``, where no RAM is, in prot32 and real, which
+    have no paging to fault; long64 raises #PF), 'mmio' (an access to
     ``address`` that no memory backs and no MMIO hook answered: a read
     stops at its instruction, not yet done, and :meth:`Snippet.resume`
     gives it a value; a write stops after its instruction), 'shutdown'
@@ -4376,7 +4412,10 @@ class Snippet:
         self._regions = []             # [(addr, size, perms)]; perms '' is MMIO
         self._system = None            # the system area's memory slot
         self._tables_dirty = True      # long mode: the page tables lag the regions
-        self._hooks = {}               # kind -> callable
+        self._hooks = {}               # kind -> the one callable the exit handlers call
+        self._hook_lists = {}          # kind -> [(handle, fn, arg)], in the order added
+        self._hook_next = 1            # the next hook_* handle (for hook_del)
+        self._cpuid_table = None       # what the cpuid hooks made of KVM's table
         self._ran = False
         self._stop = None              # set by a handler that ends the run
         self._waiting = None           # the MMIO access an 'mmio' stop left half done
@@ -4970,37 +5009,108 @@ class Snippet:
 
     # -- hooks -----------------------------------------------------------------
     # Each hook gets the Snippet first, so it can read and write registers and
-    # memory, or call stop(). Adding a hook of a kind replaces the last one.
+    # memory, or call stop(). A kind may have several hooks: they are called in
+    # the order added until one answers (returns something other than None;
+    # for hook_exception, True). Each hook_* returns a handle for hook_del.
+    def _add_hook(self, kind, fn, arg=None):
+        if not callable(fn):
+            raise SnippetError(f'hook_{kind} takes a function, not {type(fn).__name__}')
+        handle = self._hook_next
+        self._hook_next += 1
+        self._hook_lists.setdefault(kind, []).append((handle, fn, arg))
+        self._hook_chain(kind)
+        return handle
+
+    def _hook_chain(self, kind):
+        """Make ``self._hooks[kind]``: the one hook itself (no cost), or a
+        function that asks each in turn."""
+        entries = self._hook_lists.get(kind)
+        if not entries:
+            self._hooks.pop(kind, None)
+            self._hook_lists.pop(kind, None)
+            return
+        if kind == 'msr':               # each hook sees only the MSRs it asked for
+            def chain(s, index, value):
+                for _, fn, msrs in list(entries):
+                    if msrs is None or index in msrs:
+                        answer = fn(s, index, value)
+                        if answer is not None:
+                            return answer
+                return None
+        elif len(entries) == 1:
+            chain = entries[0][1]
+        elif kind == 'exception':
+            def chain(s, stop):
+                return any(fn(s, stop) for _, fn, _ in list(entries))
+        else:
+            def chain(s, *args):
+                for _, fn, _ in list(entries):
+                    answer = fn(s, *args)
+                    if answer is not None:
+                        return answer
+                return None
+        self._hooks[kind] = chain
+
+    def hook_del(self, handle):
+        """Remove the hook a hook_* call returned ``handle`` for (unicorn's
+        hook_del). A cpuid hook can be removed before the first run only."""
+        for kind, entries in self._hook_lists.items():
+            for i, entry in enumerate(entries):
+                if entry[0] == handle:
+                    if kind == 'cpuid':
+                        if self._ran:
+                            raise SnippetError('hook_del of a cpuid hook after a run: KVM '
+                                               'fixes the CPUID table once the vCPU has run')
+                        del entries[i]
+                        self._apply_cpuid(fresh=True)
+                    else:
+                        del entries[i]
+                    self._hook_chain(kind)
+                    return
+        raise SnippetError(f'hook_del({handle!r}): no such hook (already removed, or not a '
+                           'handle a hook_* call returned)')
+
+    def __getattr__(self, name):
+        # only for names not found: unicorn's calls kvmlite cannot offer say why
+        why = _UNICORN_MISSING.get(name)
+        if why is None:
+            raise AttributeError(f'{type(self).__name__!r} object has no attribute {name!r}')
+        raise SnippetUnsupported(f'Snippet.{name}: {why}')
+
     def hook_io(self, fn):
         """``fn(snippet, port, size, value)`` for each ``out`` (``value`` an
         int) and ``in`` (``value`` None: return the value; None reads all
         ones). Without a hook, port I/O goes to ``snippet.vm.pio``."""
-        self._hooks['io'] = fn
+        return self._add_hook('io', fn)
 
     def hook_mmio(self, fn):
         """``fn(snippet, address, size, value)`` for each access to memory
         no RAM backs (see mmio_map) and each write to read-only memory;
         ``value`` is None for a read: return the value (None reads all ones).
         Without a hook such an access stops the run ('mmio')."""
-        self._hooks['mmio'] = fn
+        return self._add_hook('mmio', fn)
 
     def hook_msr(self, fn, msrs=None):
         """``fn(snippet, index, value)`` for each ``rdmsr`` (``value`` None:
         return the value) and ``wrmsr`` of the MSRs in ``msrs`` (default: all).
         Return None to let KVM do what it would have done, False to make the
         instruction raise #GP. rdmsr and wrmsr are CPL0 instructions."""
-        if msrs is not None and len(msrs) > KVM_MSR_FILTER_MAX_RANGES:
+        if msrs is not None:
+            msrs = frozenset(msrs)
+        everything = [m for _, _, m in self._hook_lists.get('msr', ())] + [msrs]
+        union = None if None in everything else sorted(frozenset().union(*everything))
+        if union is not None and len(union) > KVM_MSR_FILTER_MAX_RANGES:
             raise SnippetError(f'hook_msr takes at most {KVM_MSR_FILTER_MAX_RANGES} MSRs '
-                               f'(one filter range each), or None for all')
+                               f'(one filter range each) over all MSR hooks, or None for all')
         self._vm.enable_cap(Cap.X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER |
                            KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_INVAL)
         both = KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE
         # a filter bit of 0 denies the access, and a denied access exits to us;
         # KVM refuses a deny-all filter without ranges, hence the one empty range
-        ranges = [(both, index, 1, b'\0') for index in (msrs if msrs is not None else [0])]
-        self._vm.set_msr_filter(ranges, default_allow=msrs is not None)
+        ranges = [(both, index, 1, b'\0') for index in (union if union is not None else [0])]
+        self._vm.set_msr_filter(ranges, default_allow=union is not None)
         self._tainted = True           # VM-wide: this VM is closed, not recycled
-        self._hooks['msr'] = fn
+        return self._add_hook('msr', fn, msrs)
 
     def hook_cpuid(self, fn, leaves=()):
         """``fn(snippet, leaf, subleaf)`` returns ``(eax, ebx, ecx, edx)`` or
@@ -5018,20 +5128,43 @@ class Snippet:
         if self.cpl == 3 and host_emulates_kernel_mode():
             raise SnippetError('hook_cpuid at CPL3: on kvm_pvm a CPL3 cpuid runs on the host '
                                'CPU and never reaches KVM (nor does CPUID faulting); use cpl=0')
-        entries = cpuid_entries(self.kvm)
-        known = {(e.function, e.index) for e in entries}
-        for leaf in leaves:
-            leaf, sub = leaf if isinstance(leaf, tuple) else (leaf, 0)
-            if (leaf, sub) not in known:
-                flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX if sub else 0
-                entries.append(kvm_cpuid_entry2(function=leaf, index=sub, flags=flags))
-        for e in entries:
-            answer = fn(self, e.function, e.index)
-            if answer is not None:
-                e.eax, e.ebx, e.ecx, e.edx = (v & 0xFFFFFFFF for v in answer)
+        if not callable(fn):
+            raise SnippetError(f'hook_cpuid takes a function, not {type(fn).__name__}')
+        handle = self._hook_next
+        self._hook_next += 1
+        self._hook_lists.setdefault('cpuid', []).append((handle, fn, tuple(leaves)))
+        try:
+            self._apply_cpuid()
+        except BaseException:
+            self._hook_lists['cpuid'].pop()
+            raise
+        return handle
+
+    def _apply_cpuid(self, fresh=False):
+        """Set KVM's CPUID table from the cpuid hooks: the newest one's
+        answers over the table the earlier ones made (``fresh``: ask them
+        all again, from KVM's own table)."""
+        hooks = self._hook_lists.get('cpuid', [])
+        base = getattr(self, '_cpuid_table', None)
+        if fresh or base is None:
+            entries, ask = cpuid_entries(self.kvm), hooks
+        else:
+            entries, ask = [_copy(e) for e in base], hooks[-1:]
+        for _, fn, leaves in ask:
+            known = {(e.function, e.index) for e in entries}
+            for leaf in leaves:
+                leaf, sub = leaf if isinstance(leaf, tuple) else (leaf, 0)
+                if (leaf, sub) not in known:
+                    flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX if sub else 0
+                    entries.append(kvm_cpuid_entry2(function=leaf, index=sub, flags=flags))
+            for e in entries:
+                answer = fn(self, e.function, e.index)
+                if answer is not None:
+                    e.eax, e.ebx, e.ecx, e.edx = (v & 0xFFFFFFFF for v in answer)
         if self._vm_ran:
             self._rebuild()                # KVM fixes CPUID once a vCPU has run
         self._vcpu.set_cpuid2(entries)
+        self._cpuid_table = entries
 
     def hook_syscall(self, fn):
         """``fn(snippet)`` for each ``syscall`` (long64) and ``int 0x80``
@@ -5039,15 +5172,16 @@ class Snippet:
         for RAX (None leaves RAX as it is). The snippet goes on after the
         instruction; SYSCALL's RCX and R11 hold the return RIP and RFLAGS, as
         on hardware. Without a hook a system call stops the run ('syscall')."""
-        self._hooks['syscall'] = fn
+        return self._add_hook('syscall', fn)
 
     def hook_exception(self, fn):
         """``fn(snippet, stop)`` for each exception (and software interrupt
         other than int3 and system calls): ``stop`` is the :class:`Stop` the
         run would return. Return True to go on (from the registers as the hook
         left them: a fault's RIP is the faulting instruction), else the run
-        stops with ``stop``."""
-        self._hooks['exception'] = fn
+        stops with ``stop``. With several, the first that returns True
+        takes it and the rest are not asked."""
+        return self._add_hook('exception', fn)
 
     def stop(self):
         """End the current run (from a hook or another thread): it returns
@@ -5277,11 +5411,22 @@ class Snippet:
         if isinstance(exit, Shutdown):
             return Stop('shutdown', rip, exit=exit)
         linear = self._linear(rip)
+        if isinstance(exit, InternalError) and exit.suberror == KVM_INTERNAL_ERROR_EMULATION:
+            # KVM's emulator could not fetch: no RAM at the instruction
+            # (prot32 and real have no paging to fault, so it ends up here)
+            # (an instruction that runs past RAM's end: KVM gives the bytes it got)
+            missing = self._unbacked(linear, 15)
+            if missing is not None and missing == linear + len(exit.insn):
+                return Stop('unmapped', rip, address=missing, exit=exit)
         if isinstance(exit, InternalError) and self._peek(linear) == 0xCC:
             # the emulator cannot run int3: report it as the CPU would have
             self._set_rip(rip + 1)
             return Stop('breakpoint', rip + 1, address=linear)
         return Stop('error', rip, exit=exit)
+
+    def _unbacked(self, linear, length):
+        """The first of ``linear``..``linear + length`` that no RAM backs, or None."""
+        return next((a for a in range(linear, linear + length) if self._peek(a) is None), None)
 
     def _linear(self, ip):
         if self.mode != 'real':
@@ -5352,6 +5497,9 @@ class Snippet:
         error_code, soft = self._unwind(regs, sregs, vector)
         rip = regs.rip
         linear = self._linear(rip)
+        if vector == 6 and self._peek(linear) is None:
+            # KVM emulates a fetch that no RAM backs and raises #UD: say what it was
+            return self._halt(Stop('unmapped', rip, address=linear))
         op = self._peek(linear) if vector == 6 and self.cpl == 3 else None
         if op == 0xCD:
             # kvm_pvm raises #UD for `int n` at CPL3: deliver it as the CPU would

@@ -125,11 +125,12 @@ class MmioStopCases:
 
         def broken(s, address, size, value):
             raise RuntimeError('device bug')
-        s.hook_mmio(broken)
+        broken_hook = s.hook_mmio(broken)
         s.reg_write('rax', 77)
         with self.assertRaisesRegex(RuntimeError, 'device bug'):
             s.run(self.asm(f'mov {self.acc()}, {self.ref(0)}\nhlt'))
         self.assertEqual((s.reg_read('rip'), s.reg_read('rax')), (CODE, 77))
+        s.hook_del(broken_hook)
         s.hook_mmio(lambda s, address, size, value: 0x55)
         self.assertEqual(s.run(CODE).reason, 'hlt')
         self.assertEqual(s.reg_read('rax'), 0x55)

@@ -36,8 +36,9 @@ class UnicornGapCases:
     def acc(self):
         return 'ax' if self.mode == 'real' else 'eax'
 
-    def run_asm(self, text, **kw):
-        return self.snippet.run(assemble(text, bits=BITS[self.mode], origin=CODE), **kw)
+    def run_asm(self, text, snippet=None, **kw):
+        s = snippet or self.snippet
+        return s.run(assemble(text, bits=BITS[self.mode], origin=CODE), **kw)
 
     def regions(self):
         return [r for r in self.snippet.mem_regions() if r[0] >= self.R]
@@ -154,12 +155,156 @@ class UnicornGapCases:
                               cpl=3).context_restore(ctx)
 
 
+    # -- an instruction fetch where no RAM is ------------------------------
+    def test_a_fetch_from_unmapped_memory_is_reported_at_its_address(self):
+        s = self.snippet
+        s.mem_unmap(self.R, 0x1000)
+        far = self.R if self.mode != 'real' else 0x8000
+        jump = {'real': f'jmp {far:#x}:0', 'prot32': f'mov eax, {far:#x}\njmp eax',
+                'long64': f'mov eax, {far:#x}\njmp rax'}[self.mode]
+        stop = self.run_asm(jump)
+        if self.mode == 'long64':
+            self.assertEqual((stop.reason, stop.vector, stop.address, stop.rip),
+                             ('exception', 14, self.R, self.R), str(stop))
+            self.assertTrue(stop.error_code & PF_FETCH)
+        else:
+            self.assertEqual((stop.reason, stop.address), ('unmapped', self.R), str(stop))
+            self.assertEqual(s.reg_read('eip'), 0 if self.mode == 'real' else self.R)
+            self.assertIsNone(stop.vector)
+        # mapped again, the same jump runs what is there
+        s.mem_map(self.R, 0x1000)
+        s.mem_write(self.R, assemble('mov cx, 9\nhlt', bits=BITS[self.mode], origin=0))
+        self.assertEqual(self.run_asm(jump).reason, 'hlt')
+        self.assertEqual(s.reg_read('cx'), 9)
+
+    def test_an_instruction_that_runs_past_the_end_of_memory(self):
+        if (self.mode, self.cpl) == ('prot32', 3):
+            return   # kvm_pvm raises #UD here, which kvmlite cannot tell from a real one
+        s = self.snippet
+        end = self.R + 0x2000
+        s.mem_write(end - 1, b'\xb8')              # mov ax/eax, imm: its operand is past the end
+        stop = s.run(end - 1)
+        if self.mode == 'long64':
+            self.assertEqual((stop.reason, stop.vector, stop.address, stop.rip),
+                             ('exception', 14, end, end - 1), str(stop))
+        else:
+            self.assertEqual((stop.reason, stop.address), ('unmapped', end), str(stop))
+
+    # -- several hooks of a kind, hook_del, emu_stop from a hook ------------
+    def test_several_io_hooks_are_asked_in_order_until_one_answers(self):
+        s = self.snippet
+        calls = []
+
+        def quiet(s, port, size, value):
+            calls.append(('quiet', port, value))
+
+        def device(s, port, size, value):
+            calls.append(('device', port, value))
+            return 0x5A if value is None and port == 0x60 else None
+
+        def stopper(s, port, size, value):
+            calls.append(('stopper', port, value))
+            if port == 0x99:
+                s.emu_stop()
+        h_quiet = s.hook_io(quiet)
+        s.hook_io(device)
+        s.hook_io(stopper)
+        stop = self.run_asm('mov al, 7\nout 0x80, al\nin al, 0x60\nout 0x99, al\n'
+                            'mov bl, 1\nhlt')
+        self.assertEqual(stop.reason, 'stopped', str(stop))
+        self.assertEqual(s.reg_read('al'), 0x5A)
+        self.assertEqual(s.reg_read('bl'), 0)              # stopped before it
+        self.assertEqual(calls, [('quiet', 0x80, 7), ('device', 0x80, 7), ('stopper', 0x80, 7),
+                                 ('quiet', 0x60, None), ('device', 0x60, None),
+                                 ('quiet', 0x99, 0x5A), ('device', 0x99, 0x5A),
+                                 ('stopper', 0x99, 0x5A)])
+        s.hook_del(h_quiet)
+        calls.clear()
+        self.assertEqual(s.run().reason, 'hlt')             # goes on after the out
+        self.assertEqual(s.reg_read('bl'), 1)
+        self.assertEqual(self.run_asm('out 0x80, al\nhlt').reason, 'hlt')
+        self.assertEqual([c[0] for c in calls], ['device', 'stopper'])
+        with self.assertRaisesRegex(SnippetError, r'hook_del\(%d\): no such hook' % h_quiet):
+            s.hook_del(h_quiet)
+
+    def test_the_first_exception_hook_that_returns_true_takes_it(self):
+        s = self.snippet
+        seen = []
+
+        def not_mine(s, stop):
+            seen.append(('not_mine', stop.vector))
+            return False
+
+        def skip_ud2(s, stop):
+            seen.append(('skip_ud2', stop.vector))
+            if stop.vector != 6:
+                return False
+            s.reg_write('ip', s.reg_read('ip') + 2)
+            return True
+
+        def never(s, stop):
+            seen.append(('never', stop.vector))
+            return True
+        s.hook_exception(not_mine)
+        h_skip = s.hook_exception(skip_ud2)
+        h_never = s.hook_exception(never)
+        stop = self.run_asm('ud2\nmov cx, 3\nhlt')
+        self.assertEqual(stop.reason, 'hlt', str(stop))
+        self.assertEqual(s.reg_read('cx'), 3)
+        self.assertEqual(seen, [('not_mine', 6), ('skip_ud2', 6)])
+        s.hook_del(h_skip)
+        s.hook_del(h_never)
+        stop = self.run_asm('ud2\nhlt')
+        self.assertEqual((stop.reason, stop.vector), ('exception', 6), str(stop))
+
+    def test_unicorn_calls_kvmlite_cannot_offer_say_what_to_use(self):
+        s = self.snippet
+        self.assertFalse(hasattr(s, 'hook_code'))
+        with self.assertRaisesRegex(K.SnippetUnsupported, r'Snippet.hook_code: .*count='):
+            s.hook_code(lambda *a: None)
+        with self.assertRaisesRegex(SnippetError, 'hook_mem_write: .*read-only'):
+            s.hook_mem_write
+        with self.assertRaisesRegex(AttributeError, "no attribute 'hook_nonsense'"):
+            s.hook_nonsense
+
+
 class LongModeUserGaps(UnicornGapCases, SnippetTestCase):
     mode, cpl = 'long64', 3
 
 
 class LongModeKernelGaps(UnicornGapCases, SnippetTestCase):
     mode, cpl = 'long64', 0
+
+    def test_a_later_cpuid_hook_answers_over_an_earlier_one(self):
+        word = lambda text: int.from_bytes(text, 'little')
+
+        def vendor(name):
+            return lambda s, leaf, sub: (0xD, word(name), 0, 0) if leaf == 0 else None
+        for delete_b, want in ((False, b'BBBB'), (True, b'AAAA')):
+            s = self.make_snippet()
+            h_a = s.hook_cpuid(vendor(b'AAAA'))
+            h_b = s.hook_cpuid(vendor(b'BBBB'))
+            if delete_b:
+                s.hook_del(h_b)             # before the first run: the table is remade
+            self.assertEqual(self.run_asm('xor eax, eax\ncpuid\nhlt', snippet=s).reason,
+                             'hlt')
+            self.assertEqual((s.reg_read('ebx'), s.reg_read('eax')), (word(want), 0xD))
+            with self.assertRaisesRegex(SnippetError, 'after a run'):
+                s.hook_del(h_a)
+
+    def test_msr_hooks_each_see_the_msrs_they_asked_for(self):
+        s = self.snippet
+        seen = []
+        s.hook_msr(lambda s, i, v: seen.append(('tsc', i)) or 0x1111, msrs=[0x10])
+        h = s.hook_msr(lambda s, i, v: seen.append(('cs', i)) or 0x2222, msrs=[0x174])
+        stop = self.run_asm('mov ecx, 0x10\nrdmsr\nmov ebx, eax\nmov ecx, 0x174\nrdmsr\nhlt')
+        self.assertEqual(stop.reason, 'hlt', str(stop))
+        self.assertEqual((s.reg_read('ebx'), s.reg_read('eax')), (0x1111, 0x2222))
+        self.assertEqual(seen, [('tsc', 0x10), ('cs', 0x174)])
+        s.hook_del(h)                       # KVM answers 0x174 again (it was never written)
+        self.assertEqual(self.run_asm('mov ecx, 0x174\nrdmsr\nhlt').reason, 'hlt')
+        self.assertEqual(s.reg_read('eax'), 0)
+        self.assertEqual(len(seen), 2)
 
 
 class ProtectedModeGaps(UnicornGapCases, SnippetTestCase):
