@@ -5835,18 +5835,15 @@ def _snippet_test_case():
     class SnippetTestCase(unittest.TestCase):
         """A TestCase whose every test gets a fresh ``self.snippet`` (a
         :class:`Snippet` of the class's ``mode``, ``cpl`` and ``mem_size``),
-        closed after the test. Skips, saying why, where KVM cannot be used."""
+        closed after the test. Where KVM cannot be used each test is skipped
+        (one by one, so the runner counts them), saying why."""
         mode, cpl, mem_size = 'long64', 3, 0x100000
-
-        @classmethod
-        def setUpClass(cls):
-            super().setUpClass()
-            reason = kvm_unavailable()
-            if reason:
-                raise unittest.SkipTest(reason)
 
         def setUp(self):
             super().setUp()
+            reason = kvm_unavailable()
+            if reason:
+                self.skipTest(reason)
             self.snippet = self.make_snippet()
 
         def make_snippet(self, mode=None, cpl=None, mem_size=None):

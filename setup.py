@@ -20,7 +20,10 @@ setup(
     packages=['kvmlite_devices', 'kvmlite_tools'],
     package_dir={'kvmlite_devices': 'devices', 'kvmlite_tools': 'tools'},
     install_requires=[],
-    entry_points={'console_scripts': ['kvmlite = kvmlite:main']},
+    # pytest loads kvmlite_tools.pytest_kvmlite (the `snippet` fixture) at
+    # start-up; nothing imports pytest otherwise
+    entry_points={'console_scripts': ['kvmlite = kvmlite:main'],
+                  'pytest11': ['kvmlite = kvmlite_tools.pytest_kvmlite']},
     classifiers=[
         'Operating System :: POSIX :: Linux',
         'Programming Language :: Python :: 3',

@@ -589,10 +589,19 @@ class TestCaseHelperTest(unittest.TestCase):
     def test_kvm_unavailable_names_a_missing_device(self):
         self.assertIn('/nonexistent/kvm is missing', K.kvm_unavailable('/nonexistent/kvm'))
 
-    def test_snippet_test_case_skips_with_the_reason_without_kvm(self):
+    def test_snippet_test_case_skips_each_test_with_the_reason_without_kvm(self):
+        class Three(SnippetTestCase):
+            def test_a(self):
+                self.fail('ran without KVM')
+            test_b = test_c = test_a
+        suite = unittest.TestLoader().loadTestsFromTestCase(Three)
+        result = unittest.TestResult()
         with mock.patch.object(K, 'kvm_unavailable', return_value='/dev/kvm is missing'):
-            with self.assertRaisesRegex(unittest.SkipTest, '/dev/kvm is missing'):
-                SnippetTestCase.setUpClass()
+            suite.run(result)
+        self.assertEqual(result.testsRun, 3)          # counted one by one, not as a class
+        self.assertEqual([(t.id().rsplit('.', 1)[1], why) for t, why in result.skipped],
+                         [(n, '/dev/kvm is missing') for n in ('test_a', 'test_b', 'test_c')])
+        self.assertEqual(result.failures + result.errors, [])
 
 
 # ---------------------------------------------------------------------------
