@@ -319,20 +319,27 @@ int main(int argc, char **argv)
 '''
 
 
-def build_floor(workdir):
-    """Compile the floor; returns (path, None) or (None, why not)."""
+def compile_c(workdir, source, defines):
+    """Compile ``source`` with ``defines`` (name -> value) into
+    ``workdir``; returns (path, None) or (None, why not)."""
     cc = shutil.which('cc') or shutil.which('gcc')
     if cc is None:
         return None, 'no C compiler (cc)'
     src, exe = os.path.join(workdir, 'floor.c'), os.path.join(workdir, 'floor')
     with open(src, 'w') as f:
-        f.write(FLOOR_C)
-    cmd = [cc, '-O2', '-Wall', f'-DIDENTITY_MAP_ADDR={K.IDENTITY_MAP_ADDR:#x}',
-           f'-DTSS_ADDR={0xFFFBD000:#x}', f'-DLSR_IDLE={LSR_IDLE:#x}', '-o', exe, src]
+        f.write(source)
+    cmd = [cc, '-O2', '-Wall', *(f'-D{k}={v:#x}' for k, v in defines.items()), '-o', exe, src]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
-        return None, f'cc failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}'
+        lines = r.stderr.strip().splitlines()
+        return None, f'cc failed: {lines[-1] if lines else r.returncode}'
     return exe, None
+
+
+def build_floor(workdir):
+    """Compile the floor; returns (path, None) or (None, why not)."""
+    return compile_c(workdir, FLOOR_C, {'IDENTITY_MAP_ADDR': K.IDENTITY_MAP_ADDR,
+                                        'TSS_ADDR': 0xFFFBD000, 'LSR_IDLE': LSR_IDLE})
 
 
 def write_floor_state(path, guest, cmdline, mem_mib=GUEST_MEM_MIB):

@@ -39,7 +39,6 @@ import importlib
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import kvmlite as K                     # noqa: E402
+from tools.bench import compile_c       # noqa: E402
 
 FIGURES = os.path.join(ROOT, 'tools', 'bench_snippet.json')
 AT = 0x1000
@@ -294,18 +294,7 @@ int main(int argc, char **argv)
 
 def build_floor(workdir):
     """Compile the floor: (path, None) or (None, why not)."""
-    cc = shutil.which('cc') or shutil.which('gcc')
-    if cc is None:
-        return None, 'no C compiler (cc)'
-    src, exe = os.path.join(workdir, 'floor.c'), os.path.join(workdir, 'floor')
-    with open(src, 'w') as f:
-        f.write(FLOOR_C)
-    r = subprocess.run([cc, '-O2', '-Wall', f'-DAT={AT:#x}', '-o', exe, src],
-                       capture_output=True, text=True)
-    if r.returncode:
-        lines = r.stderr.strip().splitlines()
-        return None, f'cc failed: {lines[-1] if lines else r.returncode}'
-    return exe, None
+    return compile_c(workdir, FLOOR_C, {'AT': AT})
 
 
 def write_floor_state(path, cpl, kvm):
