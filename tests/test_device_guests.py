@@ -216,8 +216,8 @@ main:
     out 0x42, al
     xor eax, eax
     out 0x42, al
-    mov ecx, 1
-    call ticks_after
+    mov ecx, 2                  ; a whole period (5 ms >> 84 us), even if the first
+    call ticks_after            ; tick is one a busy host raised late, at once
     mov al, 0xe8
     out 0x43, al
     in al, 0x42
