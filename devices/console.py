@@ -61,9 +61,11 @@ DRAIN_SLICE_S = 0.1         # stop() looks for cancel() this often while it wait
 ESCAPE_KEY = 0x01           # Ctrl-A
 QUIT_KEYS = b'xX'           # after the escape key: quit
 HELP_KEYS = b'hH?'          # after the escape key: list the escapes
+SNAPSHOT_KEYS = b'sS'       # after the escape key: write the run's --snapshot file
 ESCAPE_HELP = ('kvmlite console escapes:\r\n'
                '  Ctrl-A x        quit (exit status 130)\r\n'
                '  Ctrl-A h        show this list\r\n'
+               '  Ctrl-A s        write a snapshot (with run --snapshot FILE)\r\n'
                '  Ctrl-A Ctrl-A   send one Ctrl-A to the guest\r\n')
 
 #: Signals whose default action ends the process (signal(7): Term or Core),
@@ -320,14 +322,15 @@ class EscapeFilter:
     """Takes the console's escape keys out of the input stream.
 
     Ctrl-A x (or X) requests quit; Ctrl-A h (H, ?) calls ``on_help``;
-    Ctrl-A Ctrl-A sends one Ctrl-A; Ctrl-A and any other key are both
+    Ctrl-A s (S) calls ``on_snapshot``; Ctrl-A Ctrl-A sends one Ctrl-A; Ctrl-A and any other key are both
     dropped.  An escape key at the end of one chunk applies to the first
     byte of the next.
     """
 
-    def __init__(self, key=ESCAPE_KEY, on_help=None):
+    def __init__(self, key=ESCAPE_KEY, on_help=None, on_snapshot=None):
         self.key = key
         self.on_help = on_help
+        self.on_snapshot = on_snapshot
         self.armed = False      # the last byte seen was the escape key
 
     def filter_input(self, data):
@@ -340,6 +343,8 @@ class EscapeFilter:
                     return bytes(out), True     # nothing after quit goes in
                 if byte in HELP_KEYS and self.on_help is not None:
                     self.on_help()
+                elif byte in SNAPSHOT_KEYS and self.on_snapshot is not None:
+                    self.on_snapshot()
                 elif byte == self.key:
                     out.append(byte)
             elif byte == self.key:
@@ -360,7 +365,9 @@ class TerminalBackend(Backend):
     signal as it would have).  A signal someone else handles is theirs: the
     command line's ends the run, and its ``stop()`` restores.  Input from a
     tty goes through ``escape``; after Ctrl-A x, ``quit_requested`` is True;
-    Ctrl-A h writes :data:`ESCAPE_HELP` to the terminal.
+    Ctrl-A h writes :data:`ESCAPE_HELP` to the terminal; Ctrl-A s calls
+    ``on_snapshot`` (set by whoever can take one: run --snapshot FILE), or
+    says on the terminal that no snapshot file was given.
     """
 
     def __init__(self, in_fd=0, out_fd=1, limit=OUTPUT_LIMIT):
@@ -368,7 +375,9 @@ class TerminalBackend(Backend):
         self.in_fd = in_fd
         self.out_fd = out_fd
         tty_in = os.isatty(in_fd)
-        self.escape = EscapeFilter(on_help=self._show_help) if tty_in else None
+        self.escape = EscapeFilter(on_help=self._show_help,
+                                   on_snapshot=self._snapshot_key) if tty_in else None
+        self.on_snapshot = None
         self.interactive = tty_in
         self.quit_requested = False
         self._saved = None          # termios attributes while in raw mode
@@ -443,8 +452,17 @@ class TerminalBackend(Backend):
         os.kill(os.getpid(), signum)
 
     def _show_help(self):
-        text = ESCAPE_HELP if self.at_line_start else '\r\n' + ESCAPE_HELP
-        data = text.encode()
+        self._tell(ESCAPE_HELP)
+
+    def _snapshot_key(self):
+        if self.on_snapshot is not None:
+            self.on_snapshot()
+        else:
+            self._tell('kvmlite: no snapshot file: start the run with --snapshot FILE\r\n')
+
+    def _tell(self, text):
+        """Show ``text`` on the terminal (not to the guest), on a fresh line."""
+        data = (text if self.at_line_start else '\r\n' + text).encode()
         if self.room() >= len(data):     # a terminal that takes nothing would not show it
             self.write(data)
 

@@ -242,6 +242,31 @@ class TerminalTest(unittest.TestCase):
         s.type(b'\x01x')
         self.assertEqual(s.finish(), (130, 'kvmlite: quit from the console (Ctrl-A x)\n'))
 
+    def test_ctrl_a_s_writes_the_snapshot_and_the_run_goes_on(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        snap = os.path.join(tmp.name, 'run.snap')
+        s = self.start(ECHO, '--format', 'flat', '--snapshot', snap)
+        s.type(b'\x01s')
+        for _ in range(600):                    # the timer thread writes it (rename: all or nothing)
+            if os.path.exists(snap):
+                break
+            time.sleep(0.05)
+        with open(snap, 'rb') as f:
+            self.assertEqual(f.read(8), b'KVMLSNAP')
+        s.type(b'a')                            # the guest still echoes
+        s.read_until(b'Ra')
+        s.type(b'\x01x')
+        self.assertEqual(s.finish(), (130, 'kvmlite: quit from the console (Ctrl-A x)\n'))
+
+    def test_ctrl_a_s_without_a_snapshot_file_says_so_on_the_terminal(self):
+        s = self.start(ECHO, '--format', 'flat')
+        s.type(b'\x01sb')
+        s.read_until(b'b')
+        self.assertEqual(s.seen, b'R\r\nkvmlite: no snapshot file: start the run with --snapshot FILE\r\nb')
+        s.type(b'\x01x')
+        self.assertEqual(s.finish(), (130, 'kvmlite: quit from the console (Ctrl-A x)\n'))
+
     def test_every_signal_that_ends_the_run_restores_the_terminal_and_gives_128_plus_it(self):
         signals = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
                    signal.SIGALRM)

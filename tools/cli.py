@@ -369,7 +369,8 @@ def _restore(args):
 
 
 def _arm_snapshot_signal(machine, args, console):
-    """--snapshot FILE: SIGUSR2 has the machine write FILE and run on.
+    """--snapshot FILE: SIGUSR2 (and Ctrl-A s on the terminal) has the
+    machine write FILE and run on.
     Returns the previous handler (None if not armed)."""
     if not args.snapshot:
         return None
@@ -381,6 +382,8 @@ def _arm_snapshot_signal(machine, args, console):
             fresh = '\n' if _same_line(console, sys.stderr) else ''
             sys.stderr.write(f'{fresh}kvmlite: {what}\n')
             sys.stderr.flush()
+    if console is not None:
+        console.on_snapshot = lambda: machine.request_snapshot(path, done)     # Ctrl-A s
     return signal.signal(signal.SIGUSR2, lambda *a: machine.request_snapshot(path, done))
 
 
