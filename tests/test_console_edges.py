@@ -9,7 +9,6 @@ import os
 import select
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
@@ -19,6 +18,7 @@ from devices.console import MemoryBackend
 from devices.serial import (UART_IER, UART_IER_ETBEI, UART_IIR, UART_IIR_NO_INT, UART_IIR_THRI,
                             UART_LSR, UART_LSR_TEMT, UART_LSR_THRE, UART_MCR, UART_MCR_OUT2,
                             UART_THR, Serial)
+from tests import test_cli_edges as cli_edges
 from tests.guest import requires_kvm
 from tests.pcguest import MODES, PASSED, STATUS_PASSED, run_guest
 from tools.asm import assemble, assemble_with_labels
@@ -119,17 +119,9 @@ def long_mode_elf(body):
     return elf64(code, LONG_ORIGIN, labels['start']), labels
 
 
-class CliCase(unittest.TestCase):
-    def setUp(self):
-        tmp = tempfile.TemporaryDirectory()
-        self.addCleanup(tmp.cleanup)
-        self.tmp = tmp.name
-
-    def file(self, name, data):
-        path = os.path.join(self.tmp, name)
-        with open(path, 'wb') as f:
-            f.write(data)
-        return path
+class CliCase(cli_edges.CliCase):
+    """A scratch directory and files (as in tests.test_cli_edges), and a run
+    of the real CLI whose output is read as it comes."""
 
     def command(self, kernel, *args, fmt='flat'):
         return [sys.executable, 'kvmlite.py', 'run', '-k', kernel, '--format', fmt, *args]
