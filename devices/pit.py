@@ -43,6 +43,8 @@ Choices where the datasheet leaves room:
   as with KVM's PIT; a mode 0 control word lowers OUT as the datasheet says.
 * Port 0x61's refresh bit (bit 4) toggles every 18 CLKs (15.09 us), the
   PC/AT refresh period; it is derived from the clock, not from counter 1.
+  Its phase (where in the 36-CLK cycle of two toggles the clock is) is part
+  of the state, so a restored Pit toggles when the saved one would have.
 """
 
 __all__ = ['Pit', 'SystemControlPort', 'PIT_FREQ_HZ']
@@ -83,6 +85,10 @@ P61_WRITABLE = 0x0F
 P61_REFRESH = 0x10              # refresh cycle toggle (read only)
 P61_OUT2 = 0x20                 # timer 2 OUT (read only)
 REFRESH_CLKS = 18               # PC/AT DRAM refresh: one request per 18 CLKs
+# The refresh bit in exact integer units of ns * Hz: it toggles each time
+# now * PIT_FREQ_HZ + offset passes a multiple of REFRESH_UNIT.
+REFRESH_UNIT = REFRESH_CLKS * NS_PER_S
+REFRESH_CYCLE = 2 * REFRESH_UNIT    # low, then high
 
 PORT_CONTROL = 3                # offset of the control word register
 
@@ -417,6 +423,7 @@ class Pit(ByteRegisters, Device):
         for index, counter in enumerate(self._counters):
             counter.power_on(gate=index != 2)
         self.port61.bits = 0
+        self.port61._refresh_offset = 0
         self._edges_seen = 0
         self._update_irq(self._clock())
 
@@ -502,6 +509,7 @@ class Pit(ByteRegisters, Device):
         return {'version': 1,
                 'counters': [c.state(now) for c in self._counters],
                 'port61': self.port61.bits,
+                'refresh_phase': self.port61.refresh_phase(now),
                 'edges_seen': self._edges_seen}
 
     @classmethod
@@ -513,6 +521,8 @@ class Pit(ByteRegisters, Device):
         for counter, fields in zip(pit._counters, state['counters']):
             counter.restore(fields, now)
         pit.port61.bits = state['port61'] & P61_WRITABLE
+        if 'refresh_phase' in state:        # a state saved before it was recorded: any phase
+            pit.port61.set_refresh_phase(int(state['refresh_phase']), now)
         pit._edges_seen = state['edges_seen']
         pit._update_irq(now)
         return pit
@@ -548,10 +558,20 @@ class SystemControlPort(ByteRegisters):
     def __init__(self, pit):
         self._pit = pit
         self.bits = 0                       # the writable bits 0-3
+        self._refresh_offset = 0            # ns * Hz added to the clock's (a restored phase)
+
+    def refresh_phase(self, now):
+        """Where the refresh toggle is at ``now``: 0 to REFRESH_CYCLE - 1
+        (ns * Hz), below REFRESH_UNIT while bit 4 reads 0."""
+        return (now * PIT_FREQ_HZ + self._refresh_offset) % REFRESH_CYCLE
+
+    def set_refresh_phase(self, phase, now):
+        """Make ``refresh_phase(now)`` return ``phase`` (a saved one)."""
+        self._refresh_offset = (phase - now * PIT_FREQ_HZ) % REFRESH_CYCLE
 
     def _read_byte(self, offset):
         now = self._pit._clock()
-        refresh = (now * PIT_FREQ_HZ // (REFRESH_CLKS * NS_PER_S)) & 1
+        refresh = (now * PIT_FREQ_HZ + self._refresh_offset) // REFRESH_UNIT & 1
         return (self.bits
                 | (P61_REFRESH if refresh else 0)
                 | (P61_OUT2 if self._pit._out2() else 0))

@@ -476,6 +476,32 @@ class StateTest(unittest.TestCase):
         self.assertEqual(irq.raised - copy_edges, b.irq.raised - edges)
         self.assertEqual(copy.check(), [])
 
+    def test_round_trip_keeps_the_refresh_toggles_phase(self):
+        # saved 5 CLKs into a high half of port 0x61's refresh cycle; the copy
+        # runs on a clock whose own phase there is different (7 CLKs on)
+        b = Bench()
+        b.clock.now = clk_ns(18 + 5)
+        self.assertEqual(b.inb(0x61) & 0x10, 0x10)
+        saved = json.loads(json.dumps(b.pit.state()))
+        clock = SteppedClock(clk_ns(7))
+        copy = Pit.from_state(saved, clock)
+        self.assertEqual(copy.state(), saved)
+        base_b, base_c = b.clock.now, clock.now
+        changes_b, changes_c = [], []
+        for step in range(0, 120000, 250):          # 120 us in 250 ns steps: 8 toggles
+            b.clock.now, clock.now = base_b + step, base_c + step
+            changes_b.append(b.inb(0x61) & 0x10)
+            changes_c.append(copy.port61.read(0, 1) & 0x10)
+        self.assertEqual(changes_c, changes_b)
+        # the first toggle comes 13 CLKs after the save, in both
+        first = next(i for i, bit in enumerate(changes_b) if bit != 0x10) * 250
+        self.assertEqual(first, -(-(clk_ns(18 + 18) - clk_ns(18 + 5)) // 250) * 250)
+
+    def test_a_state_without_the_refresh_phase_still_loads(self):
+        saved = Bench().pit.state()
+        del saved['refresh_phase']              # written before the phase was recorded
+        self.assertEqual(Pit.from_state(saved, SteppedClock(0)).check(), [])
+
     def test_from_state_rejects_an_unknown_version(self):
         state = Bench().pit.state()
         state['version'] = 2
