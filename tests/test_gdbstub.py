@@ -300,6 +300,30 @@ class StubTest(unittest.TestCase):
         c.rpc('k', expect_reply=False)
         self.assertEqual(self.wait_end().status, EXIT_SIGNAL)
 
+    def test_a_snapshot_pauses_with_gdb_attached_and_gdb_keeps_its_stop(self):
+        # the debugger's stop and the snapshot's pause are one mechanism: a
+        # pause inside a debugger stop leaves the vCPUs held, one while the
+        # guest runs lets it run on
+        c = self.start(SPINNER, bits=64, cpus=2)
+        self.assertEqual(c.rpc('?'), 'T05thread:1;')
+        held = io.BytesIO()
+        self.machine.snapshot(held)
+        self.assertEqual(self.pc(c, 64), LOAD)              # not one instruction ran
+        self.assertEqual(c.rpc('p2'), '00' * 8)
+        c.raw(encode('vCont;c'))
+        c.assertAck()
+        time.sleep(0.2)
+        running = io.BytesIO()
+        self.machine.snapshot(running)
+        time.sleep(0.2)
+        c.raw(b'\x03')
+        self.assertEqual(c.reply(), 'T02thread:1;')
+        self.assertGreater(int.from_bytes(bytes.fromhex(c.rpc('p2')), 'little'), 0)
+        self.assertGreater(len(held.getvalue()), 0)
+        self.assertGreater(len(running.getvalue()), 0)
+        c.rpc('k', expect_reply=False)
+        self.assertEqual(self.wait_end().status, EXIT_SIGNAL)
+
 
 @requires_kvm
 class CliTest(unittest.TestCase):

@@ -7,8 +7,10 @@ Three layers, each usable alone:
   ``+``/``-`` acknowledgments, ``}`` escapes and the Ctrl-C byte (0x03).
   Pure functions of bytes: tested without KVM.
 - :class:`Debugger` is the machine side, on the board's hooks
-  (:meth:`tools.pc.Machine.attach_debugger`): every vCPU thread passes its
-  gate before each KVM_RUN loop, so a stop holds all of them (all-stop);
+  (:meth:`tools.pc.Machine.attach_debugger`): a stop holds every vCPU with
+  the board's own pause (the one used for snapshots: each parks at an
+  instruction boundary, all-stop), and each passes the gate before its
+  KVM_RUN loop, where a resume's steps and breakpoints are applied;
   it owns the breakpoints (the four debug registers DR0-3 through
   KVM_SET_GUEST_DEBUG, then ``int3`` bytes it plants), single steps, and
   guest-virtual memory access through KVM_TRANSLATE.
@@ -397,12 +399,13 @@ class Debugger:
 
     def __init__(self, machine, hold=False, listener=None):
         self.machine = machine
-        self.cond = threading.Condition()        # an RLock inside: stop() may come from a signal
+        # the board's pause condition: a resume wakes the vCPUs parked there
+        # (an RLock inside: stop() may come from a signal handler)
+        self.cond = machine._pause_cv
         self.listener = listener or (lambda: None)
         self.n = machine.cpus
         self.actions = {} if hold else {i: 'c' for i in range(self.n)}
         self.generation = 0
-        self.parked = set()
         self.event = None            # (vCPU index, kind) of the first stop since the resume
         self.hw = []                 # [(linear address, 'sw' or 'hw')]: DR0-DR3
         self.sw = {}                 # linear address -> [physical address, original byte]
@@ -416,24 +419,22 @@ class Debugger:
         self.ended = False
 
     # -- the board's hooks (vCPU threads) --
+    def holds(self, vcpu):
+        """The board parks a vCPU while this is true (tools.pc.Machine._park)."""
+        return vcpu.index not in self.actions and not self._ending()
+
     def gate(self, vcpu, handlers):
+        """Before a vCPU's run loop: take the last resume (a step, or a step
+        over the armed breakpoint it sits on) and give the exit table."""
         st = self._state[vcpu.index]
         with self.cond:
-            while vcpu.index not in self.actions and not self._ending():
-                if vcpu.index not in self.parked:
-                    self.parked.add(vcpu.index)
-                    self.cond.notify_all()
-                self.cond.wait(0.5)
-            self.parked.discard(vcpu.index)
-            if st.generation != self.generation and not self._ending():
+            action = self.actions.get(vcpu.index)
+            if action is not None and st.generation != self.generation and not self._ending():
                 st.generation = self.generation
-                st.action = self.actions[vcpu.index]
+                st.action = action
                 self._start(vcpu, st)
         self._apply(vcpu, st)
         return self._exit_tables(handlers)[1 if st.stepping else 0]
-
-    def holds(self, vcpu):
-        return vcpu.index not in self.actions
 
     def machine_ended(self):
         with self.cond:
@@ -537,19 +538,13 @@ class Debugger:
         self.listener()
 
     # -- the controlling thread --
-    def stop_all(self, timeout=None):
-        """Hold every vCPU at its gate and wait until all are there. Returns
-        False if the run ended instead."""
+    def stop_all(self):
+        """Hold every vCPU and wait until each running one is parked (the
+        board's pause). Returns False if the run ended instead."""
         with self.cond:
             self.actions.clear()
-        while True:
-            for v in self.machine.vm.vcpus:
-                if v.index not in self.parked:
-                    v.kick('debug')
-            self.machine._irq_event.set()
-            with self.cond:
-                if self.cond.wait_for(lambda: len(self.parked) == self.n or self._ending(), 0.2):
-                    return not self._ending()
+        self.machine._stop_vcpus(give_up=self._ending)
+        return not self._ending()
 
     def resume(self, actions):
         """Run the vCPUs in ``actions`` ({index: 'c' or 's'}); the others stay held."""

@@ -539,13 +539,17 @@ class Machine:
     def attach_debugger(self, debugger):
         """Put a debugger between every vCPU thread and KVM_RUN (all-stop).
 
-        Before each entry into its run loop a vCPU thread calls
-        ``debugger.gate(vcpu, handlers)``, which may hold it there (the vCPU
-        is stopped: its registers and memory can be read and written from
-        another thread) and returns the exit table to run with (the board's,
-        plus the debugger's own exits: KVM_EXIT_DEBUG, breakpoint traps,
-        single steps). ``debugger.holds(vcpu)`` says whether a vCPU waiting
-        for an interrupt (user irqchip, HLT) should come back to the gate;
+        A debugger stops vCPUs with the board's own pause: while
+        ``debugger.holds(vcpu)`` is true, that vCPU parks at its instruction
+        boundary as under :meth:`paused` (its registers and memory can be
+        read and written from another thread), and :meth:`_stop_vcpus`
+        waits until every running vCPU is parked. Before each entry into its
+        run loop a vCPU thread calls ``debugger.gate(vcpu, handlers)``,
+        which never blocks: it applies the last resume (steps, breakpoints)
+        and returns the exit table to run with (the board's, plus the
+        debugger's own exits: KVM_EXIT_DEBUG, breakpoint traps, single
+        steps). ``debugger.cond`` must be this board's pause condition
+        (``_pause_cv``) so that a resume wakes the parked vCPUs, and
         ``debugger.machine_ended()`` is called when the run ends. Attach
         before run(); without a debugger the exit path is unchanged."""
         self.debug = debugger
@@ -622,15 +626,11 @@ class Machine:
             if self._user_halted and vcpu.index == 0:
                 self._wait_for_interrupt(vcpu, check_if=False)   # restored inside a HLT
             while not stopping.is_set():
-                if self._pause_requested:
+                if self._pause_requested or debug is not None and debug.holds(vcpu):
                     self._park(vcpu)
                     continue
                 if debug is not None:
-                    table = debug.gate(vcpu, handlers)      # may hold this vCPU (a debugger stop)
-                    if stopping.is_set():
-                        break
-                    if self._pause_requested:
-                        continue                            # paused() came while it was held
+                    table = debug.gate(vcpu, handlers)      # the last resume: steps, breakpoints
                 if inject:
                     self._inject(vcpu)
                 exit = vcpu.run_loop(table)
@@ -693,14 +693,12 @@ class Machine:
         ev.clear()
         self._user_halted = True
         while not self._stopping.is_set():
-            if self._pause_requested:
-                self._park(vcpu)
+            if self._held(vcpu):
+                self._park(vcpu)    # paused or stopped by a debugger: it stays in its HLT
             with self.vm.lock:
                 if self.pic.pending():
                     self._user_halted = False
                     return
-            if self.debug is not None and self.debug.holds(vcpu):
-                return              # a debugger stops the machine: to the gate
             ev.wait(0.5)
             ev.clear()
 
@@ -742,7 +740,7 @@ class Machine:
         self._pause_lock = threading.RLock()    # one pauser at a time (nesting allowed)
         self._pause_depth = 0
         self._active = {}           # vCPU index -> ident of the thread running it
-        self._parked = set()        # vCPU indices stopped by paused()
+        self._parked = set()        # vCPU indices parked (paused(), or held by a debugger)
         self._user_halted = False   # user mode: vCPU 0 waits in its HLT
         self._device_states = None  # while _rewire_devices builds from saved states
         self._snapshot_request = None
@@ -759,25 +757,48 @@ class Machine:
                 del self._active[vcpu.index]
                 self._pause_cv.notify_all()
 
+    def _held(self, vcpu):
+        """Whether ``vcpu`` must stay parked: paused(), or a debugger holds it."""
+        return self._pause_requested or (self.debug is not None and self.debug.holds(vcpu))
+
     def _park(self, vcpu):
-        """A vCPU thread stops here while paused(): outside KVM_RUN, its last
-        port I/O or MMIO completed (a kick's EINTR comes after KVM finished
-        it; complete_io() covers any other way out)."""
+        """A vCPU thread stops here while it is held (paused(), a debugger's
+        stop): outside KVM_RUN, its last port I/O or MMIO completed (a
+        kick's EINTR comes after KVM finished it; complete_io() covers any
+        other way out)."""
         if vcpu.io_pending:
             vcpu.complete_io()
         with self._pause_cv:
             self._parked.add(vcpu.index)
             self._pause_cv.notify_all()
-            while self._pause_requested and not self._stopping.is_set():
+            while self._held(vcpu) and not self._stopping.is_set():
                 self._pause_cv.wait(0.05)
             self._parked.discard(vcpu.index)
+
+    def _stop_vcpus(self, give_up=None):
+        """The one way every vCPU is stopped at an instruction boundary: the
+        caller has made them held (``_held``); this kicks each running vCPU
+        out of KVM_RUN (KVM completes a pending port I/O or MMIO exit before
+        it honours ``immediate_exit``) until every one is parked, or
+        ``give_up()`` (under the pause condition) says to stop waiting. A
+        vCPU whose thread has not started, or has ended, is not waited for:
+        one that starts while held parks before its first KVM_RUN."""
+        with self._pause_cv:
+            while not set(self._active) <= self._parked:
+                if give_up is not None and give_up():
+                    return
+                for i in set(self._active) - self._parked:
+                    self.vm.vcpus[i].kick('pause')
+                self._irq_event.set()       # a user-mode vCPU in its HLT
+                self._pause_cv.wait(0.05)
 
     @contextlib.contextmanager
     def paused(self):
         """Every running vCPU stopped at an instruction boundary, no exit
-        half handled, until the block ends; then they run on. Between runs
-        it costs nothing. Not from a vCPU's own thread (a device callback),
-        nor while holding the VM's bus lock."""
+        half handled, until the block ends; then they run on (those a
+        debugger holds stay held). Between runs it costs nothing. Not from a
+        vCPU's own thread (a device callback), nor while holding the VM's
+        bus lock."""
         me = threading.get_ident()
         with self._pause_cv:
             if me in self._active.values():
@@ -788,12 +809,7 @@ class Machine:
             try:
                 if self._pause_depth == 1:
                     self._pause_requested = True
-                    with self._pause_cv:
-                        while not set(self._active) <= self._stopped_vcpus():
-                            for i in set(self._active) - self._stopped_vcpus():
-                                self.vm.vcpus[i].kick('pause')
-                            self._irq_event.set()
-                            self._pause_cv.wait(0.05)
+                    self._stop_vcpus()
                 yield self
             finally:
                 self._pause_depth -= 1
@@ -801,13 +817,6 @@ class Machine:
                     with self._pause_cv:
                         self._pause_requested = False
                         self._pause_cv.notify_all()
-
-    def _stopped_vcpus(self):
-        """vCPUs parked by paused(), or held by a debugger's gate (which
-        runs none of them on until gdb resumes; one resumed meanwhile parks
-        before it runs)."""
-        held = set(self.debug.parked) if self.debug is not None else set()
-        return self._parked | held
 
     def checkpoint(self):
         """The whole machine held in memory (a :class:`tools.snapshot.Checkpoint`);
