@@ -29,11 +29,13 @@ import zlib
 
 import kvmlite
 from devices.console import MemoryBackend
+from devices.virtio_blk import BytesDisk, DiskImage
 from tests.guest import kvm, requires_kvm
 from tests import pcguest
 from tools import snapshot
 from tools.asm import assemble_with_labels
 from tools.demo import elf64
+from tools.layout import PC
 from tools.pc import EXIT_TIMEOUT, load_kernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,12 +52,15 @@ LONG_MODES = pcguest.MODES if ALL else ('split', 'kernel')
 CLI_MODES = ('split', 'kernel') if ALL else ('split',)
 
 
-def lines_guest(count):
+def lines_guest(count, before='', after='', data=''):
     """An ELF64 that prints ``count`` lines '00000 abcdefghi' .. numbered
     from 0, a line per ``rep outsb`` once the UART's THR is empty (a
-    16-byte FIFO's worth), then writes EXIT_VALUE to the debug-exit port."""
+    16-byte FIFO's worth), then writes EXIT_VALUE to the debug-exit port.
+    ``before`` and ``after`` are code run before the first line and after
+    the last, ``data`` more data after the line's."""
     src = f'''bits 64
 start:
+{before}
     mov ebx, {count}
 next:
     mov dx, 0x3fd
@@ -78,11 +83,13 @@ next:
 .counted:
     dec ebx
     jnz next
+{after}
     mov al, {EXIT_VALUE}
     out 0xf4, al
     hlt
 line:
     db '00000 abcdefghi', 10
+{data}
 '''
     code, labels = assemble_with_labels(src, bits=64, origin=ORIGIN)
     return elf64(code, ORIGIN, labels['start'])
@@ -90,6 +97,82 @@ line:
 
 def expected_lines(count):
     return b''.join(b'%05d abcdefghi\n' % i for i in range(count))
+
+
+VDA = PC.device('vda')
+DISK_SECTOR = 2
+DISK_MARKER = b'written after the snapshot point\n'
+#: virtio-blk on vda, driven by polling its used ring (no interrupts): the
+#: device is set up before the first line (so a snapshot holds it running),
+#: and after the last the guest writes DISK_MARKER to sector DISK_SECTOR
+VIRTIO_SETUP = f'''
+    mov rbx, {VDA.mmio[0][1]:#x}
+    mov dword [rbx + 0x70], 0       ; reset, ACKNOWLEDGE, DRIVER
+    mov dword [rbx + 0x70], 1
+    mov dword [rbx + 0x70], 3
+    mov dword [rbx + 0x24], 1       ; DriverFeatures[63:32] = VERSION_1
+    mov dword [rbx + 0x20], 1
+    mov dword [rbx + 0x70], 11      ; FEATURES_OK
+    mov dword [rbx + 0x30], 0       ; queue 0: 8 entries
+    mov dword [rbx + 0x38], 8
+    mov rax, desc
+    mov [rbx + 0x80], eax
+    mov dword [rbx + 0x84], 0
+    mov rax, avail
+    mov [rbx + 0x90], eax
+    mov dword [rbx + 0x94], 0
+    mov rax, used
+    mov [rbx + 0xa0], eax
+    mov dword [rbx + 0xa4], 0
+    mov dword [rbx + 0x44], 1       ; QueueReady
+    mov dword [rbx + 0x70], 15      ; DRIVER_OK
+'''
+VIRTIO_WRITE = f'''
+    mov rbx, {VDA.mmio[0][1]:#x}
+    mov rdi, avail
+    mov word [rdi + 4], 0           ; ring[0] = descriptor 0
+    mov word [rdi + 2], 1           ; avail.idx
+    mov dword [rbx + 0x50], 0       ; QueueNotify
+    mov rdi, used
+.poll:
+    cmp word [rdi + 2], 1
+    jne .poll
+    mov rdi, status
+    cmp byte [rdi], 0
+    je .written
+    mov al, 0x22                    ; the device said no
+    out 0xf4, al
+.written:
+'''
+VIRTIO_DATA = f'''
+align 8
+header: dd 1, 0                     ; VIRTIO_BLK_T_OUT
+    dq {DISK_SECTOR}
+status: db 0xff
+align 16
+desc:
+    dq header
+    dd 16
+    dw 1, 1                         ; NEXT, next 1
+    dq buffer
+    dd 512
+    dw 1, 2                         ; NEXT (device-readable), next 2
+    dq status
+    dd 1
+    dw 2, 0                         ; WRITE
+    times 5 dq 0, 0
+align 16
+avail: times 12 dw 0
+align 16
+used: times 20 dd 0
+align 16
+buffer: db {", ".join(str(b) for b in DISK_MARKER)}
+    times {512 - len(DISK_MARKER)} db 0
+'''
+
+
+def disk_guest(count):
+    return lines_guest(count, VIRTIO_SETUP, VIRTIO_WRITE, VIRTIO_DATA)
 
 
 TICKS = r'''
@@ -223,6 +306,33 @@ class SnapshotWhileRunningTest(unittest.TestCase):
                 restored, rest = self.restore(data)
                 self.assertEqual(restored.status, pcguest.STATUS_PASSED, restored.reason)
                 self.assert_rest(full, rest)
+
+    def test_a_restored_disk_device_has_its_memory_and_interrupt(self):
+        """Machine.restore(disks=...): the rebuilt virtio-blk reaches guest
+        RAM (the write after the snapshot lands in the disk given) and its
+        interrupt line reaches the PIC (IRQ 5 is raised by the completion)."""
+        con = MemoryBackend()
+        disk = BytesDisk(bytes(64 << 10))
+        m = kvmlite.Machine(mem_size=16 << 20, console=con, kvm=kvm(), disks=[disk])
+        with m:
+            load_kernel(m, disk_guest(1500))
+            data, result, full = self.snapshot_midway(m, con, 100 * LINE)
+        self.assertEqual(result.status, EXIT_STATUS, result.reason)
+        marker = DISK_MARKER + bytes(512 - len(DISK_MARKER))
+        self.assertEqual(disk.read(DISK_SECTOR * 512, 512), marker)
+        with self.assertRaises(snapshot.SnapshotError) as cm:
+            kvmlite.Machine.restore(io.BytesIO(data), kvm=kvm())
+        self.assertIn('pass the disks', str(cm.exception))
+        again = BytesDisk(bytes(64 << 10))
+        con = MemoryBackend()
+        with kvmlite.Machine.restore(io.BytesIO(data), console=con, kvm=kvm(), disks=[again]) as r:
+            self.assertEqual(r.pic.state()['master']['lines'] & 1 << VDA.irq, 0)
+            result = r.run(timeout=HANG_S)
+            self.assertEqual(result.status, EXIT_STATUS, result.reason)
+            self.assertEqual(again.read(DISK_SECTOR * 512, 512), marker)
+            self.assertEqual(r.devices['vda'].writes, 1)
+            self.assertTrue(r.pic.state()['master']['lines'] & 1 << VDA.irq, 'IRQ 5 never raised')
+        self.assert_rest(full, bytes(con.output))
 
     def test_the_file_holds_only_the_pages_the_guest_used(self):
         m, con = lines_machine('split', 10, mem_size=256 << 20)
@@ -388,6 +498,7 @@ class RefusalTest(unittest.TestCase):
     def test_future_and_unknown_versions(self):
         self.refused(with_header(self.good, version=snapshot.VERSION + 1), 'newer')
         self.refused(with_header(self.good, version=0), 'which no kvmlite wrote')
+        self.refused(with_header(self.good, version=1), 'did not record the --disk images')
 
     def test_bytes_past_the_end(self):
         self.refused(self.good + b'\0', 'past its end')
@@ -552,6 +663,94 @@ class CliTest(unittest.TestCase):
         status, rest = self.restore(snap)
         self.assertEqual(status, EXIT_STATUS)
         self.assertEqual(before + rest, expected_lines(self.LONG))
+
+    def disk_image(self, name, size=64 << 10):
+        path = os.path.join(self.tmp, name)
+        with open(path, 'wb') as f:
+            f.write(os.urandom(size))
+        with open(path, 'rb') as f:
+            return path, f.read()
+
+    def sector(self, path):
+        with open(path, 'rb') as f:
+            f.seek(DISK_SECTOR * 512)
+            return f.read(512)
+
+    def put_back(self, path, image):
+        with open(path, 'r+b') as f:
+            f.write(image)
+
+    def restore_with(self, *args):
+        return subprocess.run([sys.executable, 'kvmlite.py', 'run', '--restore', *args], cwd=ROOT,
+                              capture_output=True, stdin=subprocess.DEVNULL, timeout=HANG_S)
+
+    def test_restore_reopens_the_disks_and_each_restore_repeats_the_write(self):
+        """The guest drives vda from before the snapshot point and writes a
+        sector after it: --restore (no --disk) opens the image the snapshot
+        names, and each restore writes that sector again."""
+        kernel = os.path.join(self.tmp, 'disk.elf')
+        with open(kernel, 'wb') as f:
+            f.write(disk_guest(self.COUNT))
+        disk, image = self.disk_image('vda.img')
+        marker = DISK_MARKER + bytes(512 - len(DISK_MARKER))
+        snap = os.path.join(self.tmp, 'disk.snap')
+        p, out = self.start('-k', kernel, '--disk', disk, '--snapshot', snap)
+        first = self.read(out, lines=100)
+        p.send_signal(signal.SIGUSR2)
+        until(lambda: os.path.exists(snap), 'snapshot file')
+        full = first + self.read(out)
+        self.assertEqual(p.wait(HANG_S), EXIT_STATUS, p.stderr.read())
+        self.assertEqual(full, expected_lines(self.COUNT))
+        self.assertEqual(self.sector(disk), marker)
+        opened = snapshot.open_snapshot(snap)
+        disks = opened.config['disks']
+        opened.close()
+        self.assertEqual([(d['slot'], d['path'], d['readonly'], d['size']) for d in disks],
+                         [('vda', os.path.abspath(disk), False, len(image))])
+        for _ in range(2):
+            self.put_back(disk, image)                  # the write is undone
+            r = self.restore_with(snap)
+            self.assertEqual(r.returncode, EXIT_STATUS, r.stderr)
+            self.assertTrue(0 < len(r.stdout) < len(full))
+            self.assertEqual(full[len(full) - len(r.stdout):], r.stdout)
+            self.assertEqual(self.sector(disk), marker, 'the restore did not write the disk')
+            self.assertIn(b'disk vda', r.stderr)        # its mtime moved: a note says so
+            with open(disk, 'rb') as f:
+                after = f.read()
+            self.assertEqual(after[:1024] + after[1536:], image[:1024] + image[1536:])
+        # --disk in its place: a copy of the same size takes the write
+        copy = os.path.join(self.tmp, 'copy.img')
+        self.put_back(disk, image)
+        with open(copy, 'wb') as f:
+            f.write(image)
+        r = self.restore_with(snap, '--disk', copy)
+        self.assertEqual(r.returncode, EXIT_STATUS, r.stderr)
+        self.assertEqual((self.sector(copy), self.sector(disk)), (marker, image[1024:1536]))
+
+    def test_restore_refuses_a_missing_disk_or_one_of_another_size(self):
+        disk, image = self.disk_image('small.img')
+        m = kvmlite.Machine(mem_size=16 << 20, console=MemoryBackend(), kvm=kvm(),
+                            disks=[DiskImage(disk, readonly=True)])
+        with m:
+            load_kernel(m, lines_guest(1))
+            snap = m.snapshot(os.path.join(self.tmp, 'small.snap'))
+        with open(disk, 'ab') as f:
+            f.write(bytes(512))
+        r = self.restore_with(snap)
+        moved = disk + '.moved'
+        os.rename(disk, moved)
+        r2 = self.restore_with(snap)
+        r3 = self.restore_with(snap, '--disk', moved)
+        r4 = self.restore_with(snap, '--disk', moved + ',ro', '--disk', moved + ',ro')
+        for run, words in ((r, ('disk vda', f'{len(image) + 512} bytes', f'{len(image)} when')),
+                           (r2, ('disk vda', 'does not exist')), (r3, ('read-only',)),
+                           (r4, ('1 disks', 'not 2'))):
+            with self.subTest(words=words):
+                lines = run.stderr.decode().splitlines()
+                self.assertEqual((run.returncode, run.stdout, len(lines)), (2, b'', 1), lines)
+                self.assertTrue(lines[0].startswith('kvmlite: snapshot '), lines)
+                for w in words:
+                    self.assertIn(w, lines[0])
 
     def test_restore_takes_no_machine_options(self):
         snap = os.path.join(self.tmp, 'none.snap')

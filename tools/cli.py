@@ -344,28 +344,35 @@ class _SignalsEndTheRun:
 
 _MACHINE_OPTIONS = (('kernel', '-k'), ('initrd', '-i'), ('append', '-p'), ('mem', '-m'),
                     ('cpus', '-c'), ('irqchip', '--irqchip'), ('format', '--format'),
-                    ('cpuid', '--cpuid'), ('cpu_vendor', '--cpu-vendor'))
+                    ('cpuid', '--cpuid'), ('cpu_vendor', '--cpu-vendor'), ('rng', '--rng'))
 
 
 def _restore(args):
     """The machine of ``run --restore FILE`` and its console: the file says
-    which machine (and console, unless --console is given)."""
+    which machine (and console, unless --console is given) and which disk
+    images it had, opened again unless --disk gives others in their place."""
     snapshot = _import_part('tools', 'snapshot')
     given = [flag for name, flag in _MACHINE_OPTIONS if getattr(args, name) != args.defaults[name]]
     if given:
         raise ValueError(f'--restore takes the machine from the snapshot: drop {", ".join(given)}')
     snap = snapshot.open_snapshot(args.restore)
-    console = None
+    console, disks = None, None
     try:
+        disks = _open_disks(args.disk) if args.disk else None
         args.console = args.console or snap.config['console'] or 'stdio'
         console = _make_console(args.console)
-        return Machine.restore(snap, console=console), console
+        machine = Machine.restore(snap, console=console, disks=disks)
     except BaseException:
         if console is not None:
             console.stop()
+        for d in disks or ():
+            d.close()
         raise
     finally:
         snap.close()
+    for note in machine.restore_notes:
+        print(f'kvmlite: {note}', file=sys.stderr)
+    return machine, console
 
 
 def _arm_snapshot_signal(machine, args, console):

@@ -732,6 +732,8 @@ class Machine:
     #: how the console was given on the command line (a snapshot records it, so
     #: ``run --restore`` needs no --console); None from the library
     console_spec = None
+    #: after Machine.restore: one line per disk image that changed since the snapshot
+    restore_notes = ()
 
     def _snapshot_init(self, cmdline):
         self.cmdline = bytes(cmdline)
@@ -838,12 +840,14 @@ class Machine:
         return _snapshot().write_snapshot(self, target)
 
     @classmethod
-    def restore(cls, source, console=None, kvm=None, clock=None, platform=PC):
+    def restore(cls, source, console=None, kvm=None, clock=None, platform=PC, disks=None):
         """A new Machine from a snapshot (a path, a binary file, or an opened
         tools.snapshot.SnapshotFile), ready to run() on from where it was
-        taken. A file that is refused raises SnapshotError (a ValueError)."""
+        taken. A file that is refused raises SnapshotError (a ValueError).
+        The disk images the snapshot names are opened again, or ``disks``
+        in their place; ``restore_notes`` says which changed since."""
         return _snapshot().restore(cls, source, console=console, kvm=kvm, clock=clock,
-                                   platform=platform)
+                                   platform=platform, disks=disks)
 
     def request_snapshot(self, target, done=None):
         """Have the timer thread write a snapshot to ``target`` as soon as it
@@ -869,8 +873,14 @@ class Machine:
             return cls(**wiring)
         accepted = _from_state_params.get(cls)
         if accepted is None:
-            accepted = _from_state_params[cls] = frozenset(inspect.signature(cls.from_state).parameters)
-        return cls.from_state(states[slot.name], **{p: v for p, v in wiring.items() if p in accepted})
+            params = inspect.signature(cls.from_state).parameters.values()
+            # from_state(cls, state, **wiring) takes all of it (the virtio devices)
+            accepted = None if any(p.kind is p.VAR_KEYWORD for p in params) else \
+                frozenset(p.name for p in params)
+            _from_state_params[cls] = accepted
+        if accepted is not None:
+            wiring = {p: v for p, v in wiring.items() if p in accepted}
+        return cls.from_state(states[slot.name], **wiring)
 
     def _rewire_devices(self, states):
         """Replace every device with one rebuilt from ``states`` (name ->

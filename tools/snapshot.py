@@ -47,7 +47,7 @@ __all__ = ['SnapshotError', 'Checkpoint', 'MAGIC', 'VERSION', 'checkpoint', 'res
            'write_snapshot', 'open_snapshot', 'restore']
 
 MAGIC = b'KVMLSNAP'
-VERSION = 1
+VERSION = 2         # 2: the configuration records the --disk images and --rng
 #: magic, version, header size, metadata offset, metadata length, data offset,
 #: file length, metadata CRC-32, header CRC-32 (of every byte before it)
 HEADER = struct.Struct('<8sIIQQQQII')
@@ -164,7 +164,34 @@ def _config(m):
             'cmdline': base64.b64encode(m.cmdline).decode('ascii'),
             'platform': {'devices': [[s.name, s.part] for s in m.platform.devices],
                          'digest': platform_digest(m.platform)},
-            'ram': [[s.gpa, s.size] for s in m.vm.slots if not s.readonly]}
+            'ram': [[s.gpa, s.size] for s in m.vm.slots if not s.readonly],
+            'disks': [_disk_record(name, disk) for name, disk in m.disks.items()],
+            'rng': bool(m.rng)}
+
+
+IDENTITY_BLOCK = 4096           # a disk's identity hashes its first and last block
+
+
+def _disk_identity(disk):
+    """(mtime in ns or None, SHA-256 of the first and last block): cheap
+    to take, and changed by most writes a guest or a user makes."""
+    size = disk.size
+    first = disk.read(0, min(IDENTITY_BLOCK, size))
+    last = disk.read(max(0, size - IDENTITY_BLOCK), min(IDENTITY_BLOCK, size))
+    fd = getattr(disk, 'fd', None)
+    mtime = os.fstat(fd).st_mtime_ns if isinstance(fd, int) and fd >= 0 else None
+    return mtime, hashlib.sha256(first + last).hexdigest()
+
+
+def _disk_record(slot, disk):
+    """What a snapshot says of one disk: enough to open it again and to
+    tell whether it is the image the guest had (a disk's contents are not in
+    the snapshot)."""
+    path = getattr(disk, 'path', None)
+    mtime, digest = _disk_identity(disk)
+    return {'slot': slot, 'path': os.path.abspath(path) if path is not None else None,
+            'readonly': bool(disk.readonly), 'size': disk.size, 'mtime_ns': mtime,
+            'digest': digest}
 
 
 def _readable_msrs(m, vcpu):
@@ -615,6 +642,9 @@ def _open(f, name):
     if version > VERSION:
         raise SnapshotError(f'{what} has format version {version}, newer than the {VERSION} '
                             f'this kvmlite reads: restore it with a newer kvmlite')
+    if version == 1:
+        raise SnapshotError(f'{what} has format version 1, which did not record the --disk '
+                            f'images: take the snapshot again with this kvmlite')
     if version != VERSION:
         raise SnapshotError(f'{what} has format version {version}, which no kvmlite wrote')
     if zlib.crc32(head[:-4]) != head_crc:
@@ -647,7 +677,7 @@ def _no_constant(name):
 def _check_config(c, what):
     from .pc import IRQCHIP_MODES
     _check_keys(c, ('mem_size', 'cpus', 'irqchip', 'cpuid_policy', 'cpu_vendor', 'console',
-                    'cmdline', 'platform', 'ram'), f'{what} configuration')
+                    'cmdline', 'platform', 'ram', 'disks', 'rng'), f'{what} configuration')
     for key in ('mem_size', 'cpus'):
         if type(c[key]) is not int:
             raise SnapshotError(f'{what}: {key} is not an integer')
@@ -668,6 +698,21 @@ def _check_config(c, what):
     if not isinstance(ram, list) or not all(isinstance(r, list) and len(r) == 2 and
                                             all(type(x) is int for x in r) for r in ram):
         raise SnapshotError(f'{what}: RAM is not a list of [address, size]')
+    if type(c['rng']) is not bool:
+        raise SnapshotError(f'{what}: rng is not a boolean')
+    disks = c['disks']
+    if not isinstance(disks, list) or len(disks) > 64:
+        raise SnapshotError(f'{what}: the disks are not a list')
+    for i, d in enumerate(disks):
+        where = f'{what}: disk {i}'
+        _check_keys(d, ('slot', 'path', 'readonly', 'size', 'mtime_ns', 'digest'), where)
+        if not isinstance(d['slot'], str) or not (d['path'] is None or isinstance(d['path'], str)
+                                                   and d['path'] and '\0' not in d['path']):
+            raise SnapshotError(f'{where}: its slot or path is not a string')
+        if type(d['readonly']) is not bool or type(d['size']) is not int or not 0 <= d['size'] < 1 << 63:
+            raise SnapshotError(f'{where}: its read-only flag or size is not valid')
+        if not (d['mtime_ns'] is None or type(d['mtime_ns']) is int) or not isinstance(d['digest'], str):
+            raise SnapshotError(f'{where}: its identity (mtime_ns, digest) is not valid')
 
 
 def _check_runs(runs, config, data_off, file_len, what):
@@ -690,9 +735,13 @@ def _check_runs(runs, config, data_off, file_len, what):
         last_gpa, last_off = end - 1, off + pages * PAGE_SIZE
 
 
-def restore(cls, source, console=None, kvm=None, clock=None, platform=None, **kw):
+def restore(cls, source, console=None, kvm=None, clock=None, platform=None, disks=None, **kw):
     """A new machine of class ``cls`` from a snapshot (a path, a binary
-    file or an :class:`SnapshotFile`), paused where the snapshot was taken."""
+    file or an :class:`SnapshotFile`), paused where the snapshot was taken.
+    Its disks are the images the snapshot names, opened again (read-only as
+    they were), or ``disks`` (opened DiskImage/BytesDisk, one per recorded
+    disk, each of the recorded size) in their place. ``restore_notes`` on the
+    machine lists each disk that changed since the snapshot."""
     snap = open_snapshot(source)
     own = snap is not source and not isinstance(source, SnapshotFile)
     try:
@@ -705,15 +754,21 @@ def restore(cls, source, console=None, kvm=None, clock=None, platform=None, **kw
                                 f'{names}): restore it with the platform it was taken on')
         if [list(r) for r in platform.ram_regions(c['mem_size'])] != c['ram']:
             raise SnapshotError(f'snapshot {snap.name!r}: its RAM layout is not the platform\'s')
+        opened, notes = _reopen_disks(snap, platform, disks)
         args = dict(mem_size=c['mem_size'], cpus=c['cpus'], irqchip=c['irqchip'], console=console,
                     cpuid_policy=c['cpuid_policy'], cpu_vendor=c['cpu_vendor'], kvm=kvm, platform=platform,
-                    cmdline=base64.b64decode(c['cmdline']), **kw)
+                    cmdline=base64.b64decode(c['cmdline']), disks=opened, rng=c['rng'], **kw)
         if clock is not None:
             args['clock'] = clock
         try:
             m = cls(**args)
-        except ValueError as e:
-            raise SnapshotError(f'snapshot {snap.name!r}: {e}') from None
+        except BaseException as e:
+            for disk in opened:
+                disk.close()
+            if isinstance(e, ValueError):
+                raise SnapshotError(f'snapshot {snap.name!r}: {e}') from None
+            raise
+        m.restore_notes = notes
         try:
             m.console_spec = c['console']
             _read_memory(m, snap)
@@ -725,6 +780,53 @@ def restore(cls, source, console=None, kvm=None, clock=None, platform=None, **kw
     finally:
         if own:
             snap.close()
+
+
+def _reopen_disks(snap, platform, given):
+    """The disks of the snapshot's configuration, opened again (or
+    ``given`` in their place) and checked: a missing image, or one of another
+    size, is refused. Returns (disks, notes): a note per disk whose identity
+    (mtime, first and last block) changed since the snapshot, which a guest
+    that writes its disk after the snapshot point makes happen."""
+    from devices.virtio_blk import DiskError, DiskImage
+    records, what = snap.config['disks'], f'snapshot {snap.name!r}'
+    slots = [s.name for s in platform.devices if s.part == 'virtio_blk.VirtioBlk']
+    if [d['slot'] for d in records] != slots[:len(records)]:
+        raise SnapshotError(f'{what}: its disks sit in slots {", ".join(d["slot"] for d in records)}, '
+                            f'not the platform\'s {", ".join(slots[:len(records)])}')
+    if given is not None and len(given) != len(records):
+        raise SnapshotError(f'{what} has {len(records)} disks: give as many, not {len(given)}')
+    opened, notes = [], []
+    try:
+        for i, d in enumerate(records):
+            name = f'{what}: disk {d["slot"]}'
+            if given is not None:
+                disk = given[i]
+                opened.append(disk)
+                if bool(disk.readonly) != d['readonly']:
+                    raise SnapshotError(f'{name} was {"read-only" if d["readonly"] else "read-write"}: '
+                                        f'give it so again')
+            elif d['path'] is None:
+                raise SnapshotError(f'{name} was not an image file: pass the disks to '
+                                    f'Machine.restore(disks=...)')
+            else:
+                try:
+                    disk = DiskImage(d['path'], readonly=d['readonly'])
+                except DiskError as e:
+                    raise SnapshotError(f'{name}: {e}') from None
+                opened.append(disk)
+            if disk.size != d['size']:
+                raise SnapshotError(f'{name} ({getattr(disk, "path", "given")!r}) is {disk.size} bytes, '
+                                    f'{d["size"]} when the snapshot was taken: give back that image')
+            mtime, digest = _disk_identity(disk)
+            if digest != d['digest'] or d['mtime_ns'] is not None and mtime != d['mtime_ns']:
+                notes.append(f'disk {d["slot"]} ({getattr(disk, "path", "given")}) changed since the '
+                             f'snapshot: the guest sees it as it is now')
+    except BaseException:
+        for disk in opened[:len(opened) if given is None else 0]:
+            disk.close()
+        raise
+    return opened, notes
 
 
 def _read_memory(m, snap):
