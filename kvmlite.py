@@ -1120,6 +1120,7 @@ class ExitReason(enum.IntEnum):
 
 #: exit number -> ExitReason, for counting exits by name (an unknown number stays an int)
 _EXIT_NAMES = dict(ExitReason._value2member_map_)
+_EXIT_HLT = ExitReason.HLT          # (an Enum member lookup costs 0.15 us on a hot path)
 
 
 class Cap(enum.IntEnum):
@@ -2169,41 +2170,70 @@ def _install_kick_handler():
 
 
 class _Watchdog:
-    """One thread for the whole process that kicks vCPUs at their deadlines."""
+    """One thread for the whole process that kicks vCPUs at their deadlines.
+
+    A run arms without the lock: it stores its deadline on the vCPU, and only
+    a deadline sooner than the thread's next wake-up (or a vCPU it has not
+    seen) takes the lock to tell it. While the thread scans, its wake-up reads
+    as -inf, so an arm then always tells it. Disarming takes the lock: the
+    scan fires under it, so once disarm returns no kick of that run is in
+    flight (a run after run with the same timeout costs no thread switch)."""
 
     def __init__(self):
-        self._cond = threading.Condition()
-        self._deadlines = {}          # vcpu -> monotonic deadline
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._vcpus = set()           # the vCPUs that armed, until closed
         self._thread = None
-        self._wake_at = float('inf')  # when the thread wakes next by itself
+        self._wake_at = float('inf')  # when the thread looks next by itself
 
     def arm(self, vcpu, deadline):
-        with self._cond:
-            self._deadlines[vcpu] = deadline
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name='kvmlite-watchdog',
-                                                daemon=True)
-                self._thread.start()
-            # wake the thread only for a deadline before the one it waits for:
-            # a run after run with the same timeout costs no thread switch
-            if deadline < self._wake_at:
+        vcpu._deadline = deadline
+        if deadline < self._wake_at or not vcpu._watched:
+            lock = self._lock
+            lock.acquire()
+            try:
+                vcpu._watched = True
+                self._vcpus.add(vcpu)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name='kvmlite-watchdog',
+                                                    daemon=True)
+                    self._thread.start()
                 self._cond.notify()
+            finally:
+                lock.release()
 
     def disarm(self, vcpu):
         """Returns False if the deadline had already fired (a kick is set)."""
-        with self._cond:
-            return self._deadlines.pop(vcpu, None) is not None
+        lock = self._lock
+        lock.acquire()
+        armed = vcpu._deadline is not None
+        vcpu._deadline = None
+        lock.release()
+        return armed
+
+    def forget(self, vcpu):
+        """A closed vCPU: never kicked again."""
+        with self._lock:
+            vcpu._deadline = None
+            self._vcpus.discard(vcpu)
 
     def _loop(self):
         with self._cond:
             while True:
+                self._wake_at = float('-inf')     # an arm during the scan tells us again
                 now = time.monotonic()
-                due = [v for v, d in self._deadlines.items() if d <= now]
-                for v in due:
-                    del self._deadlines[v]
-                    v.kick('timeout')
-                self._wake_at = min(self._deadlines.values(), default=now + 3600)
-                self._cond.wait(max(self._wake_at - now, 0))
+                soonest = now + 3600
+                for v in list(self._vcpus):
+                    d = v._deadline
+                    if d is None:
+                        continue
+                    if d <= now:
+                        v._deadline = None
+                        v.kick('timeout')
+                    elif d < soonest:
+                        soonest = d
+                self._wake_at = soonest
+                self._cond.wait(soonest - now)
 
 
 _watchdog = _Watchdog()
@@ -3090,6 +3120,8 @@ class Vcpu:
                                            (KVM_COALESCED_MMIO_PAGE_OFFSET + 1) * PAGE_SIZE] \
             if size > KVM_COALESCED_MMIO_PAGE_OFFSET * PAGE_SIZE else None
         self._thread = None           # the thread inside KVM_RUN, for kicks
+        self._deadline = None         # when the watchdog kicks this run (monotonic)
+        self._watched = False         # the watchdog knows this vCPU
         self._why = None              # why the last kick was sent
         self._stats = None
         self._buf = None              # the IoIn/MmioRead buffer handed out, until the next run
@@ -3126,6 +3158,8 @@ class Vcpu:
         if self._stats:
             self._stats.close()
         self._release_buf()           # an exit the caller still holds must not pin the map
+        if self._watched:
+            _watchdog.forget(self)
         self.sync_regs = self.sync_sregs = self.sync_events = None
         self._sync = 0
         del self.kvm_run
@@ -3813,7 +3847,9 @@ class Vcpu:
         finally:
             self._running.release()
 
-    def _run_loop(self, hooks, timeout):
+    def _run_loop(self, hooks, timeout, entered=None):
+        # ``entered``: the caller made the first KVM_RUN itself (Snippet's fast
+        # path) and this is its exit reason (INTR for EINTR): go on from it
         hooks = hooks or {}
         # which directions the buses serve: (in, out) and (read, write)
         io_bus = (IoIn not in hooks, IoOut not in hooks)
@@ -3839,17 +3875,24 @@ class Vcpu:
                 # kicks signal this thread from here on; outside KVM_RUN the
                 # signal does nothing and immediate_exit ends the next entry
                 self._thread = tid
-                try:
-                    # no third argument: given an int, fcntl.ioctl first tries it as
-                    # a buffer twice and formats two TypeErrors (~1 us per exit)
-                    ioctl(fd, KVM_RUN)
+                if entered is not None:
                     reason, direction, size, port, count, off = unpack_exit(m, 8)
-                except OSError as e:
-                    if e.errno not in (errno.EINTR, errno.EAGAIN):
-                        reason = None
-                        raise KvmError(e.errno, 'KVM_RUN', _explain(KVM_RUN, e.errno, vm)) from None
-                    m[1] = 0
-                    reason = ExitReason.INTR
+                    if entered == ExitReason.INTR:
+                        reason = entered
+                    entered = None
+                else:
+                    try:
+                        # no third argument: given an int, fcntl.ioctl first tries it as
+                        # a buffer twice and formats two TypeErrors (~1 us per exit)
+                        ioctl(fd, KVM_RUN)
+                        reason, direction, size, port, count, off = unpack_exit(m, 8)
+                    except OSError as e:
+                        if e.errno not in (errno.EINTR, errno.EAGAIN):
+                            reason = None
+                            raise KvmError(e.errno, 'KVM_RUN',
+                                           _explain(KVM_RUN, e.errno, vm)) from None
+                        m[1] = 0
+                        reason = ExitReason.INTR
                 if ring is not None and vm._coalesced:
                     first, last = ring_ends(ring, 0)
                     if first != last:     # buffered writes come before this exit
@@ -4215,6 +4258,9 @@ SNIPPET_FLAGS = {'CF': 0, 'PF': 2, 'AF': 4, 'ZF': 6, 'SF': 7, 'TF': 8, 'IF': 9, 
 EXCEPTION_NAMES = ('DE', 'DB', 'NMI', 'BP', 'OF', 'BR', 'UD', 'NM', 'DF', 'MP', 'TS', 'NP',
                    'SS', 'GP', 'PF', '15', 'MF', 'AC', 'MC', 'XM', 'VE', 'CP')
 _FRAME_BY_MODE = {'long64': struct.Struct('<5Q'), 'prot32': struct.Struct('<5I')}
+_SEGMENT_SIZE = ctypes.sizeof(kvm_segment)
+_SYNC_CS = kvm_run.s.offset + _SYNC_SREGS + kvm_sregs.cs.offset    # in the vCPU's mmap
+_SYNC_SS = kvm_run.s.offset + _SYNC_SREGS + kvm_sregs.ss.offset
 _ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17, 21, 29, 30))
 _USER_GATES = frozenset((3, 4, 0x80))   # int3, into and int 0x80 are allowed at CPL3
 
@@ -4366,6 +4412,7 @@ def _snippet_registers():
 
 
 _SNIPPET_GPRS = _snippet_registers()
+_SNIPPET_GPR64 = {n: k[0] for n, k in _SNIPPET_GPRS.items() if k[1:] == (0, 64)}  # rax: 'rax'
 _SNIPPET_SEGS = ('cs', 'ds', 'es', 'fs', 'gs', 'ss')
 _SNIPPET_SREGS = ('cr0', 'cr2', 'cr3', 'cr4', 'cr8', 'efer')
 _XSAVE_XMM, _XSAVE_MXCSR, _XSAVE_BV = 160, 24, 512   # offsets in the XSAVE legacy area
@@ -4421,8 +4468,9 @@ class Snippet:
         self._waiting = None           # the MMIO access an 'mmio' stop left half done
         self._until = self._patched = self._steps = None
         self._synced = False           # registers live in kvm_run (KVM_CAP_SYNC_REGS)
+        self._fast = False             # run() may take _run_fast (synced, not real mode)
         self._handler_table = None     # the run loop's exit handlers, made once
-        self._frame = None             # struct of the CPL3 #GP frame (the fast hlt path)
+        self._frame = None             # CPL3 #GP frame's unpack, user CS, SS (_run_fast)
         self._debugged = False         # KVM_SET_GUEST_DEBUG was used (for `until`)
         self._spares = {}              # (gpa, size, readonly) -> a zeroed slot a last user left
         self._tables_in_place = None   # the regions the page tables in place map
@@ -4453,9 +4501,11 @@ class Snippet:
         # from here on a run costs one KVM_RUN: registers go in and out
         # through kvm_run, where KVM offers it (else through the ioctls)
         self._synced = self._vcpu.enable_sync_regs()
+        self._fast = self._synced and self.mode != 'real'    # run() may take _run_fast
         # the #GP frame a CPL3 `hlt` leaves on the IST/ring-0 stack, unpacked at
         # once: error code, RIP, CS, RFLAGS, RSP (SS follows)
-        self._frame = _FRAME_BY_MODE[self.mode] if self._synced and self.cpl == 3 else None
+        self._frame = (_FRAME_BY_MODE[self.mode].unpack_from, bytes(self._user_cs),
+                       bytes(self._user_ss)) if self._synced and self.cpl == 3 else None
         self._fresh = _FreshState(self._vcpu)
 
     def _rebuild(self):
@@ -4466,7 +4516,7 @@ class Snippet:
         regs, sregs, xsave = self._vcpu.get_regs(), self._vcpu.get_sregs(), \
             self._vcpu.get_xsave()
         self._system, self._spares, self._tables_in_place, self._vm_ran = None, {}, None, False
-        self._synced, self._frame, self._fresh = False, None, None
+        self._synced, self._fast, self._frame, self._fresh = False, False, None, None
         try:
             self._build()
             for a, n, perms in regions:
@@ -4557,6 +4607,7 @@ class Snippet:
         _snippet_pool_give(self.kvm, self.mode, self.cpl, {
             '_vm': vm, '_vcpu': v, '_system': self._system, '_stubs': self._stubs,
             '_user_cs': self._user_cs, '_user_ss': self._user_ss, '_synced': self._synced,
+            '_fast': self._fast,
             '_frame': self._frame, '_fresh': fresh, '_spares': spares,
             '_tables_in_place': self._tables_in_place, '_sys_image': image,
             '_vm_ran': self._vm_ran or self._ran})
@@ -4861,11 +4912,11 @@ class Snippet:
             self._settle()
         if type(data) is not bytes:
             data = bytes(data)
-        n = len(data)
+        n, spares = len(data), self._spares
         for slot in self._vm.slots:          # the usual case: one slot holds it all
-            if slot.gpa <= addr and addr + n <= slot.end and addr >= 0 and (
-                    not self._spares or slot not in self._spares.values()):
-                slot.view[addr - slot.gpa:addr - slot.gpa + n] = data
+            off = addr - slot.gpa
+            if 0 <= off and off + n <= slot.size and (not spares or slot not in spares.values()):
+                slot.view[off:off + n] = data
                 return
         done = 0
         for a, n in list(self._ram_pieces(addr, len(data))):
@@ -4889,9 +4940,13 @@ class Snippet:
         al, ah, r8d...), rip/eip/ip, rflags/eflags/flags, cs..ss (selectors),
         cs_base..gs_base, cr0, cr2, cr3, cr4, cr8, efer, xmm0-xmm15 (128-bit
         ints) and mxcsr."""
-        key = _SNIPPET_GPRS.get(name)
-        if key is not None and self._synced:        # the usual case, straight from kvm_run
-            return getattr(self._vcpu.sync_regs, key[0]) >> key[1] & ((1 << key[2]) - 1)
+        if self._synced:                            # the usual case, straight from kvm_run
+            field = _SNIPPET_GPR64.get(name)
+            if field is not None:
+                return getattr(self._vcpu.sync_regs, field)
+            key = _SNIPPET_GPRS.get(name)
+            if key is not None:
+                return getattr(self._vcpu.sync_regs, key[0]) >> key[1] & ((1 << key[2]) - 1)
         where, key = self._register(name)
         if where == 'gpr':
             field, shift, bits = key
@@ -4909,11 +4964,12 @@ class Snippet:
         """Set a register (see :meth:`reg_read`). A narrow view keeps the other
         bits (as unicorn does); xmm registers take an int or 16 bytes. Segment
         selectors can be written in real mode only (the base follows)."""
-        key = _SNIPPET_GPRS.get(name)
-        if key is not None and key[2] == 64 and self._synced and type(value) is int \
+        field = _SNIPPET_GPR64.get(name)
+        if field is not None and self._synced and type(value) is int \
                 and self._waiting is None and -(1 << 63) <= value < 1 << 64:
-            setattr(self._vcpu.sync_regs, key[0], value & 0xFFFFFFFFFFFFFFFF)   # in kvm_run
-            self._vcpu.mark_dirty(KVM_SYNC_X86_REGS)
+            v = self._vcpu                           # the usual case: straight into kvm_run
+            setattr(v.sync_regs, field, value & 0xFFFFFFFFFFFFFFFF)
+            v._map[_DIRTY_OFF] |= KVM_SYNC_X86_REGS  # (Vcpu.mark_dirty, inline)
             return
         where, key = self._register(name)
         if self._waiting is not None:
@@ -5201,6 +5257,9 @@ class Snippet:
         by default: a longer run comes back with reason 'timeout'), or None
         for no limit.
         """
+        if until is None and count is None and self._fast and self._waiting is None \
+                and not self._tables_dirty and (not self._spares or self.mode == 'long64'):
+            return self._run_fast(start, timeout)
         if self._vcpu and self._vcpu.running:
             raise KvmliteError('this Snippet is already running in another thread: one run at '
                                'a time (stop() ends that run)')
@@ -5282,6 +5341,98 @@ class Snippet:
         finally:
             if self._until is not None or self._steps is not None:
                 self._disarm()
+        return self._stop
+
+    def _run_fast(self, start, timeout):
+        """run() with registers in kvm_run, no until or count, nothing to set
+        up first: the reused snippet's path, one KVM_RUN and no other system
+        call. The snippet's own `hlt` (at CPL3, the #GP frame it leaves on the
+        stub's stack) ends the run here; any other exit goes on in
+        Vcpu._run_loop, from the exit in hand, with the handlers _go uses."""
+        v = self._vcpu
+        m, regs = v._map, v.sync_regs
+        lock = v._running
+        if not lock.acquire(False):
+            raise KvmliteError('this Snippet is already running in another thread: one run at '
+                               'a time (stop() ends that run)')
+        exit = stop = None
+        try:
+            try:
+                if start is not None:
+                    if type(start) is not int:
+                        if not isinstance(start, (bytes, bytearray, memoryview)):
+                            raise SnippetError(f'run({start!r}): start is code bytes, an '
+                                               'address or None')
+                        self.mem_write(SNIPPET_CODE_ADDR, start)
+                        start = SNIPPET_CODE_ADDR
+                    regs.rip = start
+                    m[_DIRTY_OFF] |= KVM_SYNC_X86_REGS
+                self._ran = True
+                m[1] = 0                     # immediate_exit: a stop() between runs is spent
+                if timeout is not None:
+                    # _watchdog.arm, whose lock only a sooner deadline needs
+                    d = v._deadline = time.monotonic() + timeout
+                    if d < _watchdog._wake_at or not v._watched:
+                        _watchdog.arm(v, d)
+                if v._buf is not None:
+                    v._release_buf()
+                v._thread = threading.get_ident()
+                try:
+                    fcntl.ioctl(v.fd, KVM_RUN)      # (no third argument: see _run_loop)
+                    reason = _U32.unpack_from(m, 8)[0]
+                except OSError as e:
+                    if e.errno not in (errno.EINTR, errno.EAGAIN):
+                        raise KvmError(e.errno, 'KVM_RUN',
+                                       _explain(KVM_RUN, e.errno, self._vm)) from None
+                    m[1] = 0
+                    reason = ExitReason.INTR
+                if reason == 5:                                      # KVM_EXIT_HLT
+                    rip = regs.rip
+                    at = rip - 1 - self._stubs                       # RIP is after a stub's HLT
+                    if at == 4 * 13:
+                        frame = self._frame
+                        if frame is not None:
+                            # a CPL3 snippet's own `hlt` is a #GP (error code 0) at
+                            # the hlt: its frame read at once from the stub's stack,
+                            # the registers unwound in kvm_run (anything else: _on_trap)
+                            unpack, cs, ss = frame
+                            system = self._system
+                            err, rip, _, rflags, rsp = unpack(system.view, regs.rsp - system.gpa)
+                            if not err:
+                                for slot in self._vm.slots:          # _peek(rip), inline
+                                    off = rip - slot.gpa
+                                    if 0 <= off < slot.size:
+                                        if slot.map[off] == 0xF4:
+                                            regs.rip, regs.rflags, regs.rsp = rip + 1, rflags, rsp
+                                            m[_SYNC_CS:_SYNC_CS + _SEGMENT_SIZE] = cs
+                                            m[_SYNC_SS:_SYNC_SS + _SEGMENT_SIZE] = ss
+                                            m[_DIRTY_OFF] |= KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS
+                                            stop = Stop('hlt', rip + 1)   # as at CPL0
+                                        break
+                    elif not 0 <= at < 4 * _SYSCALL_STUB or at & 3:
+                        stop = Stop('hlt', rip)              # the snippet's own HLT (CPL0)
+                if stop is not None:
+                    v._pending = False
+                    self._vm.exit_counts[_EXIT_HLT] += 1
+                    self._stop = stop
+                    return stop
+                self._stop = None            # (the handlers set it)
+                exit = v._run_loop(self._handlers(), None, reason)
+            finally:
+                v._thread = None
+                lock.release()
+                if timeout is not None and not _watchdog.disarm(v) \
+                        and type(exit) is not Interrupted:
+                    m[1] = 0                 # it fired after KVM_RUN returned: drop the kick
+                    v._why = None
+            if self._stop is None:
+                self._stop = self._final(exit)
+        except BaseException:
+            # as in _go: a hook that raised leaves the snippet as it was before
+            # that instruction
+            self._waiting = None
+            self._settle(force=True)
+            raise
         return self._stop
 
     def _settle(self, force=False):
@@ -5451,18 +5602,6 @@ class Snippet:
     def _on_hlt(self, vcpu, exit):
         regs = self._rv()
         at = self._linear(regs.rip) - 1 - self._stubs       # RIP is after the stub's HLT
-        if at == 4 * 13 and self._frame is not None:
-            # the hot path: a CPL3 snippet's own `hlt` (#GP, error code 0)
-            system = self._system
-            err, rip, _, rflags, rsp = self._frame.unpack_from(system.view,
-                                                               regs.rsp - system.gpa)
-            if err == 0 and self._peek(rip) == 0xF4:
-                regs.rip, regs.rflags, regs.rsp = rip + 1, rflags, rsp
-                sregs = self._vcpu.sync_sregs
-                sregs.cs, sregs.ss = self._user_cs, self._user_ss
-                self._vcpu.mark_dirty(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)
-                self._stop = Stop('hlt', rip + 1)            # where HLT leaves RIP at CPL0
-                return False
         if 0 <= at < 4 * _SYSCALL_STUB and not at & 3:
             return self._on_trap(regs, self._sv(), at >> 2)
         return False                                         # the snippet's own HLT

@@ -7,6 +7,7 @@ that change the same state."""
 
 import collections
 import fcntl
+import threading
 import unittest
 from unittest import mock
 
@@ -59,6 +60,55 @@ class ReusedRunCases:
         self.assertEqual(s.reg_read('rsp'), 0x7FF8)
         self.assertEqual(s.reg_read('cs') & 3, self.cpl)
         self.assertEqual(dict(counts), {'KVM_RUN': 1})
+
+    def both_paths(self, text, **run):
+        """(Stop, rax, rsp, rip, cs) of ``text`` run by run()'s fast path and by
+        the general one (_go), each from the same registers."""
+        s = self.snippet
+        code = assemble(text, bits=64, origin=CODE)
+        out = []
+        for fast in (True, False):
+            s._fast = fast
+            try:
+                s.reg_write('rax', 7)
+                s.reg_write('rsp', 0x8000)
+                stop = s.run(code, **run)
+            finally:
+                s._fast = True
+            out.append((stop, s.reg_read('rax'), s.reg_read('rsp'), s.reg_read('rip'),
+                        s.reg_read('cs')))
+        return out
+
+    def test_the_fast_path_stops_as_the_general_one_does(self):
+        cases = ['inc rax\nhlt', 'push rax\nud2', 'mov rax, [0xdead000]', 'int3\nhlt',
+                 'syscall\nhlt', 'cli\nhlt', 'mov cr0, rax\nhlt']
+        for text in cases:
+            with self.subTest(text=text):
+                fast, general = self.both_paths(text)
+                self.assertEqual(fast, general)
+                self.assertEqual(fast[-1] & 3, self.cpl)
+
+    def test_a_timeout_longer_than_the_watchdog_wait_still_fires(self):
+        # the watchdog waits for the first deadline; a later one is stored
+        # without waking it, and it must find that one when it wakes
+        s = self.snippet
+        hang = threading.Timer(20, s.stop)          # (a lost deadline must not hang the suite)
+        hang.start()
+        try:
+            self.assertEqual(s.run(assemble('hlt', bits=64, origin=CODE), timeout=0.2).reason,
+                             'hlt')
+            stop = s.run(assemble('jmp $', bits=64, origin=CODE), timeout=0.5)
+        finally:
+            hang.cancel()
+        self.assertEqual((stop.reason, stop.rip), ('timeout', CODE))
+        # and the kick is spent: the next run goes to its hlt
+        self.assertEqual(s.run(assemble('inc rax\nhlt', bits=64, origin=CODE)).reason, 'hlt')
+
+    def test_stop_from_another_thread_ends_a_fast_run(self):
+        s = self.snippet
+        threading.Timer(0.1, s.stop).start()
+        stop = s.run(assemble('jmp $', bits=64, origin=CODE), timeout=20)
+        self.assertEqual((stop.reason, stop.rip), ('stopped', CODE))
 
 
 class UserReusedRunTest(ReusedRunCases, SnippetTestCase):

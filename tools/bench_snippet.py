@@ -24,6 +24,9 @@ floor is a C program (written and compiled here with ``cc``) that does the
 ``reused`` run on the same guest state, as kvmlite leaves it after its
 first run: code written into the mapping, registers through the kvm_run
 sync area, one KVM_RUN, the stop unwound the same way, two registers read.
+The reused run and the floor take turns, round by round, and "vs floor" is
+the median of the rounds' own ratios (this host's speed drifts by tens of
+percent within a minute).
 
 unicorn is looked up by name and used when importable (``pip install
 unicorn``); kvmlite never needs it. The figures of a run can be saved
@@ -321,16 +324,35 @@ def write_floor_state(path, cpl, kvm):
                 f.write(struct.pack('<IQ', index, value))
 
 
-def floor_us(exe, cpl, kvm, n, reps, workdir):
-    state = os.path.join(workdir, f'state{cpl}')
-    write_floor_state(state, cpl, kvm)
-    times = []
-    for _ in range(reps):
-        r = subprocess.run([exe, state, str(n)], capture_output=True, text=True)
-        if r.returncode:
-            raise RuntimeError(f'floor: {r.stderr.strip()} (status {r.returncode})')
-        times.append(float(r.stdout) / 1e3)
-    return statistics.median(times)
+def floor_round_us(exe, state, n):
+    """One round of the floor: microseconds per run."""
+    r = subprocess.run([exe, state, str(n)], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f'floor: {r.stderr.strip()} (status {r.returncode})')
+    return float(r.stdout) / 1e3
+
+
+def reused_against_floor(cpl, kvm, exe, n, reps, workdir):
+    """The reused run and the floor, round by round in turn (this host's
+    speed drifts by tens of percent within a minute): (kvmlite's median,
+    the floor's median or None, the median of the rounds' ratios or None)."""
+    state = None
+    if exe is not None:
+        state = os.path.join(workdir, f'state{cpl}')
+        write_floor_state(state, cpl, kvm)
+    s, once = kvmlite_reused(cpl, kvm)
+    mine, floor, ratios = [], [], []
+    with s:
+        for _ in range(n // 10):         # warm up: the first runs write page tables
+            once()
+        for _ in range(reps):
+            mine.append(median_us(once, n, 1))
+            if state is not None:
+                floor.append(floor_round_us(exe, state, n))
+                ratios.append(mine[-1] / floor[-1])
+    if state is None:
+        return statistics.median(mine), None, None
+    return statistics.median(mine), statistics.median(floor), statistics.median(ratios)
 
 
 # -- the table --------------------------------------------------------------
@@ -340,26 +362,22 @@ def measure(a, say):
     uc = _unicorn()
     figures, skipped = {}, []
     n_life, n_reused = (20, 200) if a.quick else (100, 2000)
-    with K.Kvm() as kvm:
+    with K.Kvm() as kvm, tempfile.TemporaryDirectory() as work:
+        exe, why = build_floor(work)
+        if exe is None:
+            skipped.append(f'C floor: {why}')
         for cpl in (3, 0):
             say(f'life cycle, CPL{cpl}')
             figures[f'life cpl{cpl} us'] = median_us(kvmlite_life(cpl, kvm), n_life, a.reps)
-            say(f'reused run, CPL{cpl}')
-            s, once = kvmlite_reused(cpl, kvm)
-            with s:
-                figures[f'reused cpl{cpl} us'] = median_us(once, n_reused, a.reps)
+            say(f'reused run, CPL{cpl}' + (', the C floor in turn' if exe else ''))
+            mine, floor, ratio = reused_against_floor(cpl, kvm, exe, n_reused, a.reps, work)
+            figures[f'reused cpl{cpl} us'] = mine
+            if floor is not None:
+                figures[f'floor reused cpl{cpl} us'] = floor
+                figures[f'reused cpl{cpl} vs floor'] = ratio
         if not a.quick:
             say('100M-iteration loop, CPL3')
             figures['loop cpl3 ms'] = statistics.median(kvmlite_loop(kvm) for _ in range(3))
-        with tempfile.TemporaryDirectory() as work:
-            exe, why = build_floor(work)
-            if exe is None:
-                skipped.append(f'C floor: {why}')
-            else:
-                for cpl in (3, 0):
-                    say(f'C floor, CPL{cpl}')
-                    figures[f'floor reused cpl{cpl} us'] = floor_us(exe, cpl, kvm, n_reused,
-                                                                    a.reps, work)
     for cpl in (3, 0):
         say(f'fresh process, CPL{cpl}')
         figures[f'first cpl{cpl} ms'] = process_ms(FIRST_KVMLITE.format(cpl=cpl), a.reps)
@@ -408,8 +426,11 @@ def table(figures, previous):
     for title, mine, theirs, floor, unit in ROWS:
         v, p = num(mine), previous.get(mine)
         u, fl = num(theirs), num(floor)
+        # against the floor: the median of the rounds' own ratios, where measured so
+        in_turn = figures.get(f'{mine} vs floor'.replace(' us vs', ' vs'))
         rows.append((title, cell(v, unit), cell(p, unit), ratio(v, p), cell(u, unit),
-                     ratio(v, u), cell(fl, unit), ratio(v, fl)))
+                     ratio(v, u), cell(fl, unit),
+                     ratio(v, fl) if in_turn is None else f'{in_turn:.2f}x'))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return '\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
