@@ -69,6 +69,90 @@ spin:
     jmp spin
 '''
 
+# Two vCPUs through one address: the boot CPU starts the AP (INIT, startup IPI
+# to a real-mode trampoline copied to 0x8000 that enters 32-bit protected mode
+# on the boot CPU's GDT), both meet at `arrived` and run into hit together;
+# the boot CPU waits for the AP to pass too, prints and exits.
+TRAMPOLINE = '''
+bits 16
+    cli
+    mov ax, cs
+    mov ds, ax
+    lgdt [gdtr]
+    mov eax, cr0
+    or al, 1
+    mov cr0, eax
+    jmp dword 0x08:AP32
+gdtr: dw 0
+    dd 0
+'''
+TRAMPOLINE_GDTR = 0x8000 + 0x1A         # where gdtr lands in the copy (checked below)
+
+TWO_CPUS = '''
+start:
+    mov esi, tramp
+    mov edi, 0x8000
+    mov ecx, tramp_end - tramp
+    rep movsb
+    sgdt [GDTR]
+    xor ebp, ebp                ; 0: the boot CPU
+    mov ebx, 0xfee00000         ; the local APIC
+    mov dword [ebx + 0xf0], 0x1ff
+    mov dword [ebx + 0x310], 0x01000000
+    mov dword [ebx + 0x300], 0x4500     ; INIT to APIC id 1
+    mov dword [ebx + 0x310], 0x01000000
+    mov dword [ebx + 0x300], 0x4608     ; startup IPI: 0800:0000
+common:
+    lock inc dword [arrived]
+meet:
+    cmp dword [arrived], 2
+    jne meet
+hit:
+    nop
+    lock inc dword [passed]
+    test ebp, ebp
+    jnz ap_done
+wait_ap:
+    cmp dword [passed], 2
+    jne wait_ap
+    mov dx, 0x3f8
+    mov al, '2'
+    out dx, al
+    mov al, 10
+    out dx, al
+    mov al, 0x2a
+    out 0xf4, al
+ap_done:
+    cli
+    hlt
+ap32:
+    mov ax, 0x18
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov esp, 0x7000
+    mov ebp, 1
+    jmp common
+arrived: dd 0
+passed: dd 0
+tramp:
+    db TRAMP
+tramp_end:
+'''
+
+
+def two_cpu_guest():
+    """The TWO_CPUS ELF: its labels and code (the trampoline assembled
+    against where ap32 lands)."""
+    def build(ap32):
+        tramp, tl = assemble_with_labels(TRAMPOLINE, bits=16, origin=0, symbols={'AP32': ap32})
+        assert 0x8000 + tl["gdtr"] == TRAMPOLINE_GDTR, tl
+        src = TWO_CPUS.replace('TRAMP', ', '.join(str(b) for b in tramp))
+        return assemble_with_labels(src, bits=32, origin=LOAD, symbols={'GDTR': TRAMPOLINE_GDTR})
+    _, labels = build(0)
+    code, labels = build(labels['ap32'])
+    return make_elf(32, [(LOAD, LOAD, code, 0x1000)], LOAD), labels, code
+
 
 def guest(source, bits):
     code, labels = assemble_with_labels(source, bits=bits, origin=LOAD)
@@ -300,6 +384,66 @@ class StubTest(unittest.TestCase):
         c.rpc('k', expect_reply=False)
         self.assertEqual(self.wait_end().status, EXIT_SIGNAL)
 
+    def _both_at_hit(self):
+        """TWO_CPUS with a breakpoint at hit, where the kicks that stop the
+        vCPU not reported first reach it only once it has met the
+        breakpoint itself: what a host running the guest at native speed
+        sees (here, where kernel mode is emulated, the kick usually comes
+        first). Returns the client, the first stop's vCPU and the other's."""
+        image, self.labels, self.code = two_cpu_guest()
+        self.console = MemoryBackend()
+        self.machine = kvmlite.Machine(mem_size=64 << 20, cpus=2, console=self.console)
+        self.addCleanup(self.machine.close)
+        kvmlite.load_kernel(self.machine, image)
+        self.server = gdbstub.GdbServer(self.machine, '127.0.0.1', 0, hold=True).start()
+        self.addCleanup(self.server.close)
+        dbg, hit, deadline = self.server.debugger, self.labels['hit'], time.monotonic() + 20
+        for v in self.machine.vm.vcpus:
+            def late_kick(why='kick', v=v, kick=v.kick):
+                first = dbg.event[0] if dbg.event else None
+                if first not in (None, v.index) and v.index not in dbg.pending \
+                        and time.monotonic() < deadline:
+                    return                      # not yet: it has not met the breakpoint
+                kick(why)
+            v.kick = late_kick
+        self.result = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.addCleanup(self._end)
+        c = _Client(self.server.address)
+        self.addCleanup(c.close)
+        self.assertEqual(c.rpc(f'Z0,{hit:x},1'), 'OK')
+        first = re.fullmatch(r'T05thread:(\d);hwbreak:;', c.rpc('vCont;c'))
+        self.assertTrue(first)
+        a = int(first.group(1))
+        return c, a, 3 - a
+
+    def test_a_second_breakpoint_stop_is_told_at_the_next_continue(self):
+        c, a, b = self._both_at_hit()
+        hit, passed = self.labels['hit'], self.labels['passed']
+        self.assertEqual(self.server.debugger.pending, {b - 1: ('hwbreak', hit)})
+        # gdb steps the reported vCPU over the breakpoint alone, then continues all:
+        # the pending stop is the reply, and no instruction ran for it
+        self.assertEqual(c.rpc(f'vCont;s:{a}'), f'T05thread:{a};')
+        self.assertEqual(c.rpc(f'Hg{a}'), 'OK')
+        after_step = self.pc(c)
+        self.assertNotEqual(after_step, hit)
+        self.assertEqual(c.rpc('vCont;c'), f'T05thread:{b};hwbreak:;')
+        self.assertEqual(self.pc(c), hit)                      # the stop names b
+        self.assertEqual(c.rpc(f'Hg{a}'), 'OK')
+        self.assertEqual(self.pc(c), after_step)               # and a did not run
+        self.assertEqual(c.rpc(f'm{passed:x},4'), '00000000')  # a stepped the nop alone
+        self.assertEqual(c.rpc('vCont;c'), 'W55')
+        self.assertEqual(self.wait_end().status, DEBUG_EXIT_STATUS)
+        self.assertEqual(bytes(self.console.output), b'2\n')
+
+    def test_a_pending_stop_goes_with_its_breakpoint(self):
+        c, a, b = self._both_at_hit()
+        self.assertEqual(c.rpc(f'z0,{self.labels["hit"]:x},1'), 'OK')
+        self.assertEqual(c.rpc('vCont;c'), 'W55')             # b's stop is gone with it
+        self.assertEqual(self.wait_end().status, DEBUG_EXIT_STATUS)
+        self.assertEqual(bytes(self.console.output), b'2\n')
+
     def test_a_snapshot_pauses_with_gdb_attached_and_gdb_keeps_its_stop(self):
         # the debugger's stop and the snapshot's pause are one mechanism: a
         # pause inside a debugger stop leaves the vCPUs held, one while the
@@ -421,6 +565,23 @@ class RealGdbTest(unittest.TestCase):
         self.assertIn('hit Breakpoint 5', text)
         self.assertRegex(text, r'rip\s+0x10000a')
         self.assertEqual(out, b'xm=?\n', text + err)
+        self.assertEqual(status, DEBUG_EXIT_STATUS, err)
+
+    def test_two_vcpus_meeting_one_breakpoint_are_both_reported(self):
+        # both vCPUs reach hit within a few instructions of each other: the one
+        # that is not reported first stays pending and is the next continue's
+        # stop, without the guest running (as gdbserver does)
+        image, labels, code = two_cpu_guest()
+        bp = labels['hit']
+        text, out, err, status = self.session(image, [
+            f'break *{bp:#x}', 'continue', 'p/x $pc', 'p $_thread', 'continue', 'p/x $pc',
+            'p $_thread', 'delete', 'continue'])
+        hits = re.findall(r'^Thread (\d+) hit Breakpoint 1, ', text, re.M)
+        self.assertEqual(sorted(hits), ['1', '2'], text + err)
+        values = self.values(text)
+        self.assertEqual(values[0::2][:2], [hex(bp), hex(bp)], text)
+        self.assertEqual(sorted(values[1::2][:2]), ['1', '2'], text)
+        self.assertEqual(out, b'2\n', text + err)
         self.assertEqual(status, DEBUG_EXIT_STATUS, err)
 
 

@@ -407,6 +407,7 @@ class Debugger:
         self.actions = {} if hold else {i: 'c' for i in range(self.n)}
         self.generation = 0
         self.event = None            # (vCPU index, kind) of the first stop since the resume
+        self.pending = {}            # vCPU index -> (kind, RIP) of a later stop, not yet told
         self.hw = []                 # [(linear address, 'sw' or 'hw')]: DR0-DR3
         self.sw = {}                 # linear address -> [physical address, original byte]
         self._state = [_VcpuDebug() for _ in range(self.n)]
@@ -526,10 +527,17 @@ class Debugger:
         return self._step_over(vcpu, st) if self._moved(vcpu, st) else True
 
     def _report(self, vcpu, kind):
+        """A vCPU stopped by itself: the first stop since the resume is the
+        event gdb hears of; a later one (another vCPU met a breakpoint
+        before the kick reached it) is kept pending for the next resume,
+        as gdbserver keeps it."""
+        rip = vcpu.get_regs().rip
         with self.cond:
             if self.event is None:
                 self.event = (vcpu.index, kind)
-            self.actions.clear()             # all-stop: everyone to the gate
+            elif self.event[0] != vcpu.index:
+                self.pending.setdefault(vcpu.index, (kind, rip))
+            self.actions.clear()             # all-stop: everyone parks
             self.cond.notify_all()
         for v in self.machine.vm.vcpus:
             if v is not vcpu:
@@ -547,12 +555,34 @@ class Debugger:
         return not self._ending()
 
     def resume(self, actions):
-        """Run the vCPUs in ``actions`` ({index: 'c' or 's'}); the others stay held."""
+        """Run the vCPUs in ``actions`` ({index: 'c' or 's'}); the others stay
+        held. If one of those vCPUs has a stop pending (and it still
+        stands: its RIP has not moved and what stopped it is still
+        inserted), nothing runs and that stop is the event, as gdbserver
+        reports a pending status before it resumes anything (GDB manual,
+        "Stop Reply Packets"; gdbserver's linux-low)."""
+        actions = {i: a for i, a in actions.items() if 0 <= i < self.n}
         with self.cond:
             self.event = None
-            self.generation += 1
-            self.actions = {i: a for i, a in actions.items() if 0 <= i < self.n}
+            for i in sorted(set(self.pending) & set(actions)):
+                kind, rip = self.pending.pop(i)
+                if self._still_stands(self.vcpu(i), kind, rip):
+                    self.event = (i, kind)
+                    break
+            if self.event is None:
+                self.generation += 1
+                self.actions = actions
             self.cond.notify_all()
+        if self.event is not None:
+            self.listener()
+
+    def _still_stands(self, vcpu, kind, rip):
+        if vcpu.get_regs().rip != rip:
+            return False                    # gdb moved it: the stop is gone
+        if kind in ('swbreak', 'hwbreak'):
+            lin = self.pc_linear(vcpu, rip)
+            return lin in self.sw or any(a == lin for a, _ in self.hw)
+        return True
 
     def take_event(self):
         with self.cond:
@@ -561,6 +591,7 @@ class Debugger:
     def detach(self):
         """Remove every breakpoint and let the guest run on (stopped first, so
         no vCPU meets an int3 as it is taken away)."""
+        self.pending.clear()
         if self.sw or self.hw:
             if not self.stop_all():
                 return
