@@ -140,6 +140,50 @@ tramp:
 tramp_end:
 '''
 
+# The guest's own int3s, each answered by its own #BP handler, which prints H
+# and returns past the int3 (by popping the frame: on a host that emulates
+# kernel mode, iret at CPL0 is an emulation failure too).
+OWN_INT3 = '''
+start:
+    lidt [idtr]
+    mov edx, 0x3f8
+    mov al, 'a'
+    out dx, al
+    int3
+back:
+    mov al, 'b'
+    out dx, al
+    int3
+last:
+    mov al, 'c'
+    out dx, al
+    mov al, 10
+    out dx, al
+    mov al, 0x2a
+    out 0xf4, al
+    cli
+    hlt
+handler:
+    pop eax                     ; the return address: just past an int3
+    add esp, 4
+    popfd
+    mov cl, 'H'
+    cmp byte [eax - 1], 0xcc
+    je .said
+    mov cl, '!'
+.said:
+    xchg eax, ecx
+    out dx, al
+    jmp ecx
+idt:
+    times 3 dq 0
+    dd (0x08 << 16) | (handler & 0xffff)
+    dd (handler & 0xffff0000) | 0x8e00
+idtr:
+    dw 31
+    dd idt
+'''
+
 
 def two_cpu_guest():
     """The TWO_CPUS ELF: its labels and code (the trampoline assembled
@@ -470,6 +514,47 @@ class StubTest(unittest.TestCase):
 
 
 @requires_kvm
+class GuestInt3Test(unittest.TestCase):
+    """A guest's own int3 reaches its own #BP handler, with or without gdb."""
+
+    def run_guest(self, stub):
+        image, labels, _ = guest(OWN_INT3, 32)
+        console = MemoryBackend()
+        with kvmlite.Machine(mem_size=16 << 20, console=console) as m:
+            kvmlite.load_kernel(m, image)
+            if not stub:
+                return m.run(timeout=30), bytes(console.output)
+            server = gdbstub.GdbServer(m, '127.0.0.1', 0, hold=True).start()
+            self.addCleanup(server.close)
+            result = []
+            t = threading.Thread(target=lambda: result.append(m.run(timeout=30)), daemon=True)
+            t.start()
+            c = _Client(server.address)
+            self.addCleanup(c.close)
+            # the four debug registers inside the first instruction, then int3s the stub plants
+            for a in [LOAD + 1, LOAD + 2, LOAD + 3, LOAD + 4, labels['back'], labels['last']]:
+                self.assertEqual(c.rpc(f'Z0,{a:x},1'), 'OK')
+            self.assertEqual(m.vm.read(labels['back'], 1), b'\xcc')
+            self.assertEqual(c.rpc('c'), 'T05thread:1;swbreak:;')
+            self.assertEqual(bytes(console.output), b'aH')
+            self.assertEqual(c.rpc('c'), 'T05thread:1;swbreak:;')
+            self.assertEqual(bytes(console.output), b'aHbH')
+            self.assertEqual(c.rpc('c'), 'W55')
+            t.join(30)
+            return result[0], bytes(console.output)
+
+    def test_without_gdb(self):
+        result, out = self.run_guest(stub=False)
+        self.assertEqual(out, b'aHbHc\n', result)
+        self.assertEqual(result.status, DEBUG_EXIT_STATUS, result)
+
+    def test_with_the_stub_and_its_own_breakpoints_elsewhere(self):
+        result, out = self.run_guest(stub=True)
+        self.assertEqual(out, b'aHbHc\n', result)
+        self.assertEqual(result.status, DEBUG_EXIT_STATUS, result)
+
+
+@requires_kvm
 class CliTest(unittest.TestCase):
     """The command line's refusals: one line, status 2 (main() in this process)."""
 
@@ -565,6 +650,19 @@ class RealGdbTest(unittest.TestCase):
         self.assertIn('hit Breakpoint 5', text)
         self.assertRegex(text, r'rip\s+0x10000a')
         self.assertEqual(out, b'xm=?\n', text + err)
+        self.assertEqual(status, DEBUG_EXIT_STATUS, err)
+
+    def test_the_guests_own_int3_goes_to_its_handler_under_gdb(self):
+        image, labels, code = guest(OWN_INT3, 32)
+        decoys = [f'hbreak *{LOAD + i:#x}' for i in range(1, 5)]
+        text, out, err, status = self.session(image, decoys + [
+            f'break *{labels["back"]:#x}', f'break *{labels["last"]:#x}', 'continue', 'p/x $pc',
+            'continue', 'p/x $pc', 'continue'])
+        self.assertEqual(self.values(text)[:2], [hex(labels['back']), hex(labels['last'])], text)
+        self.assertIn('hit Breakpoint 5', text)
+        self.assertIn('hit Breakpoint 6', text)
+        self.assertNotIn('SIGTRAP', text)               # gdb never saw the guest's own int3s
+        self.assertEqual(out, b'aHbHc\n', text + err)
         self.assertEqual(status, DEBUG_EXIT_STATUS, err)
 
     def test_two_vcpus_meeting_one_breakpoint_are_both_reported(self):

@@ -28,7 +28,8 @@ and for VMX/SVM hosts alike:
 - ``int3`` with KVM_GUESTDBG_USE_SW_BP exits as KVM_EXIT_DEBUG (exception
   3) on VMX/SVM, but ends in KVM_EXIT_INTERNAL_ERROR (emulation failure)
   with 0xCC at RIP on the emulating host: if the stub planted that byte it
-  is a breakpoint hit either way;
+  is a breakpoint hit either way; if not, it is the guest's own, and the
+  guest gets its #BP (tools.pc.deliver_breakpoint: KVM_SET_VCPU_EVENTS);
 - while single-stepping, an ``out`` (and an MMIO write) may return with RIP
   already past it (the emulating host) or on it (VMX, completed by the next
   KVM_RUN): the step is over when RIP has moved;
@@ -55,6 +56,8 @@ from kvmlite import (
     Cap, Debug, GuestMemoryError, InternalError, IoOut, KVM_GUESTDBG_BLOCKIRQ, KvmError,
     MmioWrite,
 )
+
+from .pc import deliver_breakpoint
 
 __all__ = ['PacketReader', 'encode', 'checksum', 'Debugger', 'GdbServer', 'Session',
            'target_xml', 'parse_address']
@@ -491,6 +494,8 @@ class Debugger:
 
     def _on_debug(self, vcpu, exit):
         st = self._state[vcpu.index]
+        if exit.exception == BP_VECTOR and exit.pc not in self.sw:
+            return deliver_breakpoint(vcpu, past=False)     # the guest's own int3: its own #BP
         if st.stepping:
             return self._step_over(vcpu, st)
         if exit.exception == BP_VECTOR or exit.pc in self.sw:
@@ -501,7 +506,9 @@ class Debugger:
         return False
 
     def _on_internal_error(self, vcpu, exit, otherwise):
-        """The emulating host: a planted int3 at CPL0 ends in an emulation failure."""
+        """The emulating host: a planted int3 at CPL0 ends in an emulation
+        failure (one the stub did not plant goes to the board, which gives
+        the guest its #BP)."""
         lin = self.pc_linear(vcpu)
         hit = self.sw.get(lin)
         if hit is not None and self.machine.vm.read(hit[0], 1) == b'\xcc':

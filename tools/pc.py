@@ -31,7 +31,7 @@ from kvmlite import (
     IrqWindowOpen, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
     KVM_IOAPIC_BASE, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
     KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, Kvm,
-    KvmError, KvmliteError, LINUX_CLEARCPUID, Shutdown, SystemEvent, _import_part,
+    KVM_INTERNAL_ERROR_EMULATION, KvmError, KvmliteError, LINUX_CLEARCPUID, Shutdown, SystemEvent, _import_part,
     cpuid_entries, cpuid_restricted, kvm_lapic_state, route_irqchip, route_msi, setup_mode,
 )
 
@@ -648,14 +648,19 @@ class Machine:
             IrqWindowOpen: lambda vcpu, exit: False,        # the loop injects
             Shutdown: lambda vcpu, exit: self.stop(
                 EXIT_TRIPLE_FAULT, f'triple fault on vCPU {vcpu.index} at RIP {vcpu.get_regs().rip:#x}'),
-            InternalError: lambda vcpu, exit: self.stop(
-                EXIT_INTERNAL, f'internal error on vCPU {vcpu.index} at RIP '
-                f'{vcpu.get_regs().rip:#x}: {exit.describe()}'),
+            InternalError: self._on_internal_error,
             FailEntry: lambda vcpu, exit: self.stop(
                 EXIT_INTERNAL, f'VM entry failed on vCPU {vcpu.index}: hardware reason '
                 f'{exit.hardware_entry_failure_reason:#x}'),
             SystemEvent: self._on_system_event,
         }
+
+    def _on_internal_error(self, vcpu, exit):
+        if exit.suberror == KVM_INTERNAL_ERROR_EMULATION and guest_int3(vcpu, exit):
+            return deliver_breakpoint(vcpu, past=True)
+        self.stop(EXIT_INTERNAL, f'internal error on vCPU {vcpu.index} at RIP '
+                  f'{vcpu.get_regs().rip:#x}: {exit.describe()}')
+        return False
 
     def _on_interrupted(self, vcpu, exit):
         if exit.why == 'poll':
@@ -938,6 +943,41 @@ _from_state_params = {}         # device class -> the names its from_state() tak
 def _snapshot():
     from . import snapshot      # on first use: the board does not need it to run
     return snapshot
+def guest_int3(vcpu, exit):
+    """Whether an emulation failure is on an ``int3`` (0xCC) at RIP: a host
+    whose instruction emulator runs guest kernel mode (kvm_pvm) cannot
+    emulate it and ends KVM_RUN with KVM_EXIT_INTERNAL_ERROR there."""
+    if exit.insn:
+        return exit.insn[:1] == b'\xcc'
+    sregs, rip = vcpu.get_sregs(), vcpu.get_regs().rip
+    phys, valid, _, _ = vcpu.translate(sregs.cs.base + rip)
+    try:
+        return bool(valid) and vcpu.vm.read(phys, 1) == b'\xcc'
+    except KvmliteError:
+        return False
+
+
+def deliver_breakpoint(vcpu, past):
+    """Give the guest its own #BP (vector 3) through KVM_SET_VCPU_EVENTS, as
+    if its ``int3`` at RIP executed: the guest's IDT handler runs with the
+    return address after the int3. ``past``: RIP is moved past the one-byte
+    int3 first (after an emulation failure the instruction never ran);
+    after KVM_EXIT_DEBUG on VMX/SVM RIP stays on it and KVM adds the
+    instruction length it saved at the exit, as QEMU re-injects it (api.rst,
+    KVM_SET_VCPU_EVENTS; Intel SDM Vol. 3, 27.6.1.1: a software exception
+    is injected with the VM-entry instruction length). Returns True."""
+    events = vcpu.get_vcpu_events()
+    if past:
+        regs = vcpu.get_regs()
+        regs.rip += 1
+        vcpu.set_regs(regs)
+    ex = events.exception
+    ex.injected, ex.nr, ex.has_error_code, ex.error_code, ex.pending = 1, 3, 0, 0, 0
+    events.exception_has_payload = 0
+    vcpu.set_vcpu_events(events)
+    return True
+
+
 def _cpu_mode(sregs, rflags):
     """'real mode', 'long mode, CPL0' ... from the segment and control registers
     (Intel SDM Vol. 3, 2.2 and 9.8.5: CR0.PE, EFLAGS.VM, EFER.LMA, CS.L/D)."""
