@@ -2442,6 +2442,8 @@ class MemorySlot:
         # the address goes to KVM; the temporary ctypes export is gone at once
         self.addr = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
         self.view = memoryview(self.map)
+        self.parts = None           # [(KVM slot id, gpa, size, flags)] while Vm.trap_pages splits it
+        self.kept_dirty = set()     # pages logged dirty before a new layout, or written for a trap
 
     readonly = property(lambda self: bool(self.flags & KVM_MEM_READONLY))
     dirty_logging = property(lambda self: bool(self.flags & KVM_MEM_LOG_DIRTY_PAGES))
@@ -2574,7 +2576,7 @@ class Vm:
         for s in self.slots:
             if gpa < s.end and s.gpa < gpa + size:
                 raise GuestMemoryError(f'memory at {gpa:#x}-{gpa + size - 1:#x} overlaps {s}')
-        used = {s.slot for s in self.slots}
+        used = self._slot_ids()
         slot_id = next(i for i in range(len(used) + 1) if i not in used)
         flags = (KVM_MEM_READONLY if readonly else 0) | (KVM_MEM_LOG_DIRTY_PAGES if dirty_log else 0)
         slot = MemorySlot(slot_id, gpa, size, flags)
@@ -2588,8 +2590,17 @@ class Vm:
         self.slots.sort(key=lambda s: s.gpa)
         return slot
 
+    def _slot_ids(self):
+        """Every KVM slot id in use (a split slot's parts too)."""
+        used = set()
+        for s in self.slots:
+            used.add(s.slot)
+            used.update(p[0] for p in s.parts or ())
+        return used
+
     def remove_memory(self, slot):
-        self._set_region(slot.slot, 0, slot.gpa, 0, 0)
+        for part in slot.parts or [(slot.slot, slot.gpa, slot.size, slot.flags)]:
+            self._set_region(part[0], 0, part[1], 0, 0)
         self.slots.remove(slot)
         slot.view.release()
         try:
@@ -2603,8 +2614,17 @@ class Vm:
         slot may change in place). A log turned on starts clean."""
         flags = (slot.flags | KVM_MEM_LOG_DIRTY_PAGES) if enabled else (slot.flags & ~KVM_MEM_LOG_DIRTY_PAGES)
         if flags != slot.flags:
-            self._set_region(slot.slot, flags, slot.gpa, slot.size, slot.addr)
+            if slot.parts:
+                parts = []
+                for sid, gpa, size, f in slot.parts:
+                    f = (f | KVM_MEM_LOG_DIRTY_PAGES) if enabled else (f & ~KVM_MEM_LOG_DIRTY_PAGES)
+                    self._set_region(sid, f, gpa, size, slot.addr + gpa - slot.gpa)
+                    parts.append((sid, gpa, size, f))
+                slot.parts = parts
+            else:
+                self._set_region(slot.slot, flags, slot.gpa, slot.size, slot.addr)
             slot.flags = flags
+            slot.kept_dirty.clear()
 
     def _set_region(self, slot, flags, gpa, size, addr):
         r = kvm_userspace_memory_region(slot=slot, flags=flags, guest_phys_addr=gpa,
@@ -2654,12 +2674,81 @@ class Vm:
     # -- dirty log --
     def get_dirty_log(self, slot):
         """Guest-physical addresses of the pages written since the last call
-        (KVM_GET_DIRTY_LOG; the slot must have ``dirty_log=True``)."""
-        pages = slot.size // PAGE_SIZE
+        (KVM_GET_DIRTY_LOG; the slot must have ``dirty_log=True``). A slot
+        that trap_pages() split answers for all its parts, with the pages
+        logged before a new layout and those written for a trap."""
+        if not slot.parts and not slot.kept_dirty:
+            return self._dirty_log(slot.slot, slot.gpa, slot.size)
+        pages = set(slot.kept_dirty)
+        slot.kept_dirty.clear()
+        for sid, gpa, size, flags in slot.parts or [(slot.slot, slot.gpa, slot.size, slot.flags)]:
+            if flags & KVM_MEM_LOG_DIRTY_PAGES:
+                pages.update(self._dirty_log(sid, gpa, size))
+        return sorted(pages)
+
+    def _dirty_log(self, slot_id, gpa, size):
+        pages = size // PAGE_SIZE
         bitmap = ctypes.create_string_buffer(((pages + 63) // 64) * 8)
-        log = kvm_dirty_log(slot=slot.slot, dirty_bitmap=ctypes.addressof(bitmap))
+        log = kvm_dirty_log(slot=slot_id, dirty_bitmap=ctypes.addressof(bitmap))
         _ioctl(self.fd, KVM_GET_DIRTY_LOG, log, vm=self)
-        return _bitmap_pages(bitmap.raw, pages, slot.gpa)
+        return _bitmap_pages(bitmap.raw, pages, gpa)
+
+    # -- pages out of normal RAM (a debugger's watchpoints) --
+    def trap_pages(self, traps):
+        """Lay the RAM slots out so that each page in ``traps`` ({page gpa:
+        'write' or 'access'}) leaves normal RAM, and every page not in it is
+        back (``{}`` undoes it all). A 'write' page gets a KVM_MEM_READONLY
+        slot of its own: guest reads and instruction fetches are RAM, guest
+        writes exit as KVM_EXIT_MMIO (api.rst, KVM_SET_USER_MEMORY_REGION,
+        KVM_CAP_READONLY_MEM); an 'access' page (and a 'write' page where
+        KVM has no read-only slots) gets no slot, so every access exits as
+        KVM_EXIT_MMIO. The caller completes those accesses in the slot's
+        memory (``mark_written`` for the writes) and has every vCPU out of
+        KVM_RUN meanwhile. ``slots`` does not change: the memory is the same,
+        only KVM's view of it is cut in parts; the dirty log goes on across
+        layouts (what KVM logged is kept before its regions are replaced).
+        Pages outside writable RAM slots are refused (GuestMemoryError)."""
+        readonly_ok = self.check_extension(Cap.READONLY_MEM) > 0
+        for page in traps:
+            s = self._slot(page, PAGE_SIZE)
+            if s.readonly or page % PAGE_SIZE:
+                raise GuestMemoryError(f'page {page:#x} is not a page of writable RAM')
+        for s in self.slots:
+            if s.readonly:
+                continue
+            mine = sorted(p for p in traps if s.gpa <= p < s.end)
+            want, at = [], s.gpa
+            for p in mine:
+                if p > at:
+                    want.append((at, p - at, s.flags))
+                if traps[p] == 'write' and readonly_ok:
+                    want.append((p, PAGE_SIZE, s.flags | KVM_MEM_READONLY))
+                at = p + PAGE_SIZE
+            if at < s.end:
+                want.append((at, s.end - at, s.flags))
+            have = s.parts or [(s.slot, s.gpa, s.size, s.flags)]
+            if [w for w in want] == [h[1:] for h in have]:
+                continue
+            if s.flags & KVM_MEM_LOG_DIRTY_PAGES:
+                for sid, gpa, size, flags in have:
+                    s.kept_dirty.update(self._dirty_log(sid, gpa, size))
+            for sid, gpa, _, _ in have:
+                self._set_region(sid, 0, gpa, 0, 0)
+            used = self._slot_ids() - {h[0] for h in have}
+            free = (i for i in range(1 << 15) if i not in used and i != s.slot)
+            parts = []
+            for gpa, size, flags in want:
+                sid = s.slot if not parts and gpa == s.gpa else next(free)
+                self._set_region(sid, flags, gpa, size, s.addr + gpa - s.gpa)
+                parts.append((sid, gpa, size, flags))
+            s.parts = parts if parts != [(s.slot, s.gpa, s.size, s.flags)] else None
+
+    def mark_written(self, gpa):
+        """The VMM wrote guest memory at ``gpa`` for the guest (a trapped
+        page's write): the next get_dirty_log() reports its page."""
+        s = self._slot(gpa, 1)
+        if s.flags & KVM_MEM_LOG_DIRTY_PAGES:
+            s.kept_dirty.add(gpa & ~(PAGE_SIZE - 1))
 
     def clear_dirty_log(self, slot, first_page=0, num_pages=None):
         """KVM_CLEAR_DIRTY_LOG (needs Cap.MANUAL_DIRTY_LOG_PROTECT2 enabled)."""
@@ -2840,13 +2929,15 @@ class Vm:
         again. (KVM may push a page twice, e.g. for emulated writes.)"""
         if not self.dirty_ring_size:
             raise KvmliteError('harvest_dirty_ring needs enable_dirty_ring() first')
-        slots = {s.slot: s for s in self.slots}
+        slots = {s.slot: s.gpa for s in self.slots}
+        for s in self.slots:
+            slots.update((sid, gpa) for sid, gpa, _, _ in s.parts or ())
         out = {}
         for v in self.vcpus:
             for slot, offset in v._harvest_ring():
-                s = slots.get(slot & 0xFFFF)
-                if s is not None:
-                    out.setdefault(s.gpa + offset * PAGE_SIZE, None)
+                gpa = slots.get(slot & 0xFFFF)
+                if gpa is not None:
+                    out.setdefault(gpa + offset * PAGE_SIZE, None)
         self.reset_dirty_rings()
         return list(out)
 
@@ -3444,8 +3535,11 @@ class Vcpu:
 
     def set_guest_debug(self, enable=True, singlestep=False, breakpoints=(), sw_breakpoints=False,
                         block_irq=False):
-        """KVM_SET_GUEST_DEBUG. ``breakpoints``: up to four linear addresses
-        for hardware execution breakpoints; ``sw_breakpoints``: a guest
+        """KVM_SET_GUEST_DEBUG. ``breakpoints``: up to four entries, one per
+        debug register DR0-DR3: a linear address (an execution breakpoint),
+        ``(address, rw, length)`` for a data breakpoint (DR7 R/W 1: writes,
+        3: reads or writes; length 1, 2, 4 or 8), or None (that register
+        unused); ``sw_breakpoints``: a guest
         ``int3`` exits to user space (KVM_EXIT_DEBUG, exception 3);
         ``block_irq``: no interrupt is delivered while single-stepping
         (KVM_GUESTDBG_BLOCKIRQ, if Cap.SET_GUEST_DEBUG2 lists it)."""
@@ -3463,9 +3557,13 @@ class Vcpu:
             if breakpoints:
                 d.control |= KVM_GUESTDBG_USE_HW_BP
                 dr7 = 0
-                for i, addr in enumerate(breakpoints):
+                for i, bp in enumerate(breakpoints):
+                    if bp is None:
+                        continue
+                    addr, rw, length = (bp, 0, 1) if isinstance(bp, int) else bp
                     d.arch.debugreg[i] = addr
-                    dr7 |= 1 << (2 * i + 1)        # Gn: enabled, execute, length 1
+                    dr7 |= 1 << (2 * i + 1)        # Gn: enabled
+                    dr7 |= (rw | {1: 0, 2: 1, 8: 2, 4: 3}[length] << 2) << (16 + 4 * i)
                 d.arch.debugreg[7] = dr7 | 0x400
         _ioctl(self.fd, KVM_SET_GUEST_DEBUG, d)
 

@@ -184,6 +184,37 @@ idtr:
     dd idt
 '''
 
+# Writes 5 to counter, reads it back, prints it; then a write and a read of
+# another dword of counter's page (not watched); prints that too.
+WATCHED = '''
+start:
+    mov dword [counter], 5
+wrote:
+    mov eax, [counter]
+read_done:
+    mov edx, 0x3f8
+    add al, '0'
+    out dx, al
+    mov dword [other], 1
+    mov eax, [other]
+    add al, '0'
+    out dx, al
+    mov al, 10
+    out dx, al
+    mov al, 0x2a
+    out 0xf4, al
+    cli
+    hlt
+align 4096
+counter: dd 0
+other: dd 0
+'''
+
+
+def watched_guest():
+    code, labels = assemble_with_labels(WATCHED, bits=32, origin=LOAD)
+    return make_elf(32, [(LOAD, LOAD, code, 0x2000)], LOAD), labels, code
+
 
 def two_cpu_guest():
     """The TWO_CPUS ELF: its labels and code (the trampoline assembled
@@ -312,6 +343,9 @@ class StubTest(unittest.TestCase):
 
     def start(self, source=PRINTER, bits=32, cpus=2):
         image, self.labels, self.code = guest(source, bits)
+        return self.start_image(image, cpus)
+
+    def start_image(self, image, cpus=2):
         self.console = MemoryBackend()
         self.machine = kvmlite.Machine(mem_size=64 << 20, cpus=cpus, console=self.console)
         self.addCleanup(self.machine.close)
@@ -349,7 +383,8 @@ class StubTest(unittest.TestCase):
         for bad, want in (('mzz,4', 'E16'), ('Z0,nothex,1', 'E16'), ('p1000', 'E16'),
                           ('Hg99', 'E16'), ('Mx', 'E16'), ('M100000,2:00', 'E16'),
                           ('vCont;q', 'E16'), ('qXfer:features:read:other.xml:0,10', 'E00'),
-                          ('Qnothing', ''), ('!', ''), ('Z2,100000,4', '')):
+                          ('Qnothing', ''), ('!', ''), ('Z5,100000,4', ''),
+                          ('Z2,100000,0', 'E0e'), ('Z3,f0000000,4', 'E0e')):
             self.assertEqual(c.rpc(bad), want, bad)
         self.assertEqual(self.pc(c), LOAD)                 # and the vCPU is still where it was
         # memory that does not translate to RAM (the local APIC page; past RAM) is an error
@@ -488,6 +523,38 @@ class StubTest(unittest.TestCase):
         self.assertEqual(self.wait_end().status, DEBUG_EXIT_STATUS)
         self.assertEqual(bytes(self.console.output), b'2\n')
 
+    def test_write_and_read_watchpoints_stop_after_the_access(self):
+        image, self.labels, self.code = watched_guest()
+        c = self.start_image(image)
+        counter, m = self.labels['counter'], self.machine
+        slots = [(s.gpa, s.size) for s in m.vm.slots]
+        self.assertEqual(c.rpc(f'Z2,{counter:x},4'), 'OK')
+        self.assertEqual(c.rpc('c'), f'T05thread:1;watch:{counter:x};')
+        self.assertEqual(self.pc(c), self.labels['wrote'])          # the write is done
+        self.assertEqual(c.rpc(f'm{counter:x},4'), '05000000')
+        self.assertEqual(c.rpc(f'z2,{counter:x},4'), 'OK')
+        self.assertEqual(c.rpc(f'Z3,{counter:x},4'), 'OK')
+        self.assertEqual(c.rpc('c'), f'T05thread:1;rwatch:{counter:x};')
+        self.assertEqual(self.pc(c), self.labels['read_done'])
+        self.assertEqual(c.rpc('p0'), '05000000')                   # eax: the value read
+        self.assertEqual(c.rpc(f'z3,{counter:x},4'), 'OK')
+        self.assertEqual([s.parts for s in m.vm.slots], [None] * len(m.vm.slots))
+        self.assertIsNone(m.vm.mmio.find(counter))
+        self.assertEqual(c.rpc('c'), 'W55')
+        self.assertEqual(self.wait_end().status, DEBUG_EXIT_STATUS)
+        self.assertEqual(bytes(self.console.output), b'51\n')
+        self.assertEqual([(s.gpa, s.size) for s in m.vm.slots], slots)
+
+    def test_an_unwatched_dword_of_a_watched_page_runs_through(self):
+        image, self.labels, self.code = watched_guest()
+        c = self.start_image(image)
+        other = self.labels['other']
+        self.assertEqual(c.rpc(f'Z4,{other + 8:x},4'), 'OK')          # the page, never that dword
+        self.assertEqual(c.rpc(f'Z2,{LOAD:x},4'), 'OK')               # the code page: read-only
+        self.assertEqual(c.rpc('c'), 'W55')
+        self.assertEqual(self.wait_end().status, DEBUG_EXIT_STATUS)
+        self.assertEqual(bytes(self.console.output), b'51\n')
+
     def test_a_snapshot_pauses_with_gdb_attached_and_gdb_keeps_its_stop(self):
         # the debugger's stop and the snapshot's pause are one mechanism: a
         # pause inside a debugger stop leaves the vCPUs held, one while the
@@ -552,6 +619,57 @@ class GuestInt3Test(unittest.TestCase):
         result, out = self.run_guest(stub=True)
         self.assertEqual(out, b'aHbHc\n', result)
         self.assertEqual(result.status, DEBUG_EXIT_STATUS, result)
+
+
+@requires_kvm
+class TrapPagesTest(unittest.TestCase):
+    """Vm.trap_pages: pages out of RAM and back, the dirty log kept whole."""
+
+    def test_writes_and_accesses_exit_and_the_dirty_log_goes_on(self):
+        code, _ = assemble_with_labels('''
+            mov dword [0x3000], 1
+            mov dword [0x5000], 2
+            mov eax, [0x5000]
+            mov ebx, [0x7000]
+            mov dword [0x9000], 3
+            hlt
+            mov dword [0x5000], 4
+            hlt
+        ''', bits=32, origin=0x1000)
+        with kvmlite.Kvm() as k, k.create_vm() as vm:
+            slot = vm.add_memory(0, 1 << 20, dirty_log=True)
+            v = vm.create_vcpu()
+            vm.write(0x1000, code)
+            vm.write(0x7000, b'\x77' * 4)
+            kvmlite.setup_protected_mode(v, vm, 0x1000)
+            vm.get_dirty_log(slot)
+            vm.trap_pages({0x5000: 'write', 0x7000: 'access'})
+            self.assertEqual([p[1:3] for p in slot.parts],
+                             [(0, 0x5000), (0x5000, 0x1000), (0x6000, 0x1000), (0x8000, 0xF8000)])
+            self.assertEqual(vm.slots, [slot])
+            seen = []
+            while True:
+                e = v.run(timeout=10)
+                if isinstance(e, kvmlite.MmioWrite):
+                    seen.append(('w', e.addr))
+                    vm.write(e.addr, e.data)
+                    vm.mark_written(e.addr)
+                elif isinstance(e, kvmlite.MmioRead):
+                    seen.append(('r', e.addr))
+                    e.set(vm.read_int(e.addr, len(e.buf)))
+                else:
+                    break
+            self.assertIsInstance(e, kvmlite.Hlt)
+            self.assertEqual(seen, [('w', 0x5000), ('r', 0x7000)])   # the read of 0x5000 is RAM
+            self.assertEqual(v.get_regs().rbx, 0x77777777)
+            self.assertEqual(vm.get_dirty_log(slot)[-3:], [0x3000, 0x5000, 0x9000])
+            vm.trap_pages({})
+            self.assertIsNone(slot.parts)
+            self.assertIsInstance(v.run(timeout=10), kvmlite.Hlt)     # the page is RAM again
+            self.assertEqual(vm.read_int(0x5000, 4), 4)
+            self.assertIn(0x5000, vm.get_dirty_log(slot))
+            with self.assertRaises(kvmlite.GuestMemoryError):
+                vm.trap_pages({0x200000: 'write'})
 
 
 @requires_kvm
@@ -663,6 +781,18 @@ class RealGdbTest(unittest.TestCase):
         self.assertIn('hit Breakpoint 6', text)
         self.assertNotIn('SIGTRAP', text)               # gdb never saw the guest's own int3s
         self.assertEqual(out, b'aHbHc\n', text + err)
+        self.assertEqual(status, DEBUG_EXIT_STATUS, err)
+
+    def test_watch_and_rwatch(self):
+        image, labels, code = watched_guest()
+        counter = labels['counter']
+        text, out, err, status = self.session(image, [
+            f'watch *(int*){counter:#x}', 'continue', 'p/x $pc', 'delete',
+            f'rwatch *(int*){counter:#x}', 'continue', 'p/x $pc', 'delete', 'continue'])
+        self.assertIn(f'Hardware watchpoint 1: *(int*){counter:#x}\n\nOld value = 0\nNew value = 5', text)
+        self.assertIn(f'Hardware read watchpoint 2: *(int*){counter:#x}\n\nValue = 5', text)
+        self.assertEqual(self.values(text)[:2], [hex(labels['wrote']), hex(labels['read_done'])], text)
+        self.assertEqual(out, b'51\n', text + err)
         self.assertEqual(status, DEBUG_EXIT_STATUS, err)
 
     def test_two_vcpus_meeting_one_breakpoint_are_both_reported(self):

@@ -33,9 +33,18 @@ and for VMX/SVM hosts alike:
 - while single-stepping, an ``out`` (and an MMIO write) may return with RIP
   already past it (the emulating host) or on it (VMX, completed by the next
   KVM_RUN): the step is over when RIP has moved;
-- data watchpoints (DR7 R/W = 01/11) never fire on the emulating host, so
-  Z2-Z4 are answered as unsupported and gdb falls back to software
-  watchpoints (it single-steps and compares).
+- data watchpoints (DR7 R/W = 01/11) never fire on the emulating host.
+  The stub asks once per process (:func:`data_breakpoints_fire`: a tiny VM
+  writes under a DR7 write breakpoint) and, where they fire, gives ``Z2``
+  (write) and ``Z4`` (access) free debug registers; otherwise, and for
+  ``Z3`` (reads: DR7 has no read-only kind), the watched pages leave
+  normal RAM (:meth:`kvmlite.Vm.trap_pages`): a write watch makes the page
+  a KVM_MEM_READONLY slot, so guest writes exit as KVM_EXIT_MMIO; a read or
+  access watch leaves it unmapped, so every access does. The stub
+  completes each access in the page's memory (:class:`_WatchedPage`, on the
+  MMIO bus) and reports ``watch:``/``rwatch:``/``awatch:`` once the
+  instruction is done. An instruction fetch from an unmapped (read- or
+  access-watched) page cannot be served: KVM cannot run code from MMIO.
 
 Sources: the GDB manual, appendix "GDB Remote Serial Protocol" (Overview,
 Packets, Stop Reply Packets, General Query Packets: qSupported, qXfer,
@@ -58,6 +67,64 @@ from kvmlite import (
 )
 
 from .pc import deliver_breakpoint
+
+PAGE = 0x1000
+WATCH_NAMES = {2: 'watch', 3: 'rwatch', 4: 'awatch'}
+_dr7_fires = None           # the probe's answer, once per process
+
+
+def data_breakpoints_fire(kvm):
+    """Whether this host's KVM stops a guest at a DR7 data breakpoint: a
+    small VM (32-bit protected mode, CPL0) writes a dword under a write
+    breakpoint (KVM_SET_GUEST_DEBUG, DR0, R/W 01, length 4) and must exit
+    with KVM_EXIT_DEBUG and DR6.B0. Asked once per process; the
+    environment's KVMLITE_GDB_WATCH=pages skips it (the page fallback
+    everywhere)."""
+    global _dr7_fires
+    if os.environ.get('KVMLITE_GDB_WATCH') == 'pages':
+        return False
+    if _dr7_fires is None:
+        from kvmlite import KvmliteError, setup_protected_mode
+        try:
+            vm = kvm.create_vm()
+        except KvmliteError:
+            _dr7_fires = False
+            return False
+        try:
+            vm.add_memory(0, 0x10000)
+            v = vm.create_vcpu()
+            vm.write(0x1000, bytes.fromhex('c70500300000') + (1).to_bytes(4, 'little') + b'\xf4')
+            setup_protected_mode(v, vm, 0x1000)
+            v.set_guest_debug(enable=True, breakpoints=[(0x3000, 1, 4)])
+            e = v.run(timeout=2)
+            _dr7_fires = isinstance(e, Debug) and bool(e.dr6 & 1)
+        except KvmliteError:
+            _dr7_fires = False
+        finally:
+            vm.close()
+    return _dr7_fires
+
+
+class _WatchedPage:
+    """A watched page on the MMIO bus: completes each guest access in the
+    page's own memory and tells the debugger."""
+
+    SIZE = PAGE
+
+    def __init__(self, debugger, gpa):
+        self.debugger, self.gpa, self.vm = debugger, gpa, debugger.machine.vm
+
+    def read(self, offset, size):
+        gpa = self.gpa + offset
+        value = int.from_bytes(self.vm.read(gpa, size), 'little')
+        self.debugger._watch_hit(gpa, size, False)
+        return value
+
+    def write(self, offset, size, value):
+        gpa = self.gpa + offset
+        self.vm.write(gpa, value.to_bytes(size, 'little'))
+        self.vm.mark_written(gpa)
+        self.debugger._watch_hit(gpa, size, True)
 
 __all__ = ['PacketReader', 'encode', 'checksum', 'Debugger', 'GdbServer', 'Session',
            'target_xml', 'parse_address']
@@ -411,7 +478,12 @@ class Debugger:
         self.generation = 0
         self.event = None            # (vCPU index, kind) of the first stop since the resume
         self.pending = {}            # vCPU index -> (kind, RIP) of a later stop, not yet told
-        self.hw = []                 # [(linear address, 'sw' or 'hw')]: DR0-DR3
+        # DR0-DR3: [(linear address, kind, length)]; kind 'sw'/'hw' an execution
+        # breakpoint (gdb's Z0/Z1), 'w'/'a' a data one (Z2/Z4, where DR7 fires)
+        self.hw = []
+        self.watches = []            # [(Z kind 2-4, address, length, physical ranges or None: in DR0-3)]
+        self._trapped = {}           # page -> its _WatchedPage on the MMIO bus
+        self.use_dr7 = data_breakpoints_fire(machine.kvm)
         self.sw = {}                 # linear address -> [physical address, original byte]
         self._state = [_VcpuDebug() for _ in range(self.n)]
         self._tables = None
@@ -466,7 +538,7 @@ class Debugger:
         armed breakpoint (which would fire again before it moves)."""
         rip = vcpu.get_regs().rip
         lin = self.pc_linear(vcpu, rip)
-        st.stepping = st.action == 's' or lin in self.sw or any(a == lin for a, _ in self.hw)
+        st.stepping = st.action == 's' or lin in self.sw or lin in self._exec_bps()
         st.step_from = rip if st.stepping else None
         st.restore = None
         if st.stepping and lin in self.sw:
@@ -474,21 +546,28 @@ class Debugger:
             self.machine.vm.write(phys, bytes((orig,)))      # the real instruction for one step
             st.restore = lin
 
+    def _exec_bps(self):
+        return [a for a, kind, _ in self.hw if kind in ('sw', 'hw')]
+
     def _apply(self, vcpu, st):
-        hw = () if st.stepping else tuple(a for a, _ in self.hw)
+        # while stepping the execution breakpoints are off, data ones stay
+        hw = tuple((None if st.stepping else a) if kind in ('sw', 'hw') else
+                   (a, 1 if kind == 'w' else 3, n) for a, kind, n in self.hw)
+        if not any(bp is not None for bp in hw):
+            hw = ()
         want = (st.stepping, hw, bool(self.sw))
         if want != st.applied:
             vcpu.set_guest_debug(enable=any(want), singlestep=st.stepping, breakpoints=hw,
                                  sw_breakpoints=bool(self.sw), block_irq=st.stepping and self.block_irq)
             st.applied = want
 
-    def _step_over(self, vcpu, st):
+    def _step_over(self, vcpu, st, report=True):
         """The stepped instruction is done. Returns False: back to the gate."""
         st.stepping = False
         if st.restore is not None and st.restore in self.sw:
             self.machine.vm.write(self.sw[st.restore][0], b'\xcc')
         st.restore = None
-        if st.action == 's':
+        if st.action == 's' and report:
             self._report(vcpu, 'step')
         return False
 
@@ -496,12 +575,19 @@ class Debugger:
         st = self._state[vcpu.index]
         if exit.exception == BP_VECTOR and exit.pc not in self.sw:
             return deliver_breakpoint(vcpu, past=False)     # the guest's own int3: its own #BP
+        data = [i for i, (_, kind, _) in enumerate(self.hw) if kind in ('w', 'a') and exit.dr6 >> i & 1]
+        if data:                                            # a trap: the access is done
+            addr, kind, _ = self.hw[data[0]]
+            if st.stepping:
+                self._step_over(vcpu, st, report=False)
+            self._report(vcpu, f'{"watch" if kind == "w" else "awatch"}:{addr:x}', rip=None)
+            return False
         if st.stepping:
             return self._step_over(vcpu, st)
         if exit.exception == BP_VECTOR or exit.pc in self.sw:
             kind = 'swbreak' if exit.pc in self.sw else 'trap'
         else:
-            kind = 'hwbreak' if exit.dr6 & 0xF or any(a == exit.pc for a, _ in self.hw) else 'trap'
+            kind = 'hwbreak' if exit.dr6 & 0xF or exit.pc in self._exec_bps() else 'trap'
         self._report(vcpu, kind)
         return False
 
@@ -533,12 +619,13 @@ class Debugger:
         st = self._state[vcpu.index]
         return self._step_over(vcpu, st) if self._moved(vcpu, st) else True
 
-    def _report(self, vcpu, kind):
+    def _report(self, vcpu, kind, rip=True):
         """A vCPU stopped by itself: the first stop since the resume is the
         event gdb hears of; a later one (another vCPU met a breakpoint
         before the kick reached it) is kept pending for the next resume,
         as gdbserver keeps it."""
-        rip = vcpu.get_regs().rip
+        if rip is True:
+            rip = vcpu.get_regs().rip    # None: a watch, reported while its access completes
         with self.cond:
             if self.event is None:
                 self.event = (vcpu.index, kind)
@@ -584,12 +671,82 @@ class Debugger:
             self.listener()
 
     def _still_stands(self, vcpu, kind, rip):
-        if vcpu.get_regs().rip != rip:
+        if rip is not None and vcpu.get_regs().rip != rip:
             return False                    # gdb moved it: the stop is gone
         if kind in ('swbreak', 'hwbreak'):
             lin = self.pc_linear(vcpu, rip)
-            return lin in self.sw or any(a == lin for a, _ in self.hw)
+            return lin in self.sw or lin in self._exec_bps()
+        if kind.partition(':')[0] in WATCH_NAMES.values():
+            return any(f'{a:x}' == kind.partition(':')[2] for _, a, _, _ in self.watches)
         return True
+
+    # -- watchpoints --
+    def _watch_hit(self, gpa, size, is_write):
+        """A guest access to a trapped page (from the vCPU's thread, on the
+        MMIO bus): report the first watch it meets, and stop that vCPU as
+        soon as KVM has completed the instruction (a kick: immediate_exit)."""
+        for kind, addr, _, ranges in self.watches:
+            if ranges is None or kind == 2 and not is_write or kind == 3 and is_write:
+                continue
+            if any(p < gpa + size and gpa < p + n for p, n in ranges):
+                me = threading.get_ident()
+                index = next((i for i, t in list(self.machine._active.items()) if t == me), None)
+                if index is None:
+                    return
+                vcpu = self.vcpu(index)
+                self._report(vcpu, f'{WATCH_NAMES[kind]}:{addr:x}', rip=None)
+                vcpu.kick('debug')
+                return
+
+    def _insert_watch(self, kind, addr, length, vcpu):
+        if not 0 < length <= PAGE:
+            raise ValueError(f'a watchpoint of {length} bytes')
+        if any(w[:3] == (kind, addr, length) for w in self.watches):
+            return
+        if (self.use_dr7 and kind in (2, 4) and length in (1, 2, 4, 8) and not addr % length
+                and len(self.hw) < self.HW_SLOTS):
+            self.hw.append((addr, 'w' if kind == 2 else 'a', length))
+            self.watches.append((kind, addr, length, None))
+            return
+        ranges = self._pages(vcpu, addr, length)
+        if sum(n for _, n in ranges) != length:
+            raise ValueError(f'{addr:#x}-{addr + length - 1:#x} is not all mapped RAM')
+        self.watches.append((kind, addr, length, ranges))
+        try:
+            self._lay_out_traps()
+        except (KvmError, GuestMemoryError):
+            self.watches.pop()
+            self._lay_out_traps()
+            raise ValueError(f'the page of {addr:#x} cannot be taken out of RAM') from None
+
+    def _remove_watch(self, kind, addr, length):
+        for i, w in enumerate(self.watches):
+            if w[:3] == (kind, addr, length):
+                del self.watches[i]
+                if w[3] is None:
+                    tag = 'w' if kind == 2 else 'a'
+                    self.hw = [h for h in self.hw if h != (addr, tag, length)]
+                else:
+                    self._lay_out_traps()
+                return
+
+    def _lay_out_traps(self):
+        """Every vCPU is stopped: give KVM the watched pages' new layout."""
+        traps = {}
+        for kind, _, _, ranges in self.watches:
+            for phys, n in ranges or ():
+                for page in range(phys & ~(PAGE - 1), phys + n, PAGE):
+                    if traps.get(page) != 'access':
+                        traps[page] = 'write' if kind == 2 else 'access'
+        vm = self.machine.vm
+        with vm.lock:
+            vm.trap_pages(traps)
+            for page in set(self._trapped) - set(traps):
+                vm.mmio.unregister(page)
+                del self._trapped[page]
+            for page in sorted(set(traps) - set(self._trapped)):
+                self._trapped[page] = _WatchedPage(self, page)
+                vm.mmio.register(page, self._trapped[page], name=f'gdb watchpoint page {page:#x}')
 
     def take_event(self):
         with self.cond:
@@ -599,12 +756,15 @@ class Debugger:
         """Remove every breakpoint and let the guest run on (stopped first, so
         no vCPU meets an int3 as it is taken away)."""
         self.pending.clear()
-        if self.sw or self.hw:
+        if self.sw or self.hw or self.watches:
             if not self.stop_all():
                 return
             for addr in list(self.sw):
                 self._unplant(addr)
             self.hw.clear()
+            if self.watches:
+                self.watches.clear()
+                self._lay_out_traps()
         self.resume({i: 'c' for i in range(self.n)})
 
     def vcpu(self, index):
@@ -683,15 +843,18 @@ class Debugger:
             pos += n
         return True
 
-    def insert(self, kind, addr, vcpu):
+    def insert(self, kind, addr, vcpu, length=1):
         """``kind`` 0: a breakpoint (a debug register while one is free, else
-        a planted int3); 1: a hardware breakpoint. Raises ValueError."""
-        if any(a == addr for a, _ in self.hw) or addr in self.sw:
+        a planted int3); 1: a hardware breakpoint; 2, 3, 4: a write, read or
+        access watchpoint of ``length`` bytes. Raises ValueError."""
+        if kind in WATCH_NAMES:
+            return self._insert_watch(kind, addr, length, vcpu)
+        if addr in self._exec_bps() or addr in self.sw:
             if kind == 1 and addr in self.sw:
                 raise ValueError('a software breakpoint is already planted there')
             return
         if len(self.hw) < self.HW_SLOTS:
-            self.hw.append((addr, 'hw' if kind == 1 else 'sw'))
+            self.hw.append((addr, 'hw' if kind == 1 else 'sw', 1))
             return
         if kind == 1:
             raise ValueError('all four debug registers are in use')
@@ -703,16 +866,18 @@ class Debugger:
         self.sw[addr] = [phys, vm.read(phys, 1)[0]]
         vm.write(phys, b'\xcc')
 
-    def remove(self, kind, addr):
-        for i, (a, k) in enumerate(self.hw):
-            if a == addr and (k == 'hw') == (kind == 1):
+    def remove(self, kind, addr, length=1):
+        if kind in WATCH_NAMES:
+            return self._remove_watch(kind, addr, length)
+        for i, (a, k, _) in enumerate(self.hw):
+            if a == addr and k in ('sw', 'hw') and (k == 'hw') == (kind == 1):
                 del self.hw[i]
                 return
         if kind == 0 and addr in self.sw:
             self._unplant(addr)
             return
-        for i, (a, _) in enumerate(self.hw):
-            if a == addr:
+        for i, (a, k, _) in enumerate(self.hw):
+            if a == addr and k in ('sw', 'hw'):
                 del self.hw[i]
                 return
 
@@ -891,7 +1056,7 @@ class Session:
         self.running = False
         self.g_thread = index
         sig = SIGINT if kind == 'interrupt' else SIGTRAP
-        reason = f'{kind}:;' if kind in ('swbreak', 'hwbreak') else ''
+        reason = f'{kind}:;' if kind in ('swbreak', 'hwbreak') else f'{kind};' if ':' in kind else ''
         self.send(f'T{sig:02x}thread:{index + 1:x};{reason}')
 
     # -- commands --
@@ -1051,17 +1216,17 @@ class Session:
         return 'OK' if ok else f'E{EFAULT:02x}'
 
     def _cmd_Z(self, rest, raw, insert=True):
-        kind, addr, _ = rest.split(';')[0].split(',')
-        kind, addr = int(kind), int(addr, 16)
-        if kind not in (0, 1):
-            return ''                   # watchpoints: gdb falls back to software ones
+        kind, addr, length = rest.split(';')[0].split(',')
+        kind, addr, length = int(kind), int(addr, 16), int(length, 16)
+        if kind not in (0, 1, 2, 3, 4):
+            return ''
         if insert:
             try:
-                self.debugger.insert(kind, addr, self.debugger.vcpu(self.g_thread))
+                self.debugger.insert(kind, addr, self.debugger.vcpu(self.g_thread), length)
             except ValueError:
                 return f'E{EFAULT:02x}'
         else:
-            self.debugger.remove(kind, addr)
+            self.debugger.remove(kind, addr, length)
         return 'OK'
 
     def _cmd_z(self, rest, raw):
