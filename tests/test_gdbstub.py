@@ -555,6 +555,17 @@ class StubTest(unittest.TestCase):
         self.assertEqual(self.wait_end().status, DEBUG_EXIT_STATUS)
         self.assertEqual(bytes(self.console.output), b'51\n')
 
+    def test_gdb_going_away_gives_a_watched_page_back(self):
+        image, self.labels, self.code = watched_guest()
+        c = self.start_image(image)
+        self.assertEqual(c.rpc(f'Z3,{self.labels["counter"]:x},4'), 'OK')
+        self.assertIsNotNone(self.machine.vm.slots[0].parts)
+        c.close()
+        self.assertEqual(self.wait_end().status, DEBUG_EXIT_STATUS)
+        self.assertEqual(bytes(self.console.output), b'51\n')
+        self.assertEqual([s.parts for s in self.machine.vm.slots], [None] * len(self.machine.vm.slots))
+        self.assertIsNone(self.machine.vm.mmio.find(self.labels['counter']))
+
     def test_a_snapshot_pauses_with_gdb_attached_and_gdb_keeps_its_stop(self):
         # the debugger's stop and the snapshot's pause are one mechanism: a
         # pause inside a debugger stop leaves the vCPUs held, one while the
