@@ -20,13 +20,15 @@ Follows the ACPI Specification 6.x (section numbers as in 6.4):
 
 And the Intel 82371AB (PIIX4) datasheet, power-management I/O registers:
 PMSTS at PMBASE+00h, PMEN at +02h, PMCNTRL at +04h, PMTMR at +08h (24 bits),
-SUS_TYP 000 = soft off; QEMU's pc machine puts this block at 0x600 and its
-firmware (SeaBIOS) advertises ``\\_S5`` as SLP_TYP 0 to match.
+SUS_TYP 000 = soft off, 001 = suspend to RAM; QEMU's pc machine puts this
+block at 0x600 and its firmware (SeaBIOS) advertises ``\\_S5`` as SLP_TYP 0
+and ``\\_S3`` as 1 to match.
 
 ====== ========= ============================================================
 offset register  what it does here
 ====== ========= ============================================================
-+0     PM1_STS   TMR_STS (bit 0), PWRBTN_STS (bit 8); write 1 to clear
++0     PM1_STS   TMR_STS (bit 0), PWRBTN_STS (8), RTC_STS (10), WAK_STS
+                 (15); write 1 to clear
 +2     PM1_EN    TMR_EN (0), GBL_EN (5), PWRBTN_EN (8), RTC_EN (10)
 +4     PM1_CNT   SCI_EN (0), BM_RLD (1), GBL_RLS (2, write-only), SLP_TYP
                  (12:10), SLP_EN (13, write-only: starts the sleep)
@@ -44,15 +46,30 @@ Choices where the sources leave room:
   SMI_CMD, so the platform is in ACPI mode from the start (a PIIX4 BIOS
   would set it on the OS's ACPI-enable request). It stays writable, as on
   the PIIX4; clearing it masks the SCI (there is no SMI to route events to).
-* Only TMR_STS and PWRBTN_STS ever set (the board may call
-  :meth:`AcpiPm.press_power_button`). GBL_EN and RTC_EN are stored so that
-  an OS sees them stick, but nothing raises GBL_STS or RTC_STS (the FADT
-  says FIX_RTC: the RTC alarm is not a fixed event here); WAK_STS, BM_STS and
-  the other status bits read 0 (no sleep state is ever entered and left).
-* SLP_EN with SLP_TYP = :data:`SLP_TYP_S5` (soft off, the only state the
-  DSDT advertises) calls ``on_poweroff()``. Other SLP_TYP values are
-  ignored: S1-S4 are not implemented (S3 would need the guest's RAM kept and
-  a wake vector entered from the FACS on a wake event).
+* TMR_STS, PWRBTN_STS, RTC_STS and WAK_STS set. RTC_STS is the RTC
+  alarm's fixed event (4.8.3.1.2; the FADT leaves FIX_RTC clear): the
+  board calls :meth:`rtc_alarm` when the RTC raises its alarm interrupt
+  (AF with AIE, the IRQ8 assertion the PIIX4's RTC_STS follows). GBL_EN is
+  stored so that an OS sees it stick, but nothing raises GBL_STS; BM_STS and
+  the other status bits read 0.
+* SLP_EN with SLP_TYP = :data:`SLP_TYP_S5` (soft off) calls
+  ``on_poweroff()``. SLP_TYP = :data:`SLP_TYP_S3` (suspend to RAM: PIIX4
+  SUS_TYP 001, the value QEMU's pc machine and its firmware's ``\\_S3``
+  use) puts the block in S3 and calls ``on_suspend()``: the board stops
+  every vCPU and keeps RAM and the devices as they are. The DSDT
+  advertises both. Other SLP_TYP values are ignored (no S1, S2 or S4).
+* Waking (chapter 16, "Waking and Sleeping": 16.1, the sleeping states
+  and the sequence into S3; 16.3, initialization, where firmware waking
+  from S2/S3 jumps to the FACS's waking vector, 5.2.10 for
+  Firmware_Waking_Vector and X_Firmware_Waking_Vector): a wake event in S3 sets WAK_STS and calls ``on_wake()``; the board then
+  enters the waking vector as firmware would and calls :meth:`resumed`.
+  The wake events: the RTC alarm while RTC_EN is set (RTC_STS sets either
+  way), the power button (whatever PWRBTN_EN says, 4.8.3.1.1), and
+  :meth:`wake` for a wake from elsewhere (the board's console input; QEMU's
+  ``system_wakeup`` likewise sets WAK_STS alone). While the block sleeps
+  the SCI stays low (no OS runs to take it); after the wake it follows the
+  status bits again, so an OS that left RTC_EN set sees the SCI for
+  RTC_STS until it clears it.
 * Every access is split into byte accesses at successive ports, as the ISA
   bus does, but a wide read samples all its bytes at one instant (a dword
   read of PM_TMR is never torn). Bytes past the block float high (0xFF).
@@ -60,7 +77,7 @@ Choices where the sources leave room:
 
 from . import Device, check_state_version, read_bytes, write_bytes
 
-__all__ = ['AcpiPm', 'SLP_TYP_S5', 'PM_TIMER_HZ']
+__all__ = ['AcpiPm', 'SLP_TYP_S3', 'SLP_TYP_S5', 'PM_TIMER_HZ', 'WORKING', 'SLEEPING', 'WOKEN']
 
 NS_PER_S = 1_000_000_000
 PM_TIMER_HZ = 3_579_545         # 4.8.2.1: a quarter of the PC's 14.31818 MHz
@@ -74,7 +91,7 @@ GBL_STS = GBL_EN = 1 << 5
 PWRBTN_STS = PWRBTN_EN = 1 << 8
 RTC_STS = RTC_EN = 1 << 10
 WAK_STS = 1 << 15
-STS_BITS = TMR_STS | PWRBTN_STS             # the status bits that ever set here
+STS_BITS = TMR_STS | PWRBTN_STS | RTC_STS | WAK_STS   # the status bits that ever set here
 EN_BITS = TMR_EN | GBL_EN | PWRBTN_EN | RTC_EN
 
 # PM1_CNT (table 4.13)
@@ -89,6 +106,13 @@ CNT_BITS = SCI_EN | BM_RLD | SLP_TYP_MASK   # what PM1_CNT stores and reads back
 #: The SLP_TYP of S5 (soft off): PIIX4 SUS_TYP 000. tools/platform_tables.py
 #: writes it into the DSDT's \_S5 package, so an OS asks for what this honours.
 SLP_TYP_S5 = 0
+#: The SLP_TYP of S3 (suspend to RAM): PIIX4 SUS_TYP 001, the DSDT's \_S3.
+SLP_TYP_S3 = 1
+
+#: Where the block is in a sleep cycle (``AcpiPm.sleep``): the working state;
+#: in S3 (every vCPU stopped); woken (a wake event came, the platform has yet
+#: to enter the waking vector and call :meth:`AcpiPm.resumed`).
+WORKING, SLEEPING, WOKEN = 0, 1, 2
 
 # offsets in the block (PIIX4 layout)
 PM1_STS, PM1_EN, PM1_CNT, PM_TMR = 0, 2, 4, 8
@@ -98,7 +122,10 @@ class AcpiPm(Device):
     """The PM1a event and control blocks and the PM timer at one base port.
 
     ``clock()`` returns nanoseconds; ``irq`` (a :class:`devices.IrqLine`) is
-    the SCI, a level; ``on_poweroff()`` is called when the guest enters S5.
+    the SCI, a level; ``on_poweroff()`` is called when the guest enters S5,
+    ``on_suspend()`` when it enters S3 and ``on_wake()`` when a wake event
+    ends S3 (the platform then resumes the processors at the FACS waking
+    vector and calls :meth:`resumed`).
     The wiring calls :meth:`tick` when the time it returned has come: a late
     tick only delays the SCI, TMR_STS is never lost.
     """
@@ -111,11 +138,14 @@ class AcpiPm(Device):
     PM_TMR_BLK, PM_TMR_LEN = PM_TMR, 4
     TMR_VAL_EXT = TIMER_BITS == 32
     SLP_TYP_S5 = SLP_TYP_S5     # what S5 is here and in the DSDT's \_S5
+    SLP_TYP_S3 = SLP_TYP_S3     # what S3 is here and in the DSDT's \_S3
 
-    def __init__(self, clock, irq=None, on_poweroff=None):
+    def __init__(self, clock, irq=None, on_poweroff=None, on_suspend=None, on_wake=None):
         self._clock = clock
         self._irq = irq
         self.on_poweroff = on_poweroff
+        self.on_suspend = on_suspend
+        self.on_wake = on_wake
         self.reset()
 
     def reset(self):
@@ -127,6 +157,7 @@ class AcpiPm(Device):
         self.sts = 0
         self.en = 0
         self.cnt = SCI_EN
+        self.sleep = WORKING
         self._update_sci()
 
     # -- the timer --------------------------------------------------------
@@ -167,8 +198,9 @@ class AcpiPm(Device):
     # -- the SCI and the power button ---------------------------------------
 
     def sci(self):
-        """The SCI's level: an enabled status bit while in ACPI mode."""
-        return bool(self.cnt & SCI_EN and self.sts & self.en)
+        """The SCI's level: an enabled status bit while in ACPI mode and
+        awake."""
+        return bool(self.cnt & SCI_EN and self.sts & self.en and self.sleep == WORKING)
 
     def _update_sci(self):
         if self._irq is not None:
@@ -178,6 +210,37 @@ class AcpiPm(Device):
         """The fixed power button was pressed (4.8.3.1.1): PWRBTN_STS."""
         self._advance(self._now())
         self.sts |= PWRBTN_STS
+        self._wake()                    # a wake event whatever PWRBTN_EN says
+        self._update_sci()
+
+    def rtc_alarm(self):
+        """The RTC raised its alarm interrupt: RTC_STS, and a wake from S3
+        while RTC_EN is set."""
+        self._advance(self._now())
+        self.sts |= RTC_STS
+        if self.en & RTC_EN:
+            self._wake()
+        self._update_sci()
+
+    def wake(self):
+        """A wake event from outside the block (the board's console input):
+        ends S3 with WAK_STS alone. Does nothing while awake."""
+        self._wake()
+        self._update_sci()
+
+    def _wake(self):
+        if self.sleep != SLEEPING:
+            return
+        self.sts |= WAK_STS
+        self.sleep = WOKEN
+        if self.on_wake is not None:
+            self.on_wake()
+
+    def resumed(self):
+        """The platform entered the waking vector: back to the working state
+        (the SCI follows the status bits again)."""
+        if self.sleep == WOKEN:
+            self.sleep = WORKING
         self._update_sci()
 
     # -- guest accesses -----------------------------------------------------
@@ -215,8 +278,12 @@ class AcpiPm(Device):
         if slp_typ == self.SLP_TYP_S5:
             if self.on_poweroff is not None:
                 self.on_poweroff()
-        # Any other SLP_TYP: ignored. The DSDT advertises only \_S5; S1-S4
-        # (S3, suspend to RAM, in particular) are not implemented.
+        elif slp_typ == self.SLP_TYP_S3 and self.sleep == WORKING:
+            self.sleep = SLEEPING
+            if self.on_suspend is not None:
+                self.on_suspend()
+        # Any other SLP_TYP: ignored. The DSDT advertises \_S3 and \_S5;
+        # S1, S2 and S4 are not implemented.
 
     # -- snapshot and invariants ----------------------------------------------
 
@@ -225,18 +292,22 @@ class AcpiPm(Device):
         self._advance(now)
         self._update_sci()
         return {'version': 1, 'sts': self.sts, 'en': self.en, 'cnt': self.cnt,
-                'timer_age_ns': now - self._origin_ns}
+                'timer_age_ns': now - self._origin_ns, 'sleep': self.sleep}
 
     @classmethod
-    def from_state(cls, state, clock, irq=None, on_poweroff=None):
+    def from_state(cls, state, clock, irq=None, on_poweroff=None, on_suspend=None, on_wake=None):
         """Rebuild an AcpiPm; its timer resumes at ``clock()`` from the count
-        saved in ``state``, as if no time passed in between."""
+        saved in ``state``, as if no time passed in between. A block saved
+        in S3 (or woken, not yet resumed) is so again; no callback is
+        called for it (the board looks at ``sleep``)."""
         check_state_version('AcpiPm', state)
-        dev = cls(clock, irq, on_poweroff)
+        dev = cls(clock, irq, on_poweroff, on_suspend, on_wake)
         now = dev._seen_ns
         dev.sts = int(state['sts']) & STS_BITS
         dev.en = int(state['en']) & EN_BITS
         dev.cnt = int(state['cnt']) & CNT_BITS
+        sleep = state.get('sleep', WORKING)     # absent in a state saved before S3 was modelled
+        dev.sleep = sleep if sleep in (WORKING, SLEEPING, WOKEN) else WORKING
         dev._origin_ns = now - max(0, int(state['timer_age_ns']))
         dev._update_sci()
         return dev
@@ -251,6 +322,8 @@ class AcpiPm(Device):
             problems.append(f'PM1_CNT {self.cnt:#x} keeps write-only or reserved bits')
         if self._seen_ns < self._origin_ns:
             problems.append('the timer was last looked at before it started')
+        if self.sleep not in (WORKING, SLEEPING, WOKEN):
+            problems.append(f'sleep state {self.sleep!r}')
         if self._irq is not None and self._irq.level != self.sci():
             problems.append('the SCI line differs from PM1_STS & PM1_EN with SCI_EN')
         return problems

@@ -133,15 +133,18 @@ class Rtc(ByteRegisters, Device):
     """The CMOS RTC at ports 0x70 (index, NMI mask) and 0x71 (data).
 
     ``clock()`` returns nanoseconds; ``irq`` (a :class:`devices.IrqLine`)
-    follows IRQF.  The wiring calls ``tick()`` when the time it returned has
-    come; a late tick only delays the interrupt, it loses no flag.
+    follows IRQF.  ``on_alarm()`` is called each time the alarm raises the
+    interrupt (AF sets while AIE is on): the chipset's RTC_STS, an ACPI wake
+    event.  The wiring calls ``tick()`` when the time it returned has come; a
+    late tick only delays the interrupt, it loses no flag.
     """
 
     SIZE = 2
 
-    def __init__(self, clock, irq=None, base_epoch_seconds=None):
+    def __init__(self, clock, irq=None, base_epoch_seconds=None, on_alarm=None):
         self._clock = clock
         self._irq = irq
+        self.on_alarm = on_alarm
         if base_epoch_seconds is None:
             base_epoch_seconds = time.time()
         whole = math.floor(base_epoch_seconds)
@@ -375,6 +378,8 @@ class Rtc(ByteRegisters, Device):
             alarm = self._next_alarm(self._sec0 + first)
             if alarm is not None and alarm <= self._sec0 + last:
                 self._flags |= C_AF
+                if self._cmos[REG_B] & B_AIE and self.on_alarm is not None:
+                    self.on_alarm()     # the alarm asserts IRQ8: RTC_STS
 
     def _irqf(self):
         return bool(self._flags & self._cmos[REG_B] & C_FLAGS)
@@ -416,10 +421,10 @@ class Rtc(ByteRegisters, Device):
                 'divider_age_ns': now - self._div_ns}
 
     @classmethod
-    def from_state(cls, state, clock, irq=None):
+    def from_state(cls, state, clock, irq=None, on_alarm=None):
         """Rebuild an Rtc; the time saved in ``state`` resumes at ``clock()``."""
         check_state_version('Rtc', state)
-        rtc = cls(clock, irq, base_epoch_seconds=UNIX_2000)
+        rtc = cls(clock, irq, base_epoch_seconds=UNIX_2000, on_alarm=on_alarm)
         cmos = bytearray(state['cmos'])
         if len(cmos) != CMOS_SIZE:
             raise ValueError(f'Rtc state has {len(cmos)} CMOS bytes, not 128')

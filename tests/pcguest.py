@@ -45,7 +45,7 @@ from devices.console import MemoryBackend
 from tests.guest import kvm
 from tools.asm import assemble_with_labels
 
-__all__ = ['MODES', 'RUNTIME', 'PASSED', 'STATUS_PASSED', 'GuestRun', 'run_guest',
+__all__ = ['MODES', 'RUNTIME', 'PASSED', 'STATUS_PASSED', 'GuestRun', 'run_guest', 'load_guest',
            'run_in_every_mode', 'PromptedInput']
 
 MODES = kvmlite.IRQCHIP_MODES
@@ -421,17 +421,27 @@ def assemble(source, symbols=None):
     return assemble_with_labels(RUNTIME + source, bits=64, origin=CODE, symbols=symbols)
 
 
-def run_guest(source, mode, timeout=20, console=None, symbols=None, **machine):
+def load_guest(m, source, symbols=None):
+    """Assemble RUNTIME + ``source`` into Machine ``m`` with its IDT and put
+    vCPU 0 at ``start``; returns (code, labels)."""
+    code, labels = assemble(source, symbols)
+    m.vm.write(CODE, code)
+    m.vm.write(IDT, _idt(labels))
+    kvmlite.setup_mode(m.vm.vcpus[0], m.vm, 'long64', labels['start'], stack=STACK)
+    return code, labels
+
+
+def run_guest(source, mode, timeout=20, console=None, symbols=None, setup=None, **machine):
     """Run RUNTIME + ``source`` in a fresh Machine in irqchip ``mode`` with
     ``console`` on COM1 (default a MemoryBackend) and the Machine arguments
-    ``machine``; returns a :class:`GuestRun`."""
-    code, labels = assemble(source, symbols)
+    ``machine``; ``setup(machine)``, if given, runs before the guest (to
+    write firmware tables, say). Returns a :class:`GuestRun`."""
     console = console if console is not None else MemoryBackend()
     with kvmlite.Machine(mem_size=MEM_SIZE, irqchip=mode, console=console, kvm=kvm(),
                          **machine) as m:
-        m.vm.write(CODE, code)
-        m.vm.write(IDT, _idt(labels))
-        kvmlite.setup_mode(m.vm.vcpus[0], m.vm, 'long64', labels['start'], stack=STACK)
+        code, labels = load_guest(m, source, symbols)
+        if setup is not None:
+            setup(m)
         if isinstance(console, PromptedInput):
             console.wake = m.wake
         started, cpu = time.monotonic(), time.process_time()

@@ -3,24 +3,28 @@ stepped clock, the device contract, the FADT and DSDT that describe it, and
 a guest under real KVM that reads the PM timer and powers the machine off.
 """
 
+import io
 import json
 import os
 import shutil
 import struct
 import subprocess
 import tempfile
+import threading
+import time
 import unittest
 from unittest import mock
 
 import kvmlite
 from devices import IrqLine, SteppedClock
 from devices.acpi_pm import (
-    PM_TIMER_HZ, PWRBTN_EN, PWRBTN_STS, SCI_EN, SLP_EN, SLP_TYP_S5, SLP_TYP_SHIFT, TMR_EN,
-    TMR_STS, AcpiPm,
+    PM_TIMER_HZ, PWRBTN_EN, PWRBTN_STS, RTC_EN, RTC_STS, SCI_EN, SLEEPING, SLP_EN, SLP_TYP_S3,
+    SLP_TYP_S5, SLP_TYP_SHIFT, TMR_EN, TMR_STS, WAK_STS, WOKEN, WORKING, AcpiPm,
 )
 from tests import test_device_contract as contract
 from tests.guest import requires_kvm
-from tests.pcguest import MODES, PASSED, run_in_every_mode
+from devices.console import MemoryBackend
+from tests.pcguest import MEM_SIZE, MODES, PASSED, STATUS_PASSED, load_guest, run_guest, run_in_every_mode
 from tests.test_boot import FakeMem
 from tools import platform_tables
 from tools.layout import PC
@@ -41,11 +45,20 @@ class Pm:
     def __init__(self, now=0):
         self.clock = SteppedClock(now)
         self.sci = IrqLine()
-        self.poweroffs = 0
-        self.dev = AcpiPm(self.clock, self.sci, self.poweroff)
+        self.poweroffs = self.suspends = self.wakes = 0
+        self.dev = AcpiPm(self.clock, self.sci, self.poweroff, self.suspend, self.woke)
 
     def poweroff(self):
         self.poweroffs += 1
+
+    def suspend(self):
+        self.suspends += 1
+
+    def woke(self):
+        self.wakes += 1
+
+    def s3(self):
+        self.dev.write(PM1_CNT, 2, SCI_EN | SLP_TYP_S3 << SLP_TYP_SHIFT | SLP_EN)
 
     def timer(self):
         return self.dev.read(PM_TMR, 4)
@@ -163,11 +176,79 @@ class SleepTest(unittest.TestCase):
     def test_other_sleep_types_and_slp_typ_alone_do_nothing(self):
         pm = Pm()
         pm.dev.write(PM1_CNT, 2, SCI_EN | SLP_TYP_S5 << SLP_TYP_SHIFT)
+        pm.dev.write(PM1_CNT, 2, SCI_EN | SLP_TYP_S3 << SLP_TYP_SHIFT)
         for slp_typ in range(8):
-            if slp_typ != SLP_TYP_S5:
+            if slp_typ not in (SLP_TYP_S5, SLP_TYP_S3):
                 pm.dev.write(PM1_CNT, 2, SCI_EN | slp_typ << SLP_TYP_SHIFT | SLP_EN)
-        self.assertEqual(pm.poweroffs, 0)
+        self.assertEqual((pm.poweroffs, pm.suspends, pm.dev.sleep), (0, 0, WORKING))
         self.assertEqual(pm.dev.check(), [])
+
+
+class SuspendTest(unittest.TestCase):
+    def test_s3_then_the_rtc_alarm_with_rtc_en_wakes_with_wak_sts(self):
+        pm = Pm()
+        pm.dev.write(PM1_EN, 2, RTC_EN)
+        pm.s3()
+        self.assertEqual((pm.suspends, pm.wakes, pm.dev.sleep), (1, 0, SLEEPING))
+        self.assertFalse(pm.dev.read(PM1_CNT, 2) & SLP_EN)
+        pm.s3()                                         # no OS runs to ask again: ignored
+        self.assertEqual(pm.suspends, 1)
+        pm.dev.rtc_alarm()
+        self.assertEqual((pm.wakes, pm.dev.sleep), (1, WOKEN))
+        self.assertEqual(pm.sts(), WAK_STS | RTC_STS)
+        self.assertEqual(pm.sci.level, 0)               # nobody to take an SCI until resumed
+        pm.dev.rtc_alarm()                              # a second event: already awake
+        self.assertEqual(pm.wakes, 1)
+        pm.dev.resumed()
+        self.assertEqual((pm.dev.sleep, pm.sci.level), (WORKING, 1))     # RTC_STS & RTC_EN
+        pm.dev.write(PM1_STS, 2, WAK_STS | RTC_STS)     # the OS clears them, write 1 to clear
+        self.assertEqual((pm.sts(), pm.sci.level), (0, 0))
+        self.assertEqual(pm.dev.check(), [])
+
+    def test_the_rtc_alarm_without_rtc_en_sets_rtc_sts_and_does_not_wake(self):
+        pm = Pm()
+        pm.s3()
+        pm.dev.rtc_alarm()
+        self.assertEqual((pm.sts(), pm.wakes, pm.dev.sleep), (RTC_STS, 0, SLEEPING))
+        pm.dev.write(PM1_EN, 2, RTC_EN)                 # (no OS could do this asleep)
+        self.assertEqual(pm.sci.level, 0)
+        awake = Pm()
+        awake.dev.write(PM1_EN, 2, RTC_EN)
+        awake.dev.rtc_alarm()                           # awake: the fixed RTC event's SCI
+        self.assertEqual((awake.sts(), awake.sci.level, awake.wakes), (RTC_STS, 1, 0))
+
+    def test_the_power_button_and_other_wake_events(self):
+        pm = Pm()
+        pm.s3()
+        pm.dev.press_power_button()                     # a wake whatever PWRBTN_EN says
+        self.assertEqual((pm.sts(), pm.wakes, pm.dev.sleep), (WAK_STS | PWRBTN_STS, 1, WOKEN))
+        pm.dev.resumed()
+        pm.dev.write(PM1_STS, 2, 0xFFFF)
+        pm.dev.wake()                                   # awake: nothing
+        self.assertEqual((pm.sts(), pm.wakes), (0, 1))
+        pm.s3()
+        pm.dev.wake()                                   # the board's console input
+        self.assertEqual((pm.sts(), pm.wakes, pm.dev.sleep), (WAK_STS, 2, WOKEN))
+        pm.dev.resumed()
+        pm.dev.resumed()                                # twice is once
+        self.assertEqual(pm.dev.sleep, WORKING)
+
+    def test_states_in_s3_and_states_saved_before_s3_existed(self):
+        pm = Pm()
+        pm.dev.write(PM1_EN, 2, RTC_EN)
+        pm.s3()
+        state = json.loads(json.dumps(pm.dev.state()))
+        again = Pm(now=pm.clock.now)
+        again.dev = AcpiPm.from_state(state, again.clock, again.sci, again.poweroff,
+                                      again.suspend, again.woke)
+        self.assertEqual((again.dev.sleep, again.suspends), (SLEEPING, 0))
+        again.dev.rtc_alarm()
+        self.assertEqual((again.wakes, again.sts()), (1, WAK_STS | RTC_STS))
+        old = dict(state)
+        del old['sleep']
+        self.assertEqual(AcpiPm.from_state(old, SteppedClock()).sleep, WORKING)
+        old['sleep'] = 7
+        self.assertEqual(AcpiPm.from_state(old, SteppedClock()).sleep, WORKING)
 
     def test_no_callback_is_fine(self):
         dev = AcpiPm(SteppedClock())
@@ -320,12 +401,13 @@ class TablesTest(unittest.TestCase):
         self.assertFalse(flags & 1 << 4)                # PWR_BUTTON: a fixed-feature button
         self.assertEqual(_sci_overrides(t[b'APIC']), [(9, 9)])
 
-    def test_the_dsdt_holds_the_s5_package_with_the_devices_slp_typ(self):
+    def test_the_dsdt_holds_the_s3_and_s5_packages_with_the_devices_slp_typ(self):
         aml = _tables()[b'DSDT'][36:]
-        # NameOp '\_S5_' PackageOp PkgLength 6, 4 elements: Zero Zero Zero Zero
-        self.assertEqual(aml, b'\x08\\_S5_\x12\x06\x04\x00\x00\x00\x00')
+        # NameOp '\_S3_' PackageOp PkgLength 6, 4 elements: One One Zero Zero; then \_S5_: Zeros
+        self.assertEqual(aml, b'\x08\\_S3_\x12\x06\x04\x01\x01\x00\x00'
+                              b'\x08\\_S5_\x12\x06\x04\x00\x00\x00\x00')
         with mock.patch.object(AcpiPm, 'SLP_TYP_S5', 5):
-            self.assertEqual(_tables()[b'DSDT'][36:], b'\x08\\_S5_\x12\x08\x04\x0a\x05\x0a\x05\x00\x00')
+            self.assertEqual(_tables()[b'DSDT'][36 + 13:], b'\x08\\_S5_\x12\x08\x04\x0a\x05\x0a\x05\x00\x00')
             pm = Pm()
             pm.dev.write(PM1_CNT, 2, SLP_TYP_S5 << SLP_TYP_SHIFT | SLP_EN)
             pm.dev.write(PM1_CNT, 2, 5 << SLP_TYP_SHIFT | SLP_EN)
@@ -370,6 +452,8 @@ class TablesTest(unittest.TestCase):
         self.assertIn('_S5_', decoded['DSDT'])
         self.assertIn('Name (\\_S5, Package (0x04)', decoded['DSDT'])
         self.assertIn('{ Zero, Zero, Zero, Zero }', decoded['DSDT'])
+        self.assertIn('Name (\\_S3, Package (0x04)', decoded['DSDT'])
+        self.assertIn('{ One, One, Zero, Zero }', decoded['DSDT'])
         for field in ('PM1A Event Block Address : 00000600',
                       'PM1A Control Block Address : 00000604',
                       'PM Timer Block Address : 00000608', 'PM1 Event Block Length : 04',
@@ -464,6 +548,287 @@ class GuestTest(unittest.TestCase):
                 self.assertLessEqual(pm_ms, 1.01 * run.ms(run.u64('tsc1') - run.u64('tsc0')) + 0.01,
                                      run.describe())
 
+
+
+# -- S3: suspend to RAM and the wake through the FACS waking vector ---------------
+
+def _s3_symbols(**more):
+    base = PC.device('acpi_pm').pio[0][1]
+    return dict({'PASSED': PASSED, 'PM1_STS': base + AcpiPm.PM1_EVT_BLK,
+                 'PM1_EN': base + AcpiPm.PM1_EVT_BLK + 2, 'PM1A_CNT': base + AcpiPm.PM1_CNT_BLK,
+                 'RTC_EN': RTC_EN, 'SLEEP_S3': AcpiPm.SLP_TYP_S3 << SLP_TYP_SHIFT | SLP_EN,
+                 'FACS_WAKE': platform_tables.facs_address() + platform_tables.FACS_FIRMWARE_WAKING_VECTOR},
+                **more)
+
+
+# The part of both S3 guests that runs after the wake: real mode at the
+# waking vector (16-byte aligned, so CS:IP = wake >> 4 : 0), DS = CS. It
+# stamps the TSC, prints, keeps PM1_STS and the RTC's seconds, and ends with
+# the debug exit. WAKE_EXTRA is each guest's own part before the exit.
+S3_WAKE = r"""
+align 16
+bits 16
+wake:
+    mov ax, cs
+    mov ds, ax
+    rdtsc
+    mov [tsc1 - wake], eax
+    mov [tsc1 - wake + 4], edx
+    mov si, woke_msg - wake
+    call puts16
+    mov dx, PM1_STS
+    in ax, dx
+    mov [pm1_sts - wake], ax
+    mov al, 0                   ; the RTC's seconds (binary mode)
+    out 0x70, al
+    in al, 0x71
+    mov [rtc_woke - wake], al
+    WAKE_EXTRA
+    mov al, PASSED
+    out 0xf4, al
+.halt:
+    cli
+    hlt
+    jmp .halt
+puts16:                         ; the NUL-terminated string at ds:si
+    push ax
+    push dx
+    mov dx, 0x3f8
+.next:
+    lodsb
+    test al, al
+    jz .done
+    out dx, al
+    jmp .next
+.done:
+    pop dx
+    pop ax
+    ret
+woke_msg: db 'woke at the waking vector in real mode', 10, 0
+align 8
+tsc0: dq 0
+tsc1: dq 0
+pm1_sts: dw 0
+rtc_alarm: db 0
+rtc_woke: db 0
+"""
+
+# Arms the RTC alarm one second ahead (binary, 24 h; re-read until no
+# update came in between, so the alarm is in the future), enables RTC_EN,
+# fills the FACS waking vector and enters S3.
+S3_RTC_GUEST = r"""
+bits 64
+main:
+    mov dword [FACS_WAKE], wake     ; the Firmware_Waking_Vector: real mode
+    mov al, 0x0b
+    out 0x70, al
+    mov al, 0x06                    ; register B: binary, 24 h, no interrupt yet
+    out 0x71, al
+    mov al, 0x0c
+    out 0x70, al
+    in al, 0x71                     ; register C: clear the flags
+.arm:
+    xor eax, eax
+    out 0x70, al
+    in al, 0x71
+    mov bl, al                      ; seconds now
+    inc al
+    cmp al, 60
+    jb .in_range
+    xor eax, eax
+.in_range:
+    mov [rtc_alarm], al
+    mov cl, al
+    mov al, 1                       ; seconds alarm
+    out 0x70, al
+    mov al, cl
+    out 0x71, al
+    mov al, 3                       ; minutes and hours alarm: don't care
+    out 0x70, al
+    mov al, 0xc0
+    out 0x71, al
+    mov al, 5
+    out 0x70, al
+    mov al, 0xc0
+    out 0x71, al
+    xor eax, eax
+    out 0x70, al
+    in al, 0x71
+    cmp al, bl
+    jne .arm                        ; a second passed meanwhile: arm again
+    mov al, 0x0b
+    out 0x70, al
+    mov al, 0x26                    ; AIE: the alarm raises IRQ8 (masked, IF=0): RTC_STS
+    out 0x71, al
+    mov dx, PM1_STS
+    mov ax, 0xffff                  ; clear every status bit (WAK_STS included)
+    out dx, ax
+    mov dx, PM1_EN
+    mov ax, RTC_EN
+    out dx, ax
+    call print
+    db 'entering S3', 10, 0
+    call rdtsc64
+    mov [tsc0], rax
+    mov dx, PM1A_CNT
+    mov ax, SLEEP_S3
+    out dx, ax
+    call print
+    db 'still running after S3', 10, 0
+    mov al, 0x7e
+    ret
+""" + S3_WAKE.replace('WAKE_EXTRA', '')
+
+
+def _write_tables(m):
+    platform_tables.write_platform_tables(m.vm, m.cpus, platform=m.platform)
+
+
+@requires_kvm
+class SuspendGuestTest(unittest.TestCase):
+    def test_s3_and_a_wake_by_the_rtc_alarm_through_the_waking_vector(self):
+        runs = run_in_every_mode(
+            self, S3_RTC_GUEST, 'entering S3\nwoke at the waking vector in real mode\n',
+            symbols=_s3_symbols(), setup=_write_tables)
+        for mode, run in runs.items():
+            with self.subTest(mode=mode):
+                sts = struct.unpack_from('<H', run.memory, run.labels['pm1_sts'] - 0x10000)[0]
+                self.assertEqual(sts & (WAK_STS | RTC_STS), WAK_STS | RTC_STS, run.describe())
+                # it woke at the alarm's second, not before (every vCPU stopped until then)
+                self.assertEqual(run.u8('rtc_woke'), run.u8('rtc_alarm'), run.describe())
+                self.assertGreater(run.u64('tsc1'), run.u64('tsc0'))
+                self.assertLess(run.ms(run.u64('tsc1') - run.u64('tsc0')), 2500, run.describe())
+                self.assertEqual(run.labels['wake'] & ~0xF, run.labels['wake'])
+
+    def test_console_input_wakes_s3_with_every_vcpu_stopped_and_the_aps_back_in_init(self):
+        """The guest enters S3 with no wake event enabled; the test sees every
+        vCPU parked (its exits stop), types one key, and the waking code
+        reads it from the UART."""
+        source = S3_RTC_GUEST.replace('    mov ax, RTC_EN\n', '    xor eax, eax\n').replace(
+            '    mov al, 0x26 ', '    mov al, 0x06 ')         # no RTC_EN, no alarm interrupt
+        source = source.replace("db 'woke at the waking vector in real mode', 10, 0",
+                                "db 'woke, key ', 0")
+        source = source.replace('    mov al, PASSED\n    out 0xf4, al\n.halt:', r"""    mov dx, 0x3fd
+.rx:
+    in al, dx
+    test al, 1
+    jz .rx
+    mov dx, 0x3f8
+    in al, dx
+    out dx, al
+    mov al, 10
+    out dx, al
+    mov al, PASSED
+    out 0xf4, al
+.halt:""")
+        for mode in MODES:
+            cpus = 1 if mode == 'user' else 2
+            with self.subTest(mode=mode), kvmlite.Machine(
+                    mem_size=MEM_SIZE, irqchip=mode, console=MemoryBackend(), cpus=cpus) as m:
+                load_guest(m, source, _s3_symbols())
+                _write_tables(m)
+                done = []
+                runner = threading.Thread(target=lambda: done.append(m.run(timeout=20)))
+                runner.start()
+                deadline = time.monotonic() + 15
+                while not (m.acpi_pm.sleep == SLEEPING and m._parked == set(range(cpus))):
+                    self.assertLess(time.monotonic(), deadline, bytes(m.console.output))
+                    self.assertTrue(runner.is_alive(), done)
+                    time.sleep(0.01)
+                exits = m.vm.vcpus[0].io_exits
+                time.sleep(0.3)
+                self.assertEqual(m.vm.vcpus[0].io_exits, exits)     # stopped, not spinning
+                self.assertEqual(m.acpi_pm.sleep, SLEEPING)
+                m.console.feed(b'k')
+                m.wake()
+                runner.join(20)
+                self.assertFalse(runner.is_alive())
+                self.assertEqual(bytes(m.console.output), b'entering S3\nwoke, key k\n')
+                self.assertEqual(done[0].status, STATUS_PASSED, done[0])
+                self.assertEqual(m.acpi_pm.sts & (WAK_STS | RTC_STS), WAK_STS)
+                if cpus > 1:
+                    self.assertEqual(m.vm.vcpus[1].get_mp_state(), kvmlite.KVM_MP_STATE_INIT_RECEIVED)
+
+    def test_a_snapshot_in_s3_and_the_power_button_into_the_x_waking_vector(self):
+        """X_Firmware_Waking_Vector set: the wake enters it in 32-bit
+        protected mode (flat, paging off). The machine is saved while in S3,
+        restored into a new one, and woken there by the power button."""
+        source = r"""
+bits 64
+main:
+    mov dword [FACS_XWAKE], wake32
+    mov dword [FACS_XWAKE + 4], 0
+    call print
+    db 'entering S3', 10, 0
+    mov dx, PM1A_CNT
+    mov ax, SLEEP_S3
+    out dx, ax
+    mov al, 0x7e
+    ret
+bits 32
+wake32:
+    mov eax, cr0
+    mov [cr0_woke], eax
+    mov esi, msg32
+    mov dx, 0x3f8
+.next:
+    lodsb
+    test al, al
+    jz .done
+    out dx, al
+    jmp .next
+.done:
+    mov dx, PM1_STS
+    in ax, dx
+    mov [pm1_sts], ax
+    mov al, PASSED
+    out 0xf4, al
+    hlt
+msg32: db 'woke in protected mode', 10, 0
+align 8
+cr0_woke: dd 0
+pm1_sts: dw 0
+"""
+        symbols = _s3_symbols(FACS_XWAKE=platform_tables.facs_address()
+                              + platform_tables.FACS_X_FIRMWARE_WAKING_VECTOR)
+        saved = io.BytesIO()
+        with kvmlite.Machine(mem_size=MEM_SIZE, console=MemoryBackend()) as m:
+            _, labels = load_guest(m, source, symbols)
+            _write_tables(m)
+            runner = threading.Thread(target=m.run, kwargs={'timeout': 20})
+            runner.start()
+            deadline = time.monotonic() + 15
+            while not (m.acpi_pm.sleep == SLEEPING and m._parked == {0}):
+                self.assertLess(time.monotonic(), deadline, bytes(m.console.output))
+                time.sleep(0.01)
+            m.snapshot(saved)
+            m.stop(kvmlite.EXIT_SIGNAL, 'the test saved it')
+            runner.join(10)
+        saved.seek(0)
+        with kvmlite.Machine.restore(saved, console=MemoryBackend()) as m:
+            self.assertEqual(m.acpi_pm.sleep, SLEEPING)
+            done = []
+            runner = threading.Thread(target=lambda: done.append(m.run(timeout=20)))
+            runner.start()
+            deadline = time.monotonic() + 15
+            while m._parked != {0}:
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.01)
+            with m.vm.lock:
+                m.acpi_pm.press_power_button()
+            runner.join(20)
+            self.assertEqual(bytes(m.console.output), b'woke in protected mode\n')
+            self.assertEqual(done[0].status, STATUS_PASSED, done[0])
+            self.assertEqual(m.vm.read_int(labels['cr0_woke'], 4), 0x11)         # PE | ET, no PG
+            self.assertEqual(m.vm.read_int(labels['pm1_sts'], 2) & (WAK_STS | PWRBTN_STS),
+                             WAK_STS | PWRBTN_STS)
+
+    def test_no_waking_vector_ends_the_run_as_a_reset(self):
+        source = S3_RTC_GUEST.replace('    mov dword [FACS_WAKE], wake     ; the Firmware_Waking_Vector: real mode\n', '')
+        run = run_guest(source, 'split', symbols=_s3_symbols(), setup=_write_tables)
+        self.assertEqual(run.status, kvmlite.EXIT_OK, run.describe())
+        self.assertIn('woke from S3 with nowhere to go (the FACS waking vectors are 0)', run.reason)
+        self.assertEqual(run.output, b'entering S3\n')
 
 if __name__ == '__main__':
     unittest.main()

@@ -302,6 +302,35 @@ class UpdateAndAlarmTest(unittest.TestCase):
         self.assertEqual(b.irq.level, 1)
         self.assertTrue(b.read(REG_C) & 0x20)
 
+    def test_the_alarm_calls_on_alarm_while_aie_is_on(self):
+        alarms = []
+        b = Bench()
+        b.rtc.on_alarm = lambda: alarms.append(b.clock.now - b.start)
+        for index, value in ((1, 0x35), (3, 0xC0), (5, 0xC0)):
+            b.write(index, value)                       # each minute at :35
+        b.write(REG_B, H24 | AIE)
+        b.at(5 * NS_PER_S - 1)
+        b.rtc.tick()
+        self.assertEqual(alarms, [])
+        b.at(5 * NS_PER_S)
+        b.rtc.tick()
+        self.assertEqual(alarms, [5 * NS_PER_S])        # the IRQ8 assertion: RTC_STS
+        b.read(REG_C)
+        b.write(REG_B, H24)                             # AIE off: AF still sets, no call
+        b.at(65 * NS_PER_S)
+        b.rtc.tick()
+        self.assertEqual((alarms, b.read(REG_C) & 0x20), ([5 * NS_PER_S], 0x20))
+        b.write(REG_B, H24 | AIE)
+        b.at(3600 * NS_PER_S)                           # missed ones: caught up, one call
+        b.rtc.tick()
+        self.assertEqual(len(alarms), 2)
+        state = json.loads(json.dumps(b.rtc.state()))
+        calls = []
+        again = Rtc.from_state(state, b.clock, on_alarm=lambda: calls.append(1))
+        b.clock.advance(60 * NS_PER_S)
+        again.tick()
+        self.assertEqual(calls, [1])
+
     def test_an_impossible_alarm_never_fires(self):
         b = Bench()
         b.write(1, 0x61)                                # no such second

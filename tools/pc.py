@@ -12,6 +12,25 @@ default ISA wiring through the IOAPIC), the KVM API text
 KVM_SET_GSI_ROUTING, KVM_SIGNAL_MSI, KVM_INTERRUPT, KVM_EXIT_IOAPIC_EOI,
 KVM_GET/SET_MP_STATE), and the Intel SDM Vol. 3, chapter 11 (local APIC
 LVT entries and delivery modes).
+
+ACPI S3 (suspend to RAM) is the board's as much as the PM block's: the ACPI
+Specification 6.4, chapter 16 ("Waking and Sleeping"), and 5.2.10 (the FACS
+and its waking vectors). When the guest writes SLP_TYP(S3)|SLP_EN, every
+vCPU stops (parked, as by :meth:`Machine.paused`; RAM and the devices keep
+their state, the timer thread keeps ticking them). A wake event (the RTC
+alarm with RTC_EN, the power button, console input) sets WAK_STS; vCPU 0
+then does what firmware does on a wake from S3 (16.3; QEMU's pc machine
+resets the CPUs and SeaBIOS jumps to the vector): each local APIC back to
+its power-on state as the board set it (virtual wire), the APs waiting for
+INIT/SIPI, and vCPU 0 at the waking vector with interrupts off: the
+X_Firmware_Waking_Vector if non-zero, in 32-bit protected mode, flat
+segments, paging off (the FACS does not offer 64BIT_WAKE_SUPPORTED_F), else
+the Firmware_Waking_Vector in real mode at CS:IP = vector >> 4 : vector &
+0xF (below 1 MiB). General registers are 0 and CR0 holds only ET (PE too
+for the protected-mode vector); FPU, SSE and the other MSRs keep their
+values (the OS's waking code loads what it needs). No FACS (no tables
+written), no vector, or one out of reach ends the run as a reset would:
+there is no firmware to boot.
 """
 
 import contextlib
@@ -29,10 +48,11 @@ import traceback
 from kvmlite import (
     PAGE_SIZE, DeviceError, FailEntry, Hlt, InternalError, Interrupted, IoapicEoi,
     IrqWindowOpen, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
-    KVM_IOAPIC_BASE, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
+    CR0_ET, CR0_PE, KVM_IOAPIC_BASE, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
     KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, Kvm,
-    KVM_INTERNAL_ERROR_EMULATION, KvmError, KvmliteError, LINUX_CLEARCPUID, Shutdown, SystemEvent, _import_part,
-    cpuid_entries, cpuid_restricted, kvm_lapic_state, route_irqchip, route_msi, setup_mode,
+    KVM_INTERNAL_ERROR_EMULATION, KvmError, KvmliteError, LINUX_CLEARCPUID, Shutdown, SystemEvent,
+    _import_part, cpuid_entries, cpuid_restricted, kvm_lapic_state, kvm_regs, kvm_segment,
+    route_irqchip, route_msi, segment, setup_mode,
 )
 
 from . import boot, platform_tables
@@ -70,6 +90,9 @@ IOREDTBL_REMOTE_IRR = 1 << 14   # IOAPIC redirection entry: a level interrupt aw
 APIC_DM_EXTINT, APIC_DM_NMI = 0x700, 0x400
 MSR_IA32_APICBASE = 0x1B        # bits 12 and up: the local APIC's physical address
 APICBASE_ADDR_MASK = ~0xFFF
+# devices/acpi_pm.py's sleep states (the board reads AcpiPm.sleep)
+PM_WORKING, PM_SLEEPING, PM_WOKEN = 0, 1, 2
+REAL_MODE_IVT_LIMIT = 0x3FF
 
 
 class _Timed:
@@ -210,6 +233,8 @@ class Machine:
         self.debug = None           # a debugger's vCPU gate (tools.gdbstub.Debugger), if attached
         self.tracer = None          # an exit trace (tools.trace.Tracer.attach), if any
         self._samples = {}          # vCPU index -> its last (RIP, exits) at the halt polls
+        self._pm = None             # the ACPI PM block (S3), if the platform has one
+        self._lapic_at_power_on = {}    # vCPU index -> its local APIC as the board set it
         if console is not None and hasattr(console, 'wake'):
             console.wake = self.wake        # output that waits for its reader wakes the timer thread
         self._snapshot_init(cmdline)
@@ -281,6 +306,7 @@ class Machine:
             base = vcpu.get_msrs([MSR_IA32_APICBASE])[MSR_IA32_APICBASE]
             if base & APICBASE_ADDR_MASK != self.platform.lapic_addr:
                 vcpu.set_msrs({MSR_IA32_APICBASE: (base & ~APICBASE_ADDR_MASK) | self.platform.lapic_addr})
+            self._lapic_at_power_on[vcpu.index] = bytes(regs)   # what a wake from S3 puts back
 
     def _wire_pc(self, cmdline):
         """Build every device of the platform that this irqchip mode models
@@ -301,6 +327,9 @@ class Machine:
             'on_reset': lambda slot: stop_reset,
             'on_exit': lambda slot: self._on_debug_exit,
             'on_poweroff': lambda slot: lambda: self.stop(EXIT_OK, f'the guest powered off ({slot.name})'),
+            'on_suspend': lambda slot: self._on_suspend,
+            'on_wake': lambda slot: self._on_wake,
+            'on_alarm': lambda slot: self._on_rtc_alarm,
             'ram_size': lambda slot: self.mem_size,
             'cpus': lambda slot: self.cpus,
             'cmdline': lambda slot: cmdline,
@@ -342,6 +371,7 @@ class Machine:
                     if slot.coalesce and not self._device_states:
                         vm.coalesce(base, getattr(part, 'SIZE'), pio=bus is vm.pio)
         self.pic, self.pit, self.ioapic = (self.devices.get(n) for n in ('pic', 'pit', 'ioapic'))
+        self._pm = self.devices.get('acpi_pm')
         self.serials = [d for d in self.devices.values() if type(d).__name__ == 'Serial']
         if self.ioapic is not None:
             self.ioapic.ioapic_id = platform.ioapic_id(self.cpus)   # as the MP/ACPI tables say
@@ -508,7 +538,7 @@ class Machine:
             else:
                 self.stop(EXIT_VMM, f'console output failed: {os.strerror(err)}')
         if not self._pending_input:
-            self._pending_input = con.read_input()
+            data = self._pending_input = con.read_input()
         elif getattr(con, 'interactive', False):
             # a terminal is read even while the guest takes nothing, so Ctrl-A x
             # gets through whatever was typed ahead; what waits stays bounded
@@ -516,6 +546,10 @@ class Machine:
             keep = max(0, INPUT_LIMIT - len(self._pending_input))
             con.input_dropped += max(0, len(data) - keep)
             self._pending_input += data[:keep]
+        else:
+            data = b''
+        if data and self._pm is not None:
+            self._pm.wake()             # input while in S3 wakes the machine
         if getattr(con, 'quit_requested', False):
             self.stop(EXIT_SIGNAL, 'quit from the console (Ctrl-A x)')
         if self._pending_input:
@@ -626,8 +660,11 @@ class Machine:
             if self._user_halted and vcpu.index == 0:
                 self._wait_for_interrupt(vcpu, check_if=False)   # restored inside a HLT
             while not stopping.is_set():
-                if self._pause_requested or debug is not None and debug.holds(vcpu):
+                if self._held(vcpu):
                     self._park(vcpu)
+                    continue
+                if self._pm is not None and self._pm.sleep == PM_WOKEN:
+                    self._resume_from_s3(vcpu)      # vCPU 0 (the others wait in _park)
                     continue
                 if debug is not None:
                     table = debug.gate(vcpu, handlers)      # the last resume: steps, breakpoints
@@ -765,8 +802,10 @@ class Machine:
                 self._pause_cv.notify_all()
 
     def _held(self, vcpu):
-        """Whether ``vcpu`` must stay parked: paused(), or a debugger holds it."""
-        return self._pause_requested or (self.debug is not None and self.debug.holds(vcpu))
+        """Whether ``vcpu`` must stay parked: paused(), a debugger holds it,
+        or the machine is in S3."""
+        return (self._pause_requested or (self.debug is not None and self.debug.holds(vcpu))
+                or self._asleep(vcpu))
 
     def _park(self, vcpu):
         """A vCPU thread stops here while it is held (paused(), a debugger's
@@ -798,6 +837,111 @@ class Machine:
                     self.vm.vcpus[i].kick('pause')
                 self._irq_event.set()       # a user-mode vCPU in its HLT
                 self._pause_cv.wait(0.05)
+
+    # -- ACPI S3: suspend to RAM (see the module docstring) --
+    def _asleep(self, vcpu):
+        """Whether ``vcpu`` stays stopped for S3: every vCPU while the PM
+        block sleeps; the APs also until vCPU 0 has entered the waking vector."""
+        pm = self._pm
+        if pm is None or pm.sleep == PM_WORKING:
+            return False
+        return pm.sleep == PM_SLEEPING or vcpu.index != 0
+
+    def _on_suspend(self):
+        """The guest entered S3 (a vCPU thread, under the bus lock): stop
+        every vCPU; each parks at its next loop."""
+        for v in self.vm.vcpus:
+            v.kick('suspend')
+        self._irq_event.set()
+
+    def _on_wake(self):
+        """A wake event ended S3 (under the bus lock): vCPU 0 leaves _park."""
+        with self._pause_cv:
+            self._pause_cv.notify_all()
+
+    def _on_rtc_alarm(self):
+        if self._pm is not None:
+            self._pm.rtc_alarm()
+
+    def _waking_vector(self):
+        """('real' or 'prot32', address) from the FACS, or a reason why there is none."""
+        facs = platform_tables.facs_address(self.platform)
+        try:
+            data = self.vm.read(facs, platform_tables.FACS_SIZE)
+        except KvmliteError:
+            data = b''
+        if data[:4] != b'FACS':
+            return f'no FACS at {facs:#x} (no ACPI tables were written)'
+        x_vector, = struct.unpack_from('<Q', data, platform_tables.FACS_X_FIRMWARE_WAKING_VECTOR)
+        vector, = struct.unpack_from('<I', data, platform_tables.FACS_FIRMWARE_WAKING_VECTOR)
+        if x_vector:
+            if x_vector >> 32:
+                return f'X_Firmware_Waking_Vector {x_vector:#x} is above 4 GiB'
+            return 'prot32', x_vector
+        if not vector:
+            return 'the FACS waking vectors are 0'
+        if vector >> 20:
+            return f'Firmware_Waking_Vector {vector:#x} is not below 1 MiB (real mode)'
+        return 'real', vector
+
+    def _resume_from_s3(self, vcpu):
+        """vCPU 0, after a wake event: wait for every other vCPU to be
+        stopped, put each back as firmware leaves it on a wake, and enter the
+        waking vector."""
+        with self._pause_cv:
+            while not self._stopping.is_set():
+                running = set(self._active) - self._parked - {vcpu.index}
+                if not running:
+                    break
+                for i in running:
+                    self.vm.vcpus[i].kick('suspend')
+                self._pause_cv.wait(0.05)
+        if self._stopping.is_set():
+            return
+        if vcpu.io_pending:
+            vcpu.complete_io()
+        entry = self._waking_vector()
+        if isinstance(entry, str):
+            self.stop(EXIT_OK, f'the guest woke from S3 with nowhere to go ({entry}): a reset, '
+                               'and there is no firmware to boot')
+            return
+        mode, addr = entry
+        for v in self.vm.vcpus:
+            lapic = self._lapic_at_power_on.get(v.index)
+            if lapic is not None:
+                v.set_lapic(kvm_lapic_state.from_buffer_copy(lapic))
+            if v is not vcpu and self.mode != 'user':
+                v.set_mp_state(KVM_MP_STATE_INIT_RECEIVED)  # waits for INIT/SIPI
+        s = vcpu.get_sregs()
+        if mode == 'real':
+            seg = addr >> 4
+            s.cs = kvm_segment(selector=seg, base=seg << 4, limit=0xFFFF, present=1, s=1, type=0xB)
+            data = kvm_segment(selector=0, base=0, limit=0xFFFF, present=1, s=1, type=0x3)
+            s.gdt.base, s.gdt.limit = 0, 0xFFFF
+            s.cr0 = CR0_ET
+            ip = addr & 0xF
+        else:
+            s.cs = segment(0x08, code=True)
+            data = segment(0x10)
+            s.gdt.base, s.gdt.limit = 0, 0
+            s.cr0 = CR0_ET | CR0_PE
+            ip = addr
+        for name in ('ds', 'es', 'fs', 'gs', 'ss'):
+            setattr(s, name, data)
+        s.tr = kvm_segment(limit=0xFFFF, present=1, type=0xB)
+        s.ldt = kvm_segment(limit=0xFFFF, present=1, type=0x2)
+        s.idt.base, s.idt.limit = 0, REAL_MODE_IVT_LIMIT
+        s.cr2 = s.cr3 = s.cr4 = s.cr8 = s.efer = 0
+        for i in range(len(s.interrupt_bitmap)):
+            s.interrupt_bitmap[i] = 0
+        vcpu.set_sregs(s)
+        vcpu.set_regs(kvm_regs(rip=ip, rflags=0x2))
+        if self.mode != 'user':
+            vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE)
+        with self.vm.lock:
+            self._pm.resumed()
+        with self._pause_cv:
+            self._pause_cv.notify_all()
 
     @contextlib.contextmanager
     def paused(self):
@@ -1029,7 +1173,9 @@ def _stall_report(machine, vcpu):
     samples = list(machine._samples.get(vcpu.index, ())) + [(rip, vcpu.io_exits + vcpu.mmio_exits)]
     ports = _recent(vcpu.last_ports, vcpu.io_exits, machine.vm.pio, 'port')
     mmio = _recent(vcpu.last_mmio, vcpu.mmio_exits, machine.vm.mmio, 'MMIO')
-    if mp in (KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED):
+    if machine._asleep(vcpu):
+        doing = 'stopped in ACPI S3 (waits for a wake event)'
+    elif mp in (KVM_MP_STATE_UNINITIALIZED, KVM_MP_STATE_INIT_RECEIVED):
         doing = 'not started (waits for INIT and SIPI)'
     elif mp == KVM_MP_STATE_HALTED or machine.mode == 'user' and machine._user_halted:
         doing = f'halted, interrupts {"on" if if_on else "off"}'

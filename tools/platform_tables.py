@@ -19,9 +19,13 @@ the FADT describes (5.2.9): PM1a_EVT_BLK, PM1a_CNT_BLK and PM_TMR_BLK with
 their lengths and X_ generic address structures (5.2.3.2), all at the
 device's port plus the offsets the device class gives; its IRQ is SCI_INT.
 RESET_REG is the ``pci`` device's PIIX reset control register (0xCF9 on the
-PC; RESET_REG_SUP). The DSDT holds one object, the \\_S5 package (7.4.2) with
-the SLP_TYP the device honours, in AML (section 20.2). A platform without
-``acpi_pm`` gets the FADT without PM blocks, no SCI and an empty DSDT.
+PC; RESET_REG_SUP). The DSDT holds two objects, the \\_S3 and \\_S5 packages
+(7.4.2) with the SLP_TYP values the device honours, in AML (section 20.2).
+FIX_RTC is clear: the RTC alarm is the fixed RTC_STS/RTC_EN event, a wake
+source from S3. The FACS (5.2.10) is where an OS puts its waking vector;
+:func:`facs_address` tells the board where to look on a wake. A platform
+without ``acpi_pm`` gets the FADT without PM blocks, no SCI and an empty
+DSDT.
 
 Interrupt routing described (as on a PC with an IOAPIC): ISA IRQ 0 (the PIT)
 reaches IOAPIC pin 2, the other ISA IRQs the pin of their number; ISA IRQ 2 is
@@ -39,7 +43,8 @@ from collections import namedtuple
 from .boot import BootError, _merge, _write
 from .layout import PC
 
-__all__ = ['PlatformTables', 'mp_tables', 'acpi_tables', 'write_platform_tables', 'checksum']
+__all__ = ['PlatformTables', 'mp_tables', 'acpi_tables', 'write_platform_tables', 'checksum',
+           'facs_address', 'FACS_FIRMWARE_WAKING_VECTOR', 'FACS_X_FIRMWARE_WAKING_VECTOR']
 
 MAX_CPUS = 254                    # 8-bit APIC ids; 0xFF is "all" and the IOAPIC needs one
 
@@ -79,7 +84,7 @@ FADT_REVISION, FADT_MINOR = 6, 0
 FADT_WBINVD = 1 << 0              # flags: WBINVD works (required since ACPI 2.0)
 FADT_PWR_BUTTON = 1 << 4          # flags: no fixed-feature power button
 FADT_SLP_BUTTON = 1 << 5          # flags: no fixed-feature sleep button
-FADT_FIX_RTC = 1 << 6             # flags: the RTC alarm is no fixed event (no RTC_STS)
+FADT_FIX_RTC = 1 << 6             # flags: the RTC alarm is no fixed event (left clear: RTC_STS)
 FADT_TMR_VAL_EXT = 1 << 8         # flags: the PM timer is 32 bits wide, not 24
 FADT_RESET_REG_SUP = 1 << 10      # flags: RESET_REG resets the machine
 FADT_HW_REDUCED_ACPI = 1 << 20    # flags: left clear: this is a PC with legacy devices
@@ -212,7 +217,7 @@ def _fadt(facs, dsdt, platform):
             put(length_at, '<B', length)      # PM1_EVT_LEN, PM1_CNT_LEN, PM_TMR_LEN
             put(extended, '12s', _gas(GAS_SYSTEM_IO, 8 * length, access, base + block))  # X_...
         flags &= ~FADT_PWR_BUTTON         # PWRBTN_STS is a fixed event now
-        flags |= FADT_FIX_RTC | (FADT_TMR_VAL_EXT if pm_part.TMR_VAL_EXT else 0)
+        flags |= FADT_TMR_VAL_EXT if pm_part.TMR_VAL_EXT else 0   # FIX_RTC clear: RTC_STS
     pci, rcr = _slot(platform, 'pci')
     if pci is not None:                   # RESET_REG: the PIIX reset control register
         put(116, '12s', _gas(GAS_SYSTEM_IO, 8, GAS_BYTE, _port(pci) + rcr.PIIX_RCR))
@@ -233,22 +238,27 @@ def _aml_integer(value):
     return bytes((AML_BYTE_PREFIX, value))
 
 
-def _dsdt_body(platform):
-    """The DSDT's AML: ``Name (\\_S5, Package (4) {SLP_TYPa, SLP_TYPb, 0, 0})``
-    (section 7.4.2's system state package; PM1b has no block, so its value is
-    the same and unused), or nothing without a PM block.
+def _sleep_package(name, slp_typ):
+    """``Name (name, Package (4) {SLP_TYPa, SLP_TYPb, 0, 0})`` (section
+    7.4.2's system state package; PM1b has no block, so its value is the
+    same and unused).
 
     AML (section 20.2): DefName := NameOp NameString DataRefObject;
     DefPackage := PackageOp PkgLength NumElements PackageElementList, where a
     one-byte PkgLength (below 64) counts itself and what follows it."""
+    value = _aml_integer(slp_typ)
+    package = bytes((4,)) + value + value + _aml_integer(0) + _aml_integer(0)
+    return bytes((AML_NAME_OP,)) + name + bytes((AML_PACKAGE_OP, 1 + len(package))) + package
+
+
+def _dsdt_body(platform):
+    """The DSDT's AML: the \\_S3 and \\_S5 packages with the device's
+    SLP_TYP values, or nothing without a PM block."""
     pm, pm_module = _slot(platform, 'acpi_pm')
     if pm is None:
         return b''
-    slp_typ = _aml_integer(_part(pm, pm_module).SLP_TYP_S5)
-    elements = slp_typ + slp_typ + _aml_integer(0) + _aml_integer(0)
-    package = bytes((4,)) + elements      # NumElements, then the elements
-    return (bytes((AML_NAME_OP,)) + b'\\_S5_'
-            + bytes((AML_PACKAGE_OP, 1 + len(package))) + package)
+    part = _part(pm, pm_module)
+    return _sleep_package(b'\\_S3_', part.SLP_TYP_S3) + _sleep_package(b'\\_S5_', part.SLP_TYP_S5)
 
 
 def _madt(cpus, ioapic_id, platform):
@@ -267,12 +277,32 @@ def _madt(cpus, ioapic_id, platform):
     return _sdt(b'APIC', 4, body)
 
 
+# FACS (5.2.10): where an OS puts the address the firmware jumps to on a wake
+FACS_SIZE = 64
+FACS_HARDWARE_SIGNATURE = 8
+FACS_FIRMWARE_WAKING_VECTOR = 12      # 32 bits: real mode, CS:IP = vector >> 4 : vector & 0xF
+FACS_FLAGS = 20                       # 64BIT_WAKE_SUPPORTED_F clear: no 64-bit wake
+FACS_X_FIRMWARE_WAKING_VECTOR = 24    # 64 bits: 32-bit protected mode, flat, paging off
+FACS_VERSION = 2
+
+
+def _acpi_base(platform, base):
+    bios = platform.hole('bios')
+    return (bios.start + bios.end) // 2 if base is None else base
+
+
+def facs_address(platform=PC, base=None):
+    """Where :func:`acpi_tables` puts the FACS (for the RSDP at ``base``):
+    the first 64-byte boundary past the RSDP's 64 bytes, whatever the CPU
+    count. The board reads the waking vector there on a wake from S3."""
+    return -(-(_acpi_base(platform, base) + 64) // 64) * 64
+
+
 def acpi_tables(cpus, ioapic_id=None, platform=PC, base=None):
     """RSDP at ``base`` (16-byte aligned; default: half-way into the
     platform's BIOS area), then FACS, DSDT, FADT, MADT, RSDT, XSDT."""
     ioapic_id = platform.ioapic_id(cpus) if ioapic_id is None else ioapic_id
-    bios = platform.hole('bios')
-    base = (bios.start + bios.end) // 2 if base is None else base
+    base = _acpi_base(platform, base)
     _check_ids(cpus, ioapic_id)
     if base % 16:
         raise BootError(f'ACPI RSDP address {base:#x} is not 16-byte aligned')
@@ -284,7 +314,9 @@ def acpi_tables(cpus, ioapic_id=None, platform=PC, base=None):
         out.append((addr, data))
         addr += len(data)
         return addr - len(data)
-    facs = place(struct.pack('<4sIIIIIQB3xI24x', b'FACS', 64, 0, 0, 0, 0, 0, 2, 0), align=64)
+    facs = place(struct.pack('<4sIIIIIQB3xI24x', b'FACS', FACS_SIZE, 0, 0, 0, 0, 0, FACS_VERSION, 0),
+                 align=64)
+    assert facs == facs_address(platform, base)
     dsdt = place(_sdt(b'DSDT', 2, _dsdt_body(platform)))
     fadt = place(_fadt(facs, dsdt, platform))
     madt = place(_madt(cpus, ioapic_id, platform))
