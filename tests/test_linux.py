@@ -13,6 +13,10 @@ and bzImage-b) or built into the cache with shared/linux/build.sh
 """
 
 import os
+import re
+import shutil
+import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -95,6 +99,38 @@ class VirtioSmpLinuxTest(unittest.TestCase):
 
     def test_kernel_irqchip_two_cpus_two_disks_and_rng(self):
         self.boot_v('kernel')
+
+
+@unittest.skipUnless(ENABLED, 'boots the SMP Linux (variant v) under gdb, about a minute: set '
+                     'KVMLITE_LINUX=1 to run')
+@unittest.skipUnless(shutil.which('gdb'), 'gdb is not installed (the Debian package gdb)')
+@requires_kvm
+class GdbLinuxTest(unittest.TestCase):
+    """gdb with vmlinux-v's symbols against ``run --gdb 0 -S -c 2 -k bzImage-v``:
+    a breakpoint on start_kernel (in a debug register, taken in the emulated
+    kernel mode) stops there, with a backtrace and both vCPUs as threads."""
+
+    def test_break_start_kernel_stops_there(self):
+        kernels = linux.ensure_kernel(os.environ.get('KVMLITE_LINUX_KERNEL_DIR'),
+                                      linux.default_cache(), 'v')
+        vmm = subprocess.Popen([sys.executable, os.path.join(linux.REPO, 'kvmlite.py'), 'run',
+                                '--gdb', '0', '-S', '-c', '2', '-k', kernels['bzimage'],
+                                '-p', linux.CMDLINE, '--console', 'none', '--timeout', f'{TIMEOUT:g}'],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: vmm.poll() is None and vmm.kill())
+        line = vmm.stderr.readline().decode()
+        m = re.search(r'listening on 127\.0\.0\.1:(\d+)', line)
+        self.assertTrue(m, f'no listening line from kvmlite: {line!r}')
+        g = subprocess.run([shutil.which('gdb'), '-nx', '-batch', kernels['pvh'],
+                            '-ex', f'target remote 127.0.0.1:{m.group(1)}', '-ex', 'break start_kernel',
+                            '-ex', 'continue', '-ex', 'bt', '-ex', 'info threads', '-ex', 'kill'],
+                           capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+        text = g.stdout + g.stderr
+        _, err = vmm.communicate(timeout=60)
+        self.assertRegex(text, r'Breakpoint 1, 0x[0-9a-f]+ in start_kernel \(\)', text)
+        self.assertRegex(text, r'#0 +0x[0-9a-f]+ in start_kernel \(\)', text)
+        self.assertEqual(len(re.findall(r'^\*?\s+\d+\s+Thread \d+ \(vCPU', text, re.M)), 2, text)
+        self.assertEqual(vmm.returncode, 130, err.decode())
 
 
 if __name__ == '__main__':
