@@ -4387,10 +4387,8 @@ class SnippetUnsupported(SnippetError, AttributeError):
 
 # unicorn's Uc methods kvmlite has no counterpart for, and why
 _UNICORN_MISSING = {
-    'hook_code': "unicorn's UC_HOOK_CODE calls back before each instruction, and a "
-                 'Snippet runs on the CPU: use run(count=n) to single-step, or until=address',
     'hook_block': "unicorn's UC_HOOK_BLOCK needs a translator's basic blocks, and a Snippet "
-                  'runs on the CPU: use run(until=address) or count=',
+                  'runs on the CPU: use hook_code (called before every instruction)',
     'hook_mem_read': 'RAM reads never leave the CPU: map the range with mmio_map and '
                      'answer in hook_mmio',
     'hook_mem_write': 'RAM writes never leave the CPU: mem_protect the range read-only '
@@ -4528,6 +4526,125 @@ def kvm_unavailable(path='/dev/kvm'):
     return None
 
 
+# -- x86 instruction length (for code hooks' size, and fetches past RAM) -------
+# Intel SDM Vol. 2, chapter 2 (prefixes, REX, VEX, EVEX, ModRM/SIB tables
+# 2-1 to 2-3) and appendix A (opcode maps: which opcodes take a ModRM byte
+# and which immediate); AMD APM Vol. 3, 1.8 (XOP). A sketch of the format,
+# not a disassembler: it finds where an instruction ends.
+_LEN_MODRM1 = 0xc0c00000ff0f00f3000000000000ffff00000a0c000000000f0f0f0f0f0f0f0f
+_LEN_NO_MODRM_0F = 0xff00000007070000ffff0080000000000000faff000000005ff0
+_LEN_IB_0F = 0x740400101000000000000f0000000000000000000000008000
+# one digit per 1-byte opcode: 0 none, 1 Ib, 2 Iw, 3 Iz, 4 Iv, 5 Iw+Ib (enter),
+# 6 Ap (far pointer), 7 moffs (an address-sized offset)
+_LEN_IMM1 = ('0000130000001300000013000000130000001300000013000000130000001300'
+             '0000000000000000000000000000000000000000331100001111111111111111'
+             '1311000000000000000000000060000077770000130000001111111144444444'
+             '1120001350200100000011000000000011111111336100000000000000000000')
+_LEN_PREFIXES = frozenset((0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3))
+
+
+def _insn_length(code, bits):
+    """``(length, map, opcode)`` of the instruction ``code`` starts with, in
+    ``bits``-bit code (16, 32, 64); map 0 is the one-byte map, 1 is 0F, 2
+    0F38, 3 0F3A, VEX/EVEX/XOP maps as encoded (+ 0x100 for XOP). None when
+    ``code`` ends before the instruction does."""
+    n, i = len(code), 0
+    osize, asize, rex_w = (2 if bits == 16 else 4), bits // 8, False
+    while i < n and i < 15:
+        b = code[i]
+        if b in _LEN_PREFIXES:
+            if b == 0x66:
+                osize = 4 if bits == 16 else 2
+            elif b == 0x67:
+                asize = 4 if bits != 32 else 2
+            rex_w = False                # a REX not right before the opcode is ignored
+            i += 1
+        elif bits == 64 and 0x40 <= b <= 0x4F:
+            rex_w = bool(b & 8)
+            i += 1
+        else:
+            break
+    if i >= n:
+        return None
+    b = code[i]
+    i += 1
+    imm = 0
+    if b == 0x0F:
+        if i >= n:
+            return None
+        b, i = code[i], i + 1
+        if b in (0x38, 0x3A):
+            if i >= n:
+                return None
+            space, b, i = (2 if b == 0x38 else 3), code[i], i + 1
+            modrm, imm = True, 1 if space == 3 else 0
+        else:
+            space = 1
+            modrm = not _LEN_NO_MODRM_0F >> b & 1
+            if _LEN_IB_0F >> b & 1:
+                imm = 1
+            elif 0x80 <= b <= 0x8F:      # jcc rel16/32
+                imm = 2 if osize == 2 and bits != 64 else 4
+    elif b in (0xC4, 0xC5, 0x62, 0x8F) and (
+            bits == 64 and b != 0x8F or i < n and (
+                code[i] >> 6 == 3 if b != 0x8F else code[i] & 0x1F >= 8)):
+        # VEX (C4: 3 bytes, C5: 2), EVEX (62: 4), XOP (8F: 3)
+        extra = {0xC5: 1, 0xC4: 2, 0x8F: 2, 0x62: 3}[b]
+        if i + extra >= n:
+            return None
+        space = 1 if b == 0xC5 else code[i] & (0x07 if b == 0x62 else 0x1F)
+        if b == 0x8F:
+            space += 0x100
+        i += extra
+        b, i = code[i], i + 1
+        modrm = not (space == 1 and b == 0x77 and code[0] != 0x62)   # vzeroupper/all
+        imm = {3: 1, 0x108: 1, 0x10A: 4}.get(space, 1 if space == 1 and _LEN_IB_0F >> b & 1
+                                               and b != 0x0F else 0)
+    else:
+        space = 0
+        modrm = bool(_LEN_MODRM1 >> b & 1)
+        kind = _LEN_IMM1[b]
+        if kind == '1':
+            imm = 1
+        elif kind == '2':
+            imm = 2
+        elif kind == '3':
+            imm = 2 if osize == 2 and not (bits == 64 and b in (0xE8, 0xE9)) else 4
+        elif kind == '4':
+            imm = 8 if rex_w else osize
+        elif kind == '5':
+            imm = 3
+        elif kind == '6':
+            imm = osize + 2
+        elif kind == '7':
+            imm = asize
+    if modrm:
+        if i >= n:
+            return None
+        m = code[i]
+        i += 1
+        mod, rm = m >> 6, m & 7
+        if space == 1 and 0x20 <= b <= 0x27:     # mov to/from CR, DR, TR: mod is ignored
+            mod = 3
+        if space == 0 and b in (0xF6, 0xF7) and not m >> 3 & 6:    # test r/m, imm
+            imm = 1 if b == 0xF6 else (2 if osize == 2 else 4)
+        if mod != 3:
+            if asize == 2:
+                i += 2 if mod == 2 or mod == 0 and rm == 6 else mod
+            else:
+                if rm == 4:
+                    if i >= n:
+                        return None
+                    if mod == 0 and code[i] & 7 == 5:
+                        i += 4
+                    i += 1
+                i += 4 if mod == 2 or mod == 0 and rm == 5 else mod
+    i += imm
+    if i > n:
+        return None
+    return i, space, b
+
+
 class Snippet:
     """A one-vCPU VM that runs a few bytes of machine code and reports back.
 
@@ -4570,6 +4687,7 @@ class Snippet:
         self._handler_table = None     # the run loop's exit handlers, made once
         self._frame = None             # CPL3 #GP frame's unpack, user CS, SS (_run_fast)
         self._debugged = False         # KVM_SET_GUEST_DEBUG was used (for `until`)
+        self._stepping = None          # how code hooks stop the run: 'kvm', 'tf', 'bp'
         self._spares = {}              # (gpa, size, readonly) -> a zeroed slot a last user left
         self._tables_in_place = None   # the regions the page tables in place map
         self._vm_ran = False           # the vCPU has run (this Snippet's or a last user's)
@@ -4670,7 +4788,7 @@ class Snippet:
             return False
         self._waiting = None
         v.complete_io()
-        if self._until is not None or self._steps is not None:
+        if self._until is not None or self._steps is not None or self._stepping:
             self._disarm()
         if self._debugged:                   # (only _arm sets it: vcpu users are not here)
             v.set_guest_debug(enable=False)
@@ -5337,6 +5455,225 @@ class Snippet:
         takes it and the rest are not asked."""
         return self._add_hook('exception', fn)
 
+    # -- code hooks: a callback before each instruction (unicorn's UC_HOOK_CODE)
+    def hook_code(self, fn, begin=1, end=0):
+        """``fn(snippet, address, size)`` before each instruction whose
+        address is in ``begin``..``end`` (inclusive; ``begin > end``, the
+        default, as in unicorn: every instruction) runs; ``size`` is its
+        length in bytes. The hook may read and write registers and memory,
+        move RIP (the run goes on there), or call stop() (the run ends
+        before the instruction, RIP at it). Each call costs a VM exit:
+        kvmlite single-steps (KVM's single-step at CPL0 and in real mode;
+        at CPL3 the trap flag, with kvmlite's own #DB handler), or, at CPL0
+        and in real mode where every hook's range holds 4 addresses or
+        fewer, puts KVM's hardware breakpoints on those addresses and runs
+        at full speed in between. See docs/snippets.md."""
+        if not isinstance(begin, int) or not isinstance(end, int):
+            raise SnippetError(f'hook_code begin={begin!r}, end={end!r}: addresses are ints')
+        return self._add_hook('code', fn, (begin, end) if begin <= end else None)
+
+    def _arm_code(self, until, count):
+        """Before a run with code hooks: choose how to stop before each
+        hooked instruction, and call the hooks for the first one."""
+        self._until, self._patched, self._steps, self._io_step = until, None, count, None
+        self._step_last = self._step_op = None
+        ranges = [arg for _, _, arg in self._hook_lists['code']]
+        points = None
+        if self._emulated() and count is None and None not in ranges:
+            points = {until} if until is not None else set()
+            for b, e in ranges:
+                points.update(range(b, min(e, b + 4) + 1))
+            points = sorted(points) if len(points) <= 4 else None
+        self._bp_points, self._bp_past = points, False
+        self._plain_handlers = self._handlers()
+        if points is not None:
+            self._stepping = 'bp'          # KVM's breakpoints: full speed in between
+            self._debugged = True
+            self._vcpu.set_guest_debug(breakpoints=points)
+        elif self._emulated():
+            self._stepping = 'kvm'         # KVM_GUESTDBG_SINGLESTEP: an exit per instruction
+            self._debugged = True
+            self._vcpu.set_guest_debug(singlestep=True)
+        else:
+            # CPL3: kvm_pvm's step and breakpoints do not reach the VMM there, so
+            # the trap flag's #DB goes through kvmlite's IDT to its stub's exit
+            self._stepping = 'tf'
+        self._handler_table = self._step_handlers()
+        go = True if points is not None else self._code_report(False)
+        if not go:
+            self._vcpu._map[1] = 1         # immediate_exit: the Stop is already made
+        elif self._stepping == 'tf':
+            self._vcpu.set_regs(rflags=self._rv().rflags | RFLAGS_TF)
+
+    def _disarm_code(self):
+        if self._stepping == 'tf':
+            self._vcpu.set_regs(rflags=self._rv().rflags & ~RFLAGS_TF)
+        else:
+            self._vcpu.set_guest_debug(enable=False)
+        self._handler_table = self._plain_handlers
+        self._stepping = self._until = self._patched = self._steps = None
+
+    def _fetch(self, linear, n):
+        """Up to ``n`` bytes of RAM from ``linear`` (fewer where RAM ends)."""
+        for slot in self._vm.slots:
+            off = linear - slot.gpa
+            if 0 <= off < slot.size and not (self._spares and slot in self._spares.values()):
+                data = bytes(slot.map[off:off + n])
+                if len(data) < n:
+                    data += self._fetch(slot.end, n - len(data))
+                return data
+        return b''
+
+    def _code_report(self, completed):
+        """The snippet is about to run the instruction at RIP: count the one
+        it ``completed``, stop for ``until``, call the code hooks. True runs
+        on, False ends the run (self._stop)."""
+        regs = self._rv()
+        rip = regs.rip
+        tf = self._stepping == 'tf'
+        if completed and tf and self._step_op == (0, 0x9C):
+            # pushf pushed the trap flag kvmlite set: the snippet's copy has it clear
+            sp = self._linear(regs.rsp) if self.mode != 'real' else self._sv().ss.base + (
+                regs.rsp & 0xFFFF)
+            b = self._peek(sp + 1)
+            if b is not None and b & 1:
+                self.mem_write(sp + 1, bytes((b & 0xFE,)))
+        bits = {'real': 16, 'prot32': 32, 'long64': 64}[self.mode]
+        dec = None
+        for _ in range(64):                    # a hook that moves RIP: the new place's hooks
+            linear = self._linear(rip)
+            if completed and self._steps is not None:
+                self._steps -= 1
+                if self._steps <= 0:
+                    return self._halt(Stop('count', rip))
+            completed = False
+            if self._until is not None and linear == self._until:
+                return self._halt(Stop('until', rip, address=linear))
+            dec = _insn_length(self._fetch(linear, 15), bits)
+            if dec is None:                    # not all in RAM: it faults when it runs
+                return True
+            self._step_last, self._step_op = linear, dec[1:]
+            if tf:
+                regs.rflags &= ~RFLAGS_TF
+                self._put_regs(regs)
+            for _, fn, rng in list(self._hook_lists.get('code', ())):
+                if rng is None or rng[0] <= linear <= rng[1]:
+                    fn(self, linear, dec[0])
+            regs = self._rv()
+            if tf:
+                regs.rflags |= RFLAGS_TF
+                self._put_regs(regs)
+            if self._vcpu._map[1]:             # stop(): the run ends before this instruction
+                return True
+            if regs.rip == rip:
+                break
+            rip = regs.rip
+        if not tf and dec[1:] == (0, 0xF4):
+            # KVM's single-step and breakpoints step over hlt without KVM_EXIT_HLT
+            self._set_rip(rip + dec[0])
+            return self._halt(Stop('hlt', rip + dec[0]))
+        return True
+
+    def _consume_halt(self):
+        """KVM's emulator stepped over a stub's hlt, but keeps its halt request
+        and halts after the next instruction it runs unstepped (kvm_pvm runs
+        all CPL0 code so): let it halt now, on the stub's nop, and put the
+        registers back."""
+        v = self._vcpu
+        regs = kvm_regs.from_buffer_copy(self._rv())
+        v.set_guest_debug(enable=False)
+        try:
+            fcntl.ioctl(v.fd, KVM_RUN)           # nop; then the pending halt: KVM_EXIT_HLT
+        except OSError:
+            pass
+        v.set_regs(regs)
+        if self._stepping == 'bp' and not self._bp_past:
+            v.set_guest_debug(breakpoints=self._bp_points)
+        else:
+            v.set_guest_debug(singlestep=True)
+
+    def _code_continue(self, completed):
+        """A handler resumed the snippet while code hooks step it."""
+        linear = self._linear(self._rv().rip)
+        if self._stubs <= linear < self._stubs + 4 * (_SYSCALL_STUB + 1):
+            return True                        # still in kvmlite's stubs: not the snippet's
+        if self._stepping == 'bp':
+            if self._bp_past:                  # the one step past a breakpoint is done
+                self._bp_past = False
+                self._vcpu.set_guest_debug(breakpoints=self._bp_points)
+            return True
+        if completed and self._io_step == linear:
+            # the step an `out` or a write already counted, reported again (VMX hosts)
+            self._io_step = None
+            return True
+        self._io_step = None
+        return self._code_report(completed or linear != self._step_last)
+
+    def _step_handlers(self):
+        """The exit handlers of a run with code hooks: the plain ones, then
+        the next instruction's hooks."""
+        plain = self._plain_handlers
+        table = dict(plain)
+
+        def on_debug(vcpu, exit):
+            off = exit.pc - self._stubs
+            if 0 <= off < 4 * (_SYSCALL_STUB + 1):
+                if off & 3 == 1 and off < 4 * _SYSCALL_STUB:
+                    # KVM stepped over a stub's hlt: the snippet took vector off >> 2
+                    self._consume_halt()
+                    return self._on_hlt(vcpu, exit) and self._code_continue(False)
+                return True                    # inside a stub (LSTAR's): not the snippet's
+            if self._stepping == 'bp':
+                if self._bp_past:
+                    return self._code_continue(True)
+                if exit.pc == self._until:
+                    return self._halt(Stop('until', self._rv().rip, address=exit.pc))
+                if not self._code_report(False):
+                    return False
+                if not self._vcpu._map[1]:     # past it: breakpoints off, one step
+                    self._bp_past = True
+                    self._vcpu.set_guest_debug(singlestep=True)
+                return True
+            return self._code_continue(True)
+
+        def completes(handler):
+            # out, an MMIO write, rdmsr/wrmsr: KVM reports them with RIP past
+            # the instruction, and on kvm_pvm its step trap never comes: that step
+            # is done. (in and MMIO reads stop at the instruction; the trap follows.)
+            def on_exit(vcpu, exit):
+                trap = type(exit) is IoOut and exit.port == SNIPPET_TRAP_PORT and self._in_stub()
+                if not handler(vcpu, exit):
+                    return False
+                if trap:
+                    regs = self._rv()
+                    if regs.r11 & RFLAGS_TF and self._stepping == 'tf':
+                        regs.r11 &= ~RFLAGS_TF         # SYSCALL saved kvmlite's trap flag
+                        self._put_regs(regs)
+                    return self._code_continue(True)
+                if not self._code_continue(True):
+                    return False
+                if self._stepping != 'bp':
+                    self._io_step = self._linear(self._rv().rip)
+                return True
+            return on_exit
+
+        def on_hlt(vcpu, exit):
+            if not self._on_hlt(vcpu, exit):
+                return False
+            return self._code_continue(False)
+
+        def on_internal(vcpu, exit):
+            return self._on_internal(vcpu, exit) and self._code_continue(True)
+
+        table[Debug] = on_debug
+        table[IoOut] = completes(plain[IoOut])
+        table[MmioWrite] = completes(plain[MmioWrite])
+        table[RdMsr] = completes(plain[RdMsr])
+        table[WrMsr] = completes(plain[WrMsr])
+        table[Hlt] = on_hlt
+        table[InternalError] = on_internal
+        return table
+
     def stop(self):
         """End the current run (from a hook or another thread): it returns
         Stop('stopped'). Unicorn calls this emu_stop."""
@@ -5423,7 +5760,7 @@ class Snippet:
                 self._write_page_tables()
         self._stop = None
         self._vcpu._map[1] = 0               # immediate_exit: a stop() between runs is spent
-        if until is not None or count is not None:
+        if until is not None or count is not None or 'code' in self._hooks:
             self._arm(until, count)
         try:
             self._ran = True
@@ -5437,7 +5774,7 @@ class Snippet:
             self._settle(force=True)
             raise
         finally:
-            if self._until is not None or self._steps is not None:
+            if self._until is not None or self._steps is not None or self._stepping:
                 self._disarm()
         return self._stop
 
@@ -5605,6 +5942,8 @@ class Snippet:
         """``until``: KVM's hardware breakpoint where the code is emulated
         (kvm_pvm's CPL3 ignores it, and the emulator cannot run int3), an int3
         written over the target at CPL3. ``count``: the trap flag."""
+        if 'code' in self._hooks:
+            return self._arm_code(until, count)
         self._until, self._patched, self._steps = until, None, count
         if until is not None:
             if self._emulated():
@@ -5619,6 +5958,8 @@ class Snippet:
             self._vcpu.set_regs(rflags=self._rv().rflags | RFLAGS_TF)
 
     def _disarm(self):
+        if self._stepping:
+            return self._disarm_code()
         if self._until is not None and self._emulated():
             self._vcpu.set_guest_debug(enable=False)
         if self._patched is not None:
@@ -5756,6 +6097,8 @@ class Snippet:
             soft = True                  # `int n` through the gate: RIP is after it
         if soft:
             return self._software_interrupt(rip, vector, linear - 2)
+        if vector == 1 and self._stepping:
+            return True                  # code hooks' step: _code_continue reports it
         if vector == 1 and self._steps is not None:
             if linear == self._stubs + 4 * _SYSCALL_STUB:
                 return True              # a syscall's own step: its stub counts it

@@ -259,9 +259,9 @@ class UnicornGapCases:
 
     def test_unicorn_calls_kvmlite_cannot_offer_say_what_to_use(self):
         s = self.snippet
-        self.assertFalse(hasattr(s, 'hook_code'))
-        with self.assertRaisesRegex(K.SnippetUnsupported, r'Snippet.hook_code: .*count='):
-            s.hook_code(lambda *a: None)
+        self.assertFalse(hasattr(s, 'hook_block'))
+        with self.assertRaisesRegex(K.SnippetUnsupported, r'Snippet.hook_block: .*hook_code'):
+            s.hook_block(lambda *a: None)
         with self.assertRaisesRegex(SnippetError, 'hook_mem_write: .*read-only'):
             s.hook_mem_write
         with self.assertRaisesRegex(AttributeError, "no attribute 'hook_nonsense'"):

@@ -1,0 +1,195 @@
+"""Snippet.hook_code (unicorn's UC_HOOK_CODE): a callback before each
+instruction, with its address and length, in long64 at CPL3 (the trap flag
+through kvmlite's own #DB stub) and CPL0, prot32 at CPL3 and CPL0 and real
+mode (KVM's single-step), and on an address range (KVM's hardware
+breakpoints where the code is emulated and the range is small). Real machine
+code from tools/asm.py; CPL0 and real-mode guests are tiny (emulated here)."""
+
+import unittest
+
+import kvmlite as K
+from kvmlite import SnippetTestCase
+from tools.asm import assemble_with_labels
+
+CODE = K.SNIPPET_CODE_ADDR
+BITS = {'real': 16, 'prot32': 32, 'long64': 64}
+
+
+class CodeHookCases:
+    """The cases; a subclass picks mode and cpl."""
+
+    def asm(self, text):
+        if self.mode == 'real':
+            text = text.replace('ecx', 'cx').replace('eax', 'ax').replace('ebx', 'bx')
+        code, labels = assemble_with_labels(text, bits=BITS[self.mode], origin=CODE)
+        return code, labels
+
+    LOOP = '''
+        mov ecx, 3
+    top:
+        dec ecx
+        jnz top
+        out 0x80, al
+        in al, 0x80
+        mov ebx, ecx
+    last:
+        hlt
+    '''
+
+    def expected_trace(self, labels):
+        """(address, size) of every instruction LOOP runs, in order."""
+        dec = 1 if self.mode != 'long64' else 2
+        mov = 3 if self.mode == 'real' else 5
+        top = labels['top']
+        body = [(top, dec), (top + dec, 2)] * 3
+        out = top + dec + 2
+        return [(CODE, mov)] + body + [(out, 2), (out + 2, 2), (out + 4, 2), (labels['last'], 1)]
+
+    def test_a_code_hook_sees_every_instruction_with_its_size(self):
+        s = self.snippet
+        code, labels = self.asm(self.LOOP)
+        seen = []
+        s.hook_code(lambda s, address, size: seen.append((address, size)))
+        s.hook_io(lambda s, port, size, value: None if value is not None else 0x42)
+        stop = s.run(code)
+        self.assertEqual((stop.reason, stop.rip), ('hlt', labels['last'] + 1), str(stop))
+        self.assertEqual(seen, self.expected_trace(labels))
+        self.assertEqual(s.reg_read('al'), 0x42)
+        self.assertNotIn('TF', s.flags())          # kvmlite's trap flag does not stay
+
+    def test_the_hook_runs_before_its_instruction_and_sees_the_registers(self):
+        s = self.snippet
+        code, labels = self.asm('mov eax, 1\nmov eax, 2\nmov eax, 3\nhlt')
+        values = []
+        s.hook_code(lambda s, address, size: values.append(s.reg_read('ax')))
+        self.assertEqual(s.run(code).reason, 'hlt')
+        self.assertEqual(values, [0, 1, 2, 3])
+
+    def test_stop_from_a_code_hook_ends_the_run_before_that_instruction(self):
+        s = self.snippet
+        code, labels = self.asm(self.LOOP)
+
+        stops = []
+
+        def hook(s, address, size):
+            if address == labels['top'] and s.reg_read('cx') == 2 and not stops:
+                stops.append(address)
+                s.emu_stop()
+        s.hook_code(hook)
+        stop = s.run(code)
+        self.assertEqual((stop.reason, stop.rip), ('stopped', labels['top']), str(stop))
+        self.assertEqual(s.reg_read('cx'), 2)
+        self.assertEqual(s.run().reason, 'hlt')     # and the run goes on from there
+
+    def test_several_hooks_each_removable_and_ranges(self):
+        s = self.snippet
+        code, labels = self.asm(self.LOOP)
+        every, ranged = [], []
+        h1 = s.hook_code(lambda s, a, n: every.append(a))
+        s.hook_code(lambda s, a, n: ranged.append(a), begin=labels['top'], end=labels['top'])
+        s.hook_io(lambda s, port, size, value: 0)
+        self.assertEqual(s.run(code).reason, 'hlt')
+        self.assertEqual(len(every), 11)
+        self.assertEqual(ranged, [labels['top']] * 3)
+        s.hook_del(h1)
+        every.clear()
+        ranged.clear()
+        self.assertEqual(s.run(code).reason, 'hlt')   # a range alone: breakpoints at CPL0
+        self.assertEqual((every, ranged), ([], [labels["top"]] * 3), (s._bp_points, labels))
+
+    def test_a_hook_that_moves_rip_skips_the_instruction(self):
+        s = self.snippet
+        code, labels = self.asm('mov eax, 1\nskip:\nmov eax, 2\nmov ebx, 5\nhlt')
+        seen = []
+
+        def hook(s, address, size):
+            seen.append(address)
+            if address == labels['skip']:
+                s.reg_write('ip' if s.mode == 'real' else 'rip', address + size)
+        s.hook_code(hook)
+        self.assertEqual(s.run(code).reason, 'hlt')
+        self.assertEqual((s.reg_read('ax'), s.reg_read('bx')), (1, 5))
+        self.assertEqual(len(seen), 4)
+
+    def test_count_and_until_with_code_hooks(self):
+        s = self.snippet
+        code, labels = self.asm(self.LOOP)
+        seen = []
+        s.hook_code(lambda s, a, n: seen.append(a))
+        stop = s.run(code, count=3)
+        self.assertEqual((stop.reason, stop.rip), ('count', labels['top']), str(stop))   # mov, dec, jnz
+        self.assertEqual(len(seen), 3)
+        seen.clear()
+        stop = s.run(CODE, until=labels['last'])
+        self.assertEqual((stop.reason, stop.rip), ('until', labels['last']), str(stop))
+        self.assertNotIn(labels['last'], seen)       # until is not run, so not hooked
+
+    def test_an_exception_under_a_code_hook_is_still_reported(self):
+        s = self.snippet
+        code, labels = self.asm('nop\nbad:\nud2\nhlt')
+        seen = []
+        s.hook_code(lambda s, a, n: seen.append((a, n)))
+        stop = s.run(code)
+        self.assertEqual((stop.reason, stop.name, stop.rip), ('exception', '#UD', labels['bad']),
+                         str(stop))
+        self.assertEqual(seen, [(CODE, 1), (labels['bad'], 2)])
+
+
+class LongModeUserCodeHookTest(CodeHookCases, SnippetTestCase):
+    mode, cpl = 'long64', 3
+
+    def test_pushf_and_syscall_do_not_show_the_trap_flag(self):
+        s = self.snippet
+        code, _ = self.asm('pushf\npop rbx\nsyscall\nhlt')
+        s.hook_code(lambda s, a, n: None)
+        s.hook_syscall(lambda s: 7)
+        self.assertEqual(s.run(code).reason, 'hlt')
+        self.assertFalse(s.reg_read('rbx') & K.RFLAGS_TF)
+        self.assertFalse(s.reg_read('r11') & K.RFLAGS_TF)
+        self.assertEqual(s.reg_read('rax'), 7)
+
+
+class LongModeKernelCodeHookTest(CodeHookCases, SnippetTestCase):
+    mode, cpl = 'long64', 0
+
+
+class ProtectedModeUserCodeHookTest(CodeHookCases, SnippetTestCase):
+    mode, cpl = 'prot32', 3
+
+
+class ProtectedModeKernelCodeHookTest(CodeHookCases, SnippetTestCase):
+    mode, cpl = 'prot32', 0
+
+
+class RealModeCodeHookTest(CodeHookCases, SnippetTestCase):
+    mode, cpl = 'real', 0
+
+
+class InstructionLengthTest(unittest.TestCase):
+    """The length decoder against tools/asm.py's encodings."""
+
+    def test_lengths_of_assembled_instructions(self):
+        from tools.asm import assemble
+        cases = {64: ['nop', 'mov rax, 0x123456789', 'add qword [rax+rbx*4+0x100], 5',
+                      'lea rsi, [rel x]\nx:', 'syscall', 'mov [0x40000000], eax',
+                      'imul eax, ebx, 300', 'test byte [rax], 1', 'test eax, 0x100',
+                      'call x\nx:', 'jne x\nx:', 'pshufd xmm0, xmm0, 0x44', 'mov ax, 0x1234',
+                      'mov byte [rsp+8], 1', 'ud2'],
+                 32: ['mov eax, [0x40000000]', 'mov ax, 5', 'add dword [ebp-4], 0x1000',
+                      'mov [ebx+esi*2], al'],
+                 16: ['mov eax, 5', 'add word [bx+si+4], 300', 'mov al, [0x10]', 'mov [bp], ax']}
+        for bits, texts in cases.items():
+            for text in texts:
+                code = assemble(text, bits=bits)
+                self.assertEqual(K._insn_length(code + b'\x90' * 8, bits)[0], len(code),
+                                 (bits, text))
+                self.assertIsNone(K._insn_length(code[:-1], bits), (bits, text))
+
+    def test_vex_and_evex(self):
+        for hexa, n in (('c5f458c2', 4), ('c4e3fd00c11b', 6), ('c5f877', 3),
+                        ('62f1744858c2', 6)):
+            self.assertEqual(K._insn_length(bytes.fromhex(hexa) + bytes(8), 64)[0], n, hexa)
+
+
+if __name__ == '__main__':
+    unittest.main()
