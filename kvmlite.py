@@ -4735,6 +4735,7 @@ class Snippet:
         self._synced, self._fast, self._frame, self._fresh = False, False, None, None
         try:
             self._build()
+            self._refast()
             for a, n, perms in regions:
                 if perms:
                     self._vm.add_memory(a, n, readonly='w' not in perms)
@@ -4823,7 +4824,7 @@ class Snippet:
         _snippet_pool_give(self.kvm, self.mode, self.cpl, {
             '_vm': vm, '_vcpu': v, '_system': self._system, '_stubs': self._stubs,
             '_user_cs': self._user_cs, '_user_ss': self._user_ss, '_synced': self._synced,
-            '_fast': self._fast,
+            '_fast': self._synced and self.mode != 'real',
             '_frame': self._frame, '_fresh': fresh, '_spares': spares,
             '_tables_in_place': self._tables_in_place, '_sys_image': image,
             '_vm_ran': self._vm_ran or self._ran})
@@ -5300,6 +5301,7 @@ class Snippet:
         if not entries:
             self._hooks.pop(kind, None)
             self._hook_lists.pop(kind, None)
+            self._refast()
             return
         if kind == 'msr':               # each hook sees only the MSRs it asked for
             def chain(s, index, value):
@@ -5322,6 +5324,13 @@ class Snippet:
                         return answer
                 return None
         self._hooks[kind] = chain
+        if kind == 'code':
+            self._refast()
+
+    def _refast(self):
+        """run() may take _run_fast unless a hook needs the run set up
+        (code hooks step it)."""
+        self._fast = self._synced and self.mode != 'real' and 'code' not in self._hooks
 
     def hook_del(self, handle):
         """Remove the hook a hook_* call returned ``handle`` for (unicorn's

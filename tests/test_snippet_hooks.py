@@ -97,6 +97,19 @@ class CodeHookCases:
         self.assertEqual(s.run(code).reason, 'hlt')   # a range alone: breakpoints at CPL0
         self.assertEqual((every, ranged), ([], [labels["top"]] * 3), (s._bp_points, labels))
 
+    def test_a_hook_added_after_plain_runs_sees_the_next_run_and_goes_when_deleted(self):
+        s = self.snippet
+        code, labels = self.asm('mov eax, 1\nhlt')
+        self.assertEqual(s.run(code).reason, 'hlt')
+        self.assertEqual(s.run(CODE).reason, 'hlt')          # the reused run's path
+        seen = []
+        h = s.hook_code(lambda s, a, n: seen.append(a))
+        self.assertEqual(s.run(CODE).reason, 'hlt')
+        self.assertEqual(seen, [CODE, labels['last'] if 'last' in labels else CODE + len(code) - 1])
+        s.hook_del(h)
+        self.assertEqual(s.run(CODE).reason, 'hlt')
+        self.assertEqual(len(seen), 2)
+
     def test_a_hook_that_moves_rip_skips_the_instruction(self):
         s = self.snippet
         code, labels = self.asm('mov eax, 1\nskip:\nmov eax, 2\nmov ebx, 5\nhlt')
