@@ -2332,7 +2332,9 @@ class Kvm:
         return self._mmap_size
 
     def _cpuid_list(self, request):
-        n = 64
+        # KVM_MAX_CPUID_ENTRIES (256) at once: each E2BIG retry is another walk
+        # of every leaf in KVM (about 2.5 ms here)
+        n = 256
         while True:
             buf = kvm_cpuid2(n)()
             buf.nent = n
@@ -6316,24 +6318,30 @@ def _restorable_msrs(vcpu):
     known = _RESTORABLE_MSRS.get(id(kvm))
     if known is not None:
         return known
-    readable = []
-    for index in kvm.msr_index_list():
-        try:
-            vcpu.get_msrs([index])
-        except KvmError:
-            continue
-        readable.append(index)
+    readable = _msrs_that_work(vcpu, KVM_GET_MSRS, {i: 0 for i in kvm.msr_index_list()})
     first = vcpu.get_msrs(readable)
     second = vcpu.get_msrs(readable)
-    stable = [i for i in readable if first[i] == second[i]]
-    good = []
-    for index in stable:
-        try:
-            vcpu.set_msrs({index: first[index]})
-        except KvmError:
-            continue
-        good.append(index)
+    stable = {i: first[i] for i in readable if first[i] == second[i]}
+    good = _msrs_that_work(vcpu, KVM_SET_MSRS, stable)     # each written as it was read
+    if vcpu._sync:
+        vcpu._refresh_sync()              # EFER, for one, is in the sregs
     _RESTORABLE_MSRS[id(kvm)] = good
+    return good
+
+
+def _msrs_that_work(vcpu, request, values):
+    """The indices of ``values`` that KVM_GET_MSRS or KVM_SET_MSRS takes,
+    found in a few calls: KVM stops at the first MSR it refuses and returns
+    how many it did, so the rest goes again after that one."""
+    vcpu._flush_sync()
+    entries, good = list(values.items()), []
+    while entries:
+        buf = _msrs_type(len(entries))(nmsrs=len(entries))
+        for i, (index, value) in enumerate(entries):
+            buf.entries[i].index, buf.entries[i].data = index, value
+        n = _ioctl(vcpu.fd, request, buf)
+        good += [index for index, _ in entries[:n]]
+        entries = entries[n + 1:]          # entry n was refused
     return good
 
 
