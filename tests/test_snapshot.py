@@ -403,6 +403,29 @@ main:
             self.assertGreaterEqual(copied, 64)
             self.assertEqual(m.vm.read(0x200000, 64 * 4096), bytes(64 * 4096))
 
+    def test_tracing_and_profiling_go_on_after_a_reset(self):
+        """A reset rebuilds the devices: the tracer's recording proxies and
+        the profiler's counters are put back around the new ones."""
+        from tools.trace import Profiler, Tracer
+        for mode in ('split', 'kernel'):
+            with self.subTest(mode=mode):
+                m, con = lines_machine(mode, 20)
+                with m:
+                    out = io.StringIO()
+                    Tracer(out).attach(m)
+                    profiler = Profiler().attach(m)
+                    cp = m.checkpoint()
+                    self.assertEqual(m.run(timeout=HANG_S).status, EXIT_STATUS)
+                    first = out.getvalue().count('io-out 0x3f8 1')
+                    com1 = profiler.devices['COM1 16550A'][0]
+                    self.assertGreaterEqual(first, 20 * LINE)
+                    m.reset_to(cp)
+                    out.seek(0)
+                    out.truncate()
+                    self.assertEqual(m.run(timeout=HANG_S).status, EXIT_STATUS)
+                    self.assertEqual(out.getvalue().count('io-out 0x3f8 1'), first)
+                    self.assertGreater(profiler.devices['COM1 16550A'][0], com1)
+
     def test_reset_to_refuses_another_machines_checkpoint(self):
         a, _ = lines_machine('split', 1)
         b, _ = lines_machine('split', 1)

@@ -34,6 +34,7 @@ there is no firmware to boot.
 """
 
 import contextlib
+import copy
 import errno
 import inspect
 import os
@@ -368,6 +369,7 @@ class Machine:
                     if slot.name == 'ioapic':
                         part = _Routed(dev, self)
                     bus.register(base, part, name=label)
+                    self._bus_parts[bus.kind, base] = part
                     if slot.coalesce and not self._device_states:
                         vm.coalesce(base, getattr(part, 'SIZE'), pio=bus is vm.pio)
         self.pic, self.pit, self.ioapic = (self.devices.get(n) for n in ('pic', 'pit', 'ioapic'))
@@ -789,6 +791,7 @@ class Machine:
         self._device_states = None  # while _rewire_devices builds from saved states
         self._snapshot_request = None
         self._armed_checkpoint = None
+        self._bus_parts = {}        # (bus kind, base) -> what _wire_pc put on the bus there
 
     @contextlib.contextmanager
     def _vcpu_active(self, vcpu):
@@ -1036,11 +1039,15 @@ class Machine:
         state()), wired and on the buses as _wire_pc wires a new one."""
         vm = self.vm
         with vm.lock:
+            wrapped = {}
             for slot in self.platform.devices:
                 if slot.name not in self.devices:
                     continue
                 for bus, ranges in ((vm.pio, slot.pio), (vm.mmio, slot.mmio)):
                     for _, base, _ in ranges:
+                        chain = self._bus_wrappers(bus, base)
+                        if chain:
+                            wrapped[bus, base] = chain
                         bus.unregister(base)
                 delattr(self, slot.name)
             # the old UARTs' coalesced THR ports stay: each new one keeps or drops its own
@@ -1050,7 +1057,36 @@ class Machine:
                 self._wire_pc(self.cmdline)
             finally:
                 self._device_states = None
+            for (bus, base), chain in wrapped.items():
+                self._rewrap(bus, base, chain)
         self.wake()
+
+    def _bus_wrappers(self, bus, base):
+        """The objects put on the bus at ``base`` around the board's own part
+        (a tracer's recording proxy, a profiler's counter: each keeps what it
+        wraps in ``.device``), outermost first; [] if none."""
+        hit = bus.find(base)
+        own = self._bus_parts.get((bus.kind, base))
+        obj, chain = hit[0] if hit else None, []
+        while obj is not own and obj is not None:
+            chain.append(obj)
+            obj = getattr(obj, 'device', None)
+        return chain if obj is own else []
+
+    def _rewrap(self, bus, base, chain):
+        """Put copies of ``chain`` (from _bus_wrappers) around the part now
+        at ``base``, so tracing and profiling go on after a rewire."""
+        hit = bus.find(base)
+        if hit is None:
+            return
+        part, _, name = hit
+        size = next(s for b, s, _, _ in bus.devices() if b == base)
+        for wrapper in reversed(chain):
+            outer = copy.copy(wrapper)
+            outer.device = part
+            part = outer
+        bus.unregister(base)
+        bus.register(base, part, size=size, name=name)
 
     # -- loading guests --
     def load(self, boot):
