@@ -343,6 +343,149 @@ class SnapshotWhileRunningTest(unittest.TestCase):
         self.assertLess(len(buf.getvalue()), 1 << 20, '256 MiB guest, a few pages used')
 
 
+SMP_DATA = 0x30000          # the AP's data segment: done flag, its count, its hash
+SMP_AP = 0x20000            # SIPI vector 0x20: the AP starts in real mode at 2000:0000
+SMP_BSP = 0x100000
+SMP_TURNS = 60000
+#: vCPU 0 (long mode) starts vCPU 1 with INIT and a startup IPI, then both
+#: count to SMP_TURNS in memory, each folding its count into a hash; vCPU 1
+#: (real mode) sets its done flag and halts; vCPU 0 waits for it, prints
+#: both counts and hashes and writes EXIT_VALUE to the debug-exit port
+SMP_BSP_SRC = r'''
+bits 64
+start:
+    mov rbx, 0xfee00000             ; the local APIC
+    mov dword [rbx + 0xf0], 0x1ff   ; SVR: software-enabled
+    mov dword [rbx + 0x310], 1 << 24
+    mov dword [rbx + 0x300], 0x4500 ; INIT
+    mov dword [rbx + 0x310], 1 << 24
+    mov dword [rbx + 0x300], 0x4620 ; startup IPI, vector 0x20
+    xor ecx, ecx
+    xor r13d, r13d
+count:
+    inc ecx
+    mov [count0], ecx
+    imul r13, r13, 31
+    add r13, rcx
+    cmp ecx, TURNS
+    jb count
+    mov [hash0], r13
+wait_ap:
+    cmp byte [DATA], 0
+    je wait_ap
+    mov eax, [count0]
+    call hex
+    mov eax, [hash0]
+    call hex
+    mov eax, [DATA + 4]
+    call hex
+    mov eax, [DATA + 8]
+    call hex
+    mov dx, 0x3f8
+    mov al, 10
+    out dx, al
+    mov al, EXIT
+    out 0xf4, al
+    hlt
+hex:                                ; eax as 8 hex digits and a space
+    mov ecx, 8
+    mov dx, 0x3f8
+.digit:
+    rol eax, 4
+    mov esi, eax
+    and esi, 15
+    mov r8b, [digits + rsi]
+    xchg eax, r8d
+    out dx, al
+    xchg eax, r8d
+    loop .digit
+    mov al, 32
+    out dx, al
+    ret
+digits: db '0123456789abcdef'
+align 8
+count0: dq 0
+hash0: dq 0
+'''
+SMP_AP_SRC = r'''
+bits 16
+ap_start:
+    mov ax, 0x3000
+    mov ds, ax
+    xor ecx, ecx
+    xor edx, edx
+.count:
+    inc ecx
+    mov [4], ecx
+    imul edx, edx, 31
+    add edx, ecx
+    cmp ecx, TURNS
+    jb .count
+    mov [8], edx
+    mov byte [0], 1
+    cli
+    hlt
+'''
+
+
+def smp_machine(mode):
+    con = MemoryBackend()
+    m = kvmlite.Machine(mem_size=16 << 20, cpus=2, irqchip=mode, console=con, kvm=kvm())
+    symbols = {'TURNS': SMP_TURNS, 'DATA': SMP_DATA, 'EXIT': EXIT_VALUE}
+    bsp, _ = assemble_with_labels(SMP_BSP_SRC, bits=64, origin=SMP_BSP, symbols=symbols)
+    ap, _ = assemble_with_labels(SMP_AP_SRC, bits=16, origin=0, symbols=symbols)
+    m.vm.write(SMP_BSP, bsp)
+    m.vm.write(SMP_AP, ap)
+    kvmlite.setup_long_mode(m.vm.vcpus[0], m.vm, SMP_BSP)
+    return m, con
+
+
+def smp_counts(m):
+    """(vCPU 0's count, vCPU 1's count) in the guest's memory."""
+    return m.vm.read_int(SMP_COUNT0, 4), m.vm.read_int(SMP_DATA + 4, 4)
+
+
+SMP_COUNT0 = assemble_with_labels(SMP_BSP_SRC, bits=64, origin=SMP_BSP, symbols={
+    'TURNS': SMP_TURNS, 'DATA': SMP_DATA, 'EXIT': EXIT_VALUE})[1]['count0']
+
+
+def smp_expected():
+    h0 = h1 = 0
+    for i in range(1, SMP_TURNS + 1):
+        h0, h1 = (h0 * 31 + i) & (1 << 64) - 1, (h1 * 31 + i) & 0xFFFFFFFF
+    return b'%08x %08x %08x %08x \n' % (SMP_TURNS, h0 & 0xFFFFFFFF, SMP_TURNS, h1)
+
+
+@requires_kvm
+class SmpSnapshotTest(unittest.TestCase):
+    """Two vCPUs, both counting when the snapshot is taken: each of two
+    restores finishes both counts (the same counts and hashes as the
+    original), in split and kernel mode."""
+
+    def test_both_vcpus_run_on_after_each_restore(self):
+        for mode in ('split', 'kernel'):
+            with self.subTest(mode=mode):
+                m, con = smp_machine(mode)
+                with m:
+                    run = Running(m)
+                    until(lambda: min(smp_counts(m)) >= SMP_TURNS // 10, 'both vCPUs counting')
+                    buf = io.BytesIO()
+                    m.snapshot(buf)
+                    result = run.join()
+                self.assertEqual(result.status, EXIT_STATUS, result.reason)
+                self.assertEqual(bytes(con.output), smp_expected())
+                for _ in range(2):
+                    con = MemoryBackend()
+                    with kvmlite.Machine.restore(io.BytesIO(buf.getvalue()), console=con, kvm=kvm()) as r:
+                        at = smp_counts(r)
+                        self.assertTrue(all(0 < c < SMP_TURNS for c in at),
+                                        f'counts {at} at the snapshot: not both midway')
+                        restored = r.run(timeout=HANG_S)
+                        self.assertEqual(restored.status, EXIT_STATUS, restored.reason)
+                        self.assertEqual(bytes(con.output), smp_expected())
+                        self.assertEqual(smp_counts(r), (SMP_TURNS, SMP_TURNS))
+
+
 @requires_kvm
 class CheckpointTest(unittest.TestCase):
     """checkpoint() / reset_to(): the guest runs again from the checkpoint,
