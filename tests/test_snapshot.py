@@ -343,6 +343,162 @@ class SnapshotWhileRunningTest(unittest.TestCase):
         self.assertLess(len(buf.getvalue()), 1 << 20, '256 MiB guest, a few pages used')
 
 
+MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D01
+CLOCK_LINE = 17                 # 16 hex digits of kvmclock ns and a newline
+CLOCK_RUN_ON_NS = 20_000_000    # the guest's clock must move this far before it ends
+
+
+def clock_guest(count):
+    """An ELF64 that turns on kvmclock (MSR_KVM_SYSTEM_TIME_NEW) and prints
+    ``count`` lines, each the kvmclock time in ns as 16 hex digits, read from
+    the pvclock page (TSC delta scaled by tsc_to_system_mul and tsc_shift,
+    plus system_time, retried while the version is odd or moved). A time
+    below the one before ends it with status 0x22 << 1 | 1; after the last
+    line it spins until its clock has moved CLOCK_RUN_ON_NS on (a clock that
+    stopped leaves it spinning), then writes EXIT_VALUE."""
+    src = f'''bits 64
+start:
+    mov ecx, {MSR_KVM_SYSTEM_TIME_NEW:#x}
+    mov rax, pvti
+    or eax, 1                       ; enabled
+    xor edx, edx
+    wrmsr
+    mov ebx, {count}
+next:
+    call read_clock
+    cmp rax, [last]
+    jb backwards
+    mov [last], rax
+    mov rdi, rax
+    mov dx, 0x3fd
+.wait:
+    in al, dx
+    test al, 0x20
+    jz .wait
+    mov dx, 0x3f8
+    mov ecx, 16
+.digit:
+    rol rdi, 4
+    mov eax, edi
+    and eax, 15
+    mov rsi, digits
+    mov al, [rsi + rax]
+    out dx, al
+    loop .digit
+    mov al, 10
+    out dx, al
+    dec ebx
+    jnz next
+    call read_clock
+    add rax, {CLOCK_RUN_ON_NS}
+    mov r12, rax
+.run_on:
+    call read_clock
+    cmp rax, r12
+    jb .run_on
+    mov al, {EXIT_VALUE}
+    out 0xf4, al
+    hlt
+backwards:
+    mov al, 0x22
+    out 0xf4, al
+    hlt
+read_clock:                         ; rax = kvmclock ns (pvclock_vcpu_time_info)
+    mov rsi, pvti
+.retry:
+    mov r8d, [rsi]                  ; version
+    test r8d, 1
+    jnz .retry
+    lfence
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    sub rax, [rsi + 8]              ; - tsc_timestamp
+    movsx ecx, byte [rsi + 28]      ; tsc_shift
+    test ecx, ecx
+    js .right
+    shl rax, cl
+    jmp .scale
+.right:
+    neg ecx
+    shr rax, cl
+.scale:
+    mov edx, [rsi + 24]             ; tsc_to_system_mul
+    mul rdx                         ; rdx:rax = delta * mul
+    shr rax, 32
+    shl rdx, 32
+    or rax, rdx
+    add rax, [rsi + 16]             ; + system_time
+    lfence
+    cmp r8d, [rsi]
+    jne .retry
+    ret
+digits: db '0123456789abcdef'
+align 8
+last: dq 0
+align 64
+pvti: times 32 db 0
+'''
+    code, labels = assemble_with_labels(src, bits=64, origin=ORIGIN)
+    return elf64(code, ORIGIN, labels['start'])
+
+
+@requires_kvm
+class KvmclockTest(unittest.TestCase):
+    """The guest's kvmclock after a restore: it goes on from where the
+    snapshot stopped it (KVM_SET_CLOCK with the saved value), never back,
+    and not on by the time the file sat unused; and it runs on."""
+
+    COUNT = 300
+    SIT_S = 0.5             # the snapshot sits this long before each restore
+
+    def times(self, data):
+        self.assertEqual(len(data) % CLOCK_LINE, 0, data[-40:])
+        return [int(data[i:i + 16], 16) for i in range(0, len(data), CLOCK_LINE)]
+
+    def test_kvmclock_runs_on_from_the_snapshot_after_each_restore(self):
+        for mode in ('split', 'kernel'):
+            with self.subTest(mode=mode):
+                con = MemoryBackend()
+                m = kvmlite.Machine(mem_size=16 << 20, irqchip=mode, console=con, kvm=kvm())
+                with m:
+                    load_kernel(m, clock_guest(self.COUNT))
+                    run = Running(m)
+                    until(lambda: len(con.output) >= 50 * CLOCK_LINE, 'output')
+                    buf = io.BytesIO()
+                    m.snapshot(buf)
+                    at_snapshot = len(con.output)
+                    result = run.join()
+                    full = bytes(con.output)
+                self.assertEqual(result.status, EXIT_STATUS, result.reason)
+                self.times(full)
+                saved = snapshot.open_snapshot(io.BytesIO(buf.getvalue())).state['clock']
+                for _ in range(2):
+                    time.sleep(self.SIT_S)
+                    con = MemoryBackend()
+                    began = time.monotonic()
+                    with kvmlite.Machine.restore(io.BytesIO(buf.getvalue()), console=con, kvm=kvm()) as r:
+                        restored = r.run(timeout=HANG_S)
+                    took_ns = int((time.monotonic() - began) * 1e9)
+                    self.assertEqual(restored.status, EXIT_STATUS, restored.reason)   # never backwards
+                    rest = bytes(con.output)
+                    before = full[:len(full) - len(rest)]
+                    self.assertGreaterEqual(len(before), at_snapshot - 16)
+                    times = self.times(before + rest)      # whole lines, old ones then new
+                    self.assertEqual(len(times), self.COUNT)
+                    self.assertEqual(times, sorted(times), 'the clock went back across the restore')
+                    after = times[len(before) // CLOCK_LINE + 1:]
+                    self.assertTrue(after, 'no line read its clock after the restore')
+                    # the restored clock starts at the saved value: however long the file
+                    # sat, no reading after the restore exceeds it by more than the
+                    # restored run's own time (both clocks are the host's monotonic one)
+                    slack = took_ns // 100 + 1_000_000
+                    self.assertLessEqual(max(after) - saved, took_ns + slack,
+                                         f'the clock jumped: {(max(after) - saved) / 1e9:.3f} s on '
+                                         f'in a restored run of {took_ns / 1e9:.3f} s')
+                    self.assertGreaterEqual(min(after), saved - 1, 'the clock restarted lower')
+
+
 SMP_DATA = 0x30000          # the AP's data segment: done flag, its count, its hash
 SMP_AP = 0x20000            # SIPI vector 0x20: the AP starts in real mode at 2000:0000
 SMP_BSP = 0x100000
