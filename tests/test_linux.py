@@ -15,9 +15,12 @@ and bzImage-b) or built into the cache with shared/linux/build.sh
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import unittest
 
 from tests.guest import requires_kvm
@@ -131,6 +134,142 @@ class GdbLinuxTest(unittest.TestCase):
         self.assertRegex(text, r'#0 +0x[0-9a-f]+ in start_kernel \(\)', text)
         self.assertEqual(len(re.findall(r'^\*?\s+\d+\s+Thread \d+ \(vCPU', text, re.M)), 2, text)
         self.assertEqual(vmm.returncode, 130, err.decode())
+
+
+PROMPT = b'KVMLITE-PROMPT# '
+INIT_SHELL = (b'#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n'
+              b'echo ' + linux.MARKER + b'\nexport PS1="' + PROMPT + b'"\nexec /bin/sh\n')
+UPTIME = re.compile(rb'hi\r?\n(\d+\.\d+) \d+\.\d+')
+ANSWER_S = 300.0            # a command's answer (each fork and exec is emulated kernel code)
+
+
+class Console:
+    """A kvmlite run as a subprocess whose stdin (a pipe) is the guest's
+    console input; its stdout is read by a thread into ``output``."""
+
+    def __init__(self, argv):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.output = bytearray()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for chunk in iter(lambda: self.proc.stdout.read1(4096), b''):
+            self.output += chunk
+
+    def wait_for(self, pattern, timeout, start=0):
+        """The first match of ``pattern`` (a compiled regex) in the output
+        from ``start`` on; fails the test if none comes in time."""
+        give_up = time.monotonic() + timeout
+        while True:
+            found = pattern.search(bytes(self.output), start)
+            if found or self.proc.poll() is not None and not self.reader.is_alive():
+                break
+            if time.monotonic() > give_up:
+                break
+            time.sleep(0.2)
+        if not found:
+            tail = bytes(self.output[-1500:]).decode(errors='replace')
+            raise AssertionError(f'no {pattern.pattern!r} after {timeout:.0f} s (kvmlite status '
+                                 f'{self.proc.poll()}); the console ended with:\n{tail}')
+        return found
+
+    def send(self, text):
+        self.proc.stdin.write(text)
+        self.proc.stdin.flush()
+
+    def type(self, line):
+        """``line`` and a newline, a key at a time, each once the shell
+        echoed the one before (as a person types: the shell's line editor
+        answers each key)."""
+        for key in line:
+            seen = len(self.output)
+            self.send(bytes([key]))
+            give_up = time.monotonic() + ANSWER_S
+            while len(self.output) == seen and time.monotonic() < give_up \
+                    and self.proc.poll() is None:
+                time.sleep(0.05)
+        self.send(b'\n')
+
+    def uptime(self):
+        """``echo hi; cat /proc/uptime`` answered: the guest's uptime in s."""
+        start = len(self.output)
+        self.type(b'echo hi; cat /proc/uptime')
+        return float(self.wait_for(UPTIME, ANSWER_S, start).group(1))
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.reader.join(10)
+        for f in (self.proc.stdin, self.proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+@unittest.skipUnless(ENABLED, 'boots Linux to its shell and restores it twice, minutes: set '
+                     'KVMLITE_LINUX=1 to run (KVMLITE_LINUX_KERNEL_DIR with vmlinux-v reuses a '
+                     'built kernel, KVMLITE_BUSYBOX a busybox)')
+@requires_kvm
+class LinuxSnapshotTest(unittest.TestCase):
+    """Variant v booted to a busybox shell on the serial console and
+    snapshotted there with SIGUSR2; each of two restores answers
+    ``echo hi; cat /proc/uptime`` and its uptime runs on from the one the
+    original reported before the snapshot."""
+
+    @classmethod
+    def setUpClass(cls):
+        cache = linux.default_cache()
+        cls.kernels = linux.ensure_kernel(os.environ.get('KVMLITE_LINUX_KERNEL_DIR'), cache, 'v')
+        busybox = linux.ensure_busybox(os.environ.get('KVMLITE_BUSYBOX'), cache)
+        cls.initrd = linux.make_initramfs(busybox, os.path.join(cache, 'initrd-shell.cpio'),
+                                          INIT_SHELL)
+        cls.tmp = tempfile.TemporaryDirectory()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def console(self, argv):
+        con = Console(argv)
+        self.addCleanup(con.close)
+        return con
+
+    def test_snapshot_at_the_shell_prompt_and_two_restores_answer(self):
+        snap = os.path.join(self.tmp.name, 'shell.snap')
+        argv = linux.run_command(self.kernels['pvh'], self.initrd, timeout=V_TIMEOUT,
+                                 extra=['--snapshot', snap])
+        original = self.console(argv)
+        original.wait_for(re.compile(re.escape(PROMPT)), V_TIMEOUT)
+        before = original.uptime()
+        original.wait_for(re.compile(re.escape(PROMPT)), ANSWER_S, len(original.output) - 200)
+        time.sleep(1)                   # the shell is back in its read of the console
+        original.proc.send_signal(signal.SIGUSR2)
+        give_up = time.monotonic() + ANSWER_S
+        while not os.path.exists(snap):
+            self.assertLess(time.monotonic(), give_up, 'no snapshot written')
+            time.sleep(0.2)
+        self.assertGreater(original.uptime(), before, 'the original\'s clock stopped')
+        original.close()
+        size = os.path.getsize(snap)
+        self.assertLess(size, 256 << 20, 'the snapshot is as large as the RAM')
+        script = os.path.join(linux.REPO, 'kvmlite.py')
+        for i in range(2):
+            with self.subTest(restore=i):
+                restored = self.console([sys.executable, script, 'run', '--restore', snap,
+                                         '--timeout', f'{V_TIMEOUT:g}'])
+                first = restored.uptime()
+                self.assertGreater(first, before, f'restore {i}: uptime {first} <= {before}')
+                second = restored.uptime()
+                self.assertGreater(second, first, f'restore {i}: its clock does not run on')
+                restored.type(b'poweroff -f')
+                self.assertEqual(restored.proc.wait(ANSWER_S), 0, restored.proc.stderr.read())
+                print(f'restore {i}: uptime {before:.2f} s before the snapshot, then '
+                      f'{first:.2f} s and {second:.2f} s ({size >> 20} MiB snapshot)',
+                      file=sys.stderr)
 
 
 if __name__ == '__main__':
