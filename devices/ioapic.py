@@ -321,6 +321,11 @@ class IoApic(Device):
         if self.msi is not None:
             self.msi(*msi_message(entry))
 
+    @property
+    def sending_pin(self):
+        """Inside ``msi()``: the pin whose message it is (a trace names it)."""
+        return (self._next_pin - 1) % NUM_PINS
+
     def routes(self):
         """The (address, data) message of each pin's entry, in pin order.
 

@@ -258,7 +258,7 @@ def _cmd_run(args):
             console.stop()
             print(f'kvmlite: {e}', file=sys.stderr)
             return EXIT_USAGE
-        profiler = _import_part('tools', 'trace').Profiler().attach(machine) if args.stats else None
+        profiler = machine.profile() if args.stats else None
         try:
             tracer = _make_tracer(args, machine)
         except ValueError as e:
@@ -494,10 +494,12 @@ def main(argv=None):
     r.add_argument('--trace', metavar='FILE',
                    help='write one line per exit and device access to FILE (- for stderr)')
     r.add_argument('--trace-filter', metavar='KIND[:LO-HI],...',
-                   help='what --trace writes: kinds io, mmio, hlt, eoi, intr, irq, debug, internal, '
-                        'shutdown, system, fail; io/mmio with a range (io:0x3f8-0x3ff is COM1)')
+                   help='what --trace writes: kinds io, mmio, hlt, eoi, intr, irq (IRQ lines, '
+                        'injections), debug, internal, shutdown, system, fail; io/mmio/irq with a '
+                        'range (io:0x3f8-0x3ff is COM1, irq:4 its IRQ)')
     r.add_argument('--stats', action='store_true',
-                   help='at the end, print the exits by reason, device accesses by name and KVM statistics')
+                   help='at the end, print the exits by reason, device accesses by name, IRQs '
+                        'raised per line and KVM statistics')
     r.add_argument('-s', dest='gdb_1234', action='store_true', help='the same as --gdb 1234')
     r.add_argument('-S', dest='hold', action='store_true',
                    help='hold every vCPU before its first instruction until gdb continues (needs --gdb or -s)')

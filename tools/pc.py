@@ -233,6 +233,8 @@ class Machine:
         self._poll_seen = {}        # vCPU index -> (poll round, halted for good) it saw itself
         self.debug = None           # a debugger's vCPU gate (tools.gdbstub.Debugger), if attached
         self.tracer = None          # an exit trace (tools.trace.Tracer.attach), if any
+        self.profiler = None        # device accesses counted (profile()), if any
+        self.irq_lines = []         # (ISA IRQ, device name, IrqLine) of every line handed out
         self._samples = {}          # vCPU index -> its last (RIP, exits) at the halt polls
         self._pm = None             # the ACPI PM block (S3), if the platform has one
         self._lapic_at_power_on = {}    # vCPU index -> its local APIC as the board set it
@@ -320,7 +322,7 @@ class Machine:
                              f'{platform.ioapic_addr:#x}: use --irqchip split for another address')
         stop_reset = lambda: self.stop(EXIT_OK, 'the guest reset the machine')  # noqa: E731
         wiring = {                      # what a device may ask for, by parameter name
-            'irq': lambda slot: self.irq(slot.irq),
+            'irq': lambda slot: self.irq(slot.irq, slot.name),
             'intr': lambda slot: self._line(self._on_intr),
             'msi': lambda slot: self._msi,
             'clock': lambda slot: self.clock,
@@ -395,10 +397,20 @@ class Machine:
     def _line(self, sink):
         return self._IrqLine(sink)
 
-    def irq(self, n):
+    def irq(self, n, name=None):
         """An interrupt line for ISA IRQ ``n``, routed for this irqchip mode:
         to the PIC and to the IOAPIC pin the platform gives it, or to
-        KVM_IRQ_LINE (whose GSI routes say the same)."""
+        KVM_IRQ_LINE (whose GSI routes say the same). ``name``: the device
+        that drives it; ``irq_lines`` lists every line with its IRQ and device
+        (stats() counts its rising edges, a trace its changes)."""
+        line = self._route_irq(n)
+        if n is not None:
+            self.irq_lines.append((n, name, line))
+            if self.tracer is not None:
+                self.tracer.trace_line(n, name, line)
+        return line
+
+    def _route_irq(self, n):
         if self.mode == 'kernel':
             vm = self.vm
             return self._line(lambda level: vm.irq_line(n, level))
@@ -589,6 +601,20 @@ class Machine:
         ``debugger.machine_ended()`` is called when the run ends. Attach
         before run(); without a debugger the exit path is unchanged."""
         self.debug = debugger
+
+    def profile(self):
+        """Count every device access by device name, with the time its model
+        takes, from now on (each access then costs two clock reads); returns
+        the tools.trace.Profiler. Call before run(); stats() reports it."""
+        if self.profiler is None:
+            self.profiler = _import_part('tools', 'trace').Profiler().attach(self)
+        return self.profiler
+
+    def stats(self):
+        """The run's figures by name, as a dict: exits by reason, device
+        accesses (after profile()), IRQs raised per line and device, and
+        KVM's own statistics (tools.trace.machine_stats says which)."""
+        return _import_part('tools', 'trace').machine_stats(self)
 
     def run(self, timeout=None):
         """Run every vCPU until the guest ends or ``timeout`` seconds pass;

@@ -6,11 +6,24 @@ One line per event, as it happens::
     0.004305 vcpu0 io-in 0x3fd 1 0x60 COM1 16550A
     0.004410 vcpu0 mmio-write 0xd0000000 4 0x1 unclaimed
     0.009120 vcpu1 hlt
+    0.010007 - irq-raise 4 com1
+    0.010031 - irq-inject 4 vector=0x24 dest=0 KVM_SIGNAL_MSI
+    0.010102 vcpu0 irq-lower 4 com1
 
 fields: seconds since the tracer started, the vCPU ('-' for an access made
-outside a vCPU thread), the kind, then for port I/O and MMIO the port or
-address, the size, the value (for a read, the value returned) and the device
-that answered by its bus name (or ``unclaimed``).
+outside a vCPU thread, such as the timer thread's), the kind, then for port
+I/O and MMIO the port or address, the size, the value (for a read, the value
+returned) and the device that answered by its bus name (or ``unclaimed``).
+
+Interrupts: ``irq-raise N DEVICE`` / ``irq-lower N DEVICE`` for each change
+of ISA IRQ line N (the PIC's input; ``pin=P`` follows when the IOAPIC pin,
+the GSI, differs: IRQ 0 is pin 2) and the device driving it, by its board
+name; ``irq-inject N ...`` for each interrupt the VMM hands to KVM: the
+PIC's vector with KVM_INTERRUPT (user and split mode, vCPU 0), the IOAPIC's
+message with KVM_SIGNAL_MSI (split mode: vector and destination APIC id),
+or the line's level with KVM_IRQ_LINE into KVM's PIC and IOAPIC (kernel
+mode); ``irq-window`` for an interrupt-window exit. KVM's own PIT (kernel
+mode) raises its IRQ 0 inside KVM, unseen here.
 
 How it attaches, so that a run without ``--trace`` pays nothing: every
 device range on the buses is re-registered behind a recording proxy, and the
@@ -21,15 +34,18 @@ THR) are traced when they reach the device, which is when the VMM sees them.
 
 A filter (``--trace-filter``) keeps some kinds, each optionally limited to a
 port/address range: ``io:0x3f8-0x3ff`` is COM1 alone, ``io,hlt`` all port
-I/O and halts, ``mmio:0xfec00000-0xfec00fff`` the IOAPIC. Kinds: io, mmio,
-hlt, eoi, intr (a kick or signal), irq (an interrupt window), debug,
-internal, shutdown, system (a system event), fail (a failed entry).
+I/O and halts, ``mmio:0xfec00000-0xfec00fff`` the IOAPIC, ``irq:4`` what
+happens on IRQ 4 (``irq:0-15`` the ISA lines). Kinds: io, mmio, hlt, eoi,
+intr (a kick or signal), irq (line changes, injections and interrupt
+windows; a range keeps the events of those IRQ numbers), debug, internal,
+shutdown, system (a system event), fail (a failed entry).
 
 If the trace cannot be written (a full disk, a closed pipe), tracing stops
 with one warning on stderr and the guest runs on.
 
 Sources: the KVM API text (Documentation/virt/kvm/api.rst, struct kvm_run's
-exit reasons) for the kinds.
+exit reasons; KVM_INTERRUPT, KVM_IRQ_LINE, KVM_SIGNAL_MSI) for the kinds,
+the Intel SDM Vol. 3, 11.11 for the MSI address and data fields.
 """
 
 import sys
@@ -37,14 +53,15 @@ import threading
 import time
 
 from kvmlite import (Debug, FailEntry, Hlt, InternalError, Interrupted, IoapicEoi,
-                     IrqWindowOpen, Shutdown, SystemEvent)
+                     IrqWindowOpen, KvmliteError, Shutdown, SystemEvent)
 
-__all__ = ['Tracer', 'parse_filter', 'KINDS']
+__all__ = ['Tracer', 'Profiler', 'parse_filter', 'machine_stats', 'KINDS']
 
-_EXIT_KINDS = {Hlt: 'hlt', IoapicEoi: 'eoi', Interrupted: 'intr', IrqWindowOpen: 'irq',
+_EXIT_KINDS = {Hlt: 'hlt', IoapicEoi: 'eoi', Interrupted: 'intr', IrqWindowOpen: 'irq-window',
                Debug: 'debug', InternalError: 'internal', Shutdown: 'shutdown',
                SystemEvent: 'system', FailEntry: 'fail'}
-KINDS = ('io', 'mmio') + tuple(sorted(set(_EXIT_KINDS.values())))
+KINDS = ('io', 'mmio') + tuple(sorted({k.partition('-')[0] for k in _EXIT_KINDS.values()}))
+_RANGED = ('io', 'mmio', 'irq')         # the kinds a filter may limit to a range
 
 
 def parse_filter(text):
@@ -60,15 +77,15 @@ def parse_filter(text):
         if not sep:
             out[kind] = None
             continue
-        if kind not in ('io', 'mmio'):
-            raise ValueError(f'trace filter {item!r}: only io and mmio take a range')
+        if kind not in _RANGED:
+            raise ValueError(f'trace filter {item!r}: only io, mmio and irq take a range')
         lo, _, hi = span.partition('-')
         try:
             lo = int(lo, 0)
             hi = int(hi, 0) if hi else lo
         except ValueError:
-            raise ValueError(f'trace filter {item!r}: give a range as 0x3f8-0x3ff or one '
-                             f'address') from None
+            raise ValueError(f'trace filter {item!r}: give a range as 0x3f8-0x3ff (irq: 0-15) '
+                             f'or one address or IRQ') from None
         if not 0 <= lo <= hi:
             raise ValueError(f'trace filter {item!r}: the range is empty or negative')
         ranges = out.get(kind, [])
@@ -119,7 +136,8 @@ class Tracer:
         if base not in f:
             return False
         ranges = f[base]
-        return ranges is None or where is None or any(lo <= where <= hi for lo, hi in ranges)
+        # with a range, an event without a number (an interrupt window) is left out
+        return ranges is None or where is not None and any(lo <= where <= hi for lo, hi in ranges)
 
     def emit(self, kind, *fields, where=None):
         if not self.on or not self.wants(kind, where):
@@ -153,8 +171,66 @@ class Tracer:
                 bus.unregister(base)
                 bus.register(base, _Proxy(self, dev, name, kind, base), size=size, name=name)
             self._unclaimed(bus, kind)
+        self.machine = machine
+        for n, name, line in machine.irq_lines:
+            self.trace_line(n, name, line)
+        self._trace_injections(machine)
         machine.tracer = self
         return self
+
+    def trace_line(self, n, name, line):
+        """Record each change of ``line`` (ISA IRQ ``n``, driven by device
+        ``name``); the board calls this for a line it wires after attach()."""
+        machine = self.machine
+        pin = machine.platform.ioapic_pin(n) if machine.mode != 'user' else n
+        fields = (str(n), name or 'unnamed') + ((f'pin={pin}',) if pin != n else ())
+        sink = line.sink
+
+        def traced(level):
+            if self.on:
+                self.emit('irq-raise' if level else 'irq-lower', *fields, where=n)
+            if sink is not None:
+                sink(level)
+        line.sink = traced
+
+    def _trace_injections(self, machine):
+        """Record each interrupt handed to KVM: KVM_IRQ_LINE (kernel mode),
+        the IOAPIC's KVM_SIGNAL_MSI (split), the PIC's KVM_INTERRUPT."""
+        vm, platform, emit = machine.vm, machine.platform, self.emit
+        if machine.mode == 'kernel':
+            irq_line = vm.irq_line
+
+            def traced_irq_line(irq, level):
+                if self.on:
+                    emit('irq-inject', str(irq), f'level={level}', 'KVM_IRQ_LINE', where=irq)
+                irq_line(irq, level)
+            vm.irq_line = traced_irq_line
+        ioapic = machine.ioapic
+        if ioapic is not None and ioapic.msi is not None:
+            msi = ioapic.msi
+            irq_of_pin = {platform.ioapic_pin(i): i for i in range(16) if i != platform.cascade_irq}
+
+            def traced_msi(address, data):
+                if self.on:
+                    pin = ioapic.sending_pin
+                    irq = irq_of_pin.get(pin, pin)
+                    emit('irq-inject', str(irq), *((f'pin={pin}',) if pin != irq else ()),
+                         f'vector={data & 0xFF:#x}', f'dest={address >> 12 & 0xFF}', 'KVM_SIGNAL_MSI',
+                         where=irq)
+                msi(address, data)
+            ioapic.msi = traced_msi
+        pic = machine.pic
+        if pic is not None and vm.vcpus:
+            vcpu = vm.vcpus[0]          # the PIC's INTR reaches vCPU 0 alone
+            interrupt = vcpu.interrupt
+
+            def traced_interrupt(vector):
+                if self.on:
+                    irq = _pic_irq(pic, vector)
+                    emit('irq-inject', '-' if irq is None else str(irq), f'vector={vector:#x}',
+                         'KVM_INTERRUPT', where=irq)
+                interrupt(vector)
+            vcpu.interrupt = traced_interrupt
 
     def _unclaimed(self, bus, kind):
         read, write, lookup = bus.read, bus.write, bus.find
@@ -189,6 +265,14 @@ class Tracer:
                 self.emit(kind, *_detail(exit))
             return fn(vcpu, exit)
         return traced
+
+
+def _pic_irq(pic, vector):
+    """The ISA IRQ whose vector the PIC pair gave (ICW2's base + IR), or None."""
+    for chip, first in ((pic.master, 0), (pic.slave, 8)):
+        if vector & 0xF8 == chip.vector_base:
+            return first + (vector & 7)
+    return None
 
 
 def _detail(exit):
@@ -240,8 +324,9 @@ class _Counted:
 
 class Profiler:
     """Counts a machine's device accesses by device name (attach before the
-    run); :meth:`report` adds the exits by reason and KVM's own statistics,
-    all by name."""
+    run, or call ``Machine.profile()``); :meth:`report` is
+    :func:`machine_stats`: the exits by reason, the IRQs per line and KVM's
+    own statistics beside them, all by name."""
 
     def __init__(self):
         self.devices = {}            # bus name -> [accesses, ns in the device model]
@@ -255,37 +340,66 @@ class Profiler:
                 bus.unregister(base)
                 bus.register(base, _Counted(entry, dev), size=size, name=name)
         self.machine = machine
+        machine.profiler = self
         return self
 
     def report(self):
-        """{'exits': {reason: count}, 'devices': {name: {accesses, share, ms}},
-        'unclaimed': count, 'kvm': {statistic: value}}."""
-        vm = self.machine.vm
-        exits = {getattr(r, 'name', str(r)).lower(): n for r, n in vm.exit_counts.most_common() if n}
+        """The same dict as :func:`machine_stats` (``Machine.stats()``)."""
+        return machine_stats(self.machine)
+
+    def device_report(self):
+        """{name: {'accesses', 'share', 'ms'}}, most accessed first."""
         total = sum(n for n, _ in self.devices.values()) or 1
-        devices = {name: {'accesses': n, 'share': n / total, 'ms': ns / 1e6}
-                   for name, (n, ns) in sorted(self.devices.items(), key=lambda kv: -kv[1][0]) if n}
-        unclaimed = sum(vm.pio.unclaimed.values()) + vm.pio.unclaimed_other + \
-            sum(vm.mmio.unclaimed.values()) + vm.mmio.unclaimed_other
-        kvm = {}
-        for v in vm.vcpus:
-            try:
-                stats = v.stats()
-            except OSError:
-                continue                     # no KVM_GET_STATS_FD on this kernel
-            for k in KVM_STATS:
-                if isinstance(stats.get(k), int):
-                    kvm[k] = kvm.get(k, 0) + stats[k]
-        return {'exits': exits, 'devices': devices, 'unclaimed': unclaimed, 'kvm': kvm}
+        return {name: {'accesses': n, 'share': n / total, 'ms': ns / 1e6}
+                for name, (n, ns) in sorted(self.devices.items(), key=lambda kv: -kv[1][0]) if n}
 
     def text(self):
-        r = self.report()
-        total = sum(r['exits'].values()) or 1
-        lines = ['exits by reason: ' + (', '.join(f'{k} {n} ({100 * n / total:.1f}%)'
-                                                  for k, n in r['exits'].items()) or 'none')]
-        lines.append('device accesses: ' + (', '.join(
-            f'{name} {d["accesses"]} ({100 * d["share"]:.1f}%, {d["ms"]:.3f} ms)'
-            for name, d in r['devices'].items()) or 'none') + f'; unclaimed {r["unclaimed"]}')
-        if r['kvm']:
-            lines.append('KVM: ' + ', '.join(f'{k} {v}' for k, v in r['kvm'].items()))
-        return lines
+        return stats_text(self.report())
+
+
+def machine_stats(machine):
+    """A machine's figures by name: {'exits': {reason: count}, 'devices':
+    {bus name: {'accesses', 'share' (of all device accesses), 'ms' (in the
+    device model)}} (counted only while a Profiler is attached, else empty),
+    'profiled': whether one is, 'unclaimed': accesses no device took,
+    'irqs': {ISA IRQ: {device name: rising edges}} since the machine was
+    built (the PIT's power-on OUT high is one), 'kvm': {statistic: value}
+    (KVM_GET_STATS_FD, the names of KVM_STATS, summed over the vCPUs)}."""
+    vm = machine.vm
+    exits = {getattr(r, 'name', str(r)).lower(): n for r, n in vm.exit_counts.most_common() if n}
+    profiler = machine.profiler
+    unclaimed = sum(vm.pio.unclaimed.values()) + vm.pio.unclaimed_other + \
+        sum(vm.mmio.unclaimed.values()) + vm.mmio.unclaimed_other
+    irqs = {}
+    for n, name, line in machine.irq_lines:
+        if line.raised:
+            per_device = irqs.setdefault(n, {})
+            per_device[name] = per_device.get(name, 0) + line.raised
+    kvm = {}
+    for v in vm.vcpus:
+        try:
+            stats = v.stats()
+        except (OSError, KvmliteError):
+            continue                     # no KVM_GET_STATS_FD on this kernel, or closed
+        for k in KVM_STATS:
+            if isinstance(stats.get(k), int):
+                kvm[k] = kvm.get(k, 0) + stats[k]
+    return {'exits': exits, 'devices': profiler.device_report() if profiler is not None else {},
+            'profiled': profiler is not None, 'unclaimed': unclaimed,
+            'irqs': dict(sorted(irqs.items())), 'kvm': kvm}
+
+
+def stats_text(r):
+    """``run --stats``' lines for a :func:`machine_stats` dict."""
+    total = sum(r['exits'].values()) or 1
+    lines = ['exits by reason: ' + (', '.join(f'{k} {n} ({100 * n / total:.1f}%)'
+                                              for k, n in r['exits'].items()) or 'none')]
+    lines.append('device accesses: ' + (', '.join(
+        f'{name} {d["accesses"]} ({100 * d["share"]:.1f}%, {d["ms"]:.3f} ms)'
+        for name, d in r['devices'].items()) or 'none') + f'; unclaimed {r["unclaimed"]}')
+    lines.append('IRQs raised: ' + (', '.join(
+        f'IRQ {n} {name} {count}' for n, per in r['irqs'].items()
+        for name, count in sorted(per.items(), key=lambda kv: -kv[1])) or 'none'))
+    if r['kvm']:
+        lines.append('KVM: ' + ', '.join(f'{k} {v}' for k, v in r['kvm'].items()))
+    return lines
