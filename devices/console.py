@@ -41,7 +41,7 @@ for which signals end a process by default.
 
 __all__ = ['MemoryBackend', 'FileBackend', 'TerminalBackend',
            'SocketBackend', 'PtyBackend', 'EscapeFilter', 'OUTPUT_LIMIT', 'ENDING_SIGNALS',
-           'ESCAPE_HELP']
+           'STOP_SIGNALS', 'ESCAPE_HELP', 'line_end']
 
 import atexit
 import errno
@@ -62,10 +62,12 @@ ESCAPE_KEY = 0x01           # Ctrl-A
 QUIT_KEYS = b'xX'           # after the escape key: quit
 HELP_KEYS = b'hH?'          # after the escape key: list the escapes
 SNAPSHOT_KEYS = b'sS'       # after the escape key: write the run's --snapshot file
+SUSPEND_KEYS = b'zZ'        # after the escape key: suspend kvmlite (SIGTSTP), as Ctrl-Z in a shell
 ESCAPE_HELP = ('kvmlite console escapes:\r\n'
                '  Ctrl-A x        quit (exit status 130)\r\n'
                '  Ctrl-A h        show this list\r\n'
                '  Ctrl-A s        write a snapshot (with run --snapshot FILE)\r\n'
+               '  Ctrl-A z        suspend kvmlite (fg resumes it)\r\n'
                '  Ctrl-A Ctrl-A   send one Ctrl-A to the guest\r\n')
 
 #: Signals whose default action ends the process (signal(7): Term or Core),
@@ -75,6 +77,21 @@ ESCAPE_HELP = ('kvmlite console escapes:\r\n'
 ENDING_SIGNALS = tuple(getattr(signal, name) for name in (
     'SIGHUP', 'SIGINT', 'SIGQUIT', 'SIGTERM', 'SIGUSR1', 'SIGUSR2', 'SIGALRM', 'SIGVTALRM',
     'SIGPROF', 'SIGXCPU', 'SIGXFSZ', 'SIGIO', 'SIGPWR', 'SIGSYS') if hasattr(signal, name))
+
+#: Job-control signals whose default action stops the process (signal(7):
+#: Stop): while stopped, the terminal has its saved modes back.
+STOP_SIGNALS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+
+
+def line_end(fd):
+    """The line ending a message written to ``fd`` needs: '\\r\\n' on a
+    terminal that does not turn '\\n' into '\\r\\n' itself (one in raw
+    mode: OPOST or ONLCR off, termios(3)), else '\\n'."""
+    try:
+        oflag = termios.tcgetattr(fd)[1]
+    except (termios.error, OSError, ValueError, TypeError):
+        return '\n'                    # not a terminal
+    return '\n' if oflag & termios.OPOST and oflag & termios.ONLCR else '\r\n'
 
 
 def _readable(fd):
@@ -322,15 +339,17 @@ class EscapeFilter:
     """Takes the console's escape keys out of the input stream.
 
     Ctrl-A x (or X) requests quit; Ctrl-A h (H, ?) calls ``on_help``;
-    Ctrl-A s (S) calls ``on_snapshot``; Ctrl-A Ctrl-A sends one Ctrl-A; Ctrl-A and any other key are both
+    Ctrl-A s (S) calls ``on_snapshot``; Ctrl-A z (Z) calls ``on_suspend``;
+    Ctrl-A Ctrl-A sends one Ctrl-A; Ctrl-A and any other key are both
     dropped.  An escape key at the end of one chunk applies to the first
     byte of the next.
     """
 
-    def __init__(self, key=ESCAPE_KEY, on_help=None, on_snapshot=None):
+    def __init__(self, key=ESCAPE_KEY, on_help=None, on_snapshot=None, on_suspend=None):
         self.key = key
         self.on_help = on_help
         self.on_snapshot = on_snapshot
+        self.on_suspend = on_suspend
         self.armed = False      # the last byte seen was the escape key
 
     def filter_input(self, data):
@@ -345,6 +364,8 @@ class EscapeFilter:
                     self.on_help()
                 elif byte in SNAPSHOT_KEYS and self.on_snapshot is not None:
                     self.on_snapshot()
+                elif byte in SUSPEND_KEYS and self.on_suspend is not None:
+                    self.on_suspend()
                 elif byte == self.key:
                     out.append(byte)
             elif byte == self.key:
@@ -368,6 +389,14 @@ class TerminalBackend(Backend):
     Ctrl-A h writes :data:`ESCAPE_HELP` to the terminal; Ctrl-A s calls
     ``on_snapshot`` (set by whoever can take one: run --snapshot FILE), or
     says on the terminal that no snapshot file was given.
+
+    Job control: in raw mode Ctrl-Z is a key for the guest, so Ctrl-A z
+    suspends kvmlite instead (SIGTSTP to itself). On each of
+    ``STOP_SIGNALS`` (that Ctrl-A z, ``kill -TSTP``, a background read or
+    write) whose handler was the default, the saved modes go back before the
+    process stops, as it would have; on SIGCONT (``fg``), the terminal goes
+    raw again if the process is in its foreground. A stop the kernel
+    discards (an orphaned process group) leaves the terminal raw.
     """
 
     def __init__(self, in_fd=0, out_fd=1, limit=OUTPUT_LIMIT):
@@ -375,12 +404,13 @@ class TerminalBackend(Backend):
         self.in_fd = in_fd
         self.out_fd = out_fd
         tty_in = os.isatty(in_fd)
-        self.escape = EscapeFilter(on_help=self._show_help,
-                                   on_snapshot=self._snapshot_key) if tty_in else None
+        self.escape = EscapeFilter(on_help=self._show_help, on_snapshot=self._snapshot_key,
+                                   on_suspend=self._suspend) if tty_in else None
         self.on_snapshot = None
         self.interactive = tty_in
         self.quit_requested = False
         self._saved = None          # termios attributes while in raw mode
+        self._raw = False           # the terminal is in raw mode now (not while stopped)
         self._handled = {}          # signal -> its handler before ours (always SIG_DFL)
         self._started = False
 
@@ -399,6 +429,7 @@ class TerminalBackend(Backend):
                 atexit.register(self.stop)
                 self._install_signals()
                 tty.setraw(self.in_fd, termios.TCSANOW)
+                self._raw = True
         except BaseException:
             self.stop()
             raise
@@ -420,23 +451,27 @@ class TerminalBackend(Backend):
     def restore_terminal(self):
         saved = self._saved
         if saved is not None:
+            self._raw = False
             try:
                 termios.tcsetattr(self.in_fd, termios.TCSANOW, saved)
             except termios.error:
                 pass            # the terminal is gone (hangup)
 
     def _install_signals(self):
-        for signum in ENDING_SIGNALS:
+        handlers = [(signum, self._on_signal) for signum in ENDING_SIGNALS]
+        handlers += [(signum, self._on_stop) for signum in STOP_SIGNALS]
+        handlers.append((signal.SIGCONT, self._on_continue))
+        for signum, handler in handlers:
             try:
                 if signal.getsignal(signum) == signal.SIG_DFL:
-                    self._handled[signum] = signal.signal(signum, self._on_signal)
+                    self._handled[signum] = signal.signal(signum, handler)
             except (ValueError, OSError):
                 return          # not the main thread: atexit still restores
 
     def _restore_signals(self):
         handled, self._handled = self._handled, {}
         for signum, previous in handled.items():
-            if signal.getsignal(signum) != self._on_signal:
+            if signal.getsignal(signum) not in (self._on_signal, self._on_stop, self._on_continue):
                 continue        # someone stacked on us: theirs now
             try:
                 signal.signal(signum, previous)
@@ -450,6 +485,50 @@ class TerminalBackend(Backend):
         self.restore_terminal()
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+    def _on_stop(self, signum, frame):
+        # the default action would stop the process with the terminal raw:
+        # put the saved modes back, stop as without us, and on waking go raw again
+        if self._raw:
+            self.restore_terminal()
+        signal.signal(signum, signal.SIG_DFL)
+        try:
+            os.kill(os.getpid(), signum)        # the process stops here until SIGCONT
+        finally:
+            if self._handled and signal.getsignal(signum) == signal.SIG_DFL:
+                signal.signal(signum, self._on_stop)
+        self._back_to_raw()
+
+    def _on_continue(self, signum, frame):
+        self._back_to_raw()
+
+    def _back_to_raw(self):
+        """Raw mode again after a stop, if the run goes on and the process
+        is in the terminal's foreground (a background job leaves the modes
+        to the shell until ``fg`` continues it)."""
+        if self._saved is None or self._raw or not self._started:
+            return
+        try:
+            foreground = os.tcgetpgrp(self.in_fd) == os.getpgrp()
+        except OSError:
+            foreground = True           # not our controlling terminal: no job control on it
+        if foreground:
+            try:
+                tty.setraw(self.in_fd, termios.TCSANOW)
+                self._raw = True
+            except termios.error:
+                pass
+
+    def _suspend(self):
+        """Ctrl-A z: stop kvmlite as Ctrl-Z stops a program in a cooked terminal."""
+        if signal.SIGTSTP in self._handled:
+            os.kill(os.getpid(), signal.SIGTSTP)    # _on_stop, in the main thread
+        elif signal.getsignal(signal.SIGTSTP) == signal.SIG_DFL:
+            # no handler of ours (started outside the main thread): the same, here
+            if self._raw:
+                self.restore_terminal()
+            os.kill(os.getpid(), signal.SIGTSTP)
+            self._back_to_raw()
 
     def _show_help(self):
         self._tell(ESCAPE_HELP)

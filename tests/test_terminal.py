@@ -132,7 +132,7 @@ def unusual_modes(fd):
 class Session:
     """One ``kvmlite run`` whose stdin and stdout are the slave of a pty."""
 
-    def __init__(self, test, kernel_file, *args, argv=None):
+    def __init__(self, test, kernel_file, *args, argv=None, stderr_tty=False, **popen):
         self.test = test
         self.master, self.slave = os.openpty()
         test.addCleanup(os.close, self.master)
@@ -140,8 +140,9 @@ class Session:
         self.before = unusual_modes(self.slave)
         argv = argv or [sys.executable, os.path.join(ROOT, 'kvmlite.py')]
         self.proc = subprocess.Popen(argv + ['run', '-k', kernel_file, *args],
-                                     stdin=self.slave, stdout=self.slave, stderr=subprocess.PIPE,
-                                     cwd=ROOT)
+                                     stdin=self.slave, stdout=self.slave,
+                                     stderr=self.slave if stderr_tty else subprocess.PIPE,
+                                     cwd=ROOT, **popen)
         test.addCleanup(self._reap)
         self.seen = b''
 
@@ -149,7 +150,8 @@ class Session:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        self.proc.stderr.close()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
     def _read(self, wait):
         if select.select([self.master], [], [], wait)[0]:
@@ -165,8 +167,21 @@ class Session:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 self.proc.kill()
                 self.test.fail(f'{marker!r} never came: {self.seen!r}, status '
-                               f'{self.proc.wait()}, stderr {self.proc.stderr.read()!r}')
+                               f'{self.proc.wait()}, stderr '
+                               f'{self.proc.stderr.read() if self.proc.stderr else "(the terminal)"!r}')
             self._read(0.1)
+
+    def stopped(self):
+        """True while the process is stopped (job control): /proc's state T."""
+        with open(f'/proc/{self.proc.pid}/stat') as f:
+            return f.read().rpartition(')')[2].split()[0] == 'T'
+
+    def wait_for(self, what, predicate):
+        deadline = time.monotonic() + HANG_S
+        while not predicate():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.test.fail(f'never {what}: {self.seen!r}')
+            self._read(0.02)
 
     def is_raw(self):
         lflag = termios.tcgetattr(self.slave)[3]
@@ -194,7 +209,7 @@ class Session:
                 self.test.fail(f'the run did not end: {self.seen!r}')
             self._read(0.05)
         self._read(0)
-        err = self.proc.stderr.read().decode()
+        err = self.proc.stderr.read().decode() if self.proc.stderr is not None else ''
         self.test.assertEqual(termios.tcgetattr(self.slave), self.before,
                               f'the terminal was not restored ({err!r})')
         return self.proc.returncode, err
@@ -293,6 +308,49 @@ class TerminalTest(unittest.TestCase):
         s.read_until(b'Rz')             # the guest still runs, and echoes
         s.proc.send_signal(signal.SIGTERM)
         self.assertEqual(s.finish(), (128 + signal.SIGTERM, 'kvmlite: stopped by SIGTERM\n'))
+
+    def test_a_stop_gives_the_terminal_back_and_continuing_makes_it_raw_again(self):
+        # its own process group, with a parent in the session: a stop the
+        # kernel carries out (an orphaned group's SIGTSTP is discarded)
+        s = self.start(ECHO, '--format', 'flat', process_group=0)
+        s.type(b'\x1a')                 # raw: Ctrl-Z is the guest's key, echoed back
+        s.read_until(b'R\x1a')
+        for how in ('kill -TSTP', 'Ctrl-A z'):
+            with self.subTest(stop=how):
+                if how == 'kill -TSTP':
+                    s.proc.send_signal(signal.SIGTSTP)
+                else:
+                    s.type(b'\x01z')
+                s.wait_for('stopped', s.stopped)
+                # the shell's modes while stopped, exactly as they were
+                self.assertEqual(termios.tcgetattr(s.slave), s.before)
+                s.proc.send_signal(signal.SIGCONT)          # fg
+                s.wait_for('raw again', lambda: s.is_raw() and not s.stopped())
+        s.type(b'a')
+        s.read_until(b'R\x1aa')          # the guest ran on, and the escape reached no guest
+        self.assertEqual(s.seen, b'R\x1aa')
+        s.type(b'\x01x')
+        self.assertEqual(s.finish(), (130, 'kvmlite: quit from the console (Ctrl-A x)\n'))
+
+    def test_kvmlites_messages_during_the_run_end_lines_for_a_raw_terminal(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        snap = os.path.join(tmp.name, 'run.snap')
+        # stderr on the terminal too: the trace and the snapshot's note come while it is raw
+        s = self.start(ECHO, '--format', 'flat', '--trace', '-', '--trace-filter', 'io:0x3f8',
+                       '--snapshot', snap, '-v', stderr_tty=True)
+        s.type(b'\x01s')
+        s.read_until(b'kvmlite: snapshot written to ')
+        s.type(b'a')
+        s.read_until(b'0x3f8 1 0x61 COM1 16550A')
+        s.read_until(b'0x3f8 1 0x61 COM1 16550A\r\n')
+        self.assertTrue(s.is_raw())
+        lines = s.seen.split(b'\r\n')
+        self.assertNotIn(b'\n', b''.join(lines), s.seen)         # no line ends without its CR
+        self.assertTrue(any(line.startswith(b'kvmlite: snapshot written to ') for line in lines),
+                        s.seen)
+        s.type(b'\x01x')
+        s.finish()
 
     def test_a_guest_crash_restores_the_terminal(self):
         s = Session(self, self.kernel(CRASH))

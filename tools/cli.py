@@ -386,8 +386,9 @@ def _arm_snapshot_signal(machine, args, console):
     def done(target, error):
         if error is not None or args.verbose:
             what = f'snapshot {target} not written: {error}' if error else f'snapshot written to {target}'
-            fresh = '\n' if _same_line(console, sys.stderr) else ''
-            sys.stderr.write(f'{fresh}kvmlite: {what}\n')
+            end = _line_end(sys.stderr)             # the terminal is raw while the run goes on
+            fresh = end if _same_line(console, sys.stderr) else ''
+            sys.stderr.write(f'{fresh}kvmlite: {what}{end}')
             sys.stderr.flush()
     if console is not None:
         console.on_snapshot = lambda: machine.request_snapshot(path, done)     # Ctrl-A s
@@ -414,6 +415,15 @@ def _make_tracer(args, machine):
             raise ValueError(f'trace file {args.trace!r}: {e.strerror}: give a file to write, '
                              f'or - for stderr') from None
     return _import_part('tools', 'trace').Tracer(out, args.trace_filter).attach(machine)
+
+
+def _line_end(stream):
+    """'\\r\\n' while ``stream`` is a terminal in raw mode, else '\\n'."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return '\n'
+    return _import_part('devices', 'console').line_end(fd)
 
 
 def _same_line(console, stream):

@@ -52,6 +52,8 @@ import sys
 import threading
 import time
 
+from devices.console import line_end
+
 from kvmlite import (Debug, FailEntry, Hlt, InternalError, Interrupted, IoapicEoi,
                      IrqWindowOpen, KvmliteError, Shutdown, SystemEvent)
 
@@ -126,7 +128,8 @@ class Tracer:
         self.lines = 0
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._warn = warn or (lambda text: print(f'kvmlite: {text}', file=sys.stderr))
+        self._warn = warn or _warn
+        self._tty = _tty_fd(out)    # a terminal (--trace - on one): raw while the guest runs
 
     def wants(self, kind, where=None):
         f = self.filters
@@ -150,7 +153,7 @@ class Tracer:
             if not self.on:
                 return
             try:
-                self.out.write(line + '\n')
+                self.out.write(line + ('\n' if self._tty is None else line_end(self._tty)))
                 self.out.flush()
                 self.lines += 1
             except (OSError, ValueError) as e:       # ValueError: a closed file
@@ -265,6 +268,19 @@ class Tracer:
                 self.emit(kind, *_detail(exit))
             return fn(vcpu, exit)
         return traced
+
+
+def _tty_fd(out):
+    try:
+        return out.fileno() if out.isatty() else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _warn(text):
+    fd = _tty_fd(sys.stderr)
+    sys.stderr.write(f'kvmlite: {text}' + ('\n' if fd is None else line_end(fd)))
+    sys.stderr.flush()
 
 
 def _pic_irq(pic, vector):
