@@ -4223,6 +4223,23 @@ def cpuid_restricted(policy):
 #: timekeeping_advance. Without it the tick is periodic and late ticks merge.
 LINUX_CLEARCPUID = b'clearcpuid=xsave,smap,popcnt,tsc_deadline_timer'
 
+#: ... and a word for the guest's user space (Linux hands a command-line word
+#: NAME=VALUE that is no kernel parameter to init's environment, and init's
+#: children inherit it). Without XSAVE a kernel context-switches only the
+#: FXSAVE area: x87 and XMM0-15. On a VMX/SVM host the guest's CR4.OSXSAVE,
+#: clear, keeps user space to that too. On kvm_pvm guest CPL3 code runs
+#: natively with the host's XCR0 (0xe7 here: AVX and AVX-512 state) whatever
+#: the guest's CR4 and XCR0 say, and a CPL3 ``cpuid`` reports the host's
+#: OSXSAVE and AVX bits: so glibc picks its AVX-512 string routines, and the
+#: upper halves of YMM/ZMM, XMM16-31 and the opmask registers are shared by
+#: every process on a CPU. A process switched out in the middle of a memcpy
+#: goes on with another's registers: with two CPUs, busybox commands died in
+#: __ctype_init reading a TLS block that static glibc had copied as zeros.
+#: glibc (2.34 and later) reads ``hwcaps=-OSXSAVE`` as "no XSAVE-managed
+#: state" and keeps to SSE2 and the FXSAVE registers. Other C libraries and
+#: code that uses AVX unasked are not covered: that is the host's to fix.
+LINUX_USER_ENV = b'GLIBC_TUNABLES=glibc.cpu.hwcaps=-OSXSAVE'
+
 
 #: ``vendor`` of cpuid_entries -> the 12-byte CPUID vendor string.
 CPU_VENDORS = {'intel': b'GenuineIntel', 'amd': b'AuthenticAMD'}

@@ -401,10 +401,14 @@ def make_pvh(paddr=0x1000000, note_size=4, entry_offset=0):
 
 
 def linux_cmdline(cmdline):
-    """What a Linux-protocol kernel gets: the CPUID policy may append clearcpuid."""
-    if kvmlite.cpuid_restricted('auto'):
-        return f'{cmdline} {kvmlite.LINUX_CLEARCPUID.decode()}'
-    return cmdline
+    """What a Linux-protocol kernel gets: where the CPUID policy hides
+    features, clearcpuid and the glibc word for init's environment, before
+    any ``--`` (the words after it are init's arguments)."""
+    if not kvmlite.cpuid_restricted('auto'):
+        return cmdline
+    kernel, sep, init = cmdline.partition(' -- ')
+    added = f'{kvmlite.LINUX_CLEARCPUID.decode()} {kvmlite.LINUX_USER_ENV.decode()}'
+    return f'{kernel} {added}{sep}{init}'
 
 
 # --- running ---------------------------------------------------------------------
@@ -622,6 +626,14 @@ class PvhBootTest(BootCase):
     def test_without_an_initrd_there_are_no_modules(self):
         result, output, _, _ = boot(make_pvh(), cmdline=b'a')
         self.assert_ran(result, output, 0x41 << 1 | 1, self.expected('a', modules=False))
+
+    def test_what_kvmlite_adds_goes_before_the_arguments_for_init(self):
+        # Linux gives init every word after "--": clearcpuid and the glibc
+        # word there would reach neither the kernel nor init's environment
+        result, output, _, _ = boot(make_pvh(), cmdline=b'console=ttyS0 -- single x=1')
+        self.assert_ran(result, output, 0x41 << 1 | 1,
+                        self.expected('console=ttyS0 -- single x=1', modules=False))
+        self.assertIn(b' -- single x=1\n', output)
 
     def test_format_elf_ignores_the_note_and_enters_long_mode_at_e_entry(self):
         with kvmlite.Machine(mem_size=MEM) as m:

@@ -283,6 +283,9 @@ def check_virtio_run(run, before, disks, cpus=VIRTIO_CPUS):
     for key, value in want.items():
         if line(key) != value:
             problems.append(f'{key}: the guest said {line(key)!r}, expected {value!r}')
+    faults = re.findall(r'^.*segfault at .*$', out, re.M)
+    if faults:
+        problems.append(f'{len(faults)} process(es) died in the guest, first: {faults[0].strip()}')
     if 'VIRTIO-VDA-WRITE-OK' not in out:
         problems.append('the guest could not write vda')
     if 'VIRTIO-VDB-WRITE-REFUSED' not in out:

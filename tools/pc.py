@@ -38,6 +38,7 @@ import copy
 import errno
 import inspect
 import os
+import re
 from collections import deque
 import select
 import struct
@@ -51,9 +52,9 @@ from kvmlite import (
     IrqWindowOpen, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
     CR0_ET, CR0_PE, KVM_IOAPIC_BASE, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
     KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, Kvm,
-    KVM_INTERNAL_ERROR_EMULATION, KvmError, KvmliteError, LINUX_CLEARCPUID, Shutdown, SystemEvent,
-    _import_part, cpuid_entries, cpuid_restricted, kvm_lapic_state, kvm_regs, kvm_segment,
-    route_irqchip, route_msi, segment, setup_mode,
+    KVM_INTERNAL_ERROR_EMULATION, KvmError, KvmliteError, LINUX_CLEARCPUID, LINUX_USER_ENV,
+    Shutdown, SystemEvent, _import_part, cpuid_entries, cpuid_restricted, kvm_lapic_state,
+    kvm_regs, kvm_segment, route_irqchip, route_msi, segment, setup_mode,
 )
 
 from . import boot, platform_tables
@@ -1287,16 +1288,31 @@ def detect_format(image):
     return 'flat'
 
 
+def linux_cmdline(machine, cmdline):
+    """A Linux command line with what ``machine`` adds: where its CPUID
+    policy hides features, LINUX_CLEARCPUID and LINUX_USER_ENV (unless the
+    user gave a clearcpuid= or a GLIBC_TUNABLES= word), then the virtio-mmio
+    devices. All go before a ``--``, after which Linux hands every word to
+    init as an argument (Documentation/admin-guide/kernel-parameters.rst)."""
+    cut = re.search(rb'(?:^|\s)--(?:\s|$)', cmdline)
+    kernel, init = (cmdline[:cut.start()], cmdline[cut.start():]) if cut else (cmdline, b'')
+    words = [kernel.strip()] if kernel.strip() else []
+    if cpuid_restricted(machine.cpuid_policy):
+        for word, key in ((LINUX_CLEARCPUID, b'clearcpuid='), (LINUX_USER_ENV, b'GLIBC_TUNABLES=')):
+            if not re.search(rb'(?:^|\s)' + key, kernel):
+                words.append(word)
+    kernel = boot.virtio_mmio_cmdline(b' '.join(words), machine.virtio_devices())
+    init = init.strip()
+    return b' '.join(w for w in (kernel, init) if w)
+
+
 def load_kernel(machine, image, fmt='auto', cmdline=b'', initrd=None):
     """Load ``image`` (bytes) into ``machine`` by its format and set vCPU 0 at
     its entry; returns the tools.boot.Boot. Writes the MP and ACPI tables
     first when the machine has APICs."""
     fmt = detect_format(image) if fmt == 'auto' else fmt
-    if fmt in ('bzimage', 'pvh') and cpuid_restricted(machine.cpuid_policy) \
-            and b'clearcpuid=' not in cmdline:
-        cmdline = (cmdline + b' ' + LINUX_CLEARCPUID).strip()
     if fmt in ('bzimage', 'pvh'):
-        cmdline = boot.virtio_mmio_cmdline(cmdline, machine.virtio_devices())
+        cmdline = linux_cmdline(machine, cmdline)
     rsdp, platform, vm = 0, machine.platform, machine.vm
     if machine.mode != 'user':
         rsdp = platform_tables.write_platform_tables(vm, machine.cpus, platform=platform).rsdp
