@@ -30,7 +30,8 @@ PRODUCT = ['kvmlite.py'] + [os.path.join(d, f) for d in ('devices', 'tools')
 # Developer tools that build and benchmark kernels may run programs, never through a shell.
 MAY_RUN_PROGRAMS = {os.path.join('tools', 'linux.py'), os.path.join('tools', 'bench.py'),
                     os.path.join('tools', 'bench_snippet.py'),
-                    os.path.join('tools', 'bench_console.py')}   # cc, fresh python3 processes
+                    os.path.join('tools', 'bench_console.py'),   # cc, fresh python3 processes
+                    os.path.join('tools', 'msrs.py')}            # kvmlite and QEMU side by side
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
