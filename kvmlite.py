@@ -5552,6 +5552,15 @@ class Snippet:
                 return data
         return b''
 
+    def _fetch_ends(self, linear):
+        """Where RAM ends inside the instruction at ``linear`` (the address
+        of its first byte that no RAM backs), or None when it fits."""
+        code = self._fetch(linear, 15)
+        if len(code) == 15 or _insn_length(code, 64 if self.mode == 'long64' else 32) \
+                is not None:
+            return None
+        return linear + len(code)
+
     def _code_report(self, completed):
         """The snippet is about to run the instruction at RIP: count the one
         it ``completed``, stop for ``until``, call the code hooks. True runs
@@ -6034,7 +6043,9 @@ class Snippet:
             # (prot32 and real have no paging to fault, so it ends up here)
             # (an instruction that runs past RAM's end: KVM gives the bytes it got)
             missing = self._unbacked(linear, 15)
-            if missing is not None and missing == linear + len(exit.insn):
+            bits = {'real': 16, 'prot32': 32, 'long64': 64}[self.mode]
+            if missing is not None and missing == linear + len(exit.insn) and (
+                    _insn_length(exit.insn, bits) is None):
                 return Stop('unmapped', rip, address=missing, exit=exit)
         if isinstance(exit, InternalError) and self._peek(linear) == 0xCC:
             # the emulator cannot run int3: report it as the CPU would have
@@ -6106,6 +6117,10 @@ class Snippet:
         if vector == 6 and self._peek(linear) is None:
             # KVM emulates a fetch that no RAM backs and raises #UD: say what it was
             return self._halt(Stop('unmapped', rip, address=linear))
+        if vector == 6 and self.mode != 'real':
+            missing = self._fetch_ends(linear)
+            if missing is not None:              # (kvm_pvm's prot32 CPL3 does so too)
+                return self._halt(Stop('unmapped', rip, address=missing))
         op = self._peek(linear) if vector == 6 and self.cpl == 3 else None
         if op == 0xCD:
             # kvm_pvm raises #UD for `int n` at CPL3: deliver it as the CPU would
