@@ -121,6 +121,44 @@ def kvmlite_loop(kvm):
     return took * 1e3
 
 
+# a code hook on every instruction: mov ecx, N; top: dec ecx; jnz top; hlt
+STEP_LOOPS = 100
+STEP_CODE = bytes.fromhex('b9') + STEP_LOOPS.to_bytes(4, 'little') + bytes.fromhex('ffc975fcf4')
+STEP_INSNS = 2 * STEP_LOOPS + 2
+
+
+def kvmlite_step_us(cpl, kvm):
+    """One run of STEP_CODE with a code hook on every instruction: us per
+    hooked instruction (an exit each)."""
+    with K.Snippet('long64', cpl=cpl, kvm=kvm) as s:
+        seen = [0]
+
+        def hook(s, address, size):
+            seen[0] += 1
+        s.hook_code(hook)
+        t = time.perf_counter()
+        stop = s.run(STEP_CODE, timeout=60)
+        took = time.perf_counter() - t
+        if stop.reason != 'hlt' or seen[0] != STEP_INSNS:
+            raise RuntimeError(f'stepped snippet: {stop}, {seen[0]} hook calls')
+    return took * 1e6 / STEP_INSNS
+
+
+def unicorn_step_us(uc):
+    mu = uc.Uc(uc.UC_ARCH_X86, uc.UC_MODE_64)
+    mu.mem_map(0, 0x10000)
+    mu.mem_write(AT, STEP_CODE)
+    seen = [0]
+
+    def hook(mu, address, size, data):
+        seen[0] += 1
+    mu.hook_add(uc.UC_HOOK_CODE, hook)
+    t = time.perf_counter()
+    mu.emu_start(AT, AT + len(STEP_CODE) - 1)
+    took = time.perf_counter() - t
+    return took * 1e6 / max(seen[0], 1)
+
+
 # -- unicorn ----------------------------------------------------------------
 
 def unicorn_life(uc):
@@ -375,6 +413,10 @@ def measure(a, say):
             if floor is not None:
                 figures[f'floor reused cpl{cpl} us'] = floor
                 figures[f'reused cpl{cpl} vs floor'] = ratio
+        for cpl in (3, 0):
+            say(f'code hook on every instruction, CPL{cpl}')
+            figures[f'step cpl{cpl} us'] = statistics.median(
+                kvmlite_step_us(cpl, kvm) for _ in range(a.reps))
         if not a.quick:
             say('100M-iteration loop, CPL3')
             figures['loop cpl3 ms'] = statistics.median(kvmlite_loop(kvm) for _ in range(3))
@@ -389,6 +431,7 @@ def measure(a, say):
         say('unicorn')
         figures['unicorn life us'] = median_us(unicorn_life(uc), n_life, a.reps)
         figures['unicorn reused us'] = median_us(unicorn_reused(uc), n_reused, a.reps)
+        figures['unicorn step us'] = statistics.median(unicorn_step_us(uc) for _ in range(a.reps))
         if not a.quick:
             figures['unicorn loop ms'] = statistics.median(unicorn_loop(uc) for _ in range(3))
         figures['unicorn first ms'] = process_ms(FIRST_UNICORN, a.reps)
@@ -402,6 +445,10 @@ ROWS = (   # (title, kvmlite figure, unicorn figure, floor figure, unit)
      'floor reused cpl3 us', 'us'),
     ('reused: write code + 2 regs, run, read 2 regs, CPL0', 'reused cpl0 us', 'unicorn reused us',
      'floor reused cpl0 us', 'us'),
+    ('hook_code on every instruction: per instruction, CPL3', 'step cpl3 us', 'unicorn step us',
+     None, 'us'),
+    ('hook_code on every instruction: per instruction, CPL0', 'step cpl0 us', 'unicorn step us',
+     None, 'us'),
     ('100M-iteration loop, CPL3', 'loop cpl3 ms', 'unicorn loop ms', None, 'ms'),
     ('fresh process: start, import, create, run, exit, CPL3', 'first cpl3 ms', 'unicorn first ms',
      None, 'ms'),
