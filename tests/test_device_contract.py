@@ -41,6 +41,7 @@ from devices.post import PostCode
 from devices.rtc import Rtc
 from devices.serial import Serial
 from devices.virtio_blk import BytesDisk, VirtioBlk
+from devices.virtio_console import VirtioConsole
 from devices.virtio_mmio import GuestMemory, VirtioMmio
 from devices.virtio_rng import VirtioRng
 from tools.layout import PC
@@ -92,6 +93,8 @@ RESET_KEEPS = {
     VirtioRng: VirtioMmio.COUNTERS + ('last_refusal', 'device.given'),
     VirtioBlk: VirtioMmio.COUNTERS + ('last_refusal',) + tuple(
         f'device.{k}' for k in VirtioBlk._STATS),
+    VirtioConsole: VirtioMmio.COUNTERS + ('last_refusal',) + tuple(
+        f'device.{k}' for k in VirtioConsole._STATS),
 }
 
 
@@ -133,7 +136,13 @@ def serial_board(uart, r):
     return uart.receive(bytes(((r >> 3) & 0xFF,)) * ((r >> 11) % 20))
 
 
-BOARD = {PicPair: pic_board, IoApic: ioapic_board, Serial: serial_board}
+def virtio_console_board(console, r):
+    """The console back end offers a few bytes of input."""
+    return console.receive(bytes(((r >> 3) & 0xFF,)) * ((r >> 11) % 20))
+
+
+BOARD = {PicPair: pic_board, IoApic: ioapic_board, Serial: serial_board,
+         VirtioConsole: virtio_console_board}
 
 
 def wr(view, offset, value, size=1):
@@ -218,6 +227,11 @@ GUEST_SEQUENCES = {
     PostCode: [[wr(None, 0, 0x55), rd(None, 0)]],
 }
 GUEST_SEQUENCES[VirtioBlk] = GUEST_SEQUENCES[VirtioRng] + [[rd(None, 0x100, 8), rd(None, 0xFC, 4)]]
+# both console queues (receiveq 0, transmitq 1) set up and notified
+GUEST_SEQUENCES[VirtioConsole] = GUEST_SEQUENCES[VirtioRng] + [
+    [wr(None, 0x30, 1, 4), wr(None, 0x38, 16, 4), wr(None, 0x80, 0x4000, 4),
+     wr(None, 0x90, 0x5000, 4), wr(None, 0xA0, 0x6000, 4), wr(None, 0x44, 1, 4)],
+    [wr(None, 0x50, 1, 4)], [rd(None, 0x100, 4), rd(None, 0x104, 4)]]
 
 SIZES = (1, 2, 4, 8)
 RANDOM_SIZES = (1, 1, 1, 2, 4, 8)             # as guests mix them

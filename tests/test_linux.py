@@ -272,5 +272,70 @@ class LinuxSnapshotTest(unittest.TestCase):
                       file=sys.stderr)
 
 
+# variant v's init for a shell on hvc0: the kernel's console is hvc0 (kvmlite
+# adds console=hvc0 with --console-device hvc), and sh runs on /dev/hvc0
+INIT_HVC = b"""#!/bin/sh
+B=/bin/busybox
+$B mount -t proc proc /proc
+$B mount -t sysfs sys /sys
+$B mount -t devtmpfs dev /dev
+echo "HVC-CONSOLES $($B cut -d' ' -f1 /proc/consoles | $B tr '\\n' ' ')"
+exec $B sh -i </dev/hvc0 >/dev/hvc0 2>&1
+"""
+
+
+@unittest.skipUnless(ENABLED, 'boots the virtio Linux (variant v) to a shell on hvc0, minutes: '
+                     'set KVMLITE_LINUX=1 to run (KVMLITE_LINUX_KERNEL_DIR with vmlinux-v '
+                     'reuses a built kernel)')
+@requires_kvm
+class HvcShellLinuxTest(unittest.TestCase):
+    """``run --console-device hvc`` boots variant v with no console= of its
+    own: the kernel logs to hvc0, init's shell reads the commands the host
+    types into the virtio console and answers there, and poweroff ends the
+    run with status 0."""
+
+    def test_a_shell_on_hvc0(self):
+        import subprocess
+        import time
+        cache = linux.default_cache()
+        kernels = linux.ensure_kernel(os.environ.get('KVMLITE_LINUX_KERNEL_DIR'), cache, 'v')
+        busybox = linux.ensure_busybox(os.environ.get('KVMLITE_BUSYBOX'), cache)
+        initrd = linux.make_initramfs(busybox, os.path.join(cache, 'initrd-hvc.cpio'), INIT_HVC)
+        argv = linux.run_command(kernels['pvh'], initrd, 'panic=-1 reboot=k', V_TIMEOUT,
+                                 ['--console-device', 'hvc', '--irqchip',
+                                  os.environ.get('KVMLITE_HVC_IRQCHIP', 'kernel')])
+        out = bytearray()
+        with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) as proc:
+            os.set_blocking(proc.stdout.fileno(), False)
+
+            def until(marker):
+                deadline = time.monotonic() + V_TIMEOUT
+                while marker not in out:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        proc.kill()
+                        self.fail(f'{marker!r} never came; status {proc.wait()}, stderr '
+                                  f'{proc.stderr.read()!r}; the console ended with:\n'
+                                  f'{out[-3000:].decode(errors="replace")}')
+                    chunk = proc.stdout.read(65536)
+                    if chunk:
+                        out.extend(chunk)
+                    else:
+                        time.sleep(0.2)
+            until(b'HVC-CONSOLES ')
+            until(b'# ')                            # the shell's prompt, on hvc0
+            proc.stdin.write(b'echo HVC-SHELL-$((6*7)) on $(/bin/busybox tty)\n')
+            proc.stdin.flush()
+            until(b'HVC-SHELL-42 on /dev/hvc0')
+            proc.stdin.write(b'/bin/busybox poweroff -f\n')
+            proc.stdin.flush()
+            rest, err = proc.communicate(timeout=120)
+            out.extend(rest)
+        text = out.decode(errors='replace')
+        self.assertIn('HVC-CONSOLES hvc0', text)
+        self.assertIn('virtio_mmio.device=512@0xfef05000:14', text)     # the kernel's log, on hvc0
+        self.assertEqual(proc.returncode, 0, f'{err!r}: {text[-2000:]}')
+
+
 if __name__ == '__main__':
     unittest.main()

@@ -21,7 +21,8 @@ import threading
 from kvmlite import (EMULATOR_UNSAFE_FEATURES, PAGE_SIZE, Cap, Kvm, KvmError, KvmliteError,
                      _import_part, host_emulates_kernel_mode)
 
-from .pc import EXIT_OK, EXIT_SIGNAL, EXIT_TIMEOUT, EXIT_USAGE, IRQCHIP_MODES, Machine, load_kernel
+from .pc import (CONSOLE_DEVICES, EXIT_OK, EXIT_SIGNAL, EXIT_TIMEOUT, EXIT_USAGE, IRQCHIP_MODES,
+                 Machine, load_kernel)
 
 __all__ = ['main']
 
@@ -231,7 +232,8 @@ def _cmd_run(args):
             console = _make_console(args.console)
             machine = Machine(mem_size=args.mem, cpus=args.cpus, irqchip=args.irqchip, console=console,
                               cpuid_policy=args.cpuid, cmdline=cmdline,
-                              cpu_vendor=args.cpu_vendor, disks=disks, rng=args.rng)
+                              cpu_vendor=args.cpu_vendor, disks=disks, rng=args.rng,
+                              console_device=args.console_device)
     except (ValueError, OSError) as e:            # KvmError is an OSError
         if console is not None:
             console.stop()
@@ -344,7 +346,8 @@ class _SignalsEndTheRun:
 
 _MACHINE_OPTIONS = (('kernel', '-k'), ('initrd', '-i'), ('append', '-p'), ('mem', '-m'),
                     ('cpus', '-c'), ('irqchip', '--irqchip'), ('format', '--format'),
-                    ('cpuid', '--cpuid'), ('cpu_vendor', '--cpu-vendor'), ('rng', '--rng'))
+                    ('cpuid', '--cpuid'), ('cpu_vendor', '--cpu-vendor'), ('rng', '--rng'),
+                    ('console_device', '--console-device'))
 
 
 def _restore(args):
@@ -485,6 +488,10 @@ def main(argv=None):
     r.add_argument('--console', default=None, metavar='{stdio,none,FILE}',
                    help="COM1: the terminal (default; Ctrl-A x quits, Ctrl-A h lists the escapes), "
                         "'none', or a file to append to")
+    r.add_argument('--console-device', default='com1', choices=CONSOLE_DEVICES,
+                   help="the guest device the console is: com1 (the 16550A UART, Linux's ttyS0; "
+                        "default) or hvc (a virtio console, hvc0: Linux gets console=hvc0 unless -p "
+                        "names a console; COM1's output still reaches the console)")
     r.add_argument('--format', default='auto', choices=('auto', 'flat', 'elf', 'multiboot', 'bzimage', 'pvh'),
                    help='kernel format (default: detected)')
     r.add_argument('--cpuid', default='auto', choices=('auto', 'safe', 'host'),

@@ -206,12 +206,14 @@ PC = Platform(
         Slot('com3', 'serial.Serial', pio=(('', 0x3E8, 'COM3 16550A'),), irq=4),
         Slot('com4', 'serial.Serial', pio=(('', 0x2E8, 'COM4 16550A'),), irq=3),
         # virtio-mmio (devices/virtio_mmio.py) between the local APIC and the
-        # identity-map page; a slot without its --disk / --rng is an empty
-        # placeholder (DeviceID 0) that Linux is not told about
+        # identity-map page; a slot without its --disk / --rng / --console-device
+        # hvc is an empty placeholder (DeviceID 0) that Linux is not told about
         Slot('vda', 'virtio_blk.VirtioBlk', mmio=(('', 0xFEF00000, 'virtio-blk vda'),), irq=5),
         Slot('vdb', 'virtio_blk.VirtioBlk', mmio=(('', 0xFEF01000, 'virtio-blk vdb'),), irq=6),
         Slot('vdc', 'virtio_blk.VirtioBlk', mmio=(('', 0xFEF02000, 'virtio-blk vdc'),), irq=10),
         Slot('vdd', 'virtio_blk.VirtioBlk', mmio=(('', 0xFEF03000, 'virtio-blk vdd'),), irq=11),
         Slot('virtio_rng', 'virtio_rng.VirtioRng', mmio=(('', 0xFEF04000, 'virtio-rng'),), irq=12),
+        Slot('virtio_console', 'virtio_console.VirtioConsole',
+             mmio=(('', 0xFEF05000, 'virtio-console hvc0'),), irq=14),
     ),
 )

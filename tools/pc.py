@@ -60,7 +60,7 @@ from kvmlite import (
 from . import boot, platform_tables
 from .layout import PC
 
-__all__ = ['Machine', 'RunResult', 'load_kernel', 'detect_format', 'IRQCHIP_MODES',
+__all__ = ['Machine', 'RunResult', 'load_kernel', 'detect_format', 'IRQCHIP_MODES', 'CONSOLE_DEVICES',
            'EXIT_OK', 'EXIT_USAGE', 'EXIT_TRIPLE_FAULT', 'EXIT_INTERNAL', 'EXIT_VMM',
            'EXIT_TIMEOUT', 'EXIT_SIGNAL']
 
@@ -75,6 +75,10 @@ EXIT_TIMEOUT = 124      # the run's timeout passed
 EXIT_SIGNAL = 130       # stopped by SIGINT, SIGTERM or the console's Ctrl-A x
 
 IRQCHIP_MODES = ('split', 'user', 'kernel')
+#: the guest device the console is (its input goes there; COM1's output always
+#: reaches the console too): the first UART (ttyS0) or the virtio console (hvc0)
+CONSOLE_DEVICES = ('com1', 'hvc')
+CONSOLE_PARTS = {'com1': 'serial.Serial', 'hvc': 'virtio_console.VirtioConsole'}
 IDENTITY_MAP_ADDR = PC.identity_map_addr
 HALT_POLL_S = 0.25      # how often an in-kernel-irqchip run looks for a final halt
 # The timer thread sleeps at least this long between device ticks, as KVM
@@ -202,11 +206,14 @@ class Machine:
 
     def __init__(self, mem_size=256 << 20, cpus=1, irqchip='split', console=None,
                  cpuid_policy='auto', kvm=None, clock=time.monotonic_ns, cmdline=b'',
-                 platform=PC, cpu_vendor='host', disks=(), rng=False):
+                 platform=PC, cpu_vendor='host', disks=(), rng=False, console_device='com1'):
         if irqchip not in IRQCHIP_MODES:
             raise ValueError(f'irqchip mode {irqchip!r}: use one of {", ".join(IRQCHIP_MODES)}')
         if irqchip == 'user' and cpus != 1:
             raise ValueError('more than one vCPU needs a local APIC: use --irqchip split or kernel')
+        if console_device not in CONSOLE_DEVICES:
+            raise ValueError(f'console device {console_device!r}: use one of '
+                             f'{", ".join(CONSOLE_DEVICES)}')
         if mem_size < 1 << 20 or mem_size % PAGE_SIZE:
             raise ValueError(f'memory size {mem_size:#x}: give at least 1 MiB, in whole pages')
         self.mode, self.clock, self.console = irqchip, clock, console
@@ -219,6 +226,7 @@ class Machine:
         self.mem_size, self.cpus = mem_size, cpus
         self.disks = self._assign_disks(platform, disks)
         self.rng = rng              # a virtio-rng filled from os.urandom
+        self.console_device = console_device    # where console input goes: COM1 or hvc0
         self._own_kvm = kvm is None
         self.kvm = kvm or Kvm()
         self.vm = None
@@ -327,7 +335,8 @@ class Machine:
             'intr': lambda slot: self._line(self._on_intr),
             'msi': lambda slot: self._msi,
             'clock': lambda slot: self.clock,
-            'out': lambda slot: self.console if slot.name == 'com1' else None,
+            'out': lambda slot: self.console if slot.name == 'com1' or (
+                slot.part == CONSOLE_PARTS['hvc'] and self.console_device == 'hvc') else None,
             'on_reset': lambda slot: stop_reset,
             'on_exit': lambda slot: self._on_debug_exit,
             'on_poweroff': lambda slot: lambda: self.stop(EXIT_OK, f'the guest powered off ({slot.name})'),
@@ -378,6 +387,10 @@ class Machine:
         self.pic, self.pit, self.ioapic = (self.devices.get(n) for n in ('pic', 'pit', 'ioapic'))
         self._pm = self.devices.get('acpi_pm')
         self.serials = [d for d in self.devices.values() if type(d).__name__ == 'Serial']
+        # console input goes to COM1, or to the virtio console with --console-device hvc
+        self._console_in = next((self.devices[s.name] for s in platform.devices
+                                 if s.part == CONSOLE_PARTS[self.console_device]
+                                 and s.name in self.devices), None)
         if self.ioapic is not None:
             self.ioapic.ioapic_id = platform.ioapic_id(self.cpus)   # as the MP/ACPI tables say
             self.sync_ioapic_routes()       # KVM's routes start as the IOAPIC's reset state
@@ -567,8 +580,8 @@ class Machine:
             self._pm.wake()             # input while in S3 wakes the machine
         if getattr(con, 'quit_requested', False):
             self.stop(EXIT_SIGNAL, 'quit from the console (Ctrl-A x)')
-        if self._pending_input:
-            n = self.serials[0].receive(self._pending_input)
+        if self._pending_input and self._console_in is not None:
+            n = self._console_in.receive(self._pending_input)
             self._pending_input = self._pending_input[n:]
 
     # -- running --
@@ -1080,6 +1093,10 @@ class Machine:
             # the old UARTs' coalesced THR ports stay: each new one keeps or drops its own
             self.devices, self._timed, self._buffered = {}, [], []
             self._device_states = states
+            # a snapshot of an hvc0 console holds a virtio console that is present
+            hvc = [s.name for s in self.platform.devices if s.part == CONSOLE_PARTS['hvc']]
+            if any(states.get(n, {}).get('device', {}).get('present') for n in hvc):
+                self.console_device = 'hvc'
             try:
                 self._wire_pc(self.cmdline)
             finally:
@@ -1301,6 +1318,8 @@ def linux_cmdline(machine, cmdline):
         for word, key in ((LINUX_CLEARCPUID, b'clearcpuid='), (LINUX_USER_ENV, b'GLIBC_TUNABLES=')):
             if not re.search(rb'(?:^|\s)' + key, kernel):
                 words.append(word)
+    if machine.console_device == 'hvc' and not re.search(rb'(?:^|\s)console=', kernel):
+        words.append(b'console=hvc0')      # the kernel's and init's console
     kernel = boot.virtio_mmio_cmdline(b' '.join(words), machine.virtio_devices())
     init = init.strip()
     return b' '.join(w for w in (kernel, init) if w)
