@@ -2,10 +2,11 @@
 mode: a long-mode CPL0 program (tests/pcguest.py's runtime) negotiates
 VIRTIO_F_VERSION_1, sets up the receiveq and the transmitq (4 entries
 each), posts a 16-byte receive buffer, sends a greeting through the
-transmitq, sleeps until the used-buffer interrupt (the virtio_console slot's
-ISA IRQ, tools/layout.py) says the host took it, then until the host's input
-(typed before the guest had any buffer: it waited) fills the receive buffer,
-and echoes that input back through the transmitq."""
+transmitq and sleeps (sti; hlt, woken by the used-buffer interrupt on the
+virtio_console slot's ISA IRQ, tools/layout.py) until the used ring says
+the host took it, then until the host's input (typed before the guest had
+any buffer: it waited) fills the receive buffer, and echoes that input back
+through the transmitq."""
 
 import unittest
 
@@ -159,10 +160,10 @@ def typed_console():
 class VirtioConsoleGuestTest(unittest.TestCase):
 
     def test_output_and_waiting_input_in_every_mode(self):
-        runs = pcguest.run_in_every_mode(self, guest_source(), (GREETING + TYPED).decode(),
-                                         console=typed_console, console_device='hvc')
-        for mode, run in runs.items():
-            self.assertGreaterEqual(run.u64('irqs'), 2, f'{mode}: {run.describe()}')
+        # (how many interrupts the guest takes is not fixed: its queue thread may
+        # fill the used ring before the guest looks, and it then does not sleep)
+        pcguest.run_in_every_mode(self, guest_source(), (GREETING + TYPED).decode(),
+                                  console=typed_console, console_device='hvc')
 
     def test_without_hvc_the_slot_is_empty(self):
         run = pcguest.run_guest(guest_source(), 'split')

@@ -5,6 +5,7 @@ real image file, waits for the used-buffer interrupt (ISA IRQ 5, the vda
 slot of tools/layout.py), acks it, prints the sector's text and then
 writes sector 2, which the host finds in the file."""
 
+import io
 import os
 import tempfile
 import unittest
@@ -15,6 +16,7 @@ from devices.virtio_blk import DiskImage
 from tests import pcguest
 from tests.guest import kvm, requires_kvm
 from tools.layout import PC
+from tools.trace import Tracer, parse_filter
 
 VDA = PC.device('vda')
 GUEST = r'''
@@ -135,6 +137,59 @@ buffer: times 512 db 0
 
 @requires_kvm
 class VirtioBlkGuestTest(unittest.TestCase):
+
+    def run_guest(self, mode, path, **machine):
+        """Run the guest on the image at ``path``; returns (result, output,
+        the vda device's counters, MMIO writes to its QueueNotify that
+        reached kvmlite, notifications its queue thread served)."""
+        source = GUEST % (VDA.mmio[0][1], VDA.irq, pcguest.PASSED)
+        code, labels = pcguest.assemble(source)
+        console = MemoryBackend()
+        notify = VDA.mmio[0][1] + 0x50
+        trace = io.StringIO()
+        with kvmlite.Machine(mem_size=pcguest.MEM_SIZE, irqchip=mode, console=console,
+                             kvm=kvm(), disks=[DiskImage(path)], **machine) as m:
+            m.vm.write(pcguest.CODE, code)
+            m.vm.write(pcguest.IDT, pcguest._idt(labels))
+            kvmlite.setup_mode(m.vm.vcpus[0], m.vm, 'long64', labels['start'],
+                               stack=pcguest.STACK)
+            Tracer(trace, parse_filter(f'mmio:{notify:#x}-{notify + 3:#x}')).attach(m)
+            result = m.run(timeout=30)
+            vda = m.devices['vda']
+            worker = m.workers.get('vda')
+            counts = dict(reads=vda.reads, writes=vda.writes, refused=vda.refused,
+                          problems=vda.check(), interrupts=vda.interrupts,
+                          irqfd='vda' in m._irqfds)
+            return (result, bytes(console.output), counts, trace.getvalue().count('mmio-write'),
+                    worker.notified if worker is not None else None)
+
+    def test_notifications_reach_the_queue_thread_without_an_exit(self):
+        """split and kernel mode: KVM_IOEVENTFD takes the guest's two
+        QueueNotify writes (none reaches kvmlite as an MMIO exit) and the
+        device's thread serves them; in kernel mode the completions come
+        back through KVM_IRQFD. user mode, and ioeventfd=False: two exits."""
+        text = b'sector one says hello\n'
+        for mode, ioeventfd in (('split', True), ('kernel', True), ('user', True),
+                                ('split', False)):
+            with self.subTest(mode=mode, ioeventfd=ioeventfd), \
+                    tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, 'disk.img')
+                image = bytearray(8 * 512)
+                image[512:512 + len(text) + 1] = text + b'\0'
+                with open(path, 'wb') as f:
+                    f.write(image)
+                result, output, counts, exits, served = self.run_guest(mode, path,
+                                                                       ioeventfd=ioeventfd)
+                what = f'{mode}: {result} {output!r} {counts}'
+                self.assertEqual(result.status, pcguest.STATUS_PASSED, what)
+                self.assertEqual(output, text, what)
+                self.assertEqual((counts['reads'], counts['writes'], counts['refused']), (1, 1, 0),
+                                 what)
+                self.assertEqual(counts['interrupts'], 2, what)
+                fast = mode != 'user' and ioeventfd
+                self.assertEqual(exits, 0 if fast else 2, what)
+                self.assertEqual(served, 2 if fast else None, what)
+                self.assertEqual(counts['irqfd'], fast and mode == 'kernel', what)
 
     def test_guest_reads_and_writes_a_real_file_in_every_mode(self):
         text = b'sector one says hello\n'

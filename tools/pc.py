@@ -48,7 +48,7 @@ import time
 import traceback
 
 from kvmlite import (
-    PAGE_SIZE, DeviceError, FailEntry, Hlt, InternalError, Interrupted, IoapicEoi,
+    PAGE_SIZE, Cap, DeviceError, FailEntry, Hlt, InternalError, Interrupted, IoapicEoi,
     IrqWindowOpen, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
     CR0_ET, CR0_PE, KVM_IOAPIC_BASE, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
     KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, Kvm,
@@ -206,7 +206,8 @@ class Machine:
 
     def __init__(self, mem_size=256 << 20, cpus=1, irqchip='split', console=None,
                  cpuid_policy='auto', kvm=None, clock=time.monotonic_ns, cmdline=b'',
-                 platform=PC, cpu_vendor='host', disks=(), rng=False, console_device='com1'):
+                 platform=PC, cpu_vendor='host', disks=(), rng=False, console_device='com1',
+                 ioeventfd=True):
         if irqchip not in IRQCHIP_MODES:
             raise ValueError(f'irqchip mode {irqchip!r}: use one of {", ".join(IRQCHIP_MODES)}')
         if irqchip == 'user' and cpus != 1:
@@ -227,6 +228,10 @@ class Machine:
         self.disks = self._assign_disks(platform, disks)
         self.rng = rng              # a virtio-rng filled from os.urandom
         self.console_device = console_device    # where console input goes: COM1 or hvc0
+        self.ioeventfd = ioeventfd  # virtio notifications through eventfds, where the mode allows
+        self.workers = {}           # virtio slot name -> its _VirtioWorker (split, kernel mode)
+        self._irqfds = {}           # virtio slot name -> the eventfd of its KVM_IRQFD (kernel mode)
+        self._worker_stop = -1      # an eventfd: readable while the workers are to stop
         self._own_kvm = kvm is None
         self.kvm = kvm or Kvm()
         self.vm = None
@@ -294,6 +299,7 @@ class Machine:
         for i in range(self.cpus):
             self._setup_vcpu(vm.create_vcpu(), cpuid_policy)
         self._wire_pc(cmdline)
+        self._setup_workers()
 
     def _setup_vcpu(self, vcpu, policy):
         entries = cpuid_entries(self.kvm, vcpu.index, policy, vendor=self.cpu_vendor)
@@ -331,7 +337,8 @@ class Machine:
                              f'{platform.ioapic_addr:#x}: use --irqchip split for another address')
         stop_reset = lambda: self.stop(EXIT_OK, 'the guest reset the machine')  # noqa: E731
         wiring = {                      # what a device may ask for, by parameter name
-            'irq': lambda slot: self.irq(slot.irq, slot.name),
+            'irq': lambda slot: self._virtio_irq(slot) if slot.part.startswith('virtio_')
+            else self.irq(slot.irq, slot.name),
             'intr': lambda slot: self._line(self._on_intr),
             'msi': lambda slot: self._msi,
             'clock': lambda slot: self.clock,
@@ -403,6 +410,46 @@ class Machine:
                        for i in range(platform.ioapic_pins) if i != cascade]
             vm.set_gsi_routing(routes)
 
+    def _setup_workers(self):
+        """Give every present virtio-mmio device its queue thread
+        (:class:`_VirtioWorker`) where the irqchip mode allows: in split and
+        kernel mode (in user mode, as with ``ioeventfd=False``, every
+        notification is an MMIO exit served in the vCPU thread). In kernel
+        mode its interrupt also goes through KVM_IRQFD (:meth:`_virtio_irq`).
+        In split mode the worker raises the line itself: the Python IOAPIC
+        sends its MSI (KVM_SIGNAL_MSI) from the worker thread, as masking,
+        trigger mode and remote IRR there require."""
+        vm = self.vm
+        if self.mode == 'user' or not self.ioeventfd or not vm.check_extension(Cap.IOEVENTFD):
+            return
+        irqfd = self.mode == 'kernel' and vm.check_extension(Cap.IRQFD)
+        for slot in self.platform.devices:
+            dev = self.devices.get(slot.name)
+            if not getattr(dev, 'present', False) or not hasattr(dev, 'notify') or not slot.mmio:
+                continue
+            self.workers[slot.name] = _VirtioWorker(self, slot, dev.QUEUES)
+            if irqfd and slot.irq is not None:
+                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                try:
+                    vm.irqfd(fd, slot.irq)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if dev.irq.level:
+                    vm.irq_line(slot.irq, 0)    # raised before: from now on an irqfd pulse
+                    os.eventfd_write(fd, 1)
+                self._irqfds[slot.name] = fd
+        if self.workers:
+            self._worker_stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def quiesce_io(self):
+        """Serve every virtio notification KVM has signalled and no worker
+        has taken yet, so that the devices' state() is the guest's whole
+        past: call it with the vCPUs paused (tools/snapshot.py does, under
+        the bus lock, before it saves the devices)."""
+        for worker in self.workers.values():
+            worker.serve()
+
     def _on_debug_exit(self, status):
         # status is (v << 1) | 1 for the v written; a process keeps its low 8 bits
         self.stop(status, f'the guest wrote {status >> 1:#x} to the debug-exit port: '
@@ -436,6 +483,29 @@ class Machine:
             if ioapic is not None:
                 ioapic.set_irq(pin, level)
         return self._line(sink)
+
+    def _virtio_irq(self, slot):
+        """A virtio-mmio device's line. In kernel mode, once its worker is
+        set up (:meth:`_setup_workers`), a rise is one write to the eventfd
+        KVM_IRQFD binds to the slot's GSI: a pulse to both PICs and the
+        IOAPIC pin, what an edge-triggered ISA IRQ needs, with no ioctl and
+        nothing to undo when the guest acks (the line's fall costs nothing).
+        Otherwise the ISA line of :meth:`irq`."""
+        if self.mode != 'kernel' or slot.irq is None:
+            return self.irq(slot.irq, slot.name)
+        n, vm, irqfds, name = slot.irq, self.vm, self._irqfds, slot.name
+
+        def sink(level):
+            fd = irqfds.get(name)
+            if fd is None:
+                vm.irq_line(n, level)
+            elif level:
+                os.eventfd_write(fd, 1)
+        line = self._line(sink)
+        self.irq_lines.append((n, name, line))
+        if self.tracer is not None:
+            self.tracer.trace_line(n, name, line)
+        return line
 
     # -- interrupts --
     def _msi(self, address, data):
@@ -658,6 +728,13 @@ class Machine:
             if timeout is not None else None
         for t in threads + [timer] if timer else threads:
             t.start()
+        if self.workers:
+            try:
+                os.eventfd_read(self._worker_stop)      # a run after a run: go again
+            except BlockingIOError:
+                pass
+            for worker in self.workers.values():
+                worker.start(self._worker_stop)
         try:
             self._vcpu_thread(self.vm.vcpus[0])
         except KeyboardInterrupt:
@@ -669,6 +746,11 @@ class Machine:
                 timer.join()        # a cancelled Timer ends at once: leave no thread behind
             for t in threads:
                 t.join(timeout=5)
+            if self.workers:
+                os.eventfd_write(self._worker_stop, 1)
+                for worker in self.workers.values():
+                    worker.join()
+                self.quiesce_io()           # what the guest notified before it stopped
             self.vm.drain_coalesced()     # what the guest wrote before it stopped
         if self.result.status == EXIT_TIMEOUT:
             alive = {t.name for t in threads if t.is_alive()}
@@ -1091,6 +1173,8 @@ class Machine:
                         bus.unregister(base)
                 delattr(self, slot.name)
             # the old UARTs' coalesced THR ports stay: each new one keeps or drops its own
+            for worker in self.workers.values():
+                worker.discard()            # notifications to the state being replaced
             self.devices, self._timed, self._buffered = {}, [], []
             self._device_states = states
             # a snapshot of an hvc0 console holds a virtio console that is present
@@ -1143,6 +1227,12 @@ class Machine:
     def close(self):
         for disk in self.disks.values():
             disk.close()
+        for worker in self.workers.values():
+            worker.close()
+        for fd in list(self._irqfds.values()) + [self._worker_stop]:
+            if fd >= 0:
+                os.close(fd)
+        self._irqfds, self._worker_stop = {}, -1
         if self.vm is not None:
             self.vm.close()
         if self._own_kvm and self.kvm is not None:
@@ -1272,6 +1362,104 @@ def _stall_report(machine, vcpu):
     return (f'vCPU {vcpu.index}: {_cpu_mode(sregs, regs.rflags)}, {where}: {doing}; '
             f'last exits, newest first: {last} ({vcpu.io_exits} port I/O and '
             f'{vcpu.mmio_exits} MMIO exits in all)')
+
+
+VIRTIO_QUEUE_NOTIFY = 0x50    # the virtio-mmio QueueNotify register (virtio 1.2, 4.2.2)
+
+
+class _VirtioWorker:
+    """The queue thread of one virtio-mmio device (split and kernel mode).
+
+    For each of the device's queues an eventfd is bound with KVM_IOEVENTFD
+    to a 4-byte write of that queue's index to the device's QueueNotify
+    register (the DATAMATCH flag): KVM signals it and resumes the guest at
+    once, with no exit to kvmlite. This thread waits on the eventfds and
+    serves the queues through the device's ``notify(index)``, under the
+    VM's bus lock, the lock every vCPU thread's MMIO access and the timer
+    thread's ticks take: the device sees one caller at a time, in an order
+    each thread's own accesses keep. The eventfd is read under that lock
+    too, so whoever holds it (:meth:`Machine.quiesce_io`, before a
+    snapshot) sees every signalled notification either served or still
+    signalled, never taken and lost. Any other write to QueueNotify (a
+    queue index that matches no eventfd, another width) is an MMIO exit as
+    before. ``notified`` counts the notifications served here.
+    """
+
+    def __init__(self, machine, slot, queues):
+        self.machine, self.name = machine, slot.name
+        self.addr = slot.mmio[0][1] + VIRTIO_QUEUE_NOTIFY
+        self.fds = []
+        self.notified = 0
+        self.thread = None
+        try:
+            for q in range(queues):
+                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                self.fds.append(fd)
+                machine.vm.ioeventfd(fd, self.addr, 4, datamatch=q)
+        except BaseException:
+            self.close()
+            raise
+
+    def start(self, stop_fd):
+        self.thread = threading.Thread(target=self._loop, args=(stop_fd,), daemon=True,
+                                       name=f'kvmlite-virtio-{self.name}')
+        self.thread.start()
+
+    def _loop(self, stop_fd):
+        poller = select.poll()
+        for fd in self.fds + [stop_fd]:
+            poller.register(fd, select.POLLIN)
+        try:
+            while True:
+                ready = {fd for fd, _ in poller.poll()}
+                if stop_fd in ready:
+                    return
+                self.serve()
+        except Exception as e:          # noqa: BLE001 - end the run, saying why
+            what = e if isinstance(e, DeviceError) else f'{type(e).__name__}: {e}'
+            self.machine.stop(EXIT_VMM, f'device error in the {self.name} queue thread: {what}')
+
+    def serve(self):
+        """Serve every queue whose eventfd is signalled (under the bus lock)."""
+        machine = self.machine
+        served = False
+        with machine.vm.lock:
+            dev = machine.devices[self.name]    # a restore may have rebuilt it
+            for q, fd in enumerate(self.fds):
+                try:
+                    os.eventfd_read(fd)
+                except BlockingIOError:
+                    continue
+                self.notified += 1
+                served = True
+                try:
+                    dev.notify(q)
+                except Exception as e:
+                    raise DeviceError(f'{type(dev).__name__}.notify({q}) raised '
+                                      f'{type(e).__name__}: {e}') from e
+        if served and hasattr(dev, 'tick'):
+            machine.wake()              # its deadline may have moved, as after an MMIO write
+
+    def discard(self):
+        """Forget what is signalled (the device's state is being replaced)."""
+        for fd in self.fds:
+            try:
+                os.eventfd_read(fd)
+            except BlockingIOError:
+                pass
+
+    def join(self):
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+            self.thread = None
+
+    def close(self):
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
 
 
 class _Routed:

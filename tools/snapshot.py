@@ -239,6 +239,7 @@ def _cpu_state(m):
                        'user_halted': bool(m._user_halted),
                        'woken': sorted([i, rip] for i, rip in m._woken.items())}}
     with m.vm.lock:
+        m.quiesce_io()              # virtio notifications KVM signalled are served first
         m.vm.drain_coalesced()      # THR writes KVM buffered belong to the UART's past
         state['devices'] = {name: dev.state() for name, dev in m.devices.items()}
         if m.mode == 'kernel':
