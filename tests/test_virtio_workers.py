@@ -64,6 +64,20 @@ class WorkerTests(unittest.TestCase):
             self.assertEqual(d.used(0), [(0, SECTOR + 1)])
             self.assertEqual(m.workers['vda'].notified, 1)
 
+    def test_a_restored_hvc0_console_is_wired_and_served_again(self):
+        import io
+        f = io.BytesIO()
+        with machine('kernel', console_device='hvc') as m:
+            m.snapshot(f)
+        f.seek(0)
+        disk = BytesDisk(bytes(range(256)) * 8)
+        with kvmlite.Machine.restore(f, console=MemoryBackend(), kvm=kvm(), disks=[disk]) as r:
+            self.assertEqual(r.console_device, 'hvc')
+            self.assertTrue(r.virtio_console.present)
+            self.assertIs(r._console_in, r.virtio_console)
+            self.assertIn('virtio_console', r.workers)
+            self.assertIn('virtio_console', r._irqfds)
+
     def test_close_leaves_no_descriptor(self):
         with machine('kernel', console_device='hvc'):
             pass                                        # the first VM's one-time fds

@@ -425,7 +425,8 @@ class Machine:
         irqfd = self.mode == 'kernel' and vm.check_extension(Cap.IRQFD)
         for slot in self.platform.devices:
             dev = self.devices.get(slot.name)
-            if not getattr(dev, 'present', False) or not hasattr(dev, 'notify') or not slot.mmio:
+            if (not getattr(dev, 'present', False) or not hasattr(dev, 'notify') or not slot.mmio
+                    or slot.name in self.workers):
                 continue
             self.workers[slot.name] = _VirtioWorker(self, slot, dev.QUEUES)
             if irqfd and slot.irq is not None:
@@ -439,7 +440,7 @@ class Machine:
                     vm.irq_line(slot.irq, 0)    # raised before: from now on an irqfd pulse
                     os.eventfd_write(fd, 1)
                 self._irqfds[slot.name] = fd
-        if self.workers:
+        if self.workers and self._worker_stop < 0:
             self._worker_stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
     def quiesce_io(self):
@@ -1187,6 +1188,7 @@ class Machine:
                 self._device_states = None
             for (bus, base), chain in wrapped.items():
                 self._rewrap(bus, base, chain)
+            self._setup_workers()           # a device present only in the snapshot (hvc0)
         self.wake()
 
     def _bus_wrappers(self, bus, base):
