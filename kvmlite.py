@@ -2384,14 +2384,7 @@ class Kvm:
         """KVM_GET_MSRS on /dev/kvm (Cap.GET_MSR_FEATURES): {index: value} of
         feature MSRs (msr_feature_index_list()), what KVM can offer a guest."""
         _require(self, Cap.GET_MSR_FEATURES, 'KVM_GET_MSRS on /dev/kvm')
-        buf = kvm_msrs(len(indices))(nmsrs=len(indices))
-        for i, idx in enumerate(indices):
-            buf.entries[i].index = idx
-        n = _ioctl(self.fd, KVM_GET_MSRS, buf)
-        if n != len(indices):
-            raise KvmError(errno.EINVAL, 'KVM_GET_MSRS',
-                           f'MSR {indices[n]:#x} is not a feature MSR (KVM read {n} of {len(indices)})')
-        return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
+        return _get_msrs(self.fd, indices, 'is not a feature MSR')
 
     def mce_cap_supported(self):
         """KVM_X86_GET_MCE_CAP_SUPPORTED: the MCG_CAP bits KVM can emulate,
@@ -3164,6 +3157,20 @@ def _msrs_type(n):
         t = _MSRS_TYPES[n] = kvm_msrs(n)
     return t
 
+
+def _get_msrs(fd, indices, refused):
+    """KVM_GET_MSRS on ``fd`` (/dev/kvm's feature MSRs or a vCPU's): {index:
+    value}; KVM stops at the first MSR it refuses, named with ``refused``."""
+    buf = _msrs_type(len(indices))(nmsrs=len(indices))
+    for i, idx in enumerate(indices):
+        buf.entries[i].index = idx
+    n = _ioctl(fd, KVM_GET_MSRS, buf)
+    if n != len(indices):
+        raise KvmError(errno.EINVAL, 'KVM_GET_MSRS',
+                       f'MSR {indices[n]:#x} {refused} (KVM read {n} of {len(indices)})')
+    return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
+
+
 _DIRTY_OFF = kvm_run.kvm_dirty_regs.offset
 _SYNC_SREGS = ctypes.sizeof(kvm_regs)                         # kvm_sync_regs: regs,
 _SYNC_EVENTS = _SYNC_SREGS + ctypes.sizeof(kvm_sregs)         # sregs, events
@@ -3394,14 +3401,7 @@ class Vcpu:
     def get_msrs(self, indices):
         """{index: value} for the MSRs in ``indices``."""
         self._flush_sync()
-        buf = _msrs_type(len(indices))(nmsrs=len(indices))
-        for i, idx in enumerate(indices):
-            buf.entries[i].index = idx
-        n = _ioctl(self.fd, KVM_GET_MSRS, buf)
-        if n != len(indices):
-            raise KvmError(errno.EINVAL, 'KVM_GET_MSRS',
-                           f'MSR {indices[n]:#x} cannot be read (KVM read {n} of {len(indices)})')
-        return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
+        return _get_msrs(self.fd, indices, 'cannot be read')
 
     def set_msrs(self, values):
         buf = _msrs_type(len(values))(nmsrs=len(values))
