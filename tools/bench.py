@@ -3,6 +3,7 @@
     python3 tools/bench.py [--quick] [--reps N] [--count N] [--profile]
                            [--linux KERNEL INITRD] [--no-qemu] [--no-floor]
                            [--only FIGURE,...] [--timeout-runs N]
+                           [--dd VMLINUX-V [--busybox PATH]]
 
 A Python VMM is only worth using if its exit path is nearly as cheap as C's.
 This tool runs the same guest binary under three VMMs, alternately, several
@@ -48,7 +49,12 @@ close, in this process) median at most 2 ms, next to unicorn's
 Uc/mem_map/emu_start when unicorn is importable; an idle 256 MiB VM's
 resident set at most 15 MiB, next to QEMU's; and, with ``--linux``, time from
 start to the init's marker line no worse than QEMU's on the same kernel,
-initrd and command line.  Issue #6 adds the timeout figure: how late
+initrd and command line; with ``--dd`` (a variant-v kernel of
+shared/linux/build.sh), issue #18's virtio-blk figure: ``dd if=/dev/vda
+of=/dev/null bs=1M count=16`` in that Linux guest under kvmlite and under
+QEMU microvm (``-device virtio-blk-device``) on the same image, kernel and
+initrd, timed between the guest's markers around the dd, kvmlite no slower
+than QEMU (``--only dd --dd VMLINUX`` runs that row alone).  Issue #6 adds the timeout figure: how late
 ``Vcpu.run(timeout=...)`` and ``Machine.run(timeout=...)`` (in every irqchip
 mode) come back while the guest spins at CPL0 (emulated on kvm_pvm) and at
 CPL3 (native), median and max over ``--timeout-runs`` runs in this process,
@@ -91,10 +97,26 @@ STATUS_BAD_LSR = 7              # value 3: an LSR read without THRE and TEMT
 LSR_IDLE = 0x60                 # UART_LSR_THRE | UART_LSR_TEMT: what a quiet UART reads
 LINE = b'0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.\n'   # 64 bytes
 # what kvmlite itself adds to a Linux command line on this kind of host
-# (K.LINUX_CLEARCPUID, tools/linux.py's boots): given here in full, so QEMU
-# gets the same and kvmlite, seeing a clearcpuid=, adds nothing of its own
-LINUX_CMDLINE = 'console=ttyS0 panic=-1 reboot=k quiet ' + K.LINUX_CLEARCPUID.decode()
+# (K.LINUX_CLEARCPUID and K.LINUX_USER_ENV, as in tools/linux.py's boots):
+# given here in full, so QEMU gets the same and kvmlite adds nothing of its own
+LINUX_CMDLINE = ' '.join(['console=ttyS0 panic=-1 reboot=k quiet', K.LINUX_CLEARCPUID.decode(),
+                          K.LINUX_USER_ENV.decode()])
 LINUX_MARKER = b'KVMLITE-INIT-OK'
+# --dd: a Linux guest (variant v: virtio-mmio) reads its disk with dd; the host
+# times the stretch between the two markers on COM1, under kvmlite and QEMU
+DD_MIB = 16
+DD_IMAGE_MIB = 24
+DD_START, DD_END = b'KVMLITE-DD-START', b'KVMLITE-DD-END'
+DD_INIT = b'''#!/bin/sh
+B=/bin/busybox
+$B mount -t proc proc /proc
+$B mount -t devtmpfs dev /dev
+echo KVMLITE-DD-START
+$B dd if=/dev/vda of=/dev/null bs=1M count=%d 2>/dd.txt
+echo KVMLITE-DD-END
+echo "KVMLITE-DD-GUEST $($B tr "\\n" " " < /dd.txt)"
+$B poweroff -f
+''' % DD_MIB
 FIGURES = ('out', 'in', 'serial', 'lifecycle', 'memory', 'timeout')    # the names --only takes
 # On an AMD host a kernel without XSAVEERPTR clears FPU errors with fnclex,
 # which KVM's emulator lacks here (shared/linux/README.md); qemu64 leaves it
@@ -888,6 +910,11 @@ def _args(argv):
     ap.add_argument('--linux-cmdline', default=LINUX_CMDLINE)
     ap.add_argument('--linux-marker', default=LINUX_MARKER.decode())
     ap.add_argument('--linux-timeout', type=float, default=300)
+    ap.add_argument('--dd', metavar='VMLINUX',
+                    help=f'also time dd if=/dev/vda bs=1M count={DD_MIB} in a Linux guest with '
+                    'virtio-mmio (shared/linux/build.sh OUT v) under kvmlite and QEMU; busybox '
+                    'from --busybox, else as tools/linux.py gets it')
+    ap.add_argument('--busybox', help='a static busybox for --dd (default: tools/linux.py\'s)')
     a = ap.parse_args(argv)
     a.reps = a.reps or (1 if a.quick else 5)
     a.count = a.count if a.count is not None else (2000 if a.quick else 200000)
@@ -896,6 +923,7 @@ def _args(argv):
     a.lifecycles = a.lifecycles or (10 if a.quick else 200)
     a.timeout_runs = a.timeout_runs or (1 if a.quick else 10)
     a.only = set(a.only.split(',')) if a.only else set(FIGURES)
+    a.notes = []                # lines the rows leave for after the table
     return a
 
 
@@ -966,6 +994,13 @@ def main(argv=None, out=None, progress=None):
         if a.linux:
             say(f'linux: command line {a.linux_cmdline!r} for both; QEMU -cpu {LINUX_QEMU_CPU}; '
                 f'time from start until {a.linux_marker!r} reaches COM1')
+        if a.dd:
+            say(f'dd: command line {a.linux_cmdline!r} for both, one vCPU, 256 MiB, a '
+                f'{DD_IMAGE_MIB} MiB raw image read-only; QEMU -M microvm,acpi=off -cpu '
+                f'{LINUX_QEMU_CPU} -device virtio-blk-device; time from {DD_START.decode()!r} '
+                f'to {DD_END.decode()!r} on COM1')
+        for n in a.notes:
+            say(f'note: {n}')
         for s in skipped:
             say(f'skipped: {s}')
         for p in problems:
@@ -1018,6 +1053,8 @@ def other_rows(a, qemu, guest_path, work, skipped, log):
         log(f'  memory: kvmlite {mib(k_rss)}, Machine {mib(m_rss)}, QEMU {mib(q_rss)}')
     if a.linux:
         rows.append(linux_row(a, qemu, work, skipped, log))
+    if a.dd:
+        rows.append(dd_row(a, qemu, work, skipped, log))
     return rows
 
 
@@ -1050,6 +1087,104 @@ def linux_row(a, qemu, work, skipped, log):
     qm = statistics.median(q_times) if q_times else None
     return [f'Linux boot to init ({os.path.basename(kernel)}, {os.path.basename(initrd)}, '
             f'256 MiB)', _fmt_s(km), '-', _fmt_s(qm),
+            f'{km / qm:.2f}x QEMU' if km and qm else '-', '<= 1.0x',
+            ('met' if km <= qm else 'NOT met') if km and qm else 'not measured']
+
+
+def time_between_markers(cmd, out_path, start, end, timeout, env=None):
+    """Seconds between ``start`` and ``end`` appearing in ``out_path`` (the
+    serial output, polled every 20 ms), the serial output then, and why
+    not (None when it worked); the VMM is stopped once ``end`` has come
+    and the line after it with it (or after 5 s)."""
+    if os.path.exists(out_path):
+        os.unlink(out_path)
+    t0 = time.perf_counter()
+    t_start = t_end = None
+    data = b''
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, env=env)
+    try:
+        while time.perf_counter() - t0 < timeout:
+            now = time.perf_counter()
+            if os.path.exists(out_path):
+                with open(out_path, 'rb') as f:
+                    data = f.read()
+            if t_start is None and start in data:
+                t_start = now
+            if t_start is not None and t_end is None and end in data:
+                t_end = now
+            if t_end is not None and (data.count(b'\n', data.index(end)) >= 2 or now - t_end > 5):
+                return t_end - t_start, data, None
+            if p.poll() is not None:
+                return None, data, f'ended with status {p.returncode} before {end.decode()}'
+            time.sleep(0.02)
+        return None, data, f'no {end.decode() if t_start else start.decode()} after {timeout} s'
+    finally:
+        _stop(p)
+
+
+def dd_setup(a, work):
+    """(initrd, disk image) for the dd row: busybox with DD_INIT, and
+    DD_IMAGE_MIB of random bytes."""
+    from tools import linux
+    busybox = linux.ensure_busybox(a.busybox, linux.default_cache(), log=lambda s: None)
+    initrd = linux.make_initramfs(busybox, os.path.join(work, 'dd-initrd.cpio'), DD_INIT)
+    image = os.path.join(work, 'dd-vda.img')
+    with open(image, 'wb') as f:
+        for _ in range(DD_IMAGE_MIB):
+            f.write(os.urandom(1 << 20))
+    return initrd, image
+
+
+def dd_row(a, qemu, work, skipped, log):
+    """The virtio-blk figure of issue 18: ``dd if=/dev/vda of=/dev/null
+    bs=1M count=16`` in the same kernel, initrd and image under kvmlite
+    (``--disk IMAGE,ro``) and QEMU microvm (``-device
+    virtio-blk-device``), one vCPU each; wall time between the guest's
+    markers around the dd, so boot time is left out."""
+    kernel = a.dd
+    title = f'virtio-blk: dd {DD_MIB} MiB from /dev/vda, bs=1M ({os.path.basename(kernel)})'
+    try:
+        initrd, image = dd_setup(a, work)
+    except Exception as e:      # noqa: BLE001 - no busybox: the row says why
+        skipped.append(f'dd: {e}')
+        return [title, '-', '-', '-', '-', '<= 1.0x', 'not measured']
+    kv = KvmliteVmm(kernel, work)
+    out_k = os.path.join(work, 'dd-kvmlite.out')
+    k_cmd = kv.command(a.linux_cmdline, out_k, 256, fmt='auto') + [
+        '-i', initrd, '--disk', image + ',ro', '-c', '1']
+    out_q = os.path.join(work, 'dd-qemu.out')
+    q_cmd = None
+    if qemu:
+        q_cmd = [qemu, '-M', 'microvm,acpi=off', '-accel', 'kvm', '-cpu', LINUX_QEMU_CPU,
+                 '-smp', '1', '-m', '256', '-kernel', kernel, '-initrd', initrd,
+                 '-append', a.linux_cmdline, '-nodefaults', '-nographic',
+                 '-serial', f'file:{out_q}',
+                 '-drive', f'id=vda,file={image},format=raw,if=none,readonly=on',
+                 '-device', 'virtio-blk-device,drive=vda']
+    else:
+        skipped.append('QEMU dd: no QEMU')
+    k_times, q_times, guest = [], [], {}
+    for rep in range(1 if a.quick else min(a.reps, 3)):
+        for name, cmd, out, env, times in (('kvmlite', k_cmd, out_k, kv.env, k_times),
+                                           ('QEMU', q_cmd, out_q, None, q_times)):
+            if cmd is None:
+                continue
+            t, data, why = time_between_markers(cmd, out, DD_START, DD_END, a.linux_timeout, env)
+            if t is None:
+                tail = data[-300:].decode(errors='replace').strip().replace('\n', ' | ')
+                skipped.append(f'{name} dd: {why}; its console ended: {tail!r}')
+            else:
+                times.append(t)
+                line = next((l for l in data.splitlines() if l.startswith(b'KVMLITE-DD-GUEST')),
+                            b'')
+                guest[name] = line.decode(errors='replace').split(' ', 1)[-1]
+        log(f'  dd: round {rep + 1}: kvmlite {k_times[-1:]}, QEMU {q_times[-1:]}')
+    for name, line in guest.items():
+        a.notes.append(f'dd under {name}, as the guest\'s dd saw it: {line}')
+    km = statistics.median(k_times) if k_times else None
+    qm = statistics.median(q_times) if q_times else None
+    return [title, _fmt_s(km), '-', _fmt_s(qm),
             f'{km / qm:.2f}x QEMU' if km and qm else '-', '<= 1.0x',
             ('met' if km <= qm else 'NOT met') if km and qm else 'not measured']
 
