@@ -2702,22 +2702,32 @@ class Vm:
         KVM_RUN meanwhile. ``slots`` does not change: the memory is the same,
         only KVM's view of it is cut in parts; the dirty log goes on across
         layouts (what KVM logged is kept before its regions are replaced).
-        Pages outside writable RAM slots are refused (GuestMemoryError)."""
-        readonly_ok = self.check_extension(Cap.READONLY_MEM) > 0
+        Neighbouring pages of one kind share a slot. In a read-only slot an
+        'access' page is cut out and a 'write' page needs nothing (its writes
+        exit already). Pages outside RAM slots are refused (GuestMemoryError)."""
+        readonly_ok = None
         for page in traps:
             s = self._slot(page, PAGE_SIZE)
-            if s.readonly or page % PAGE_SIZE:
-                raise GuestMemoryError(f'page {page:#x} is not a page of writable RAM')
+            if page % PAGE_SIZE or traps[page] not in ('write', 'access'):
+                raise GuestMemoryError(f'page {page:#x} ({traps[page]!r}) is not a page of RAM '
+                                       "to trap for 'write' or 'access'")
         for s in self.slots:
-            if s.readonly:
+            mine = [p for p in traps if s.gpa <= p < s.end and not (
+                s.readonly and traps[p] == 'write')]
+            if not mine and not s.parts:
                 continue
-            mine = sorted(p for p in traps if s.gpa <= p < s.end)
+            if readonly_ok is None:
+                readonly_ok = self.check_extension(Cap.READONLY_MEM) > 0
             want, at = [], s.gpa
-            for p in mine:
+            for p in sorted(mine):
                 if p > at:
                     want.append((at, p - at, s.flags))
                 if traps[p] == 'write' and readonly_ok:
-                    want.append((p, PAGE_SIZE, s.flags | KVM_MEM_READONLY))
+                    last = want[-1] if want else None
+                    if last and last[0] + last[1] == p and last[2] == s.flags | KVM_MEM_READONLY:
+                        want[-1] = (last[0], last[1] + PAGE_SIZE, last[2])
+                    else:
+                        want.append((p, PAGE_SIZE, s.flags | KVM_MEM_READONLY))
                 at = p + PAGE_SIZE
             if at < s.end:
                 want.append((at, s.end - at, s.flags))
@@ -4408,10 +4418,6 @@ class SnippetUnsupported(SnippetError, AttributeError):
 _UNICORN_MISSING = {
     'hook_block': "unicorn's UC_HOOK_BLOCK needs a translator's basic blocks, and a Snippet "
                   'runs on the CPU: use hook_code (called before every instruction)',
-    'hook_mem_read': 'RAM reads never leave the CPU: map the range with mmio_map and '
-                     'answer in hook_mmio',
-    'hook_mem_write': 'RAM writes never leave the CPU: mem_protect the range read-only '
-                      "('rx') and the writes reach hook_mmio, or mmio_map it",
     'hook_mem_fetch': 'fetches never leave the CPU: use run(until=address) or count=',
     'hook_mem_unmapped': 'an unmapped access is a #PF in long64 (hook_exception sees it; '
                          "map the page and return True) and an 'mmio' access in prot32 and "
@@ -4527,6 +4533,7 @@ def _snippet_registers():
 
 
 _SNIPPET_GPRS = _snippet_registers()
+_SNIPPET_BITS = {'real': 16, 'prot32': 32, 'long64': 64}
 _SNIPPET_GPR64 = {n: k[0] for n, k in _SNIPPET_GPRS.items() if k[1:] == (0, 64)}  # rax: 'rax'
 _SNIPPET_SEGS = ('cs', 'ds', 'es', 'fs', 'gs', 'ss')
 _SNIPPET_SREGS = ('cr0', 'cr2', 'cr3', 'cr4', 'cr8', 'efer')
@@ -4710,6 +4717,7 @@ class Snippet:
         self._spares = {}              # (gpa, size, readonly) -> a zeroed slot a last user left
         self._tables_in_place = None   # the regions the page tables in place map
         self._vm_ran = False           # the vCPU has run (this Snippet's or a last user's)
+        self._traps = {}               # page -> 'write'/'access': out of RAM for memory hooks
         try:
             unit = _snippet_pool_take(self.kvm, mode, cpl)
             if unit is None:
@@ -4764,6 +4772,8 @@ class Snippet:
             self._vcpu.set_regs(regs)
             self._vcpu.set_xsave(xsave)
             self._tables_dirty = self.mode == 'long64'
+            self._traps = {}
+            self._retrap()
         except BaseException:
             self._tainted = True           # half moved: never recycled
             raise
@@ -4808,6 +4818,11 @@ class Snippet:
             return False
         self._waiting = None
         v.complete_io()
+        if self._traps:                      # memory hooks' pages back to plain RAM
+            vm.trap_pages({})
+            self._traps = {}
+        if any(sl.parts for sl in vm.slots):
+            return False
         if self._until is not None or self._steps is not None or self._stepping:
             self._disarm()
         if self._debugged:                   # (only _arm sets it: vcpu users are not here)
@@ -5014,6 +5029,8 @@ class Snippet:
         if self._spares.pop((addr, size, 'w' not in perms), None) is None:
             self._vm.add_memory(addr, size, readonly='w' not in perms)
         self._add_region(addr, size, perms)
+        if self._traps or 'mem_read' in self._hook_lists or 'mem_write' in self._hook_lists:
+            self._retrap()
 
     def mem_unmap(self, addr, size):
         """Remove ``addr``..``addr + size`` (4 KiB-aligned) from the map, as
@@ -5097,6 +5114,8 @@ class Snippet:
                 self._regions.append((pa, pn, pp))
         self._regions.sort()
         self._tables_dirty = self.mode == 'long64'
+        if self._traps or 'mem_read' in self._hook_lists or 'mem_write' in self._hook_lists:
+            self._retrap()              # the new slots are whole: cut the hooked pages out again
 
     def mmio_map(self, addr, size):
         """Make ``addr``..``addr + size`` device memory: no RAM, every access
@@ -5317,6 +5336,11 @@ class Snippet:
         """Make ``self._hooks[kind]``: the one hook itself (no cost), or a
         function that asks each in turn."""
         entries = self._hook_lists.get(kind)
+        if kind in ('mem_read', 'mem_write'):
+            if not entries:
+                self._hook_lists.pop(kind, None)
+            self._retrap()              # (the handler reads _hook_lists itself)
+            return
         if not entries:
             self._hooks.pop(kind, None)
             self._hook_lists.pop(kind, None)
@@ -5482,6 +5506,98 @@ class Snippet:
         stops with ``stop``. With several, the first that returns True
         takes it and the rest are not asked."""
         return self._add_hook('exception', fn)
+
+    # -- memory hooks: unicorn's UC_HOOK_MEM_READ / UC_HOOK_MEM_WRITE on RAM
+    def hook_mem_read(self, fn, begin=1, end=0):
+        """``fn(snippet, 'read', address, size, value)`` for each read of RAM
+        at an address in ``begin``..``end`` (inclusive; ``begin > end``, the
+        default, as in unicorn: all RAM); ``value`` is what the read finds.
+        The hook may change memory (the read then gets the new bytes, as in
+        unicorn, where the hook runs before the read) or call stop() (the
+        run ends after the reading instruction). The pages the range touches
+        leave RAM while the hook lasts (KVM has no memory slot there), so
+        every access to them, in or out of the range, exits to kvmlite,
+        which completes it: a VM exit each (see docs/snippets.md). Code
+        cannot run from such a page: an instruction fetched there raises
+        SnippetError. Several hooks may be added; each whose range holds
+        the address is called, in the order added."""
+        return self._mem_hook('mem_read', fn, begin, end)
+
+    def hook_mem_write(self, fn, begin=1, end=0):
+        """``fn(snippet, 'write', address, size, value)`` for each write to
+        writable RAM at an address in ``begin``..``end`` (as hook_mem_read);
+        ``value`` is the value written, already in memory when ``fn`` runs.
+        The pages the range touches become read-only for KVM while the hook
+        lasts: reads and code fetches stay at full speed, each write exits
+        to kvmlite, which does it. A write to read-only memory (mem_map
+        'r') is not done and goes to hook_mmio, as without this hook."""
+        return self._mem_hook('mem_write', fn, begin, end)
+
+    def _mem_hook(self, kind, fn, begin, end):
+        if not isinstance(begin, int) or not isinstance(end, int):
+            raise SnippetError(f'hook_{kind} begin={begin!r}, end={end!r}: addresses are ints')
+        return self._add_hook(kind, fn, (begin, end) if begin <= end else None)
+
+    def _retrap(self):
+        """Take the pages the memory hooks cover out of RAM (Vm.trap_pages:
+        a read-only KVM slot for a write-hooked page, none for a read-hooked
+        one) and put every other page back."""
+        want, lists = {}, self._hook_lists
+        for kind, trap in (('mem_write', 'write'), ('mem_read', 'access')):
+            for _, _, rng in lists.get(kind, ()):
+                for a, n, p in self._regions:
+                    if not p or (trap == 'write' and 'w' not in p):
+                        continue            # MMIO; read-only RAM, whose writes exit already
+                    lo, hi = (a, a + n - 1) if rng is None else (max(a, rng[0]),
+                                                                 min(a + n - 1, rng[1]))
+                    for page in range(lo & -PAGE_SIZE, hi + 1, PAGE_SIZE):
+                        want[page] = trap
+        if want or self._traps:
+            self._settle()
+            self._vm.trap_pages(want)
+        self._traps = want
+
+    def _mem_hooked(self, exit, is_write):
+        """An access to a page the memory hooks took out of RAM: do it in the
+        page's memory and call the hooks. False: a write to read-only RAM
+        (the MMIO path takes it, as without memory hooks)."""
+        addr, vm = exit.addr, self._vm
+        slot = vm._slot(addr, 1)
+        off = addr - slot.gpa
+        if is_write:
+            if slot.readonly:
+                return False
+            data = exit.data
+            n = len(data)
+            slot.view[off:off + n] = data
+            vm.mark_written(addr)
+            kind, access, value = 'mem_write', 'write', exit.value
+        else:
+            n = len(exit.buf)
+            kind, access = 'mem_read', 'read'
+            value = int.from_bytes(slot.map[off:off + n], 'little')
+        for _, fn, rng in list(self._hook_lists.get(kind, ())):
+            if rng is None or rng[0] <= addr <= rng[1]:
+                fn(self, access, addr, n, value)
+        if not is_write:
+            now = self._fetch(addr, n)      # what a hook wrote there is what the guest reads
+            exit.set(int.from_bytes(now, 'little') if len(now) == n else value)
+        return True
+
+    def _fetch_hooked(self, linear, n=15):
+        """The first address of ``linear``..``linear + n`` in a page a read
+        hook took out of RAM, or None."""
+        traps = self._traps
+        for page in range(linear & -PAGE_SIZE, linear + n, PAGE_SIZE):
+            if traps.get(page) == 'access':
+                return max(page, linear)
+        return None
+
+    def _no_code_there(self, address):
+        raise SnippetError(f'instruction fetch at {address:#x}: hook_mem_read has that page out '
+                           'of RAM (every access to it exits to kvmlite, and KVM cannot run code '
+                           'from a page that is not RAM); give the read hook a range that holds '
+                           'no code, or hook_del it')
 
     # -- code hooks: a callback before each instruction (unicorn's UC_HOOK_CODE)
     def hook_code(self, fn, begin=1, end=0):
@@ -6038,6 +6154,11 @@ class Snippet:
         if isinstance(exit, Shutdown):
             return Stop('shutdown', rip, exit=exit)
         linear = self._linear(rip)
+        if isinstance(exit, InternalError) and exit.suberror == KVM_INTERNAL_ERROR_EMULATION \
+                and self._traps:
+            hooked = self._fetch_hooked(linear)
+            if hooked is not None and hooked <= linear + len(exit.insn):
+                self._no_code_there(hooked)
         if isinstance(exit, InternalError) and exit.suberror == KVM_INTERNAL_ERROR_EMULATION:
             # KVM's emulator could not fetch: no RAM at the instruction
             # (prot32 and real have no paging to fault, so it ends up here)
@@ -6114,6 +6235,12 @@ class Snippet:
         error_code, soft = self._unwind(regs, sregs, vector)
         rip = regs.rip
         linear = self._linear(rip)
+        if vector == 6 and self._traps:
+            # (prot32 at CPL3 on kvm_pvm: a fetch KVM could not do is a #UD)
+            dec = _insn_length(self._fetch(linear, 15), _SNIPPET_BITS[self.mode])
+            hooked = self._fetch_hooked(linear, dec[0] if dec else 15)
+            if hooked is not None:
+                self._no_code_there(hooked)
         if vector == 6 and self._peek(linear) is None:
             # KVM emulates a fetch that no RAM backs and raises #UD: say what it was
             return self._halt(Stop('unmapped', rip, address=linear))
@@ -6251,8 +6378,11 @@ class Snippet:
         return self._resume()
 
     def _on_mmio(self, vcpu, exit):
-        hook = self._hooks.get('mmio')
         is_write = isinstance(exit, MmioWrite)
+        if self._traps and exit.addr & -PAGE_SIZE in self._traps \
+                and self._mem_hooked(exit, is_write):
+            return self._resume()
+        hook = self._hooks.get('mmio')
         size = len(exit.data) if is_write else len(exit.buf)
         if hook is None:
             # a read stops at its instruction, half done (resume() finishes it);
