@@ -269,8 +269,8 @@ class UnicornGapCases:
         self.assertFalse(hasattr(s, 'hook_block'))
         with self.assertRaisesRegex(K.SnippetUnsupported, r'Snippet.hook_block: .*hook_code'):
             s.hook_block(lambda *a: None)
-        with self.assertRaisesRegex(SnippetError, 'hook_mem_write: .*read-only'):
-            s.hook_mem_write
+        with self.assertRaisesRegex(SnippetError, 'hook_mem_fetch: .*until'):
+            s.hook_mem_fetch
         with self.assertRaisesRegex(AttributeError, "no attribute 'hook_nonsense'"):
             s.hook_nonsense
 
