@@ -330,6 +330,7 @@ class Machine:
         """Build every device of the platform that this irqchip mode models
         in Python, hand each the wiring its constructor names, and put its
         ranges on the buses: the one place for wiring."""
+        self._isa_nets, self._virtio_wired = {}, {}     # ISA IRQ -> _WiredOr; slot -> its input
         self._IrqLine = sys.modules[_import_part('devices', 'pic').__name__.rpartition('.')[0]].IrqLine
         vm, platform = self.vm, self.platform
         if self.mode == 'kernel' and platform.ioapic_addr != KVM_IOAPIC_BASE:
@@ -429,7 +430,7 @@ class Machine:
                     or slot.name in self.workers):
                 continue
             self.workers[slot.name] = _VirtioWorker(self, slot, dev.QUEUES)
-            if irqfd and slot.irq is not None:
+            if irqfd and slot.irq is not None and not self._irq_shared(slot):
                 fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
                 try:
                     vm.irqfd(fd, slot.irq)
@@ -437,7 +438,7 @@ class Machine:
                     os.close(fd)
                     raise
                 if dev.irq.level:
-                    vm.irq_line(slot.irq, 0)    # raised before: from now on an irqfd pulse
+                    self._virtio_wired[slot.name](0)    # raised before: from now on an irqfd pulse
                     os.eventfd_write(fd, 1)
                 self._irqfds[slot.name] = fd
         if self.workers and self._worker_stop < 0:
@@ -462,20 +463,36 @@ class Machine:
     def irq(self, n, name=None):
         """An interrupt line for ISA IRQ ``n``, routed for this irqchip mode:
         to the PIC and to the IOAPIC pin the platform gives it, or to
-        KVM_IRQ_LINE (whose GSI routes say the same). ``name``: the device
-        that drives it; ``irq_lines`` lists every line with its IRQ and device
-        (stats() counts its rising edges, a trace its changes)."""
-        line = self._route_irq(n)
+        KVM_IRQ_LINE (whose GSI routes say the same). Devices sharing ``n``
+        (COM1 and COM3 on IRQ 4) drive one wired-OR (:class:`_WiredOr`).
+        ``name``: the device that drives it; ``irq_lines`` lists every line
+        with its IRQ and device (stats() counts its rising edges, a trace its
+        changes)."""
+        return self._hand_out(n, name, self._line(self._isa_input(n)))
+
+    def _hand_out(self, n, name, line):
         if n is not None:
             self.irq_lines.append((n, name, line))
             if self.tracer is not None:
                 self.tracer.trace_line(n, name, line)
         return line
 
-    def _route_irq(self, n):
+    def _isa_input(self, n):
+        """The sink of one more device line on ISA IRQ ``n``: an input of
+        the IRQ's wired-OR, made on first use (``_wire_pc`` starts them
+        afresh, with the devices)."""
+        if n is None:
+            return self._isa_sink(n)
+        net = self._isa_nets.get(n)
+        if net is None:
+            net = self._isa_nets[n] = _WiredOr(self._isa_sink(n))
+        return net.input()
+
+    def _isa_sink(self, n):
+        """What the level of ISA IRQ ``n`` drives in this irqchip mode."""
         if self.mode == 'kernel':
             vm = self.vm
-            return self._line(lambda level: vm.irq_line(n, level))
+            return lambda level: vm.irq_line(n, level)
         pic, ioapic = self.devices['pic'], self.devices.get('ioapic')
         pin = self.platform.ioapic_pin(n)
 
@@ -483,7 +500,12 @@ class Machine:
             pic.set_irq(n, level)
             if ioapic is not None:
                 ioapic.set_irq(pin, level)
-        return self._line(sink)
+        return sink
+
+    def _irq_shared(self, slot):
+        """True when another device built in this mode has ``slot``'s IRQ."""
+        return any(s.irq == slot.irq and s.name != slot.name and s.name in self.devices
+                   for s in self.platform.devices)
 
     def _virtio_irq(self, slot):
         """A virtio-mmio device's line. In kernel mode, once its worker is
@@ -491,22 +513,20 @@ class Machine:
         KVM_IRQFD binds to the slot's GSI: a pulse to both PICs and the
         IOAPIC pin, what an edge-triggered ISA IRQ needs, with no ioctl and
         nothing to undo when the guest acks (the line's fall costs nothing).
-        Otherwise the ISA line of :meth:`irq`."""
+        Otherwise (and on an IRQ another device shares, where the irqfd's
+        pulse would lower the other's level) the ISA line of :meth:`irq`."""
         if self.mode != 'kernel' or slot.irq is None:
             return self.irq(slot.irq, slot.name)
-        n, vm, irqfds, name = slot.irq, self.vm, self._irqfds, slot.name
+        irqfds, name = self._irqfds, slot.name
+        wired = self._virtio_wired[name] = self._isa_input(slot.irq)
 
         def sink(level):
             fd = irqfds.get(name)
             if fd is None:
-                vm.irq_line(n, level)
+                wired(level)
             elif level:
                 os.eventfd_write(fd, 1)
-        line = self._line(sink)
-        self.irq_lines.append((n, name, line))
-        if self.tracer is not None:
-            self.tracer.trace_line(n, name, line)
-        return line
+        return self._hand_out(slot.irq, name, self._line(sink))
 
     # -- interrupts --
     def _msi(self, address, data):
@@ -1462,6 +1482,36 @@ class _VirtioWorker:
             except OSError:
                 pass
         self.fds = []
+
+
+class _WiredOr:
+    """One ISA IRQ line that several devices may drive (COM1 and COM3 share
+    IRQ 4, COM2 and COM4 IRQ 3): high while any input holds it high.
+    ``sink(level)`` (the PIC and IOAPIC pin, or KVM_IRQ_LINE) sees the
+    line's own changes: a rise when the first
+    input goes high, a fall when the last one goes low. So a level-triggered
+    pin stays asserted while one sharer still wants service, and an
+    edge-triggered one sees no second edge while the line is already high
+    (the reason a guest's shared-IRQ handler serves every port on it, as
+    Linux's 8250 driver does). KVM_IRQ_LINE needs this too: KVM keeps one
+    level for all of userspace's calls on a GSI (KVM_USERSPACE_IRQ_SOURCE_ID)."""
+
+    __slots__ = ('sink', 'high', 'inputs')
+
+    def __init__(self, sink):
+        self.sink, self.high, self.inputs = sink, 0, 0
+
+    def input(self):
+        """A new input's ``drive(level)``, for its device's IrqLine."""
+        bit = 1 << self.inputs
+        self.inputs += 1
+
+        def drive(level):
+            was = self.high
+            self.high = now = (was | bit) if level else (was & ~bit)
+            if (now != 0) != (was != 0):
+                self.sink(1 if now else 0)
+        return drive
 
 
 class _Routed:
