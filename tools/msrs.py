@@ -261,7 +261,7 @@ def run_kvmlite(image_path, timeout=120):
     with tempfile.NamedTemporaryFile('rb') as out:
         cmd[-1] = out.name
         r = subprocess.run(cmd, capture_output=True, timeout=timeout)
-        text = open(out.name, 'rb').read().decode(errors='replace')
+        text = out.read().decode(errors='replace')      # the same file, reopened by kvmlite
     if r.returncode != 3:
         raise RuntimeError(f'kvmlite ended with status {r.returncode}: {r.stderr.decode()[-300:]}')
     return text
@@ -275,7 +275,10 @@ def run_qemu(image_path, cpu='qemu64', qemu=None, timeout=120):
                '-kernel', image_path, '-nodefaults', '-nographic', '-serial', f'file:{path}',
                '-device', 'isa-debug-exit,iobase=0xf4,iosize=4']
         r = subprocess.run(cmd, capture_output=True, timeout=timeout)
-        text = open(path, 'rb').read().decode(errors='replace') if os.path.exists(path) else ''
+        text = ''
+        if os.path.exists(path):
+            with open(path, 'rb') as f:
+                text = f.read().decode(errors='replace')
     if r.returncode != 3:
         raise RuntimeError(f'QEMU ended with status {r.returncode}: {r.stderr.decode()[-300:]}')
     return text
