@@ -4419,9 +4419,6 @@ _UNICORN_MISSING = {
     'hook_block': "unicorn's UC_HOOK_BLOCK needs a translator's basic blocks, and a Snippet "
                   'runs on the CPU: use hook_code (called before every instruction)',
     'hook_mem_fetch': 'fetches never leave the CPU: use run(until=address) or count=',
-    'hook_mem_unmapped': 'an unmapped access is a #PF in long64 (hook_exception sees it; '
-                         "map the page and return True) and an 'mmio' access in prot32 and "
-                         "real (hook_mmio); an unmapped fetch there stops with 'unmapped'",
     'hook_mem_invalid': 'a protection fault is a #PF in long64 (hook_exception) and a write '
                         'to read-only memory reaches hook_mmio',
     'hook_insn_invalid': 'an invalid instruction raises #UD: hook_exception sees vector 6',
@@ -5533,6 +5530,34 @@ class Snippet:
         'r') is not done and goes to hook_mmio, as without this hook."""
         return self._mem_hook('mem_write', fn, begin, end)
 
+    def hook_mem_unmapped(self, fn, begin=1, end=0):
+        """``fn(snippet, access, address, size, value)`` for each access to an
+        address in ``begin``..``end`` where nothing is mapped (no RAM, no
+        mmio_map), as unicorn's UC_HOOK_MEM_UNMAPPED: ``access`` is
+        'read_unmapped', 'write_unmapped' or 'fetch_unmapped'; ``value`` the
+        value a write would write (0 for a read or fetch). Return True after
+        mapping the address (mem_map) and the access is retried there and the
+        run goes on; otherwise the run goes on as without this hook (a #PF
+        in long64, hook_mmio or an 'mmio' stop for a read or write in prot32
+        and real, an 'unmapped' stop for a fetch there). In long64 the #PF
+        does not say how wide a read or write was, nor what a write would
+        write: ``size`` (and a write's ``value``) are None there. A fetch's
+        ``size`` is 1 (the first byte no memory backs) in every mode."""
+        return self._mem_hook('mem_unmapped', fn, begin, end)
+
+    def _mapped(self, address):
+        """Whether a region (RAM or MMIO) holds ``address``."""
+        return any(a <= address < a + n for a, n, _ in self._regions)
+
+    def _unmapped(self, access, address, size, value):
+        """Ask the unmapped hooks about an access where nothing is mapped.
+        True when one answered True and ``address`` is mapped now."""
+        for _, fn, rng in list(self._hook_lists.get('mem_unmapped', ())):
+            if (rng is None or rng[0] <= address <= rng[1]) \
+                    and fn(self, access, address, size, value):
+                return self._mapped(address)
+        return False
+
     def _mem_hook(self, kind, fn, begin, end):
         if not isinstance(begin, int) or not isinstance(end, int):
             raise SnippetError(f'hook_{kind} begin={begin!r}, end={end!r}: addresses are ints')
@@ -6160,19 +6185,25 @@ class Snippet:
             if hooked is not None and hooked <= linear + len(exit.insn):
                 self._no_code_there(hooked)
         if isinstance(exit, InternalError) and exit.suberror == KVM_INTERNAL_ERROR_EMULATION:
-            # KVM's emulator could not fetch: no RAM at the instruction
-            # (prot32 and real have no paging to fault, so it ends up here)
-            # (an instruction that runs past RAM's end: KVM gives the bytes it got)
-            missing = self._unbacked(linear, 15)
-            bits = {'real': 16, 'prot32': 32, 'long64': 64}[self.mode]
-            if missing is not None and missing == linear + len(exit.insn) and (
-                    _insn_length(exit.insn, bits) is None):
+            missing = self._unmapped_fetch(exit, linear)
+            if missing is not None:
                 return Stop('unmapped', rip, address=missing, exit=exit)
         if isinstance(exit, InternalError) and self._peek(linear) == 0xCC:
             # the emulator cannot run int3: report it as the CPU would have
             self._set_rip(rip + 1)
             return Stop('breakpoint', rip + 1, address=linear)
         return Stop('error', rip, exit=exit)
+
+    def _unmapped_fetch(self, exit, linear):
+        """The address KVM's emulator could not fetch the instruction at
+        ``linear`` from (prot32 and real have no paging to fault, so it ends
+        in an emulation failure; for an instruction that runs past RAM's
+        end KVM gives the bytes it got), or None."""
+        missing = self._unbacked(linear, 15)
+        if missing is not None and missing == linear + len(exit.insn) and (
+                _insn_length(exit.insn, _SNIPPET_BITS[self.mode]) is None):
+            return missing
+        return None
 
     def _unbacked(self, linear, length):
         """The first of ``linear``..``linear + length`` that no RAM backs, or None."""
@@ -6241,12 +6272,14 @@ class Snippet:
             hooked = self._fetch_hooked(linear, dec[0] if dec else 15)
             if hooked is not None:
                 self._no_code_there(hooked)
-        if vector == 6 and self._peek(linear) is None:
+        if vector == 6:
             # KVM emulates a fetch that no RAM backs and raises #UD: say what it was
-            return self._halt(Stop('unmapped', rip, address=linear))
-        if vector == 6 and self.mode != 'real':
-            missing = self._fetch_ends(linear)
-            if missing is not None:              # (kvm_pvm's prot32 CPL3 does so too)
+            # (kvm_pvm's prot32 CPL3 does so for an instruction running past RAM too)
+            missing = linear if self._peek(linear) is None else \
+                self._fetch_ends(linear) if self.mode != 'real' else None
+            if missing is not None:
+                if self._unmapped('fetch_unmapped', missing, 1, 0):
+                    return self._resume()        # RIP is at the instruction: it runs again
                 return self._halt(Stop('unmapped', rip, address=missing))
         op = self._peek(linear) if vector == 6 and self.cpl == 3 else None
         if op == 0xCD:
@@ -6287,6 +6320,15 @@ class Snippet:
         address = sregs.cr2 if vector == 14 else linear
         if vector == 14 and address == self._until and error_code & 0x10:
             return self._halt(Stop('until', rip, address=address))   # fetched unmapped `until`
+        if vector == 14 and not error_code & 1 and 'mem_unmapped' in self._hook_lists \
+                and not self._mapped(address):
+            # not present, where no region is: the unmapped hooks may map it
+            # (a fault: RIP is at the instruction, which runs again)
+            access = 'fetch_unmapped' if error_code & 0x10 else \
+                'write_unmapped' if error_code & 2 else 'read_unmapped'
+            if self._unmapped(access, address, 1 if error_code & 0x10 else None,
+                              None if error_code & 2 else 0):
+                return self._resume()
         stop = Stop('exception', rip, vector, error_code, address)
         hook = self._hooks.get('exception')
         if hook and hook(self, stop):
@@ -6353,7 +6395,12 @@ class Snippet:
     def _on_internal(self, vcpu, exit):
         """KVM's emulator cannot deliver `int n` in protected mode (kvm_pvm's
         CPL0): the run ends there with an emulation failure, RIP at the
-        instruction. Report it as the interrupt, as the CPU would have taken it."""
+        instruction. Report it as the interrupt, as the CPU would have taken it.
+        A fetch where no memory is goes to the unmapped hooks, which may map it."""
+        if exit.suberror == KVM_INTERNAL_ERROR_EMULATION and 'mem_unmapped' in self._hook_lists:
+            missing = self._unmapped_fetch(exit, self._linear(self._rv().rip))
+            if missing is not None and self._unmapped('fetch_unmapped', missing, 1, 0):
+                return self._resume()          # RIP is at the instruction: it runs again
         if exit.suberror != KVM_INTERNAL_ERROR_EMULATION or exit.insn[:1] != b'\xcd' \
                 or len(exit.insn) < 2:
             return False
@@ -6382,8 +6429,13 @@ class Snippet:
         if self._traps and exit.addr & -PAGE_SIZE in self._traps \
                 and self._mem_hooked(exit, is_write):
             return self._resume()
-        hook = self._hooks.get('mmio')
         size = len(exit.data) if is_write else len(exit.buf)
+        if 'mem_unmapped' in self._hook_lists and not self._mapped(exit.addr) \
+                and self._unmapped('write_unmapped' if is_write else 'read_unmapped', exit.addr,
+                                   size, exit.value if is_write else 0) \
+                and self._retried(exit, is_write, size):
+            return self._resume()
+        hook = self._hooks.get('mmio')
         if hook is None:
             # a read stops at its instruction, half done (resume() finishes it);
             # a write stops after its instruction, as KVM reports it
@@ -6395,6 +6447,25 @@ class Snippet:
         if not is_write:
             exit.set((1 << 8 * size) - 1 if value is None else value)
         return self._resume()
+
+    def _retried(self, exit, is_write, size):
+        """An unmapped hook mapped ``exit``'s address: do the access there, as
+        the instruction run again would. False where it is not plain RAM now
+        (MMIO, or a write to read-only memory): the MMIO path takes it."""
+        addr = exit.addr
+        if self._traps and addr & -PAGE_SIZE in self._traps:
+            return self._mem_hooked(exit, is_write)
+        spares = self._spares.values()
+        slot = next((sl for sl in self._vm.slots if sl.gpa <= addr < sl.end
+                     and sl not in spares), None)
+        if slot is None or (is_write and slot.readonly):
+            return False
+        off = addr - slot.gpa
+        if is_write:
+            slot.view[off:off + size] = exit.data
+        else:
+            exit.buf[:] = slot.map[off:off + size]
+        return True
 
     def _on_msr(self, vcpu, exit):
         is_write = isinstance(exit, WrMsr)
