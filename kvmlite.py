@@ -3837,6 +3837,15 @@ class Vcpu:
         if not self._running.acquire(blocking=False):
             raise KvmliteError(f'vCPU {self.index} is running in another thread: '
                                'complete_io() after that run returns')
+        try:
+            return self._complete_pending()
+        finally:
+            self._running.release()
+
+    def _complete_pending(self):
+        """complete_io() for the thread that runs the vCPU (an exit handler)."""
+        if not self._pending:
+            return 0
         m, extra = self._map, 0
         # KVM loads dirty sync-area registers before it completes the access:
         # hold them back, and put them back (still dirty) afterwards
@@ -3871,7 +3880,6 @@ class Vcpu:
                     if dirty & cls:
                         m[base + lo:base + hi] = kept[lo:hi]
                 _U64.pack_into(m, _DIRTY_OFF, dirty)
-            self._running.release()
 
     def _disarm(self, reason):
         """Cancel a timeout; if it fired after KVM_RUN had already returned
@@ -5539,10 +5547,14 @@ class Snippet:
         mapping the address (mem_map) and the access is retried there and the
         run goes on; otherwise the run goes on as without this hook (a #PF
         in long64, hook_mmio or an 'mmio' stop for a read or write in prot32
-        and real, an 'unmapped' stop for a fetch there). In long64 the #PF
-        does not say how wide a read or write was, nor what a write would
-        write: ``size`` (and a write's ``value``) are None there. A fetch's
-        ``size`` is 1 (the first byte no memory backs) in every mode."""
+        and real, an 'unmapped' stop for a fetch there). In long64, where
+        the access is a #PF that tells neither its size nor a write's value,
+        kvmlite runs the instruction once more with the page present and no
+        memory behind it, so KVM reports the access (a page-table rewrite
+        and a VM exit more); ``size`` and a write's ``value`` are None
+        where that cannot be done (kvmlite's system area, addresses past
+        the guest's physical width). A fetch's ``size`` is 1 (the first
+        byte no memory backs) in every mode."""
         return self._mem_hook('mem_unmapped', fn, begin, end)
 
     def _mapped(self, address):
@@ -6324,11 +6336,13 @@ class Snippet:
                 and not self._mapped(address):
             # not present, where no region is: the unmapped hooks may map it
             # (a fault: RIP is at the instruction, which runs again)
-            access = 'fetch_unmapped' if error_code & 0x10 else \
-                'write_unmapped' if error_code & 2 else 'read_unmapped'
-            if self._unmapped(access, address, 1 if error_code & 0x10 else None,
-                              None if error_code & 2 else 0):
-                return self._resume()
+            if error_code & 0x10:
+                if self._unmapped('fetch_unmapped', address, 1, 0):
+                    return self._resume()
+            else:
+                answer = self._probe_unmapped(address, error_code)
+                if answer is not None:
+                    return answer
         stop = Stop('exception', rip, vector, error_code, address)
         hook = self._hooks.get('exception')
         if hook and hook(self, stop):
@@ -6447,6 +6461,69 @@ class Snippet:
         if not is_write:
             exit.set((1 << 8 * size) - 1 if value is None else value)
         return self._resume()
+
+    def _probe_unmapped(self, address, error_code):
+        """A long64 read or write faulted where nothing is mapped; the #PF
+        says neither its size nor a write's value. Run the instruction once
+        more with the page present but without memory behind it (an MMIO
+        page for a moment), so KVM exits with the access, and ask the
+        unmapped hooks with it. Returns the handler's answer, or None: the
+        hooks said no, and the snippet is as at the fault again."""
+        v, page = self._vcpu, address & -PAGE_SIZE
+        exit = None
+        sys = self._system
+        if page < self._phys_limit() and not sys.gpa <= page < sys.end:
+            saved = v.get_regs(), v.get_sregs(), v.get_xsave(), v.get_vcpu_events()
+            self._regions.append((page, PAGE_SIZE, ''))
+            self._regions.sort()
+            try:
+                self._write_system_area()
+                exit = v._run_loop(_RETURN_EVERY_EXIT, None)
+            finally:
+                self._regions.remove((page, PAGE_SIZE, ''))
+                self._tables_dirty = True
+            if type(exit) not in (MmioRead, MmioWrite) or exit.addr & -PAGE_SIZE != page:
+                self._unprobe(saved, exit)     # something else came first: back to the fault
+                exit = None
+        if exit is None:
+            access = 'write_unmapped' if error_code & 2 else 'read_unmapped'
+            if self._unmapped(access, address, None, None if error_code & 2 else 0):
+                return self._resume()
+            return None
+        is_write = isinstance(exit, MmioWrite)
+        size = len(exit.data) if is_write else len(exit.buf)
+        if self._unmapped('write_unmapped' if is_write else 'read_unmapped', exit.addr, size,
+                          exit.value if is_write else 0):
+            if self._retried(exit, is_write, size):
+                return self._resume()
+            return self._on_mmio(v, exit)      # MMIO now, or read-only: as any access there
+        if not is_write:
+            exit.set(0)
+        self._unprobe(saved, exit)
+        return None
+
+    def _unprobe(self, saved, exit):
+        """Give up the access _probe_unmapped made, and put the registers
+        back as they were at the fault (a timeout or stop() that came
+        instead is kept for the next entry)."""
+        v = self._vcpu
+        v._complete_pending()                  # (in an exit handler: this thread runs it)
+        regs, sregs, xsave, events = saved
+        v.set_sregs(sregs)
+        v.set_regs(regs)
+        v.set_xsave(xsave)
+        v.set_vcpu_events(events)
+        if isinstance(exit, Interrupted):
+            v._why, v._map[1] = exit.why, 1
+
+    def _phys_limit(self):
+        """One past the highest guest-physical address the vCPU can map."""
+        limit = getattr(self, '_phys_top', None)
+        if limit is None:
+            entries = self._cpuid_table or cpuid_entries(self.kvm)
+            bits = next((e.eax & 0xFF for e in entries if e.function == 0x80000008), 36)
+            limit = self._phys_top = 1 << bits
+        return limit
 
     def _retried(self, exit, is_write, size):
         """An unmapped hook mapped ``exit``'s address: do the access there, as

@@ -234,6 +234,106 @@ class MemHookCases:
         self.assertEqual(len(seen), 6)
 
 
+# three pages nothing maps: a write to 0x30010, a read of 0x40020, a jump to 0x50000
+UNMAPPED = {
+    'real': '''
+        mov ax, 0x3000
+        mov ds, ax
+        mov word [0x10], 0x1234
+        mov ax, 0x4000
+        mov ds, ax
+        mov bx, [0x20]
+        jmp 0x5000:0
+    ''',
+    'prot32': '''
+        mov dword [0x30010], 0x1234
+        mov ebx, [0x40020]
+        mov eax, 0x50000
+        jmp eax
+    ''',
+    'long64': '''
+        mov dword [0x30010], 0x1234
+        mov ebx, [0x40020]
+        mov eax, 0x50000
+        jmp rax
+    '''}
+
+
+class UnmappedHookCases:
+    """hook_mem_unmapped: map the page and retry, or go on as without it."""
+    mem_size = 0x10000
+
+    def asm(self, text):
+        return assemble(text, bits=BITS[self.mode], origin=CODE)
+
+    def lazy(self, log, answer=True):
+        def hook(s, access, address, size, value):
+            log.append((access, address, size, value))
+            if not answer:
+                return None
+            s.mem_map(address & ~0xFFF, 0x1000)
+            if access == 'read_unmapped':
+                s.mem_write(address, (0x5678).to_bytes(4, 'little'))
+            elif access == 'fetch_unmapped':
+                s.mem_write(address, assemble('mov cx, 7\nhlt', bits=BITS[self.mode]))
+            return True
+        return hook
+
+    def test_the_hook_maps_each_page_and_the_access_is_retried(self):
+        s = self.snippet
+        log = []
+        s.hook_mem_unmapped(self.lazy(log))
+        stop = s.run(self.asm(UNMAPPED[self.mode]))
+        self.assertEqual(stop.reason, 'hlt', str(stop))
+        wide = 2 if self.mode == 'real' else 4
+        self.assertEqual(log, [('write_unmapped', 0x30010, wide, 0x1234),
+                               ('read_unmapped', 0x40020, wide, 0),
+                               ('fetch_unmapped', 0x50000, 1, 0)])
+        self.assertEqual(s.mem_read(0x30010, 4), b'\x34\x12\x00\x00')
+        self.assertEqual((s.reg_read('bx'), s.reg_read('cx')), (0x5678, 7))
+        self.assertEqual([r[0] for r in s.mem_regions()], [0, 0x30000, 0x40000, 0x50000])
+        log.clear()
+        self.assertEqual(s.run(self.asm(UNMAPPED[self.mode])).reason, 'hlt')
+        self.assertEqual(log, [])                         # mapped now: no hook
+
+    def test_a_hook_that_says_no_leaves_the_run_as_without_it(self):
+        s = self.snippet
+        log = []
+        s.hook_mem_unmapped(self.lazy(log, answer=False))
+        s.reg_write('rbx', 0x77)
+        stop = s.run(self.asm(UNMAPPED[self.mode]))
+        self.assertEqual(log[0][:2], ('write_unmapped', 0x30010))
+        if self.mode == 'long64':                        # the #PF, as at the fault
+            self.assertEqual((stop.reason, stop.name, stop.rip, stop.address),
+                             ('exception', '#PF', CODE, 0x30010), str(stop))
+            self.assertEqual(stop.error_code & 3, 2)     # not present, a write
+        else:                                            # the write stops after itself
+            self.assertEqual((stop.reason, stop.address), ('mmio', 0x30010), str(stop))
+        self.assertEqual(s.reg_read('bx'), 0x77)
+        with self.assertRaisesRegex(SnippetError, 'not in mapped memory'):
+            s.mem_read(0x30010, 4)
+        if self.mode != 'long64':                        # an unmapped fetch stops there
+            stop = s.run(self.asm('mov eax, 0x50000\njmp eax' if self.mode == 'prot32'
+                                  else 'jmp 0x5000:0'))
+            self.assertEqual((stop.reason, stop.address), ('unmapped', 0x50000), str(stop))
+            self.assertEqual(log[-1], ('fetch_unmapped', 0x50000, 1, 0))
+
+    def test_a_range_and_a_string_write_into_an_unmapped_page(self):
+        s = self.snippet
+        log = []
+        s.hook_mem_unmapped(lambda s, *args: log.append(('other',) + args), 0x90000, 0x9FFFF)
+        s.hook_mem_unmapped(self.lazy(log), 0x10000, 0x10FFF)
+        if self.mode == 'real':                          # es:di reaches 0x10000 from es 0xFFF
+            code = self.asm('mov ax, 0xfff\nmov es, ax\nmov di, 0x8\nmov cx, 16\n'
+                            'mov al, 0x5a\ncld\nrep stosb\nhlt')
+        else:
+            code = self.asm('mov edi, 0xfff8\nmov ecx, 16\nmov al, 0x5a\ncld\nrep stosb\nhlt')
+        stop = s.run(code)
+        self.assertEqual(stop.reason, 'hlt', str(stop))
+        self.assertEqual(log, [('write_unmapped', 0x10000, 1, 0x5A)])
+        self.assertEqual(s.mem_read(0xFFF8, 16), b'\x5a' * 16)
+
+
 class LongUser(MemHookCases, SnippetTestCase):
     mode, cpl = 'long64', 3
 
@@ -251,6 +351,26 @@ class Prot32Kernel(MemHookCases, SnippetTestCase):
 
 
 class Real(MemHookCases, SnippetTestCase):
+    mode, cpl = 'real', 0
+
+
+class LongUserUnmapped(UnmappedHookCases, SnippetTestCase):
+    mode, cpl = 'long64', 3
+
+
+class LongKernelUnmapped(UnmappedHookCases, SnippetTestCase):
+    mode, cpl = 'long64', 0
+
+
+class Prot32UserUnmapped(UnmappedHookCases, SnippetTestCase):
+    mode, cpl = 'prot32', 3
+
+
+class Prot32KernelUnmapped(UnmappedHookCases, SnippetTestCase):
+    mode, cpl = 'prot32', 0
+
+
+class RealUnmapped(UnmappedHookCases, SnippetTestCase):
     mode, cpl = 'real', 0
 
 
