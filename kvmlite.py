@@ -2237,6 +2237,7 @@ class _Watchdog:
 
 
 _watchdog = _Watchdog()
+_monotonic, _get_ident = time.monotonic, threading.get_ident   # (run paths)
 
 
 # ---------------------------------------------------------------------------
@@ -3182,6 +3183,8 @@ def _get_msrs(fd, indices, refused):
 
 
 _DIRTY_OFF = kvm_run.kvm_dirty_regs.offset
+_WORD_DIRTY, _WORD_REGS = _DIRTY_OFF // 8, kvm_run.s.offset // 8     # in Vcpu.sync_words
+assert _DIRTY_OFF % 8 == kvm_run.s.offset % 8 == kvm_run.exit_reason.offset - 8 == 0
 _SYNC_SREGS = ctypes.sizeof(kvm_regs)                         # kvm_sync_regs: regs,
 _SYNC_EVENTS = _SYNC_SREGS + ctypes.sizeof(kvm_sregs)         # sregs, events
 _IO_EXIT = struct.Struct('<BBHIQ')          # kvm_run.io at offset 32
@@ -3238,6 +3241,11 @@ class Vcpu:
         self._pending = False         # the last exit was port I/O or MMIO, not yet completed
         self._sync = 0                # the KVM_SYNC_X86_* classes kept in kvm_run.s
         self.sync_regs = self.sync_sregs = self.sync_events = None
+        # kvm_run from its start through the synced kvm_regs, as u64s: [1] &
+        # 0xFFFFFFFF is exit_reason, [_WORD_DIRTY] kvm_dirty_regs, [_WORD_REGS
+        # + i] kvm_regs field i; a subscript costs half a ctypes field's access
+        # (released in close())
+        self.sync_words = None
         self.cpuid = None             # the entries last given to set_cpuid2()
         self._running = threading.Lock()   # held by the one thread in run_loop
         self._dirty = None            # the dirty ring's mmap, when the VM enabled one
@@ -3271,6 +3279,9 @@ class Vcpu:
         if self._watched:
             _watchdog.forget(self)
         self.sync_regs = self.sync_sregs = self.sync_events = None
+        if self.sync_words is not None:
+            self.sync_words.release()
+            self.sync_words = None
         self._sync = 0
         del self.kvm_run
         if self._ring is not None:
@@ -3327,6 +3338,8 @@ class Vcpu:
         self._sync = classes
         if classes & KVM_SYNC_X86_REGS:
             self.sync_regs = kvm_regs.from_buffer(m, base)
+            if self.sync_words is None:
+                self.sync_words = memoryview(m)[:base + ctypes.sizeof(kvm_regs)].cast('Q')
         if classes & KVM_SYNC_X86_SREGS:
             self.sync_sregs = kvm_sregs.from_buffer(m, base + _SYNC_SREGS)
         if classes & KVM_SYNC_X86_EVENTS:
@@ -4540,6 +4553,12 @@ def _snippet_registers():
 _SNIPPET_GPRS = _snippet_registers()
 _SNIPPET_BITS = {'real': 16, 'prot32': 32, 'long64': 64}
 _SNIPPET_GPR64 = {n: k[0] for n, k in _SNIPPET_GPRS.items() if k[1:] == (0, 64)}  # rax: 'rax'
+# a 64-bit register's index in Vcpu.sync_words; every view's (index, shift, mask)
+_SNIPPET_WORD = {n: _WORD_REGS + _REG_NAMES.index(f) for n, f in _SNIPPET_GPR64.items()}
+_SNIPPET_VIEW = {n: (_WORD_REGS + _REG_NAMES.index(f), shift, (1 << bits) - 1)
+                 for n, (f, shift, bits) in _SNIPPET_GPRS.items()}
+_SYNC_REGS_SREGS = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS
+_SNIPPET_RIP, _SNIPPET_RSP, _SNIPPET_RFLAGS = (_SNIPPET_WORD[n] for n in ('rip', 'rsp', 'rflags'))
 _SNIPPET_SEGS = ('cs', 'ds', 'es', 'fs', 'gs', 'ss')
 _SNIPPET_SREGS = ('cr0', 'cr2', 'cr3', 'cr4', 'cr8', 'efer')
 _XSAVE_XMM, _XSAVE_MXCSR, _XSAVE_BV = 160, 24, 512   # offsets in the XSAVE legacy area
@@ -4714,6 +4733,8 @@ class Snippet:
         self._waiting = None           # the MMIO access an 'mmio' stop left half done
         self._until = self._patched = self._steps = None
         self._synced = False           # registers live in kvm_run (KVM_CAP_SYNC_REGS)
+        self._words = None             # then: the vCPU's sync_words (reg_read, reg_write, run)
+        self._last_slot = None         # (gpa, end, view) of the slot mem_write wrote last
         self._fast = False             # run() may take _run_fast (synced, not real mode)
         self._handler_table = None     # the run loop's exit handlers, made once
         self._frame = None             # CPL3 #GP frame's unpack, user CS, SS (_run_fast)
@@ -4749,6 +4770,7 @@ class Snippet:
         # from here on a run costs one KVM_RUN: registers go in and out
         # through kvm_run, where KVM offers it (else through the ioctls)
         self._synced = self._vcpu.enable_sync_regs()
+        self._words = self._vcpu.sync_words if self._synced else None
         self._fast = self._synced and self.mode != 'real'    # run() may take _run_fast
         # the #GP frame a CPL3 `hlt` leaves on the IST/ring-0 stack, unpacked at
         # once: error code, RIP, CS, RFLAGS, RSP (SS follows)
@@ -4765,6 +4787,7 @@ class Snippet:
             self._vcpu.get_xsave()
         self._system, self._spares, self._tables_in_place, self._vm_ran = None, {}, None, False
         self._synced, self._fast, self._frame, self._fresh = False, False, None, None
+        self._words = self._last_slot = None
         try:
             self._build()
             self._refast()
@@ -4811,6 +4834,7 @@ class Snippet:
                 vm.close()
         # every later call names the mistake instead of failing on a dead fd
         self._vm = self._vcpu = _Closed('this Snippet')
+        self._words = self._last_slot = None
 
     def _recycle(self):
         """Reset the VM to exactly what _build made and give it to the pool.
@@ -4821,7 +4845,7 @@ class Snippet:
                 or vm.irqchip or vm._coalesced or vm.pio.devices() or vm.mmio.devices()
                 or len(vm.vcpus) != 1 or not _snippet_pool_wants(self.kvm, self.mode, self.cpl)):
             return False
-        self._waiting = None
+        self._waiting = self._last_slot = None
         v.complete_io()
         if self._traps:                      # memory hooks' pages back to plain RAM
             vm.trap_pages({})
@@ -4863,6 +4887,7 @@ class Snippet:
         _snippet_pool_give(self.kvm, self.mode, self.cpl, {
             '_vm': vm, '_vcpu': v, '_system': self._system, '_stubs': self._stubs,
             '_user_cs': self._user_cs, '_user_ss': self._user_ss, '_synced': self._synced,
+            '_words': self._words,
             '_fast': self._synced and self.mode != 'real',
             '_frame': self._frame, '_fresh': fresh, '_spares': spares,
             '_tables_in_place': self._tables_in_place, '_sys_image': image,
@@ -5168,15 +5193,23 @@ class Snippet:
             addr, size = addr + n, size - n
 
     def mem_write(self, addr, data):
+        try:                  # the usual case: into the slot the last write went to
+            gpa, end, view = self._last_slot
+            if gpa <= addr and addr + len(data) <= end and self._waiting is None:
+                view[addr - gpa:addr - gpa + len(data)] = data
+                return
+        except (TypeError, ValueError):      # none yet, a removed slot, not bytes
+            pass
         if self._waiting is not None:
             self._settle()
         if type(data) is not bytes:
             data = bytes(data)
         n, spares = len(data), self._spares
-        for slot in self._vm.slots:          # the usual case: one slot holds it all
+        for slot in self._vm.slots:          # one slot holds it all
             off = addr - slot.gpa
             if 0 <= off and off + n <= slot.size and (not spares or slot not in spares.values()):
                 slot.view[off:off + n] = data
+                self._last_slot = (slot.gpa, slot.end, slot.view)
                 return
         done = 0
         for a, n in list(self._ram_pieces(addr, len(data))):
@@ -5200,13 +5233,14 @@ class Snippet:
         al, ah, r8d...), rip/eip/ip, rflags/eflags/flags, cs..ss (selectors),
         cs_base..gs_base, cr0, cr2, cr3, cr4, cr8, efer, xmm0-xmm15 (128-bit
         ints) and mxcsr."""
-        if self._synced:                            # the usual case, straight from kvm_run
-            field = _SNIPPET_GPR64.get(name)
-            if field is not None:
-                return getattr(self._vcpu.sync_regs, field)
-            key = _SNIPPET_GPRS.get(name)
+        try:                                        # the usual case, straight from kvm_run
+            return self._words[_SNIPPET_WORD[name]]
+        except (KeyError, TypeError):               # not a 64-bit GPR, or not synced (None)
+            pass
+        if self._words is not None:
+            key = _SNIPPET_VIEW.get(name) if type(name) is str else None
             if key is not None:
-                return getattr(self._vcpu.sync_regs, key[0]) >> key[1] & ((1 << key[2]) - 1)
+                return self._words[key[0]] >> key[1] & key[2]
         where, key = self._register(name)
         if where == 'gpr':
             field, shift, bits = key
@@ -5224,13 +5258,14 @@ class Snippet:
         """Set a register (see :meth:`reg_read`). A narrow view keeps the other
         bits (as unicorn does); xmm registers take an int or 16 bytes. Segment
         selectors can be written in real mode only (the base follows)."""
-        field = _SNIPPET_GPR64.get(name)
-        if field is not None and self._synced and type(value) is int \
-                and self._waiting is None and -(1 << 63) <= value < 1 << 64:
-            v = self._vcpu                           # the usual case: straight into kvm_run
-            setattr(v.sync_regs, field, value & 0xFFFFFFFFFFFFFFFF)
-            v._map[_DIRTY_OFF] |= KVM_SYNC_X86_REGS  # (Vcpu.mark_dirty, inline)
-            return
+        if self._waiting is None:
+            try:                                     # the usual case: straight into kvm_run
+                words = self._words
+                words[_SNIPPET_WORD[name]] = value   # (ValueError: < 0 or >= 2**64)
+                words[_WORD_DIRTY] |= KVM_SYNC_X86_REGS      # (Vcpu.mark_dirty)
+                return
+            except (KeyError, TypeError, ValueError):
+                pass
         where, key = self._register(name)
         if self._waiting is not None:
             self._settle()
@@ -5884,7 +5919,109 @@ class Snippet:
         """
         if until is None and count is None and self._fast and self._waiting is None \
                 and not self._tables_dirty and (not self._spares or self.mode == 'long64'):
-            return self._run_fast(start, timeout)
+            # The reused snippet's path (registers in kvm_run, nothing to set
+            # up first): one KVM_RUN and no other system call. The snippet's
+            # own `hlt` (at CPL3, the #GP frame it leaves on the stub's stack)
+            # ends the run here; any other exit goes on in Vcpu._run_loop,
+            # from the exit in hand, with the handlers _go uses. Registers,
+            # the exit reason and the dirty classes are subscripts of the
+            # vCPU's sync_words (a ctypes field costs twice as much); this is
+            # inline, not a method, as every call costs here.
+            v, words = self._vcpu, self._words
+            lock = v._running
+            if not lock.acquire(False):
+                raise KvmliteError('this Snippet is already running in another thread: one '
+                                   'run at a time (stop() ends that run)')
+            exit = stop = None
+            m = v._map
+            try:
+                try:
+                    if start is not None:
+                        if type(start) is not int:
+                            if not isinstance(start, (bytes, bytearray, memoryview)):
+                                raise SnippetError(f'run({start!r}): start is code bytes, an '
+                                                   'address or None')
+                            self.mem_write(SNIPPET_CODE_ADDR, start)
+                            start = SNIPPET_CODE_ADDR
+                        words[_SNIPPET_RIP] = start & 0xFFFFFFFFFFFFFFFF
+                        words[_WORD_DIRTY] |= KVM_SYNC_X86_REGS
+                    self._ran = True
+                    m[1] = 0                 # immediate_exit: a stop() between runs is spent
+                    if timeout is not None:
+                        # _watchdog.arm, whose lock only a sooner deadline needs
+                        d = v._deadline = _monotonic() + timeout
+                        if d < _watchdog._wake_at or not v._watched:
+                            _watchdog.arm(v, d)
+                    if v._buf is not None:
+                        v._release_buf()
+                    v._thread = _get_ident()
+                    try:
+                        fcntl.ioctl(v.fd, KVM_RUN)      # (no third argument: see _run_loop)
+                        reason = words[1] & 0xFFFFFFFF
+                    except OSError as e:
+                        if e.errno not in (errno.EINTR, errno.EAGAIN):
+                            raise KvmError(e.errno, 'KVM_RUN',
+                                           _explain(KVM_RUN, e.errno, self._vm)) from None
+                        m[1] = 0
+                        reason = ExitReason.INTR
+                    if reason == 5:                              # KVM_EXIT_HLT
+                        rip = words[_SNIPPET_RIP]
+                        at = rip - 1 - self._stubs               # RIP is after a stub's HLT
+                        if at == 4 * 13:
+                            frame = self._frame
+                            if frame is not None:
+                                # a CPL3 snippet's own `hlt` is a #GP (error code 0) at
+                                # the hlt: its frame read at once from the stub's stack,
+                                # the registers unwound in kvm_run (anything else: _on_trap)
+                                unpack, cs, ss = frame
+                                system = self._system
+                                err, rip, _, rflags, rsp = unpack(system.view,
+                                                                  words[_SNIPPET_RSP] - system.gpa)
+                                if not err:
+                                    try:                # _peek(rip): the code's slot first
+                                        gpa, end, view = self._last_slot
+                                        byte = view[rip - gpa] if gpa <= rip < end else \
+                                            self._peek(rip)
+                                    except (TypeError, ValueError):
+                                        byte = self._peek(rip)
+                                    if byte == 0xF4:
+                                        words[_SNIPPET_RIP] = rip + 1
+                                        words[_SNIPPET_RFLAGS] = rflags
+                                        words[_SNIPPET_RSP] = rsp
+                                        m[_SYNC_CS:_SYNC_CS + _SEGMENT_SIZE] = cs
+                                        m[_SYNC_SS:_SYNC_SS + _SEGMENT_SIZE] = ss
+                                        words[_WORD_DIRTY] |= _SYNC_REGS_SREGS
+                                        stop = Stop('hlt', rip + 1)   # as at CPL0
+                        elif not 0 <= at < 4 * _SYSCALL_STUB or at & 3:
+                            stop = Stop('hlt', rip)      # the snippet's own HLT (CPL0)
+                    if stop is not None:
+                        v._pending = False
+                        self._vm.exit_counts[_EXIT_HLT] += 1
+                        self._stop = stop
+                        return stop
+                    self._stop = None            # (the handlers set it)
+                    exit = v._run_loop(self._handlers(), None, reason)
+                finally:
+                    v._thread = None
+                    lock.release()
+                    if timeout is not None:
+                        lk = _watchdog._lock         # _watchdog.disarm(v), inline
+                        lk.acquire()
+                        fired = v._deadline is None
+                        v._deadline = None
+                        lk.release()
+                        if fired and type(exit) is not Interrupted:
+                            m[1] = 0             # it fired after KVM_RUN returned: drop the kick
+                            v._why = None
+                if self._stop is None:
+                    self._stop = self._final(exit)
+            except BaseException:
+                # as in _go: a hook that raised leaves the snippet as it was before
+                # that instruction
+                self._waiting = None
+                self._settle(force=True)
+                raise
+            return self._stop
         if self._vcpu and self._vcpu.running:
             raise KvmliteError('this Snippet is already running in another thread: one run at '
                                'a time (stop() ends that run)')
@@ -5966,98 +6103,6 @@ class Snippet:
         finally:
             if self._until is not None or self._steps is not None or self._stepping:
                 self._disarm()
-        return self._stop
-
-    def _run_fast(self, start, timeout):
-        """run() with registers in kvm_run, no until or count, nothing to set
-        up first: the reused snippet's path, one KVM_RUN and no other system
-        call. The snippet's own `hlt` (at CPL3, the #GP frame it leaves on the
-        stub's stack) ends the run here; any other exit goes on in
-        Vcpu._run_loop, from the exit in hand, with the handlers _go uses."""
-        v = self._vcpu
-        m, regs = v._map, v.sync_regs
-        lock = v._running
-        if not lock.acquire(False):
-            raise KvmliteError('this Snippet is already running in another thread: one run at '
-                               'a time (stop() ends that run)')
-        exit = stop = None
-        try:
-            try:
-                if start is not None:
-                    if type(start) is not int:
-                        if not isinstance(start, (bytes, bytearray, memoryview)):
-                            raise SnippetError(f'run({start!r}): start is code bytes, an '
-                                               'address or None')
-                        self.mem_write(SNIPPET_CODE_ADDR, start)
-                        start = SNIPPET_CODE_ADDR
-                    regs.rip = start
-                    m[_DIRTY_OFF] |= KVM_SYNC_X86_REGS
-                self._ran = True
-                m[1] = 0                     # immediate_exit: a stop() between runs is spent
-                if timeout is not None:
-                    # _watchdog.arm, whose lock only a sooner deadline needs
-                    d = v._deadline = time.monotonic() + timeout
-                    if d < _watchdog._wake_at or not v._watched:
-                        _watchdog.arm(v, d)
-                if v._buf is not None:
-                    v._release_buf()
-                v._thread = threading.get_ident()
-                try:
-                    fcntl.ioctl(v.fd, KVM_RUN)      # (no third argument: see _run_loop)
-                    reason = _U32.unpack_from(m, 8)[0]
-                except OSError as e:
-                    if e.errno not in (errno.EINTR, errno.EAGAIN):
-                        raise KvmError(e.errno, 'KVM_RUN',
-                                       _explain(KVM_RUN, e.errno, self._vm)) from None
-                    m[1] = 0
-                    reason = ExitReason.INTR
-                if reason == 5:                                      # KVM_EXIT_HLT
-                    rip = regs.rip
-                    at = rip - 1 - self._stubs                       # RIP is after a stub's HLT
-                    if at == 4 * 13:
-                        frame = self._frame
-                        if frame is not None:
-                            # a CPL3 snippet's own `hlt` is a #GP (error code 0) at
-                            # the hlt: its frame read at once from the stub's stack,
-                            # the registers unwound in kvm_run (anything else: _on_trap)
-                            unpack, cs, ss = frame
-                            system = self._system
-                            err, rip, _, rflags, rsp = unpack(system.view, regs.rsp - system.gpa)
-                            if not err:
-                                for slot in self._vm.slots:          # _peek(rip), inline
-                                    off = rip - slot.gpa
-                                    if 0 <= off < slot.size:
-                                        if slot.map[off] == 0xF4:
-                                            regs.rip, regs.rflags, regs.rsp = rip + 1, rflags, rsp
-                                            m[_SYNC_CS:_SYNC_CS + _SEGMENT_SIZE] = cs
-                                            m[_SYNC_SS:_SYNC_SS + _SEGMENT_SIZE] = ss
-                                            m[_DIRTY_OFF] |= KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS
-                                            stop = Stop('hlt', rip + 1)   # as at CPL0
-                                        break
-                    elif not 0 <= at < 4 * _SYSCALL_STUB or at & 3:
-                        stop = Stop('hlt', rip)              # the snippet's own HLT (CPL0)
-                if stop is not None:
-                    v._pending = False
-                    self._vm.exit_counts[_EXIT_HLT] += 1
-                    self._stop = stop
-                    return stop
-                self._stop = None            # (the handlers set it)
-                exit = v._run_loop(self._handlers(), None, reason)
-            finally:
-                v._thread = None
-                lock.release()
-                if timeout is not None and not _watchdog.disarm(v) \
-                        and type(exit) is not Interrupted:
-                    m[1] = 0                 # it fired after KVM_RUN returned: drop the kick
-                    v._why = None
-            if self._stop is None:
-                self._stop = self._final(exit)
-        except BaseException:
-            # as in _go: a hook that raised leaves the snippet as it was before
-            # that instruction
-            self._waiting = None
-            self._settle(force=True)
-            raise
         return self._stop
 
     def _settle(self, force=False):
