@@ -4497,8 +4497,23 @@ class Stop:
     __slots__ = ('reason', 'rip', 'vector', 'error_code', 'address', 'exit')
 
     def __init__(self, reason, rip, vector=None, error_code=None, address=None, exit=None):
-        self.reason, self.rip, self.vector = reason, rip, vector
-        self.error_code, self.address, self.exit = error_code, address, exit
+        # a value that cannot change: run() may return the same one again
+        # (a reused snippet stopping at the same hlt)
+        _set = object.__setattr__
+        _set(self, 'reason', reason)
+        _set(self, 'rip', rip)
+        _set(self, 'vector', vector)
+        _set(self, 'error_code', error_code)
+        _set(self, 'address', address)
+        _set(self, 'exit', exit)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f'a Stop is a value: {name} cannot change')
+
+    __delattr__ = __setattr__
+
+    def __reduce__(self):
+        return Stop, tuple(getattr(self, k) for k in self.__slots__)
 
     def __eq__(self, other):
         return type(other) is Stop and all(getattr(self, k) == getattr(other, k)
@@ -4735,7 +4750,8 @@ class Snippet:
         self._synced = False           # registers live in kvm_run (KVM_CAP_SYNC_REGS)
         self._words = None             # then: the vCPU's sync_words (reg_read, reg_write, run)
         self._last_slot = None         # (gpa, end, view) of the slot mem_write wrote last
-        self._fast = False             # run() may take _run_fast (synced, not real mode)
+        self._fast = False             # run() may take its fast path (_refast says when)
+        self._hlt_stop = None          # the last Stop('hlt') of the fast path (given again)
         self._handler_table = None     # the run loop's exit handlers, made once
         self._frame = None             # CPL3 #GP frame's unpack, user CS, SS (_run_fast)
         self._debugged = False         # KVM_SET_GUEST_DEBUG was used (for `until`)
@@ -4771,7 +4787,7 @@ class Snippet:
         # through kvm_run, where KVM offers it (else through the ioctls)
         self._synced = self._vcpu.enable_sync_regs()
         self._words = self._vcpu.sync_words if self._synced else None
-        self._fast = self._synced and self.mode != 'real'    # run() may take _run_fast
+        self._fast = self._synced and self.mode != 'real'    # run() may take its fast path
         # the #GP frame a CPL3 `hlt` leaves on the IST/ring-0 stack, unpacked at
         # once: error code, RIP, CS, RFLAGS, RSP (SS follows)
         self._frame = (_FRAME_BY_MODE[self.mode].unpack_from, bytes(self._user_cs),
@@ -4888,7 +4904,8 @@ class Snippet:
             '_vm': vm, '_vcpu': v, '_system': self._system, '_stubs': self._stubs,
             '_user_cs': self._user_cs, '_user_ss': self._user_ss, '_synced': self._synced,
             '_words': self._words,
-            '_fast': self._synced and self.mode != 'real',
+            '_fast': self._synced and self.mode != 'real' and (self.mode == 'long64'
+                                                               or not spares),
             '_frame': self._frame, '_fresh': fresh, '_spares': spares,
             '_tables_in_place': self._tables_in_place, '_sys_image': image,
             '_vm_ran': self._vm_ran or self._ran})
@@ -5413,7 +5430,8 @@ class Snippet:
     def _refast(self):
         """run() may take _run_fast unless a hook needs the run set up
         (code hooks step it)."""
-        self._fast = self._synced and self.mode != 'real' and 'code' not in self._hooks
+        self._fast = self._synced and self.mode != 'real' and 'code' not in self._hooks \
+            and (not self._spares or self.mode == 'long64')
 
     def hook_del(self, handle):
         """Remove the hook a hook_* call returned ``handle`` for (unicorn's
@@ -5917,8 +5935,8 @@ class Snippet:
         by default: a longer run comes back with reason 'timeout'), or None
         for no limit.
         """
-        if until is None and count is None and self._fast and self._waiting is None \
-                and not self._tables_dirty and (not self._spares or self.mode == 'long64'):
+        if self._fast and until is None and count is None and self._waiting is None \
+                and not self._tables_dirty:
             # The reused snippet's path (registers in kvm_run, nothing to set
             # up first): one KVM_RUN and no other system call. The snippet's
             # own `hlt` (at CPL3, the #GP frame it leaves on the stub's stack)
@@ -5937,13 +5955,17 @@ class Snippet:
             try:
                 try:
                     if start is not None:
-                        if type(start) is not int:
-                            if not isinstance(start, (bytes, bytearray, memoryview)):
+                        try:
+                            words[_SNIPPET_RIP] = start
+                        except (TypeError, ValueError):  # code bytes, or an int out of range
+                            if type(start) is int:
+                                words[_SNIPPET_RIP] = start & 0xFFFFFFFFFFFFFFFF
+                            elif isinstance(start, (bytes, bytearray, memoryview)):
+                                self.mem_write(SNIPPET_CODE_ADDR, start)
+                                words[_SNIPPET_RIP] = SNIPPET_CODE_ADDR
+                            else:
                                 raise SnippetError(f'run({start!r}): start is code bytes, an '
-                                                   'address or None')
-                            self.mem_write(SNIPPET_CODE_ADDR, start)
-                            start = SNIPPET_CODE_ADDR
-                        words[_SNIPPET_RIP] = start & 0xFFFFFFFFFFFFFFFF
+                                                   'address or None') from None
                         words[_WORD_DIRTY] |= KVM_SYNC_X86_REGS
                     self._ran = True
                     m[1] = 0                 # immediate_exit: a stop() between runs is spent
@@ -5991,9 +6013,14 @@ class Snippet:
                                         m[_SYNC_CS:_SYNC_CS + _SEGMENT_SIZE] = cs
                                         m[_SYNC_SS:_SYNC_SS + _SEGMENT_SIZE] = ss
                                         words[_WORD_DIRTY] |= _SYNC_REGS_SREGS
-                                        stop = Stop('hlt', rip + 1)   # as at CPL0
+                                        rip += 1                # as at CPL0
+                                        stop = self._hlt_stop
+                                        if stop is None or stop.rip != rip:
+                                            stop = self._hlt_stop = Stop('hlt', rip)
                         elif not 0 <= at < 4 * _SYSCALL_STUB or at & 3:
-                            stop = Stop('hlt', rip)      # the snippet's own HLT (CPL0)
+                            stop = self._hlt_stop        # the snippet's own HLT (CPL0)
+                            if stop is None or stop.rip != rip:
+                                stop = self._hlt_stop = Stop('hlt', rip)
                     if stop is not None:
                         v._pending = False
                         self._vm.exit_counts[_EXIT_HLT] += 1
@@ -6078,6 +6105,7 @@ class Snippet:
             for slot in self._spares.values():
                 self._vm.remove_memory(slot)
             self._spares.clear()
+            self._refast()
         if self._tables_dirty:
             if tuple(self._regions) == self._tables_in_place:
                 self._tables_dirty = False   # a recycled VM's tables already map these
