@@ -6755,8 +6755,14 @@ class _FreshState:
     def reset(self, vcpu):
         """Put the fresh state back and read it back: True when KVM reports
         every part as fresh (regs, sregs and events go through the sync area,
-        which KVM loads on the next entry, and are compared there)."""
-        _U64.pack_into(vcpu._map, _DIRTY_OFF, 0)     # the last user's registers: dropped
+        which KVM loads on the next entry, and are compared there). With the
+        sync area a class that already reads as fresh there, and that no
+        one marked dirty, is KVM's own state (copied out at the last exit,
+        or read back after the last ioctl that could change it): it is not
+        written again (KVM_SET_SREGS resets KVM's MMU: up to 130 us here)."""
+        m = vcpu._map
+        pending = _U64.unpack_from(m, _DIRTY_OFF)[0]  # the last user's changes not yet in KVM
+        _U64.pack_into(m, _DIRTY_OFF, 0)             # dropped
         if not self._msrs_fresh(vcpu):
             now = vcpu.get_msrs(list(self.msrs))
             vcpu.set_msrs({i: v for i, v in self.msrs.items() if now[i] != v})
@@ -6768,19 +6774,25 @@ class _FreshState:
                 put(want if ctype is None else ctype.from_buffer_copy(want))
                 if bytes(get()) != want:
                     return False
-        if vcpu.get_mp_state() != KVM_MP_STATE_RUNNABLE:
+        runnable = vcpu.get_mp_state() == KVM_MP_STATE_RUNNABLE
+        if not runnable:
             vcpu.set_mp_state(KVM_MP_STATE_RUNNABLE)
-        vcpu.set_sregs(kvm_sregs.from_buffer_copy(self.sregs))
-        vcpu.set_regs(kvm_regs.from_buffer_copy(self.regs))
-        vcpu.set_vcpu_events(kvm_vcpu_events.from_buffer_copy(self.events))
-        vcpu._map[0] = vcpu._map[1] = 0              # request_interrupt_window, immediate_exit
-        if vcpu._sync == KVM_SYNC_X86_VALID_FIELDS:     # what KVM loads on the next entry
+        synced = vcpu._sync == KVM_SYNC_X86_VALID_FIELDS     # what KVM loads on the next entry
+        for cls, area, want, put, ctype in (
+                (KVM_SYNC_X86_SREGS, vcpu.sync_sregs, self.sregs, vcpu.set_sregs, kvm_sregs),
+                (KVM_SYNC_X86_REGS, vcpu.sync_regs, self.regs, vcpu.set_regs, kvm_regs),
+                (KVM_SYNC_X86_EVENTS, vcpu.sync_events, self.events, vcpu.set_vcpu_events,
+                 kvm_vcpu_events)):
+            if not synced or pending & cls or bytes(area) != want:
+                put(ctype.from_buffer_copy(want))
+        m[0] = m[1] = 0                              # request_interrupt_window, immediate_exit
+        if synced:
             regs, sregs, events = vcpu.sync_regs, vcpu.sync_sregs, vcpu.sync_events
         else:
             regs, sregs, events = vcpu.get_regs(), vcpu.get_sregs(), vcpu.get_vcpu_events()
         return (bytes(regs) == self.regs and bytes(sregs) == self.sregs
-                and bytes(events) == self.events
-                and self._msrs_fresh(vcpu) and vcpu.get_mp_state() == KVM_MP_STATE_RUNNABLE)
+                and bytes(events) == self.events and self._msrs_fresh(vcpu)
+                and (runnable or vcpu.get_mp_state() == KVM_MP_STATE_RUNNABLE))
 
 
 class _MmioReadStop(MmioRead):

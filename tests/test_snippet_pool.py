@@ -114,6 +114,24 @@ class RecycleCases:
                              fresh.mem_read(0x4000, 8 * len(MSRS)))
         self.assertEqual(second._vm.exit_counts, fresh._vm.exit_counts)
 
+    def test_a_change_taken_back_before_close_is_undone_in_kvm_too(self):
+        # after a run KVM holds the changed CR2; the user then writes the
+        # fresh value back and closes without running: kvm_run's sync area
+        # reads as fresh, KVM itself does not (the reset skips a class only
+        # when the area is KVM's own state)
+        s = Snippet(self.mode, cpl=self.cpl)
+        vm = s._vm
+        fresh = s.reg_read('cr2')
+        s.reg_write('cr2', SECRET & 0xFFFFFFFF)
+        self.assertEqual(s.run(self.asm('hlt')).reason, 'hlt')
+        self.assertEqual(s.reg_read('cr2'), SECRET & 0xFFFFFFFF)
+        s.reg_write('cr2', fresh)
+        s.close()
+        with Snippet(self.mode, cpl=self.cpl) as again:
+            self.assertIs(again._vm, vm)
+            self.assertEqual(again.run(self.asm('hlt')).reason, 'hlt')
+            self.assertEqual(again.reg_read('cr2'), fresh)
+
     def test_a_snippet_that_wrote_kvmlites_system_area_is_not_recycled(self):
         if self.mode == 'long64' and self.cpl == 3:
             self.skipTest('the system area is supervisor-only at CPL3 in long64')
