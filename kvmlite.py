@@ -5950,7 +5950,7 @@ class Snippet:
             if not lock.acquire(False):
                 raise KvmliteError('this Snippet is already running in another thread: one '
                                    'run at a time (stop() ends that run)')
-            exit = stop = None
+            exit = stop = d = None
             m = v._map
             try:
                 try:
@@ -6031,15 +6031,20 @@ class Snippet:
                 finally:
                     v._thread = None
                     lock.release()
-                    if timeout is not None:
-                        lk = _watchdog._lock         # _watchdog.disarm(v), inline
-                        lk.acquire()
-                        fired = v._deadline is None
+                    if d is not None:
+                        # _watchdog.disarm(v) without its lock: a scan that read d
+                        # before this store read the clock before the one below,
+                        # so while that clock is short of d no kick of this run is
+                        # on its way; past d, a scan may be kicking: wait it out
                         v._deadline = None
-                        lk.release()
-                        if fired and type(exit) is not Interrupted:
-                            m[1] = 0             # it fired after KVM_RUN returned: drop the kick
-                            v._why = None
+                        if _monotonic() >= d:
+                            lk = _watchdog._lock
+                            lk.acquire()
+                            fired = v._why == 'timeout'
+                            lk.release()
+                            if fired and type(exit) is not Interrupted:
+                                m[1] = 0         # it fired after KVM_RUN returned: drop it
+                                v._why = None
                 if self._stop is None:
                     self._stop = self._final(exit)
             except BaseException:
