@@ -5428,7 +5428,7 @@ class Snippet:
             self._refast()
 
     def _refast(self):
-        """run() may take _run_fast unless a hook needs the run set up
+        """run() may take its fast path unless a hook needs the run set up
         (code hooks step it)."""
         self._fast = self._synced and self.mode != 'real' and 'code' not in self._hooks \
             and (not self._spares or self.mode == 'long64')
