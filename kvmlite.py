@@ -4755,7 +4755,10 @@ class Snippet:
         self._handler_table = None     # the run loop's exit handlers, made once
         self._frame = None             # CPL3 #GP frame's unpack, user CS, SS (_run_fast)
         self._debugged = False         # KVM_SET_GUEST_DEBUG was used (for `until`)
-        self._stepping = None          # how code hooks stop the run: 'kvm', 'tf', 'bp'
+        self._stepping = None          # how code hooks stop the run: 'kvm', 'tf', 'bp', 'nx'
+        self._nx_pages = None          # CPL3 ranged code hooks: their pages, no-execute outside
+        self._nx_on = False            # ...and CR3 points at the tables that say so
+        self._nx_tables = None         # the hooked pages the tables in place have a map for
         self._spares = {}              # (gpa, size, readonly) -> a zeroed slot a last user left
         self._tables_in_place = None   # the regions the page tables in place map
         self._vm_ran = False           # the vCPU has run (this Snippet's or a last user's)
@@ -5004,34 +5007,30 @@ class Snippet:
         # R11 after a CPL3 syscall says IF=1 whatever RFLAGS said); none come
         self._vcpu.set_regs(kvm_regs(rflags=0x202 if self.cpl == 3 else 0x2))
 
-    def _page_plan(self):
-        """(address, size, PTE flags) of every range the guest may touch."""
+    def _page_plan(self, hooked=()):
+        """(address, size, PTE flags) of every range the guest may touch
+        (the pages in ``hooked`` no-execute)."""
         sys = self._system.gpa
         plan = [(sys, _SYS_STUBS, PTE_P | PTE_RW | PTE_NX),          # GDT, IDT, TSS
                 (self._stubs, PAGE_SIZE, PTE_P | PTE_US),            # stubs (LSTAR's at CPL3 too)
                 (sys + _SYS_STACK_TOP - PAGE_SIZE, PAGE_SIZE, PTE_P | PTE_RW | PTE_NX)]  # stack
         for addr, size, perms in self._regions:
             nx = 0 if 'x' in perms else PTE_NX
-            plan.append((addr, size, PTE_P | PTE_RW | PTE_US | nx))
+            cuts = sorted(p for p in hooked if addr <= p < addr + size) if nx == 0 else ()
+            for p in cuts:                     # code-hooked pages: no-execute for now
+                if p > addr:
+                    plan.append((addr, p - addr, PTE_P | PTE_RW | PTE_US))
+                plan.append((p, PAGE_SIZE, PTE_P | PTE_RW | PTE_US | PTE_NX))
+                size, addr = addr + size - p - PAGE_SIZE, p + PAGE_SIZE
+            if size:
+                plan.append((addr, size, PTE_P | PTE_RW | PTE_US | nx))
         return plan
 
     def _write_page_tables(self):
         """A 4-level identity map of the regions: 2 MiB pages where a region
-        covers a whole aligned 2 MiB, 4 KiB pages elsewhere."""
-        leaves = {}                  # 2 MiB chunk -> big-page entry or a page table
-        for addr, size, flags in self._page_plan():
-            end = addr + size
-            while addr < end:
-                chunk = addr >> 21
-                if not addr & 0x1FFFFF and end - addr >= 1 << 21:
-                    leaves[chunk] = addr | flags | PTE_PS | PTE_AD
-                    addr += 1 << 21
-                    continue
-                table = leaves.setdefault(chunk, bytearray(PAGE_SIZE))
-                stop = min(end, (chunk + 1) << 21)
-                for a in range(addr, stop, PAGE_SIZE):
-                    struct.pack_into('<Q', table, (a >> 12 & 511) * 8, a | flags | PTE_AD)
-                addr = stop
+        covers a whole aligned 2 MiB, 4 KiB pages elsewhere. With CPL3
+        ranged code hooks armed (``_nx_pages``), a second map after it, the
+        same but with their pages no-execute: CR3 switches between the two."""
         tables = {}                  # guest address -> table contents
         room = range(self._system.gpa + _SYS_PAGE_TABLES, self._system.end, PAGE_SIZE)
 
@@ -5050,12 +5049,29 @@ class Snippet:
                 struct.pack_into('<Q', tables[table], index * 8, entry)
             return entry & 0x000FFFFFFFFFF000
 
-        pml4 = new()
-        for chunk, leaf in sorted(leaves.items()):
-            va = chunk << 21
-            pd = child(child(pml4, va >> 39 & 511), va >> 30 & 511)
-            entry = leaf if isinstance(leaf, int) else new(leaf) | PTE_P | PTE_RW | PTE_US | PTE_AD
-            struct.pack_into('<Q', tables[pd], (va >> 21 & 511) * 8, entry)
+        for hooked in ((), self._nx_pages) if self._nx_pages else ((),):
+            leaves = {}              # 2 MiB chunk -> big-page entry or a page table
+            for addr, size, flags in self._page_plan(hooked):
+                end = addr + size
+                while addr < end:
+                    chunk = addr >> 21
+                    if not addr & 0x1FFFFF and end - addr >= 1 << 21:
+                        leaves[chunk] = addr | flags | PTE_PS | PTE_AD
+                        addr += 1 << 21
+                        continue
+                    table = leaves.setdefault(chunk, bytearray(PAGE_SIZE))
+                    stop = min(end, (chunk + 1) << 21)
+                    for a in range(addr, stop, PAGE_SIZE):
+                        struct.pack_into('<Q', table, (a >> 12 & 511) * 8, a | flags | PTE_AD)
+                    addr = stop
+            pml4 = new()
+            for chunk, leaf in sorted(leaves.items()):
+                va = chunk << 21
+                pd = child(child(pml4, va >> 39 & 511), va >> 30 & 511)
+                entry = leaf if isinstance(leaf, int) else \
+                    new(leaf) | PTE_P | PTE_RW | PTE_US | PTE_AD
+                struct.pack_into('<Q', tables[pd], (va >> 21 & 511) * 8, entry)
+        self._nx_cr3, self._nx_tables = pml4, self._nx_pages
         for a, contents in tables.items():
             self._vm.write(a, contents)
         self._tables_dirty = False
@@ -5701,7 +5717,11 @@ class Snippet:
         at CPL3 the trap flag, with kvmlite's own #DB handler), or, at CPL0
         and in real mode where every hook's range holds 4 addresses or
         fewer, puts KVM's hardware breakpoints on those addresses and runs
-        at full speed in between. See docs/snippets.md."""
+        at full speed in between. In long64 at CPL3, where every hook has
+        a range (and no count= or until=), the pages the ranges touch are
+        no-execute while the snippet runs elsewhere at full speed: a fetch
+        there is a #PF that starts the stepping, which ends when the
+        snippet leaves those pages. See docs/snippets.md."""
         if not isinstance(begin, int) or not isinstance(end, int):
             raise SnippetError(f'hook_code begin={begin!r}, end={end!r}: addresses are ints')
         return self._add_hook('code', fn, (begin, end) if begin <= end else None)
@@ -5732,8 +5752,27 @@ class Snippet:
             # CPL3: kvm_pvm's step and breakpoints do not reach the VMM there, so
             # the trap flag's #DB goes through kvmlite's IDT to its stub's exit
             self._stepping = 'tf'
+            if self.mode == 'long64' and count is None and until is None and None not in ranges:
+                # ranges only: the hooked pages are no-execute while the snippet
+                # runs elsewhere (at full speed); a fetch there is a #PF that
+                # starts the stepping, which ends where the snippet leaves them
+                pages = set()
+                for b, e in ranges:
+                    for a, n, p in self._regions:
+                        lo, hi = max(a, b), min(a + n - 1, e)
+                        if 'x' in p and lo <= hi:
+                            pages.update(range(lo & -PAGE_SIZE, hi + 1, PAGE_SIZE))
+                self._nx_pages = frozenset(pages)
+                if self._nx_tables != self._nx_pages:
+                    if self._vm_ran or self._ran:
+                        self._write_system_area()  # KVM may cache the old tables: a new slot
+                    else:
+                        self._write_page_tables()
+                if self._linear(self._rv().rip) & -PAGE_SIZE not in pages:
+                    self._stepping = 'nx'
+                    self._set_nx(True)
         self._handler_table = self._step_handlers()
-        go = True if points is not None else self._code_report(False)
+        go = True if points is not None or self._stepping == 'nx' else self._code_report(False)
         if not go:
             self._vcpu._map[1] = 1         # immediate_exit: the Stop is already made
         elif self._stepping == 'tf':
@@ -5742,10 +5781,38 @@ class Snippet:
     def _disarm_code(self):
         if self._stepping == 'tf':
             self._vcpu.set_regs(rflags=self._rv().rflags & ~RFLAGS_TF)
-        else:
+        elif self._stepping != 'nx':
             self._vcpu.set_guest_debug(enable=False)
+        if self._nx_on:                        # back to the plain map
+            self._set_nx(False)
+        self._nx_pages = None
         self._handler_table = self._plain_handlers
         self._stepping = self._until = self._patched = self._steps = None
+
+    def _set_nx(self, on):
+        """Make the hooked pages no-execute (``on``) or as their regions say:
+        CR3 to the one map or the other (both written when the hooks were
+        armed), a register write rather than a page-table rewrite."""
+        self._nx_on = on
+        s = self._sv()
+        s.cr3 = self._nx_cr3 if on else self._system.gpa + _SYS_PAGE_TABLES
+        self._put_sregs(s)
+
+    def _nx_enter(self):
+        """A fetch from a no-execute hooked page: step from here (the exit
+        handler then calls _code_continue, which calls its hooks)."""
+        self._stepping = 'tf'
+        self._set_nx(False)
+        self._step_last = None
+        return True
+
+    def _nx_leave(self, regs):
+        """The snippet steps out of the hooked pages: on at full speed."""
+        self._stepping = 'nx'
+        regs.rflags &= ~RFLAGS_TF
+        self._put_regs(regs)
+        self._set_nx(True)
+        return True
 
     def _fetch(self, linear, n):
         """Up to ``n`` bytes of RAM from ``linear`` (fewer where RAM ends)."""
@@ -5790,6 +5857,8 @@ class Snippet:
                 if self._steps <= 0:
                     return self._halt(Stop('count', rip))
             completed = False
+            if self._nx_pages is not None and linear & -PAGE_SIZE not in self._nx_pages:
+                return self._nx_leave(regs)
             if self._until is not None and linear == self._until:
                 return self._halt(Stop('until', rip, address=linear))
             dec = _insn_length(self._fetch(linear, 15), bits)
@@ -5837,6 +5906,8 @@ class Snippet:
 
     def _code_continue(self, completed):
         """A handler resumed the snippet while code hooks step it."""
+        if self._stepping == 'nx':
+            return True                        # outside the hooked pages: not stepping
         linear = self._linear(self._rv().rip)
         if self._stubs <= linear < self._stubs + 4 * (_SYSCALL_STUB + 1):
             return True                        # still in kvmlite's stubs: not the snippet's
@@ -6408,6 +6479,9 @@ class Snippet:
         if vector == 0x80 and self.mode != 'real':
             return self._on_syscall()
         address = sregs.cr2 if vector == 14 else linear
+        if vector == 14 and error_code & 0x11 == 0x11 and self._stepping == 'nx' \
+                and address & -PAGE_SIZE in self._nx_pages:
+            return self._nx_enter()              # a fetch from a code-hooked page
         if vector == 14 and address == self._until and error_code & 0x10:
             return self._halt(Stop('until', rip, address=address))   # fetched unmapped `until`
         if vector == 14 and not error_code & 1 and 'mem_unmapped' in self._hook_lists \

@@ -161,6 +161,64 @@ class LongModeUserCodeHookTest(CodeHookCases, SnippetTestCase):
         self.assertFalse(s.reg_read('r11') & K.RFLAGS_TF)
         self.assertEqual(s.reg_read('rax'), 7)
 
+    # a function on its own page, called from a loop on the code's page
+    CALLS = '''
+        mov ecx, 300
+    top:
+        call 0x5000
+        dec ecx
+        jnz top
+        mov eax, 0x5003
+        call rax
+        hlt
+    '''
+    FUNCTION = 'add ebx, 1\nadd edx, 2\nret'          # 3 + 3 + 1 bytes at 0x5000
+
+    def test_a_ranged_hook_steps_only_inside_its_pages(self):
+        s = self.snippet
+        code, _ = self.asm(self.CALLS)
+        s.mem_write(0x5000, assemble_with_labels(self.FUNCTION, bits=64, origin=0x5000)[0])
+        seen = []
+        s.hook_code(lambda s, a, n: seen.append((a, n)), begin=0x5000, end=0x5006)
+        exits = sum(s._vm.exit_counts.values())
+        stop = s.run(code)
+        self.assertEqual(stop.reason, 'hlt', str(stop))
+        # every call, and the last one entered in the middle, at 0x5003
+        self.assertEqual(seen, [(0x5000, 3), (0x5003, 3), (0x5006, 1)] * 300 + [(0x5003, 3), (0x5006, 1)])
+        self.assertEqual(seen[:3], [(0x5000, 3), (0x5003, 3), (0x5006, 1)])
+        self.assertEqual((s.reg_read('ebx'), s.reg_read('edx')), (300, 602))
+        # the loop on the code's page ran unstepped: per call a #PF in, the three
+        # steps inside, one out (stepping every instruction: about 6 more a call)
+        self.assertLess(sum(s._vm.exit_counts.values()) - exits, 300 * 6)
+        # an emu_stop inside the range, then the run goes on
+        seen.clear()
+        h = s.hook_code(lambda s, a, n: s.emu_stop() if a == 0x5003 and len(seen) < 3 else None,
+                        begin=0x5003, end=0x5003)
+        stop = s.run(CODE)
+        self.assertEqual((stop.reason, stop.rip), ('stopped', 0x5003), str(stop))
+        self.assertEqual(s.run().reason, 'hlt')          # 0x5003 is hooked again, as it runs now
+        self.assertEqual(len(seen), 3 * 300 + 3)
+        # hooks gone: the function's page runs code again, unstepped
+        s.hook_del(h)
+        s.hook_del(next(iter(s._hook_lists['code']))[0])
+        self.assertEqual(s.run(CODE).reason, 'hlt')
+        self.assertEqual(s.reg_read('ebx'), 900)
+        self.assertEqual(len(seen), 3 * 300 + 3)
+
+    def test_a_fault_inside_a_ranged_hook_and_nx_of_the_snippets_own(self):
+        s = self.snippet
+        code, _ = self.asm('call 0x5000\nhlt')
+        s.mem_write(0x5000, assemble_with_labels('nop\nud2', bits=64, origin=0x5000)[0])
+        seen = []
+        s.hook_code(lambda s, a, n: seen.append(a), begin=0x5000, end=0x5000)
+        stop = s.run(code)
+        self.assertEqual((stop.reason, stop.vector, stop.rip), ('exception', 6, 0x5001), str(stop))
+        self.assertEqual(seen, [0x5000])
+        s.mem_map(0x200000, 0x1000, 'rw')                  # the snippet's own no-execute page
+        stop = s.run(self.asm('mov eax, 0x200000\ncall rax\nhlt')[0])
+        self.assertEqual((stop.reason, stop.name, stop.address), ('exception', '#PF', 0x200000))
+        self.assertEqual(stop.error_code & 0x11, 0x11)
+
 
 class LongModeKernelCodeHookTest(CodeHookCases, SnippetTestCase):
     mode, cpl = 'long64', 0
