@@ -2068,7 +2068,8 @@ class _Bus:
             return fn(offset, size) if value is None else fn(offset, size, value)
         except Exception as e:
             self.device_errors += 1
-            what = 'read' if value is None else f'write of {value:#x}'
+            what = ('read' if value is None else f'write of {value:#x}' if isinstance(value, int)
+                    else f'write of {len(value)} bytes')
             raise DeviceError(f'{name} raised {type(e).__name__}: {e} on a {size}-byte '
                               f'{what} at {self.kind} {addr:#x}', self.kind, addr) from e
         finally:
@@ -2090,7 +2091,10 @@ class PioBus(_Bus):
     def _rebuild(self):
         table, handlers = {}, {}
         for b, e, dev, name in self._ranges:
-            handler = (dev.read, dev.write, b, name)
+            # a part may also take a run of byte writes at once (write_bytes)
+            # and answer a read before buffered writes are applied (read_ahead)
+            handler = (dev.read, dev.write, b, name, getattr(dev, 'write_bytes', None),
+                       getattr(dev, 'read_ahead', None))
             for port in range(b, min(e, 0x10000)):
                 table[port] = (dev, b, name)
                 handlers[port] = handler
@@ -2115,6 +2119,27 @@ class PioBus(_Bus):
             self.call(h[1], port - h[2], size, st.unpack_from(buf, off)[0], h[3], port)
         else:
             st.pack_into(buf, off, self.call(h[0], port - h[2], size, None, h[3], port) & mask)
+
+    def read_ahead(self, port, pending):
+        """A one-byte read at ``port`` answered while ``pending`` writes (to
+        any address) still wait in KVM's coalesced ring: the device part's
+        ``read_ahead(offset, pending)`` gives the value the read would return
+        after they were applied, or None when they might change it (then the
+        caller drains the ring and serves the read as usual). None too for a
+        part without read_ahead and while accesses are counted."""
+        h = self._handler(port)
+        if h is None or h[5] is None or self.count_accesses:
+            return None
+        lock = self.lock
+        lock.acquire()
+        try:
+            return h[5](port - h[2], pending)
+        except Exception as e:
+            self.device_errors += 1
+            raise DeviceError(f'{h[3]} raised {type(e).__name__}: {e} on a 1-byte read at '
+                              f'{self.kind} {port:#x}', self.kind, port) from e
+        finally:
+            lock.release()
 
     def _items(self, port, size, count, is_out, buf, off):
         # string I/O, unclaimed ports, counted accesses: item by item
@@ -2514,6 +2539,7 @@ class Vm:
         self.exit_counts = Counter()       # kvmlite's own count of exits, by ExitReason
         self.irqchip = None                # None, 'kernel' or 'split'
         self._coalesced = []
+        self._ahead_last = -1              # the ring's end at the last read answered ahead of it
         self._stats = None
         self._devices = []                 # KVM_CREATE_DEVICE fds, closed with the VM
         self.dirty_ring_size = 0           # bytes per vCPU once enable_dirty_ring() ran
@@ -3097,33 +3123,67 @@ class Vm:
         guest order. ``ring`` is the vCPU mmap's coalesced page: one page for
         the whole VM, so the bus lock is held for the whole drain and two vCPU
         threads never take the same entries. A write to a claimed port goes
-        straight to the device's bound write, as in PioBus.io; ``first`` is
-        stored once, when the drain ends or a device raises."""
+        straight to the device's bound write, as in PioBus.io; successive
+        byte writes to one port whose part has ``write_bytes(offset, data)``
+        go to it as one call (a UART's THR: one sink write for the run).
+        ``first`` is stored once, when the drain ends or a device raises."""
         pio, mmio, lock = self.pio, self.mmio, self.lock
-        handler, entry = pio._handler, _RING_ENTRY.unpack_from
+        handler = pio._handler
         lock.acquire()
         try:
             first, last = _RING_ENDS.unpack_from(ring, 0)
+            if first == last:
+                return
+            # the entries in guest order (the ring may wrap)
+            if first < last:
+                raw = bytes(ring[8 + first * 24:8 + last * 24])
+            else:
+                raw = bytes(ring[8 + first * 24:8 + _COALESCED_MAX * 24]) + bytes(ring[8:8 + last * 24])
+            n, i = len(raw) // 24, 0
+            # the common batch: byte writes to one port (a polled console's THR),
+            # told apart in C: each entry is three u64s (address, len | pio << 32, data)
+            words = memoryview(raw).cast('Q')
+            addr = words[0]
+            h = handler(addr) if words[1] == _PIO_BYTE and not pio.count_accesses else None
+            if (h is not None and h[4] is not None and n > 1
+                    and words[0::3].tolist().count(addr) == n
+                    and words[1::3].tolist().count(_PIO_BYTE) == n):
+                try:
+                    pio.call(h[4], addr - h[2], 1, raw[16::24], h[3], addr)
+                finally:
+                    _U32.pack_into(ring, 0, last)
+                return
+            entries = list(_RING_ENTRY.iter_unpack(raw))
             try:
-                while first != last:
-                    addr, length, is_pio, raw = entry(ring, 8 + first * 24)
-                    first = (first + 1) % _COALESCED_MAX
+                while i < n:
+                    addr, length, is_pio, value = entries[i]
+                    i += 1
                     mask = _COALESCED_MASKS.get(length)
                     if mask is None:
                         continue
-                    value = raw & mask
                     h = handler(addr) if is_pio and not pio.count_accesses else None
                     if h is None:
-                        (pio if is_pio else mmio).write(addr, length, value)
+                        (pio if is_pio else mmio).write(addr, length, value & mask)
+                    elif length == 1 and h[4] is not None and i < n and entries[i][:3] == (addr, 1, 1):
+                        run = bytearray((value & 0xFF,))
+                        while i < n and entries[i][:3] == (addr, 1, 1):
+                            run.append(entries[i][3] & 0xFF)
+                            i += 1
+                        pio.call(h[4], addr - h[2], 1, run, h[3], addr)
                     else:
-                        pio.call(h[1], addr - h[2], length, value, h[3], addr)
+                        pio.call(h[1], addr - h[2], length, value & mask, h[3], addr)
             finally:
-                _U32.pack_into(ring, 0, first)
+                _U32.pack_into(ring, 0, (first + i) % _COALESCED_MAX)
         finally:
             lock.release()
 
 
 _COALESCED_MAX = (PAGE_SIZE - 8) // ctypes.sizeof(kvm_coalesced_mmio)
+#: Buffered writes past which the run loop drains the ring at any exit: half
+#: of it, so that a guest writing between two exits does not fill it (KVM
+#: keeps one entry free: a full ring makes the write an exit of its own)
+COALESCED_BATCH = _COALESCED_MAX // 2
+_PIO_BYTE = 1 | 1 << 32         # a ring entry's len and pio words for a one-byte port write
 _COALESCED_MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: (1 << 64) - 1}   # by entry length
 
 
@@ -3989,7 +4049,7 @@ class Vcpu:
         # exit reason with the port-I/O fields; port-I/O and MMIO exits are
         # counted in locals and added to exit_counts on return.
         m, counts, vm = self._map, self.vm.exit_counts, self.vm
-        pio_io, mmio = vm.pio.io, vm.mmio
+        pio_io, pio_ahead, mmio = vm.pio.io, vm.pio.read_ahead, vm.mmio
         unpack_exit, unpack_mmio = _RUN_EXIT_IO.unpack_from, _MMIO_EXIT.unpack_from
         ioctl, fd, ring, ring_ends = fcntl.ioctl, self.fd, self._ring, _RING_ENDS.unpack_from
         decode, tid = self._decode, threading.get_ident()
@@ -4027,6 +4087,21 @@ class Vcpu:
                 if ring is not None and vm._coalesced:
                     first, last = ring_ends(ring, 0)
                     if first != last:     # buffered writes come before this exit
+                        # unless the exit is a read they cannot change (a UART's
+                        # LSR while its THR writes wait): answered here, and the
+                        # ring drained in batches. A second such read with no new
+                        # write since (a guest polling for input) drains, so that
+                        # its output shows.
+                        if (reason == 2 and not direction and io_bus[0] and size == 1
+                                and count == 1 and last != vm._ahead_last
+                                and (last - first) % _COALESCED_MAX < COALESCED_BATCH):
+                            value = pio_ahead(port, (last - first) % _COALESCED_MAX)
+                            if value is not None:
+                                vm._ahead_last = last
+                                n_io += 1
+                                last_ports[n_io & recent] = port
+                                m[off] = value
+                                continue
                         vm._drain_coalesced(ring)
                 try:
                     if reason == 2:                              # KVM_EXIT_IO

@@ -325,6 +325,51 @@ class Serial(ByteRegisters, Device):
         the module doc)."""
         return not self.ier
 
+    def write_bytes(self, offset, size, data):
+        """Byte writes of ``data`` at ``offset``, one after the other: the
+        same effect as ``write(offset, 1, b)`` for each byte. THR bytes with
+        IER 0, outside loopback and DLAB, reach the sink in as few writes as
+        the sink's room allows: a chunk ends where a byte-by-byte run would
+        ask the sink for room, and the room is asked there, so THRE/TEMT and
+        what the sink gets are those of one write per byte."""
+        out = self.out
+        if (offset != UART_THR or size != 1 or self.ier
+                or self.lcr & UART_LCR_DLAB or self.mcr & UART_MCR_LOOP):
+            for value in data:
+                self.write(offset, 1, value)
+            return
+        i, n = 0, len(data) if out is not None else 0      # no sink: the bytes go nowhere
+        while i < n:
+            # the bytes up to the one after which the credit drops below a FIFO
+            k = min(n - i, max(1, self._tx_credit - TX_ROOM + 1))
+            out.write(bytes(data[i:i + k]))
+            i += k
+            self._tx_credit -= k
+            if self._tx_credit < TX_ROOM:
+                self.tx_busy = not self._sink_has_room()
+        self.thr_pending = not self.tx_busy
+        # IER is 0: no interrupt is enabled and the line stays low (as
+        # _update_irq, which every change of IER runs, left it)
+
+    def read_ahead(self, offset, pending):
+        """What a one-byte read at ``offset`` would return once up to
+        ``pending`` THR writes still buffered (see thr_may_buffer) were
+        applied, read now (its side effects too); None when they might
+        change it. Only an LSR read is answered: with IER 0, outside
+        loopback and DLAB, THR writes change LSR only through THRE/TEMT,
+        which stay 1 while the sink's known room, less the pending bytes,
+        is still a whole FIFO (no byte among them would ask the sink)."""
+        if (offset != UART_LSR or self.ier or self.tx_busy or self.lcr & UART_LCR_DLAB
+                or self.mcr & UART_MCR_LOOP
+                or (self._tx_credit - pending < TX_ROOM and self.out is not None)):
+            return None
+        if self.rx:
+            value = self._lsr()
+        else:
+            value = self.lsr_errors | UART_LSR_THRE | UART_LSR_TEMT    # _lsr() without a call
+        self.lsr_errors = 0         # as _read_lsr; with IER 0 the line stays low
+        return value
+
     # -- host side -----------------------------------------------------
 
     def rx_room(self):

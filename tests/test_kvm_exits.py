@@ -314,6 +314,124 @@ class BusDispatchTest(unittest.TestCase):
             self.assertEqual(len(dev.writes), 12)
 
 
+class AheadRecorder(Recorder):
+    """A two-port device: writes at offset 0 may wait in the coalesced ring
+    (it takes runs of them with write_bytes); a read at offset 1 answers
+    ahead of them (read_ahead) while ``ahead`` says so, and notes how many
+    writes were still waiting."""
+    SIZE = 2
+
+    def __init__(self, ahead=True):
+        super().__init__()
+        self.ahead = ahead
+        self.runs = []
+
+    def read(self, offset, size):
+        self.log.append(('r', offset, size))
+        return 0x5A
+
+    def write_bytes(self, offset, size, data):
+        self.runs.append(bytes(data))
+        for value in data:
+            self.write(offset, size, value)
+
+    def read_ahead(self, offset, pending):
+        if not self.ahead or offset != 1:
+            return None
+        self.log.append(('ahead', pending))
+        return 0xA5
+
+
+@requires_kvm
+class ReadAheadTest(unittest.TestCase):
+    """A read that the writes waiting in KVM's coalesced ring cannot change
+    is answered without draining the ring (Vm runs ``read_ahead`` of the bus
+    part); the ring is drained in batches, each run of byte writes to one
+    port in one ``write_bytes`` call, and before any other exit."""
+
+    def guest(self, count, reads=1):
+        # count times: `reads` reads of port 0x11 (each must be 0xA5 or 0x5A), one write to 0x10
+        return f'''
+            xor ebx, ebx
+        next:
+            mov ecx, {reads}
+        poll:
+            in al, 0x11
+            cmp al, 0xA5
+            je ok
+            cmp al, 0x5A
+            jne bad
+        ok:
+            dec ecx
+            jnz poll
+            mov al, bl
+            out 0x10, al
+            inc ebx
+            cmp ebx, {count}
+            jne next
+            hlt
+        bad:
+            out 0x12, al
+            hlt
+        '''
+
+    def run_guest(self, code, dev):
+        require_cap(self, K.Cap.COALESCED_PIO)
+        with Guest(code) as g:
+            g.vm.pio.register(0x10, dev, name='ahead')
+            g.vm.coalesce(0x10, 1, pio=True)
+            exit = g.vcpu.run_loop(timeout=30)
+            check_exit(g.vcpu, exit, K.Hlt)
+            return g.vm.exit_counts[K.ExitReason.IO]
+
+    def test_reads_answered_ahead_and_writes_drained_in_batches(self):
+        count, batch = 1000, K.COALESCED_BATCH
+        dev = AheadRecorder()
+        exits = self.run_guest(self.guest(count), dev)
+        self.assertEqual(dev.writes, [(0, 1, i & 0xFF) for i in range(count)])
+        self.assertEqual(exits, count)          # the reads; the writes waited in the ring
+        # a read answers ahead of up to batch - 1 waiting writes; at batch
+        # they are drained (one run) and the read is served as usual
+        data = bytes(i & 0xFF for i in range(count))
+        self.assertEqual(dev.runs, [data[i:i + batch] for i in range(0, count, batch)])
+        aheads = [e[1] for e in dev.log if e[0] == 'ahead']
+        full, part = divmod(count - 1, batch)
+        self.assertEqual(aheads, list(range(1, batch)) * full + list(range(1, part + 1)))
+
+    def test_a_second_read_with_no_write_between_drains_the_ring(self):
+        # a guest polling for something else (input) while its output waits:
+        # the first read answers ahead, the second finds no new write and
+        # drains, so the output does not wait for the timer
+        dev = AheadRecorder()
+        self.run_guest(self.guest(50, reads=2), dev)
+        self.assertEqual(dev.writes, [(0, 1, i) for i in range(50)])
+        kinds = [e[0] for e in dev.log]
+        self.assertEqual(kinds, ['r', 'r'] + ['ahead', 'w', 'r'] * 49 + ['w'])
+        self.assertEqual({e[1] for e in dev.log if e[0] == 'ahead'}, {1})
+
+    def test_a_part_that_declines_has_the_ring_drained_first(self):
+        dev = AheadRecorder(ahead=False)
+        exits = self.run_guest(self.guest(300), dev)
+        self.assertEqual(dev.writes, [(0, 1, i & 0xFF) for i in range(300)])
+        self.assertEqual(exits, 300)
+        # every write is applied before the next read is served
+        kinds = [e[0] for e in dev.log]
+        self.assertEqual(kinds, ['r'] + ['w', 'r'] * 299 + ['w'])
+
+    def test_counting_accesses_turns_reading_ahead_off(self):
+        dev = AheadRecorder()
+        require_cap(self, K.Cap.COALESCED_PIO)
+        with Guest(self.guest(100)) as g:
+            g.vm.pio.register(0x10, dev, name='ahead')
+            g.vm.coalesce(0x10, 1, pio=True)
+            g.vm.pio.count_accesses = True
+            check_exit(g.vcpu, g.vcpu.run_loop(timeout=30), K.Hlt)
+            self.assertEqual(g.vm.pio.counts[0x11], 100)
+            self.assertEqual(g.vm.pio.counts[0x10], 100)
+        self.assertNotIn('ahead', [e[0] for e in dev.log])
+        self.assertEqual(dev.runs, [])
+
+
 @requires_kvm
 class DebugAndStatsTest(unittest.TestCase):
     CODE = '''

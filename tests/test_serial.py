@@ -869,3 +869,128 @@ class ThrBufferingTest(unittest.TestCase):
         self.assertFalse(uart.thr_may_buffer())
         uart.reset()
         self.assertTrue(uart.thr_may_buffer())
+
+
+class StepSink:
+    """A sink of ``capacity`` bytes whose reader takes ``step`` of them each
+    time it is asked for room: deterministic, so two UARTs fed alike see
+    the same room at the same points. Records each write call."""
+
+    def __init__(self, capacity, step):
+        self.capacity, self.step = capacity, step
+        self.held, self.output = bytearray(), bytearray()
+        self.asked = self.dropped = self.writes = 0
+
+    def room(self):
+        self.asked += 1
+        self.output += self.held[:self.step]
+        del self.held[:self.step]
+        return self.capacity - len(self.held)
+
+    def write(self, data):
+        self.writes += 1
+        fits = bytes(data[:self.capacity - len(self.held)])
+        self.dropped += len(data) - len(fits)
+        self.held += fits
+
+    def seen(self):
+        return bytes(self.output + self.held), self.asked, self.dropped
+
+
+class BufferedThrTest(unittest.TestCase):
+    """write_bytes() (a run of THR writes from KVM's ring in one call) and
+    read_ahead() (LSR answered before waiting THR writes are applied) do
+    exactly what one write per byte, then the read, does: the same sink
+    bytes, the same room() calls, the same LSR values and state, over
+    seeded random histories with slow sinks, loopback, DLAB and IER."""
+
+    def twins(self, capacity, step):
+        a, b = StepSink(capacity, step), StepSink(capacity, step)
+        return (Serial(irq=IrqLine(), out=a), a), (Serial(irq=IrqLine(), out=b), b)
+
+    def same(self, ua, ub, sa, sb, what):
+        self.assertEqual(ua.state(), ub.state(), what)
+        self.assertEqual(ua._tx_credit, ub._tx_credit, what)
+        self.assertEqual(sa.seen(), sb.seen(), what)
+        self.assertEqual(ua.irq.level, ub.irq.level, what)
+        self.assertEqual(ua.check(), [], what)
+
+    def test_runs_and_reads_ahead_match_one_write_a_byte(self):
+        rng = random.Random(19)
+        counts = {'ahead': 0, 'declined': 0}
+        for history in range(60):
+            capacity = rng.choice((20, 40, 64, 300, 5000, 50000, 50000))
+            (ua, sa), (ub, sb) = self.twins(capacity, rng.choice((0, 1, 7, 32)))
+            sent = 0
+            for op in range(60):
+                kind = rng.random()
+                what = f'history {history} op {op} kind {kind:.2f} capacity {capacity}'
+                data = bytes((sent + i) & 0xFF for i in range(rng.randint(1, 120)))
+                sent += len(data)
+                if kind < 0.35:                         # a run from the ring
+                    ua.write_bytes(UART_THR, 1, data)
+                    for v in data:
+                        ub.write(UART_THR, 1, v)
+                elif kind < 0.75:                       # an LSR read with writes waiting
+                    got = ua.read_ahead(UART_LSR, len(data))
+                    counts['declined' if got is None else 'ahead'] += 1
+                    if got is None:                     # the run loop drains, then reads
+                        ua.write_bytes(UART_THR, 1, data)
+                        got = ua.read(UART_LSR, 1)
+                    else:                               # drained later
+                        ua.write_bytes(UART_THR, 1, data)
+                    for v in data:
+                        ub.write(UART_THR, 1, v)
+                    self.assertEqual(got, ub.read(UART_LSR, 1), what)
+                    # the LSR read cleared what it reported; the later run did not
+                    self.assertEqual(ua.lsr_errors, ub.lsr_errors, what)
+                else:                                   # another register, as the guest may
+                    reg, value = rng.choice((
+                        (UART_IER, 0), (UART_IER, 0), (UART_IER, UART_IER_ETBEI),
+                        (UART_MCR, 0), (UART_MCR, UART_MCR_OUT2), (UART_MCR, UART_MCR_LOOP),
+                        (UART_MCR, UART_MCR_OUT2), (UART_LCR, 3), (UART_LCR, 3),
+                        (UART_LCR, UART_LCR_DLAB | 3), (UART_FCR, UART_FCR_ENABLE),
+                        (UART_LSR, None), (UART_RBR, None), (UART_IIR, None)))
+                    if value is None:
+                        self.assertEqual(ua.read(reg, 1), ub.read(reg, 1), what)
+                    else:
+                        ua.write(reg, 1, value)
+                        ub.write(reg, 1, value)
+                    if rng.random() < 0.3:
+                        ua.tick()
+                        ub.tick()
+                self.same(ua, ub, sa, sb, what)
+        # both paths ran, many times
+        self.assertGreater(counts['ahead'], 150, counts)
+        self.assertGreater(counts['declined'], 150, counts)
+
+    def test_a_run_is_one_sink_write_while_room_lasts(self):
+        sink = StepSink(1 << 20, 0)
+        uart = Serial(out=sink)
+        uart.write(UART_THR, 1, 0)                      # learns the room
+        sink.writes = 0
+        uart.write_bytes(UART_THR, 1, bytes(range(85)))
+        self.assertEqual((sink.writes, sink.asked), (1, 1))
+        # a slow sink: the run is cut where a byte-by-byte run asks for room
+        sink = StepSink(40, 0)
+        uart = Serial(out=sink)
+        uart.write_bytes(UART_THR, 1, bytes(30))
+        # the first byte asks (no credit yet), then 40 - 1 - 15 = 24 more go at once
+        self.assertEqual(sink.writes, 1 + 1 + (30 - 1 - 24))
+        self.assertEqual(uart.read(UART_LSR, 1) & UART_LSR_THRE, 0)
+
+    def test_reading_ahead_declines_what_the_writes_could_change(self):
+        uart = Serial(out=StepSink(1000, 0))
+        self.assertIsNone(uart.read_ahead(UART_LSR, 1), 'no room known yet')
+        uart.write(UART_THR, 1, 0x41)                   # room asked: 999 known
+        self.assertEqual(uart.read_ahead(UART_LSR, 983), UART_LSR_THRE | UART_LSR_TEMT)
+        self.assertIsNone(uart.read_ahead(UART_LSR, 984), 'the 984th byte would ask the sink')
+        self.assertIsNone(uart.read_ahead(UART_IIR, 1), 'only LSR')
+        for reg, value in ((UART_MCR, UART_MCR_LOOP), (UART_LCR, UART_LCR_DLAB),
+                           (UART_IER, UART_IER_ETBEI)):
+            uart.write(reg, 1, value)
+            self.assertIsNone(uart.read_ahead(UART_LSR, 1), f'{reg} = {value:#x}')
+            uart.write(reg, 1, 0)
+        self.assertIsNotNone(uart.read_ahead(UART_LSR, 1))
+        nowhere = Serial()
+        self.assertEqual(nowhere.read_ahead(UART_LSR, 10000), UART_LSR_THRE | UART_LSR_TEMT)

@@ -135,6 +135,10 @@ class _BufferedThr(_Timed):
     def __init__(self, device, wake, quiet, vm, port):
         super().__init__(device, wake, quiet)
         self._vm, self._port = vm, port
+        # while THR writes wait in the ring, an LSR read that they cannot
+        # change is answered without applying them (the run loop then drains
+        # the ring in batches, and the UART takes each run in one call)
+        self.read_ahead = device.read_ahead
         self._run = 0               # THR writes since IER became 0 (while not buffering)
         # a zone left by the UART this one replaces (a snapshot's rewire) stays while it may buffer
         self.buffering = any(z.pio and z.addr == port and z.size == 1 for z in vm._coalesced)
@@ -160,6 +164,15 @@ class _BufferedThr(_Timed):
                 self._vm.uncoalesce(self._port, 1, pio=True)
                 self.buffering = False
         self._wake()
+
+    def write_bytes(self, offset, size, data):
+        """A run of byte writes from the ring: THR bytes while buffering go to
+        the UART at once; anything else as one write each."""
+        if self.buffering and size == 1 and offset in self._quiet:
+            self.device.write_bytes(offset, size, data)
+            return
+        for value in data:
+            self.write(offset, size, value)
 
 
 def _wiring_params(cls):
