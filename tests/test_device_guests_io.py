@@ -17,13 +17,17 @@ the next 0.25 s halt poll; the tests of such regressions run with that poll
 off (``no_halt_poll``), where it never comes and the run ends at its timeout.
 """
 
+import io
 import threading
+import time
 import unittest
 
 import kvmlite
 from devices.console import MemoryBackend
-from tests.guest import requires_kvm
-from tests.pcguest import PASSED, STATUS_PASSED, PromptedInput, run_guest, run_in_every_mode
+from tests.guest import kvm, requires_kvm
+from tests.pcguest import (MEM_SIZE, PASSED, STATUS_PASSED, PromptedInput, load_guest, run_guest,
+                           run_in_every_mode)
+from tests.test_console_edges import SlowSink
 from tests.test_device_guests import no_halt_poll
 from tools.pc import BUFFER_AFTER, EXIT_TIMEOUT
 
@@ -827,6 +831,160 @@ class BufferedOutputTest(unittest.TestCase):
         # than BUFFER_AFTER cost no zone changes, and so one exit a write
         self.assertGreaterEqual(self.polled('split', 0, count=BUFFER_AFTER - 1),
                                 2 * (BUFFER_AFTER - 1))
+
+
+# a polled console through the states that change what a buffered THR write
+# does, each switched while output may wait in KVM's ring: loopback (the
+# byte goes to the receiver: LSR DR must show it), ETBEI (THRE pending at
+# once, IIR says so after each byte), then IER 0 again; each phase prints
+# its part of one numbered stream (a byte per poll)
+PHASES = r'''
+emit:                           ; ecx bytes, LSR polled before each; ebx counts on
+    mov dx, 0x3fd
+.poll:
+    in al, dx
+    test al, 0x20
+    jz .poll
+    mov eax, ebx
+    and eax, 63
+    add al, 32
+    mov dx, 0x3f8
+    out dx, al
+    mov dx, 0x3fd
+    inc ebx
+    dec ecx
+    jnz .poll
+    ret
+
+main:
+    xor ebx, ebx
+    mov ecx, FIRST              ; past BUFFER_AFTER: the THR writes wait in the ring
+    call emit
+    mov dx, 0x3fc               ; MCR: loopback
+    mov al, 0x10
+    out dx, al
+    mov dx, 0x3f8
+    mov al, 0xA5                ; to the receiver, not the console
+    out dx, al
+    mov dx, 0x3fd
+    in al, dx
+    test al, 0x01               ; DR: the byte came back
+    jz .fail
+    mov dx, 0x3f8
+    in al, dx
+    cmp al, 0xA5
+    jne .fail
+    mov dx, 0x3fd
+    in al, dx
+    test al, 0x01
+    jnz .fail
+    mov dx, 0x3fc               ; loopback off
+    xor eax, eax
+    out dx, al
+    mov ecx, SECOND
+    call emit
+    mov dx, 0x3f9               ; ETBEI (OUT2 off: no IRQ reaches the CPU)
+    mov al, 0x02
+    out dx, al
+    mov r12d, THIRD
+.thre:
+    mov dx, 0x3fa
+    in al, dx                   ; IIR: THR empty, pending (and acknowledged by this read)
+    and al, 0x0f
+    cmp al, 0x02
+    jne .fail
+    mov ecx, 1
+    call emit
+    dec r12d
+    jnz .thre
+    mov dx, 0x3f9
+    xor eax, eax
+    out dx, al
+    mov ecx, FOURTH
+    call emit
+    mov al, PASSED
+    ret
+.fail:
+    mov byte [failed_at], bl
+    mov al, 0x7E
+    ret
+failed_at: db 0
+'''
+PHASE_COUNTS = {'FIRST': BUFFER_AFTER + 300, 'SECOND': 700, 'THIRD': 40, 'FOURTH': BUFFER_AFTER + 200}
+
+
+@requires_kvm
+class ReadAheadGuestTest(unittest.TestCase):
+    """While THR writes wait in KVM's ring, the LSR poll is answered ahead
+    of them and the ring is drained in batches (one sink write a batch);
+    what the guest and the console see stays that of one exit per write."""
+
+    def expected(self, count):
+        return bytes(32 + i % 64 for i in range(count))
+
+    def test_a_polled_guest_writes_the_console_in_batches(self):
+        count = 3000
+        console = ThreadRecorder()
+        run = run_guest(POLLED, 'split', timeout=60, console=console,
+                        symbols={'COUNT': count, 'IER': 0, 'PASSED': PASSED})
+        self.assertEqual((run.status, run.output), (STATUS_PASSED, self.expected(count)),
+                         run.describe())
+        # a write a byte until the ring is used, then about one a batch
+        # (the timer thread's rounds may cut a batch short)
+        self.assertLess(len(console.writers), BUFFER_AFTER + (count - BUFFER_AFTER) // 10,
+                        len(console.writers))
+
+    def test_loopback_and_etbei_switched_mid_stream(self):
+        total = sum(PHASE_COUNTS.values())
+        run_in_every_mode(self, PHASES, self.expected(total).decode(), timeout=60,
+                          symbols=dict(PHASE_COUNTS, PASSED=PASSED))
+
+    def test_a_slow_sink_gets_every_byte_in_order(self):
+        # room for a few batches: runs are cut where the room runs out, the
+        # poll waits for the reader, nothing is dropped
+        count = 6000
+        for capacity, step in ((64, 32), (1000, 300)):
+            with self.subTest(capacity=capacity):
+                sink = SlowSink(capacity=capacity, step=step, period=0.001)
+                try:
+                    run = run_guest(POLLED, 'split', timeout=60, console=sink,
+                                    symbols={'COUNT': count, 'IER': 0, 'PASSED': PASSED})
+                finally:
+                    sink.finish()
+                self.assertEqual(run.status, STATUS_PASSED, run.describe())
+                self.assertEqual((sink.dropped, bytes(sink.output)), (0, self.expected(count)))
+                self.assertLessEqual(sink.peak, capacity)
+                self.assertEqual(run.problems, [])
+
+    def test_a_snapshot_mid_stream_loses_no_waiting_byte(self):
+        # the snapshot is taken while bytes wait in the ring: they belong to
+        # the original's output, and the restore prints exactly the rest
+        count = 12000
+        for mode in ('split', 'kernel'):
+            with self.subTest(mode=mode):
+                con = MemoryBackend()
+                with kvmlite.Machine(mem_size=MEM_SIZE, irqchip=mode, console=con,
+                                     kvm=kvm()) as m:
+                    load_guest(m, POLLED, {'COUNT': count, 'IER': 0, 'PASSED': PASSED})
+                    ended = []
+                    runner = threading.Thread(target=lambda: ended.append(m.run(timeout=60)))
+                    runner.start()
+                    give_up = time.monotonic() + 60
+                    while len(con.output) < BUFFER_AFTER + 2000 and time.monotonic() < give_up:
+                        time.sleep(0.002)
+                    buf = io.BytesIO()
+                    m.snapshot(buf)
+                    runner.join(60)
+                    self.assertEqual(ended[0].status, STATUS_PASSED, ended[0].reason)
+                full = bytes(con.output)
+                self.assertEqual(full, self.expected(count))
+                rest_con = MemoryBackend()
+                with kvmlite.Machine.restore(io.BytesIO(buf.getvalue()), console=rest_con,
+                                             kvm=kvm()) as r:
+                    self.assertEqual(r.run(timeout=60).status, STATUS_PASSED)
+                rest = bytes(rest_con.output)
+                self.assertTrue(0 < len(rest) < count - BUFFER_AFTER, len(rest))
+                self.assertEqual(full[count - len(rest):], rest)
 
 
 @requires_kvm
