@@ -2867,7 +2867,13 @@ class Vm:
         """Let KVM buffer guest writes to ``addr``..``addr+size`` in a ring
         instead of exiting for each: for write-only registers whose writes need
         no immediate answer. The run loop hands the buffered writes to the bus,
-        in order, before it handles any other exit."""
+        in order, before it handles any other exit (api.rst, "KVM_(UN)REGISTER_
+        COALESCED_MMIO": the next access that exits processes the ring first),
+        with one exception: a one-byte port read whose bus part answers
+        ``read_ahead(offset, pending)`` with a value, which it must only do
+        when the ``pending`` waiting writes cannot change that value. Fewer
+        than COALESCED_BATCH writes may wait so; a second read answered so
+        with no write since drains the ring instead."""
         z = kvm_coalesced_mmio_zone(addr=addr, size=size, pio=1 if pio else 0)
         _ioctl(self.fd, KVM_REGISTER_COALESCED_MMIO, z)
         self._coalesced.append(z)
@@ -4092,10 +4098,11 @@ class Vcpu:
                         # ring drained in batches. A second such read with no new
                         # write since (a guest polling for input) drains, so that
                         # its output shows.
-                        if (reason == 2 and not direction and io_bus[0] and size == 1
-                                and count == 1 and last != vm._ahead_last
-                                and (last - first) % _COALESCED_MAX < COALESCED_BATCH):
-                            value = pio_ahead(port, (last - first) % _COALESCED_MAX)
+                        pending = (last - first) % _COALESCED_MAX
+                        if (reason == 2 and not direction and pending < COALESCED_BATCH
+                                and last != vm._ahead_last and size == 1 and count == 1
+                                and io_bus[0]):
+                            value = pio_ahead(port, pending)
                             if value is not None:
                                 vm._ahead_last = last
                                 n_io += 1

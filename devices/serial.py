@@ -47,7 +47,13 @@ Where the model differs from the chip, or the datasheet leaves room:
   shows only in what a later read returns. So the board may let KVM buffer
   those writes (coalesced PIO on the THR port) as long as it applies them, in
   order, before any read of the UART is answered: the output and every LSR
-  value stay exactly those of one exit per write.
+  value stay exactly those of one exit per write.  ``read_ahead()`` is the
+  one exception it allows: an LSR read that up to N waiting THR writes
+  cannot change (IER 0, no loopback, no DLAB, the transmitter not busy and
+  the sink's known room less N still a whole FIFO, so none of them would
+  ask the sink) is answered before they are applied; ``write_bytes()``
+  then takes them as one run, writing the sink in chunks cut where a
+  byte-by-byte run would ask it for room.
 * Accesses wider than a byte act as successive byte accesses at successive
   ports (low byte first); bytes past the device's ports are dropped on write
   and read as 0xFF.

@@ -122,10 +122,13 @@ class _BufferedThr(_Timed):
     no immediate effect (``thr_may_buffer()``: IER is 0) and the guest has
     written BUFFER_AFTER bytes to THR since that became so, its THR port is
     a coalesced PIO zone until IER changes. The buffered writes reach the
-    UART, in guest order, before any exit is served (the run loop drains the
-    ring first, and every UART read is an exit) and at each round of the
-    timer thread, so output and LSR stay exactly what one exit per write
-    gives, with one exit fewer per byte for a guest that polls LSR. The
+    UART, in guest order, before any other exit is served (the run loop
+    drains the ring first, and every UART read is an exit) and at each round
+    of the timer thread; an LSR poll they cannot change is answered ahead of
+    them (``Serial.read_ahead``), so the ring is drained in batches and each
+    batch reaches the UART (and its sink) in one call (``write_bytes``).
+    Output and LSR stay exactly what one exit per write gives, with one exit
+    fewer per byte for a guest that polls LSR. The
     threshold keeps short runs of output (Linux's console clears IER around
     each message) from paying for the zone: registering and unregistering
     it costs KVM an SRCU grace period, some 10 ms a pair on kvm_pvm. Only a
