@@ -5154,6 +5154,8 @@ class Snippet:
                     new(leaf) | PTE_P | PTE_RW | PTE_US | PTE_AD
                 struct.pack_into('<Q', tables[pd], (va >> 21 & 511) * 8, entry)
         self._nx_cr3, self._nx_tables = pml4, self._nx_pages
+        if self._nx_on:              # (a hook mapped memory): CR3 to the new second map
+            self._set_nx(True)
         for a, contents in tables.items():
             self._vm.write(a, contents)
         self._tables_dirty = False

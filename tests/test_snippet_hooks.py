@@ -205,6 +205,21 @@ class LongModeUserCodeHookTest(CodeHookCases, SnippetTestCase):
         self.assertEqual(s.reg_read('ebx'), 900)
         self.assertEqual(len(seen), 3 * 300 + 3)
 
+    def test_memory_mapped_by_a_hook_while_the_ranged_hook_waits(self):
+        s = self.snippet
+        code, _ = self.asm('mov byte [0x300000], 1\nmov byte [0x500000], 2\ncall 0x5000\n'
+                           'mov byte [0x700000], 3\ncall 0x5000\nhlt')
+        s.mem_write(0x5000, assemble_with_labels(self.FUNCTION, bits=64, origin=0x5000)[0])
+        seen = []
+        s.hook_code(lambda s, a, n: seen.append(a), begin=0x5000, end=0x5006)
+        s.hook_mem_unmapped(lambda s, access, address, size, value:
+                            s.mem_map(address & ~0xFFF, 0x1000) or True)
+        stop = s.run(code)
+        self.assertEqual(stop.reason, 'hlt', str(stop))
+        self.assertEqual(seen, [0x5000, 0x5003, 0x5006] * 2)
+        self.assertEqual(s.mem_read(0x700000, 1), b'\x03')
+        self.assertEqual(s.reg_read('cr3'), self.make_snippet().reg_read('cr3'))   # the plain map
+
     def test_a_fault_inside_a_ranged_hook_and_nx_of_the_snippets_own(self):
         s = self.snippet
         code, _ = self.asm('call 0x5000\nhlt')
