@@ -261,6 +261,28 @@ class IoApic(Device):
             self.edge_pending |= 1 << pin
         self._deliver_due()
 
+    def edge_message(self, pin):
+        """The (address, data) MSI message a rising input on ``pin`` sends
+        right now, when that is all it does: the entry is edge-triggered,
+        active high, unmasked, and delivers fixed or lowest priority. Else
+        None (masked, level, active low, or an NMI/INIT/SMI/ExtINT entry:
+        only :meth:`set_irq` gets those right). The wiring may send such an
+        edge by another path (a KVM_IRQFD route built from this message)
+        and record the input with :meth:`note_level`."""
+        entry = self.entries[pin]
+        mode = (entry & IOREDTBL_DELMOD) >> IOREDTBL_DELMOD_SHIFT
+        if (entry & (IOREDTBL_TRIGGER | IOREDTBL_INTPOL | IOREDTBL_MASK)
+                or mode not in (DELMOD_FIXED, DELMOD_LOWEST)):
+            return None
+        return msi_message(entry)
+
+    def note_level(self, pin, level):
+        """Record input ``pin``'s level and send nothing: its edge went out
+        by another path (see :meth:`edge_message`). A later switch of the
+        entry to level mode sees the level, as it would after set_irq."""
+        if isinstance(pin, int) and 0 <= pin < NUM_PINS:
+            self.pins[pin] = 1 if level else 0
+
     def eoi(self, vector):
         """End of interrupt for ``vector``: clear remote IRR, redeliver."""
         vector &= 0xFF

@@ -195,6 +195,32 @@ class DeliveryTests(unittest.TestCase):
         self.h.unmask(4)
         self.assertEqual(self.h.messages, [])
 
+    def test_edge_message_is_what_an_edge_sends_and_only_then(self):
+        """edge_message(): the message a rise would send, for an entry whose
+        rise sends just that; None where set_irq does more or nothing."""
+        self.h.program(4, 0x34, dest=0x01)
+        self.assertEqual(self.h.apic.edge_message(4), (0xFEE01000, 0x0034))
+        self.h.apic.set_irq(4, 1)
+        self.assertEqual(self.h.messages, [self.h.apic.edge_message(4)])
+        self.h.program(5, 0x35, dest=0x0F, flags=LOGICAL, mode=1)
+        self.assertEqual(self.h.apic.edge_message(5), (0xFEE0F004, 0x0135))
+        for flags, mode in ((MASKED, 0), (LEVEL, 0), (ACTIVE_LOW, 0), (0, 2), (0, 4), (0, 5),
+                            (0, 7), (0, 3)):
+            self.h.program(6, 0x36, flags=flags, mode=mode)
+            self.assertIsNone(self.h.apic.edge_message(6), (flags, mode))
+
+    def test_note_level_records_the_input_and_sends_nothing(self):
+        """A rise sent by another path (an irqfd): no message, no edge left
+        pending; switching the entry to level then sees the input high."""
+        self.h.program(4, 0x34)
+        self.h.apic.note_level(4, 1)
+        self.assertEqual(self.h.messages, [])
+        self.assertEqual(self.h.apic.check(), [])
+        self.h.program(4, 0x34, flags=LEVEL)
+        self.assertEqual(self.h.messages, [(0xFEE00000, 0xC034)])
+        self.h.apic.note_level(99, 1)                # not a pin: ignored
+        self.assertEqual(self.h.apic.check(), [])
+
     def test_level_pin_sends_level_assert_and_sets_remote_irr(self):
         self.h.program(9, 0x39, dest=0x02, flags=LEVEL)
         self.h.apic.set_irq(9, 1)

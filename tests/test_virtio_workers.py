@@ -13,6 +13,7 @@ from devices.console import MemoryBackend
 from devices.virtio_blk import BytesDisk, SECTOR, T_IN
 from tests.guest import kvm, requires_kvm
 from tests.virtio_driver import Driver
+from tools.layout import PC
 
 
 def machine(mode='split', **kw):
@@ -40,9 +41,20 @@ class WorkerTests(unittest.TestCase):
                            ('user', set())):
             with self.subTest(mode=mode), machine(mode, console_device='hvc') as m:
                 self.assertEqual(set(m.workers), want)      # not the empty slots
-                self.assertEqual(set(m._irqfds), want if mode == 'kernel' else set())
+                self.assertEqual(set(m._irqfds), want)
+                # split: a GSI of its own past the IOAPIC's pins; kernel: the ISA GSI
+                gsis = {n: PC.device(n).irq if mode == 'kernel' else
+                        PC.ioapic_pins + [s.name for s in PC.devices].index(n)
+                        for n in want}
+                self.assertEqual(m._irqfd_gsi, gsis)
+                # every pin starts masked: no route for a split-mode irqfd yet
+                self.assertEqual(m._irqfd_live, set())
         with machine('split', ioeventfd=False) as m:
             self.assertEqual(m.workers, {})
+            self.assertEqual(m._irqfds, {})
+        with machine('split', irqfd=False) as m:
+            self.assertEqual(set(m.workers), {'vda'})
+            self.assertEqual(m._irqfds, {})
 
     def test_a_signalled_notification_is_served_before_a_snapshot_saves_it(self):
         with machine() as m:

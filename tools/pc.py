@@ -93,6 +93,7 @@ STALL_SAMPLES = 4       # halt polls (0.25 s apart) the timeout report looks bac
 INPUT_LIMIT = 4096      # bytes of console input that wait for a guest not reading its UART
 APIC_LVT0, APIC_LVT1 = 0x350, 0x360
 IOREDTBL_REMOTE_IRR = 1 << 14   # IOAPIC redirection entry: a level interrupt awaits its EOI
+IOREDTBL_LEVEL = 1 << 15        # IOAPIC redirection entry: level-triggered
 APIC_DM_EXTINT, APIC_DM_NMI = 0x700, 0x400
 MSR_IA32_APICBASE = 0x1B        # bits 12 and up: the local APIC's physical address
 APICBASE_ADDR_MASK = ~0xFFF
@@ -223,7 +224,7 @@ class Machine:
     def __init__(self, mem_size=256 << 20, cpus=1, irqchip='split', console=None,
                  cpuid_policy='auto', kvm=None, clock=time.monotonic_ns, cmdline=b'',
                  platform=PC, cpu_vendor='host', disks=(), rng=False, console_device='com1',
-                 ioeventfd=True):
+                 ioeventfd=True, irqfd=True):
         if irqchip not in IRQCHIP_MODES:
             raise ValueError(f'irqchip mode {irqchip!r}: use one of {", ".join(IRQCHIP_MODES)}')
         if irqchip == 'user' and cpus != 1:
@@ -246,7 +247,13 @@ class Machine:
         self.console_device = console_device    # where console input goes: COM1 or hvc0
         self.ioeventfd = ioeventfd  # virtio notifications through eventfds, where the mode allows
         self.workers = {}           # virtio slot name -> its _VirtioWorker (split, kernel mode)
-        self._irqfds = {}           # virtio slot name -> the eventfd of its KVM_IRQFD (kernel mode)
+        self.irqfd = irqfd          # virtio interrupts through KVM_IRQFD, where the mode allows
+        self._irqfds = {}           # virtio slot name -> the eventfd of its KVM_IRQFD (split, kernel)
+        self._irqfd_gsi = {}        # virtio slot name -> the GSI that eventfd is bound to
+        self._line_high = set()     # kernel: virtio slots whose GSI KVM_IRQ_LINE holds high
+        self._irqfd_live = set()    # split: slots whose GSI has an MSI route now (see _irqfd_routes)
+        self.irqfd_signals = {}     # virtio slot name -> interrupts sent with an eventfd write
+        self.irq_line_rises = 0     # kernel: virtio rises on a level entry (KVM_IRQ_LINE)
         self._worker_stop = -1      # an eventfd: readable while the workers are to stop
         self._own_kvm = kvm is None
         self.kvm = kvm or Kvm()
@@ -431,34 +438,101 @@ class Machine:
         """Give every present virtio-mmio device its queue thread
         (:class:`_VirtioWorker`) where the irqchip mode allows: in split and
         kernel mode (in user mode, as with ``ioeventfd=False``, every
-        notification is an MMIO exit served in the vCPU thread). In kernel
-        mode its interrupt also goes through KVM_IRQFD (:meth:`_virtio_irq`).
-        In split mode the worker raises the line itself: the Python IOAPIC
-        sends its MSI (KVM_SIGNAL_MSI) from the worker thread, as masking,
-        trigger mode and remote IRR there require."""
+        notification is an MMIO exit served in the vCPU thread), and its
+        interrupt an eventfd bound with KVM_IRQFD (:meth:`_bind_irqfd`;
+        not with ``irqfd=False``)."""
         vm = self.vm
         if self.mode == 'user' or not self.ioeventfd or not vm.check_extension(Cap.IOEVENTFD):
             return
-        irqfd = self.mode == 'kernel' and vm.check_extension(Cap.IRQFD)
-        for slot in self.platform.devices:
+        irqfd = self.irqfd and vm.check_extension(Cap.IRQFD)
+        for index, slot in enumerate(self.platform.devices):
             dev = self.devices.get(slot.name)
             if (not getattr(dev, 'present', False) or not hasattr(dev, 'notify') or not slot.mmio
                     or slot.name in self.workers):
                 continue
             self.workers[slot.name] = _VirtioWorker(self, slot, dev.QUEUES)
             if irqfd and slot.irq is not None and not self._irq_shared(slot):
-                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-                try:
-                    vm.irqfd(fd, slot.irq)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                if dev.irq.level:
-                    self._virtio_wired[slot.name](0)    # raised before: from now on an irqfd pulse
-                    os.eventfd_write(fd, 1)
-                self._irqfds[slot.name] = fd
+                self._bind_irqfd(slot, dev, self.platform.ioapic_pins + index)
         if self.workers and self._worker_stop < 0:
             self._worker_stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        if self.mode == 'split' and self._irqfds:
+            self.sync_ioapic_routes()       # the new GSIs get their routes
+
+    def _bind_irqfd(self, slot, dev, spare_gsi):
+        """An eventfd bound with KVM_IRQFD for a virtio device's interrupt
+        (its line is high while InterruptStatus is non-zero).
+
+        kernel mode: bound to the slot's ISA GSI, whose routes reach both
+        PICs and the IOAPIC pin. A write is a pulse there (KVM raises and
+        lowers the GSI), what an edge-triggered pin wants, as the MP and
+        ACPI tables declare the virtio pins (ISA conforming: edge, active
+        high). On a level-triggered pin a pulse is wrong: a rise while the
+        last interrupt awaits its EOI (remote IRR) is lost, and the line is
+        not seen high at the EOI. So each rise reads the pin's entry from
+        KVM's IOAPIC (KVM_GET_IRQCHIP) and, on a level entry, drives the
+        line with KVM_IRQ_LINE instead, high until the device's line falls,
+        which KVM's IOAPIC re-delivers after each EOI while it is high
+        (:meth:`_kernel_rise`). KVM_IRQFD_FLAG_RESAMPLE, the level irqfd
+        KVM offers, was tried: on this host its acknowledgements also come
+        for an edge pin before the guest has handled the interrupt, and the
+        re-assertion they call for gives the guest interrupts it never had.
+
+        split mode: bound to a GSI of its own past the IOAPIC's pins
+        (``spare_gsi``), routed as the MSI the Python IOAPIC's entry for
+        the slot's pin would send, while an edge on that entry sends just
+        that (:meth:`devices.ioapic.IoApic.edge_message`: edge, active
+        high, unmasked, fixed or lowest priority; :meth:`sync_ioapic_routes`
+        keeps the route in step with the guest's writes). A rise is then
+        one eventfd write and no Python MSI; otherwise (masked, level,
+        ...) the line goes to the Python IOAPIC as any ISA line.
+        KVM_IRQFD_FLAG_RESAMPLE needs KVM's own IOAPIC (KVM refuses it in
+        split mode), so a level-triggered entry always takes that path."""
+        vm, name = self.vm, slot.name
+        kernel = self.mode == 'kernel'
+        gsi = slot.irq if kernel else spare_gsi
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            vm.irqfd(fd, gsi)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._irqfds[name], self._irqfd_gsi[name] = fd, gsi
+        self.irqfd_signals.setdefault(name, 0)
+        if not kernel:
+            self._split_irqfd_sink(name)
+        elif dev.irq.level:
+            self._virtio_wired[name](0)     # raised before: from now on as a rise here
+            self._kernel_rise(name, slot.irq)
+
+    def _irqfd_signal(self, name):
+        os.eventfd_write(self._irqfds[name], 1)
+        self.irqfd_signals[name] += 1
+
+    def _kernel_rise(self, name, n):
+        """Kernel mode, a virtio line rose: a pulse through the irqfd on an
+        edge-triggered IOAPIC entry (or a masked one: a masked edge is
+        lost); KVM_IRQ_LINE high on a level-triggered one, lowered when the
+        device's line falls (:meth:`_kernel_fall`)."""
+        chip = self.vm.get_irqchip(KVM_IRQCHIP_IOAPIC)
+        if chip.chip.ioapic.redirtbl[self.platform.ioapic_pin(n)] & IOREDTBL_LEVEL:
+            self._virtio_wired[name](1)
+            self._line_high.add(name)
+            self.irq_line_rises += 1
+        else:
+            self._irqfd_signal(name)
+
+    def _kernel_fall(self, name, n):
+        if name in self._line_high:
+            self._line_high.discard(name)
+            self._virtio_wired[name](0)
+
+    def _drop_held_lines(self):
+        """Before the devices are rebuilt from a state (restore, reset_to),
+        kernel mode: a line KVM_IRQ_LINE holds high for the state being
+        replaced is lowered (the rebuilt device raises its own again)."""
+        for name in self._line_high:
+            self.vm.irq_line(self.platform.device(name).irq, 0)
+        self._line_high.clear()
 
     def quiesce_io(self):
         """Serve every virtio notification KVM has signalled and no worker
@@ -524,25 +598,52 @@ class Machine:
                    for s in self.platform.devices)
 
     def _virtio_irq(self, slot):
-        """A virtio-mmio device's line. In kernel mode, once its worker is
-        set up (:meth:`_setup_workers`), a rise is one write to the eventfd
-        KVM_IRQFD binds to the slot's GSI: a pulse to both PICs and the
-        IOAPIC pin, what an edge-triggered ISA IRQ needs, with no ioctl and
-        nothing to undo when the guest acks (the line's fall costs nothing).
-        Otherwise (and on an IRQ another device shares, where the irqfd's
-        pulse would lower the other's level) the ISA line of :meth:`irq`."""
-        if self.mode != 'kernel' or slot.irq is None:
+        """A virtio-mmio device's line (high while its InterruptStatus is
+        non-zero), an input of its ISA IRQ's wired-OR as any device's. Once
+        its worker is set up with an irqfd (:meth:`_bind_irqfd`, not on an
+        IRQ another device shares, where a pulse would lower the other's
+        level), a rise is one write to that eventfd: in kernel mode while
+        KVM's IOAPIC entry for the pin is edge-triggered (the line's fall
+        then costs nothing); in split mode the IRQ's own sink decides
+        (:meth:`_split_irqfd_sink`)."""
+        if slot.irq is None or self.mode != 'kernel':
             return self.irq(slot.irq, slot.name)
-        irqfds, name = self._irqfds, slot.name
-        wired = self._virtio_wired[name] = self._isa_input(slot.irq)
+        n, irqfds, name = slot.irq, self._irqfds, slot.name
+        wired = self._virtio_wired[name] = self._isa_input(n)
 
         def sink(level):
-            fd = irqfds.get(name)
-            if fd is None:
+            if name not in irqfds:
                 wired(level)
             elif level:
-                os.eventfd_write(fd, 1)
-        return self._hand_out(slot.irq, name, self._line(sink))
+                self._kernel_rise(name, n)
+            else:
+                self._kernel_fall(name, n)
+        return self._hand_out(n, name, self._line(sink))
+
+    def _split_irqfd_sink(self, name):
+        """Split mode: make the sink of the virtio slot's ISA IRQ (its own:
+        the IRQ is not shared) send a rise through the irqfd while the
+        pin's entry sends just an MSI (``_irqfd_live``, kept by
+        :meth:`sync_ioapic_routes`), with the IOAPIC only told the level;
+        the rest of the time the Python IOAPIC sees it as any line. The PIC
+        sees the line either way. Called when the irqfd is bound and after
+        each rewire (which builds the IRQ lines afresh)."""
+        n = self.platform.device(name).irq
+        net = self._isa_nets.get(n)
+        pic, ioapic = self.devices['pic'], self.devices.get('ioapic')
+        if net is None or ioapic is None:
+            return
+        pin, live = self.platform.ioapic_pin(n), self._irqfd_live
+
+        def sink(level):
+            pic.set_irq(n, level)
+            if name in live:
+                ioapic.note_level(pin, level)
+                if level:
+                    self._irqfd_signal(name)
+            else:
+                ioapic.set_irq(pin, level)
+        net.sink = sink
 
     # -- interrupts --
     def _msi(self, address, data):
@@ -586,12 +687,28 @@ class Machine:
 
     def sync_ioapic_routes(self):
         """Mirror the IOAPIC's entries into KVM's GSI routes: in split mode
-        KVM reports EOIs (KVM_EXIT_IOAPIC_EOI) only for routed level vectors."""
-        wanted = tuple(self.ioapic.routes())
+        KVM reports EOIs (KVM_EXIT_IOAPIC_EOI) only for routed level vectors
+        (GSI = pin); the virtio irqfds' GSIs follow (:meth:`_irqfd_routes`)."""
+        wanted = tuple(enumerate(self.ioapic.routes())) + self._irqfd_routes()
         if wanted != self._routes:       # compare values: a write that changes no route costs no ioctl
-            self.vm.set_gsi_routing([route_msi(pin, addr, data)
-                                     for pin, (addr, data) in enumerate(wanted)])
+            self.vm.set_gsi_routing([route_msi(gsi, addr, data) for gsi, (addr, data) in wanted])
             self._routes = wanted
+        routed = {gsi for gsi, _ in wanted}
+        self._irqfd_live.clear()
+        self._irqfd_live.update(name for name, gsi in self._irqfd_gsi.items() if gsi in routed)
+
+    def _irqfd_routes(self):
+        """Split mode: ((GSI, (address, data)), ...) for each virtio irqfd
+        whose pin's entry an edge would now send as just that MSI; a GSI
+        left out has no route (a write to its eventfd would deliver
+        nothing, and the line goes to the Python IOAPIC instead)."""
+        out = []
+        for name, gsi in self._irqfd_gsi.items():
+            pin = self.platform.ioapic_pin(self.platform.device(name).irq)
+            message = self.ioapic.edge_message(pin)
+            if message is not None:
+                out.append((gsi, message))
+        return tuple(out)
 
     # -- the timer and console thread --
     def wake(self):
@@ -1218,10 +1335,15 @@ class Machine:
             hvc = [s.name for s in self.platform.devices if s.part == CONSOLE_PARTS['hvc']]
             if any(states.get(n, {}).get('device', {}).get('present') for n in hvc):
                 self.console_device = 'hvc'
+            if self.mode == 'kernel':
+                self._drop_held_lines()
             try:
                 self._wire_pc(self.cmdline)
             finally:
                 self._device_states = None
+            if self.mode == 'split':
+                for name in self._irqfds:
+                    self._split_irqfd_sink(name)
             for (bus, base), chain in wrapped.items():
                 self._rewrap(bus, base, chain)
             self._setup_workers()           # a device present only in the snapshot (hvc0)
@@ -1271,6 +1393,7 @@ class Machine:
             if fd >= 0:
                 os.close(fd)
         self._irqfds, self._worker_stop = {}, -1
+        self._irqfd_gsi, self._irqfd_live, self._line_high = {}, set(), set()
         if self.vm is not None:
             self.vm.close()
         if self._own_kvm and self.kvm is not None:

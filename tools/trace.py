@@ -379,8 +379,11 @@ def machine_stats(machine):
     device model)}} (counted only while a Profiler is attached, else empty),
     'profiled': whether one is, 'unclaimed': accesses no device took,
     'irqs': {ISA IRQ: {device name: rising edges}} since the machine was
-    built (the PIT's power-on OUT high is one), 'kvm': {statistic: value}
-    (KVM_GET_STATS_FD, the names of KVM_STATS, summed over the vCPUs)}."""
+    built (the PIT's power-on OUT high is one), 'irqfd': {virtio device:
+    interrupts sent with a KVM_IRQFD eventfd write}, 'ioapic_msis': the
+    messages the Python IOAPIC sent (split mode; else None), 'kvm':
+    {statistic: value} (KVM_GET_STATS_FD, the names of KVM_STATS, summed
+    over the vCPUs)}."""
     vm = machine.vm
     exits = {getattr(r, 'name', str(r)).lower(): n for r, n in vm.exit_counts.most_common() if n}
     profiler = machine.profiler
@@ -402,7 +405,9 @@ def machine_stats(machine):
                 kvm[k] = kvm.get(k, 0) + stats[k]
     return {'exits': exits, 'devices': profiler.device_report() if profiler is not None else {},
             'profiled': profiler is not None, 'unclaimed': unclaimed,
-            'irqs': dict(sorted(irqs.items())), 'kvm': kvm}
+            'irqs': dict(sorted(irqs.items())), 'irqfd': dict(machine.irqfd_signals),
+            'ioapic_msis': machine.ioapic.delivered if machine.ioapic is not None else None,
+            'kvm': kvm}
 
 
 def stats_text(r):
@@ -416,6 +421,10 @@ def stats_text(r):
     lines.append('IRQs raised: ' + (', '.join(
         f'IRQ {n} {name} {count}' for n, per in r['irqs'].items()
         for name, count in sorted(per.items(), key=lambda kv: -kv[1])) or 'none'))
+    if r.get('irqfd'):
+        lines.append('virtio interrupts by KVM_IRQFD: ' + ', '.join(
+            f'{name} {n}' for name, n in r['irqfd'].items()) +
+            ('' if r.get('ioapic_msis') is None else f'; Python IOAPIC messages {r["ioapic_msis"]}'))
     if r['kvm']:
         lines.append('KVM: ' + ', '.join(f'{k} {v}' for k, v in r['kvm'].items()))
     return lines
