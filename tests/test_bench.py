@@ -20,6 +20,22 @@ from tools import bench
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class DdVariantsTest(unittest.TestCase):
+    """--dd-irqchip: the kvmlite runs of the dd figure, MODE[:PATH] each."""
+
+    def test_variants_parse_and_bad_ones_are_refused(self):
+        a = bench._args(['--dd', 'vmlinux', '--dd-irqchip', 'split,split:no-irqfd,user,kernel:exits'])
+        self.assertEqual(a.dd_irqchip, [('split', 'eventfd'), ('split', 'no-irqfd'),
+                                        ('user', 'exits'), ('kernel', 'exits')])
+        self.assertEqual(bench._args(['--dd', 'vmlinux']).dd_irqchip, [('split', 'eventfd')])
+        for bad in ('fast', 'split:fast', 'split,'):
+            with self.subTest(bad=bad):
+                p = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'bench.py'),
+                                    '--dd', 'x', '--dd-irqchip', bad], capture_output=True, text=True)
+                self.assertEqual(p.returncode, 2, p.stderr)
+                self.assertIn('give MODE[:PATH]', p.stderr)
+
+
 @requires_kvm
 class BenchGuestTest(unittest.TestCase):
     """The one guest image, in a Machine, for each kind of work."""

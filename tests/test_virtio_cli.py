@@ -7,6 +7,7 @@ import sys
 import tempfile
 import unittest
 
+import kvmlite
 from tests.guest import kvm, requires_kvm
 from tools import boot
 
@@ -60,6 +61,22 @@ class DiskOptionTests(unittest.TestCase):
     def test_demo_runs_with_disks(self):
         p = run('--disk', self.img, '--disk', self.img + ',ro')
         self.assertEqual(p.returncode, 0, p.stderr)
+
+    def test_virtio_path_choices(self):
+        """--virtio-path: a bad one is one line and status 2; with --restore
+        it is refused (the snapshot gives the machine); each one runs."""
+        p = run('--virtio-path', 'fast')
+        self.assertEqual((p.returncode, p.stderr.count('\n')), (2, 1), p.stderr)
+        self.assertIn("invalid choice: 'fast'", p.stderr)
+        p = run('--restore', self.img, '--virtio-path', 'exits')
+        self.assertEqual((p.returncode, p.stderr.count('\n')), (2, 1), p.stderr)
+        self.assertIn('drop --virtio-path', p.stderr)
+        if kvmlite.kvm_unavailable():
+            return                          # the runs need /dev/kvm
+        for path in ('eventfd', 'no-irqfd', 'exits'):
+            with self.subTest(path=path):
+                p = run('--disk', self.img, '--virtio-path', path)
+                self.assertEqual(p.returncode, 0, p.stderr)
 
 
 @requires_kvm

@@ -915,6 +915,10 @@ def _args(argv):
                     'virtio-mmio (shared/linux/build.sh OUT v) under kvmlite and QEMU; busybox '
                     'from --busybox, else as tools/linux.py gets it')
     ap.add_argument('--busybox', help='a static busybox for --dd (default: tools/linux.py\'s)')
+    ap.add_argument('--dd-irqchip', default='split', type=_dd_variants, metavar='MODE[:PATH],...',
+                    help='the kvmlite runs of --dd, a row each: irqchip user, split or kernel, '
+                    'each with a --virtio-path (eventfd, the default; no-irqfd; exits), e.g. '
+                    'split,split:no-irqfd,split:exits,user,kernel (user mode has MMIO exits only)')
     a = ap.parse_args(argv)
     a.reps = a.reps or (1 if a.quick else 5)
     a.count = a.count if a.count is not None else (2000 if a.quick else 200000)
@@ -1054,8 +1058,26 @@ def other_rows(a, qemu, guest_path, work, skipped, log):
     if a.linux:
         rows.append(linux_row(a, qemu, work, skipped, log))
     if a.dd:
-        rows.append(dd_row(a, qemu, work, skipped, log))
+        rows += dd_rows(a, qemu, work, skipped, log)
     return rows
+
+
+DD_PATHS = ('eventfd', 'no-irqfd', 'exits')     # run --virtio-path
+
+
+def _dd_variants(text):
+    """'split,user,kernel:no-irqfd' -> [('split', 'eventfd'), ('user', 'exits'), ...]."""
+    out = []
+    for item in text.split(','):
+        mode, _, path = item.strip().partition(':')
+        if mode not in K.IRQCHIP_MODES or path and path not in DD_PATHS:
+            raise argparse.ArgumentTypeError(
+                f'{item!r}: give MODE[:PATH] with MODE one of {", ".join(K.IRQCHIP_MODES)} and '
+                f'PATH one of {", ".join(DD_PATHS)}')
+        if mode == 'user':
+            path = 'exits'              # no local APIC: neither eventfd applies
+        out.append((mode, path or 'eventfd'))
+    return out
 
 
 def linux_row(a, qemu, work, skipped, log):
@@ -1136,57 +1158,65 @@ def dd_setup(a, work):
     return initrd, image
 
 
-def dd_row(a, qemu, work, skipped, log):
+def dd_rows(a, qemu, work, skipped, log):
     """The virtio-blk figure of issue 18: ``dd if=/dev/vda of=/dev/null
     bs=1M count=16`` in the same kernel, initrd and image under kvmlite
     (``--disk IMAGE,ro``) and QEMU microvm (``-device
     virtio-blk-device``), one vCPU each; wall time between the guest's
-    markers around the dd, so boot time is left out."""
+    markers around the dd, so boot time is left out. A row for each of
+    ``--dd-irqchip``'s kvmlite variants (irqchip mode and virtio path),
+    each against the same QEMU runs."""
     kernel = a.dd
     title = f'virtio-blk: dd {DD_MIB} MiB from /dev/vda, bs=1M ({os.path.basename(kernel)})'
+    variants = a.dd_irqchip
+
+    def label(mode, path):
+        return title if (mode, path) == ('split', 'eventfd') and len(variants) == 1 else \
+            f'{title}, kvmlite --irqchip {mode} --virtio-path {path}'
     try:
         initrd, image = dd_setup(a, work)
     except Exception as e:      # noqa: BLE001 - no busybox: the row says why
         skipped.append(f'dd: {e}')
-        return [title, '-', '-', '-', '-', '<= 1.0x', 'not measured']
+        return [[label(*v), '-', '-', '-', '-', '<= 1.0x', 'not measured'] for v in variants]
     kv = KvmliteVmm(kernel, work)
     out_k = os.path.join(work, 'dd-kvmlite.out')
-    k_cmd = kv.command(a.linux_cmdline, out_k, 256, fmt='auto') + [
+    k_base = kv.command(a.linux_cmdline, out_k, 256, fmt='auto') + [
         '-i', initrd, '--disk', image + ',ro', '-c', '1']
+    runs = [(f'kvmlite {mode}/{path}', k_base + ['--irqchip', mode, '--virtio-path', path], out_k,
+             kv.env) for mode, path in variants]
     out_q = os.path.join(work, 'dd-qemu.out')
-    q_cmd = None
     if qemu:
-        q_cmd = [qemu, '-M', 'microvm,acpi=off', '-accel', 'kvm', '-cpu', LINUX_QEMU_CPU,
-                 '-smp', '1', '-m', '256', '-kernel', kernel, '-initrd', initrd,
-                 '-append', a.linux_cmdline, '-nodefaults', '-nographic',
-                 '-serial', f'file:{out_q}',
-                 '-drive', f'id=vda,file={image},format=raw,if=none,readonly=on',
-                 '-device', 'virtio-blk-device,drive=vda']
+        runs.append(('QEMU', [qemu, '-M', 'microvm,acpi=off', '-accel', 'kvm', '-cpu', LINUX_QEMU_CPU,
+                              '-smp', '1', '-m', '256', '-kernel', kernel, '-initrd', initrd,
+                              '-append', a.linux_cmdline, '-nodefaults', '-nographic',
+                              '-serial', f'file:{out_q}',
+                              '-drive', f'id=vda,file={image},format=raw,if=none,readonly=on',
+                              '-device', 'virtio-blk-device,drive=vda'], out_q, None))
     else:
         skipped.append('QEMU dd: no QEMU')
-    k_times, q_times, guest = [], [], {}
+    times, guest = {name: [] for name, _, _, _ in runs}, {}
     for rep in range(1 if a.quick else min(a.reps, 3)):
-        for name, cmd, out, env, times in (('kvmlite', k_cmd, out_k, kv.env, k_times),
-                                           ('QEMU', q_cmd, out_q, None, q_times)):
-            if cmd is None:
-                continue
+        for name, cmd, out, env in runs:
             t, data, why = time_between_markers(cmd, out, DD_START, DD_END, a.linux_timeout, env)
             if t is None:
                 tail = data[-300:].decode(errors='replace').strip().replace('\n', ' | ')
                 skipped.append(f'{name} dd: {why}; its console ended: {tail!r}')
             else:
-                times.append(t)
+                times[name].append(t)
                 line = next((l for l in data.splitlines() if l.startswith(b'KVMLITE-DD-GUEST')),
                             b'')
                 guest[name] = line.decode(errors='replace').split(' ', 1)[-1]
-        log(f'  dd: round {rep + 1}: kvmlite {k_times[-1:]}, QEMU {q_times[-1:]}')
+        log(f'  dd: round {rep + 1}: ' + ', '.join(f'{n} {t[-1:]}' for n, t in times.items()))
     for name, line in guest.items():
         a.notes.append(f'dd under {name}, as the guest\'s dd saw it: {line}')
-    km = statistics.median(k_times) if k_times else None
-    qm = statistics.median(q_times) if q_times else None
-    return [title, _fmt_s(km), '-', _fmt_s(qm),
-            f'{km / qm:.2f}x QEMU' if km and qm else '-', '<= 1.0x',
-            ('met' if km <= qm else 'NOT met') if km and qm else 'not measured']
+    qm = statistics.median(times['QEMU']) if times.get('QEMU') else None
+    rows = []
+    for (mode, path), (name, _, _, _) in zip(variants, runs):
+        km = statistics.median(times[name]) if times[name] else None
+        rows.append([label(mode, path), _fmt_s(km), '-', _fmt_s(qm),
+                     f'{km / qm:.2f}x QEMU' if km and qm else '-', '<= 1.0x',
+                     ('met' if km <= qm else 'NOT met') if km and qm else 'not measured'])
+    return rows
 
 
 # ---------------------------------------------------------------------------

@@ -233,7 +233,8 @@ def _cmd_run(args):
             machine = Machine(mem_size=args.mem, cpus=args.cpus, irqchip=args.irqchip, console=console,
                               cpuid_policy=args.cpuid, cmdline=cmdline,
                               cpu_vendor=args.cpu_vendor, disks=disks, rng=args.rng,
-                              console_device=args.console_device)
+                              console_device=args.console_device,
+                              ioeventfd=args.virtio_path != 'exits', irqfd=args.virtio_path == 'eventfd')
     except (ValueError, OSError) as e:            # KvmError is an OSError
         if console is not None:
             console.stop()
@@ -347,7 +348,7 @@ class _SignalsEndTheRun:
 _MACHINE_OPTIONS = (('kernel', '-k'), ('initrd', '-i'), ('append', '-p'), ('mem', '-m'),
                     ('cpus', '-c'), ('irqchip', '--irqchip'), ('format', '--format'),
                     ('cpuid', '--cpuid'), ('cpu_vendor', '--cpu-vendor'), ('rng', '--rng'),
-                    ('console_device', '--console-device'))
+                    ('console_device', '--console-device'), ('virtio_path', '--virtio-path'))
 
 
 def _restore(args):
@@ -505,6 +506,10 @@ def main(argv=None):
                         'read-only); repeatable')
     r.add_argument('--rng', action='store_true',
                    help='a virtio-rng entropy device (the guest\'s /dev/hwrng) fed from os.urandom')
+    r.add_argument('--virtio-path', default='eventfd', choices=('eventfd', 'no-irqfd', 'exits'),
+                   help='how virtio notifications and interrupts travel in split and kernel mode: '
+                        'KVM_IOEVENTFD and KVM_IRQFD (default); no-irqfd: the interrupt through the '
+                        'board\'s IRQ line as before; exits: notifications as MMIO exits too (to compare)')
     r.add_argument('-v', '--verbose', action='store_true', help='say why the run ended even when it went well')
     r.add_argument('--gdb', type=_gdb_address, metavar='[HOST:]PORT',
                    help='serve the gdb remote protocol on PORT (127.0.0.1 unless HOST is given; 0: any free port)')
