@@ -40,6 +40,7 @@ import signal
 import struct
 import sys
 import threading
+import _thread
 import time
 from collections import Counter, namedtuple
 
@@ -2220,9 +2221,10 @@ class _Watchdog:
                 vcpu._watched = True
                 self._vcpus.add(vcpu)
                 if self._thread is None:
-                    self._thread = threading.Thread(target=self._loop, name='kvmlite-watchdog',
-                                                    daemon=True)
-                    self._thread.start()
+                    # a bare thread: threading.Thread.start() waits until the
+                    # new thread runs (up to ms on a loaded host, in a first
+                    # snippet's run); this one dies with the process
+                    self._thread = _thread.start_new_thread(self._loop, ())
                 self._cond.notify()
             finally:
                 lock.release()
@@ -4450,6 +4452,7 @@ SNIPPET_SYSTEM = {'real': (0x10E000, 0x1000), 'prot32': (0xFF800000, 0x8000),
                   'long64': (0xFF800000, 0x400000)}
 _SYS_GDT, _SYS_IDT, _SYS_TSS = 0x0, 0x1000, 0x2000       # protected and long mode
 _SYS_STUBS, _SYS_STACK_TOP, _SYS_PAGE_TABLES = 0x5000, 0x7000, 0x8000
+_ZERO_PAGE = bytes(PAGE_SIZE)
 # real mode: the IVT at 0x200, and below it a copy of its upper half for
 # KVM's emulator, which sign-extends `int n`'s byte and so looks up vectors
 # 0x80-0xFF at IVT - 4 * (256 - n) (without it such an `int` hangs in KVM)
@@ -4975,7 +4978,8 @@ class Snippet:
             self._system.view[stack - base:stack - base + PAGE_SIZE] = bytes(PAGE_SIZE)
         for page in vm.get_dirty_log(self._system):
             off = page - base
-            if page != stack and sysmap[off:off + PAGE_SIZE] != image[off:off + PAGE_SIZE]:
+            if page != stack and sysmap[off:off + PAGE_SIZE] != (image[off:off + PAGE_SIZE]
+                                                                 or _ZERO_PAGE):
                 return False
         if not fresh.reset(v):
             return False
@@ -5011,6 +5015,7 @@ class Snippet:
         base, size = SNIPPET_SYSTEM[self.mode]
         # KVM logs the guest's writes to it: a reset checks just those pages
         self._system = self._vm.add_memory(base, size, dirty_log=True)
+        self._sys_image = b''
         # guest address of vector 0's stub
         self._stubs = base + (_REAL_STUBS if self.mode == 'real' else _SYS_STUBS)
         stubs = _STUB * _SYSCALL_STUB + _PORT_STUB
@@ -5160,7 +5165,11 @@ class Snippet:
             self._vm.write(a, contents)
         self._tables_dirty = False
         self._tables_in_place = tuple(self._regions)
-        self._sys_image = bytes(self._system.map)
+        # what kvmlite wrote (the pages up to the last table used, now or by an
+        # earlier write of this slot); past it the area is zero (4 MiB: a copy
+        # of all of it cost ~1 ms, twice in a process's first snippet)
+        used = max(_SYS_PAGE_TABLES + len(tables) * PAGE_SIZE, len(self._sys_image))
+        self._sys_image = bytes(self._system.map[:used])
 
     # -- memory ----------------------------------------------------------------
     def mem_map(self, addr, size, perms='rwx'):
