@@ -3155,7 +3155,7 @@ class Vm:
         the whole VM, so the bus lock is held for the whole drain and two vCPU
         threads never take the same entries. A write to a claimed port goes
         straight to the device's bound write, as in PioBus.io; successive
-        byte writes to one port whose part has ``write_bytes(offset, data)``
+        byte writes to one port whose part has ``write_bytes(offset, 1, data)``
         go to it as one call (a UART's THR: one sink write for the run).
         ``first`` is stored once, when the drain ends or a device raises."""
         pio, mmio, lock = self.pio, self.mmio, self.lock
