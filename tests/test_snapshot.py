@@ -725,6 +725,34 @@ main:
                     self.assertEqual(out.getvalue().count('io-out 0x3f8 1'), first)
                     self.assertGreater(profiler.devices['COM1 16550A'][0], com1)
 
+    def test_irq_tracing_goes_on_after_a_reset(self):
+        """The demo (COM1's THRE interrupt) traced with --trace-filter irq:4:
+        after a reset the rebuilt IOAPIC's KVM_SIGNAL_MSI (split), the
+        PIC's KVM_INTERRUPT (user) and KVM_IRQ_LINE (kernel) are traced as
+        in the first run, with the same lines."""
+        from tools import demo
+        from tools.trace import Tracer, parse_filter
+        how = {'split': 'KVM_SIGNAL_MSI', 'user': 'KVM_INTERRUPT', 'kernel': 'KVM_IRQ_LINE'}
+        for mode in pcguest.MODES:
+            with self.subTest(mode=mode), \
+                    kvmlite.Machine(irqchip=mode, console=MemoryBackend(), kvm=kvm()) as m:
+                demo.load(m)
+                out = io.StringIO()
+                Tracer(out, parse_filter('irq:4')).attach(m)
+                cp = m.checkpoint()
+                runs = []
+                for _ in range(2):
+                    self.assertEqual(m.run(timeout=HANG_S).status, 0)
+                    events = [line.split(None, 2)[2] for line in out.getvalue().splitlines()]
+                    runs.append(sorted(set(events)))
+                    injects = [e for e in events if e.startswith('irq-inject')]
+                    self.assertGreater(len(injects), 10, events[:10])
+                    self.assertTrue(all(e.endswith(how[mode]) for e in injects), injects[:5])
+                    m.reset_to(cp)
+                    out.seek(0)
+                    out.truncate()
+                self.assertEqual(runs[0], runs[1])
+
     def test_reset_to_refuses_another_machines_checkpoint(self):
         a, _ = lines_machine('split', 1)
         b, _ = lines_machine('split', 1)

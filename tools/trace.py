@@ -198,7 +198,11 @@ class Tracer:
 
     def _trace_injections(self, machine):
         """Record each interrupt handed to KVM: KVM_IRQ_LINE (kernel mode),
-        the IOAPIC's KVM_SIGNAL_MSI (split), the PIC's KVM_INTERRUPT."""
+        the IOAPIC's KVM_SIGNAL_MSI (split), the PIC's KVM_INTERRUPT. Each
+        wrapper finds the board's IOAPIC and PIC when it is called, and the
+        MSI one replaces the board's ``_msi`` too, which is what the board
+        wires into an IOAPIC it builds: so the trace goes on after
+        ``reset_to`` or a restore rebuilds the devices."""
         vm, platform, emit = machine.vm, machine.platform, self.emit
         if machine.mode == 'kernel':
             irq_line = vm.irq_line
@@ -208,28 +212,26 @@ class Tracer:
                     emit('irq-inject', str(irq), f'level={level}', 'KVM_IRQ_LINE', where=irq)
                 irq_line(irq, level)
             vm.irq_line = traced_irq_line
-        ioapic = machine.ioapic
-        if ioapic is not None and ioapic.msi is not None:
-            msi = ioapic.msi
+        if machine.ioapic is not None and machine.ioapic.msi is not None:
+            msi = machine._msi
             irq_of_pin = {platform.ioapic_pin(i): i for i in range(16) if i != platform.cascade_irq}
 
             def traced_msi(address, data):
                 if self.on:
-                    pin = ioapic.sending_pin
+                    pin = machine.ioapic.sending_pin
                     irq = irq_of_pin.get(pin, pin)
                     emit('irq-inject', str(irq), *((f'pin={pin}',) if pin != irq else ()),
                          f'vector={data & 0xFF:#x}', f'dest={address >> 12 & 0xFF}', 'KVM_SIGNAL_MSI',
                          where=irq)
                 msi(address, data)
-            ioapic.msi = traced_msi
-        pic = machine.pic
-        if pic is not None and vm.vcpus:
+            machine._msi = machine.ioapic.msi = traced_msi
+        if machine.pic is not None and vm.vcpus:
             vcpu = vm.vcpus[0]          # the PIC's INTR reaches vCPU 0 alone
             interrupt = vcpu.interrupt
 
             def traced_interrupt(vector):
                 if self.on:
-                    irq = _pic_irq(pic, vector)
+                    irq = _pic_irq(machine.pic, vector)
                     emit('irq-inject', '-' if irq is None else str(irq), f'vector={vector:#x}',
                          'KVM_INTERRUPT', where=irq)
                 interrupt(vector)
