@@ -45,7 +45,7 @@ from devices.console import MemoryBackend
 from tests.guest import kvm
 from tools.asm import assemble_with_labels
 
-__all__ = ['MODES', 'RUNTIME', 'PASSED', 'STATUS_PASSED', 'GuestRun', 'run_guest', 'load_guest',
+__all__ = ['MODES', 'RUNTIME', 'VIRTIO_MMIO', 'VIRTIO_DRIVER', 'PASSED', 'STATUS_PASSED', 'GuestRun', 'run_guest', 'load_guest',
            'run_in_every_mode', 'PromptedInput']
 
 MODES = kvmlite.IRQCHIP_MODES
@@ -362,6 +362,91 @@ align 8
 handlers: times 256 dq 0
 '''
 
+
+#: A virtio-mmio driver's first steps (virtio 1.2: 4.2.2 the registers,
+#: 3.1.1 the driver's initialisation, 2.7 split virtqueues), for any 64-bit
+#: guest (it uses nothing of :data:`RUNTIME`); rbx holds the device's base:
+#:
+#: * ``virtio_start`` (edx: the DeviceID wanted): checks MagicValue and
+#:   DeviceID, resets the device, sets ACKNOWLEDGE and DRIVER, accepts
+#:   VIRTIO_F_VERSION_1 alone and sets FEATURES_OK; eax = 1 (ZF clear) if the
+#:   device kept FEATURES_OK, 0 (ZF set) if it is absent, another device or
+#:   refused the features. DRIVER_OK is the caller's, after its queues.
+#: * ``virtio_queue`` (eax: queue, ecx: size, rsi: its area, below 4 GiB):
+#:   the descriptor table at rsi, the available ring at rsi + 16 * size, the
+#:   used ring at rsi + 32 * size, then QueueReady. Keeps every register.
+VIRTIO_MMIO = r'''
+virtio_start:
+    xor eax, eax
+    cmp dword [rbx], 0x74726976     ; MagicValue
+    jne .done
+    cmp [rbx + 8], edx              ; DeviceID
+    jne .done
+    mov dword [rbx + 0x70], 0       ; Status: reset, ACKNOWLEDGE, DRIVER
+    mov dword [rbx + 0x70], 1
+    mov dword [rbx + 0x70], 3
+    mov dword [rbx + 0x24], 1       ; DriverFeatures[63:32] = VERSION_1
+    mov dword [rbx + 0x20], 1
+    mov dword [rbx + 0x24], 0       ; DriverFeatures[31:0] = none
+    mov dword [rbx + 0x20], 0
+    mov dword [rbx + 0x70], 11      ; FEATURES_OK
+    mov eax, [rbx + 0x70]           ; 32-bit registers: read them whole
+    shr eax, 3                      ; did the device keep FEATURES_OK?
+    and eax, 1
+.done:
+    test eax, eax
+    ret
+
+virtio_queue:
+    push rax
+    mov [rbx + 0x30], eax           ; QueueSel
+    mov [rbx + 0x38], ecx           ; QueueNum
+    mov [rbx + 0x80], esi           ; QueueDesc
+    mov dword [rbx + 0x84], 0
+    mov eax, ecx
+    shl eax, 4
+    add eax, esi
+    mov [rbx + 0x90], eax           ; QueueDriver: the available ring
+    mov dword [rbx + 0x94], 0
+    mov eax, ecx
+    shl eax, 5
+    add eax, esi
+    mov [rbx + 0xa0], eax           ; QueueDevice: the used ring
+    mov dword [rbx + 0xa4], 0
+    mov dword [rbx + 0x44], 1       ; QueueReady
+    pop rax
+    ret
+'''
+
+#: :data:`VIRTIO_MMIO` and, for a guest on :data:`RUNTIME`,
+#: ``virtio_irq_on`` (rbx: the device, edi: its ISA IRQ): irq_setup (with
+#: the IOAPIC where there is one), then the IRQ, edge-triggered, to
+#: ``virtio_isr``, which reads InterruptStatus, writes it to InterruptACK,
+#: counts the interrupt in the qword ``virtio_irqs`` and sends the EOI.
+VIRTIO_DRIVER = VIRTIO_MMIO + r'''
+virtio_irq_on:
+    mov [virtio_dev], rbx
+    mov [virtio_irq], edi
+    mov byte [want_ioapic], 1
+    call irq_setup
+    lea rsi, [virtio_isr]
+    call irq_handler
+    xor esi, esi
+    jmp irq_unmask
+
+virtio_isr:
+    mov rsi, [virtio_dev]
+    mov eax, [rsi + 0x60]           ; InterruptStatus
+    mov [rsi + 0x64], eax           ; InterruptACK
+    inc qword [virtio_irqs]
+    mov edi, [virtio_irq]
+    jmp irq_eoi
+
+align 8
+virtio_dev: dq 0
+virtio_irqs: dq 0
+virtio_irq: dd 0
+'''
 
 class GuestRun:
     """What a run left behind: ``status`` and ``reason`` (kvmlite.RunResult),

@@ -15,6 +15,7 @@ import time
 import unittest
 
 from tests.guest import requires_kvm
+from tests.pcguest import VIRTIO_MMIO
 from tests.test_console_edges import HANG_S, CliCase, pattern
 from tests.test_terminal import Session
 from tools.asm import assemble_with_labels
@@ -32,20 +33,16 @@ bits 64
 VIO equ {vio}
 start:
     mov rbx, VIO
-    cmp dword [rbx + 8], 3          ; DeviceID: console (else: exit 0x21)
-    jne fail
-    mov dword [rbx + 0x70], 0
-    mov dword [rbx + 0x70], 1
-    mov dword [rbx + 0x70], 3
-    mov dword [rbx + 0x24], 1       ; VERSION_1
-    mov dword [rbx + 0x20], 1
-    mov dword [rbx + 0x70], 11
-    xor eax, eax
+    mov edx, 3                      ; DeviceID: console (else: exit 0x21)
+    call virtio_start
+    jz fail
+    xor eax, eax                    ; the receiveq and the transmitq, 4 entries each
+    mov ecx, 4
     lea rsi, [rxq]
-    call setup_queue
+    call virtio_queue
     mov eax, 1
     lea rsi, [txq]
-    call setup_queue
+    call virtio_queue
     mov dword [rbx + 0x70], 15      ; DRIVER_OK
     lea rax, [prompt]
     mov edx, prompt_end - prompt
@@ -91,20 +88,6 @@ fail:
     mov al, 0x21
     out 0xf4, al
 
-setup_queue:                        ; eax queue, rsi its area: desc +0, avail +0x40, used +0x80
-    mov [rbx + 0x30], eax
-    mov dword [rbx + 0x38], 4
-    mov [rbx + 0x80], esi
-    mov dword [rbx + 0x84], 0
-    lea rax, [rsi + 0x40]
-    mov [rbx + 0x90], eax
-    mov dword [rbx + 0x94], 0
-    lea rax, [rsi + 0x80]
-    mov [rbx + 0xa0], eax
-    mov dword [rbx + 0xa4], 0
-    mov dword [rbx + 0x44], 1
-    ret
-
 send:                               ; rax buffer, edx length; returns once the host used it
     movzx ecx, word [txq + 0x40 + 2]
     mov edi, ecx
@@ -124,7 +107,7 @@ send:                               ; rax buffer, edx length; returns once the h
     cmp [txq + 0x80 + 2], cx        ; used.idx: as Linux's hvc, spin until the host took it
     jb .poll
     ret
-
+''' + VIRTIO_MMIO + r'''
 echo: db {echo}
 prompt: db 'hvc0 login: '
 prompt_end:

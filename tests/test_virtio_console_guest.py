@@ -23,36 +23,19 @@ GUEST = r'''
 VIO equ %d
 VIRQ equ %d
 main:
-    mov byte [want_ioapic], 1
-    call irq_setup
-    mov edi, VIRQ
-    lea rsi, [vio_irq]
-    call irq_handler
-    mov edi, VIRQ
-    xor esi, esi
-    call irq_unmask
     mov rbx, VIO
-    cmp dword [rbx], 0x74726976     ; MagicValue
-    jne fail
-    cmp dword [rbx + 8], 3          ; DeviceID: console
-    jne fail
-    mov dword [rbx + 0x70], 0       ; reset, ACKNOWLEDGE, DRIVER
-    mov dword [rbx + 0x70], 1
-    mov dword [rbx + 0x70], 3
-    mov dword [rbx + 0x24], 1       ; DriverFeatures[63:32] = VERSION_1
-    mov dword [rbx + 0x20], 1
-    mov dword [rbx + 0x24], 0       ; DriverFeatures[31:0] = none
-    mov dword [rbx + 0x20], 0
-    mov dword [rbx + 0x70], 11      ; FEATURES_OK
-    mov eax, [rbx + 0x70]           ; 32-bit registers: read them whole
-    test al, 8
+    mov edi, VIRQ
+    call virtio_irq_on
+    mov edx, 3                      ; DeviceID: console
+    call virtio_start
     jz fail
-    xor eax, eax                    ; queue 0: the receiveq
+    xor eax, eax                    ; queue 0: the receiveq, 4 entries
+    mov ecx, 4
     lea rsi, [rxdesc]
-    call setup_queue
+    call virtio_queue
     mov eax, 1                      ; queue 1: the transmitq
     lea rsi, [txdesc]
-    call setup_queue
+    call virtio_queue
     mov dword [rbx + 0x70], 15      ; DRIVER_OK
     ; one 16-byte receive buffer (descriptor 0 of the receiveq: WRITE)
     lea rax, [rxbuf]
@@ -81,20 +64,6 @@ fail:
     call print
     db 'virtio console guest failed', 10, 0
     mov al, 0x21
-    ret
-
-setup_queue:                        ; eax queue, rsi its area: desc +0, avail +0x40, used +0x80
-    mov [rbx + 0x30], eax
-    mov dword [rbx + 0x38], 4
-    mov [rbx + 0x80], esi
-    mov dword [rbx + 0x84], 0
-    lea rax, [rsi + 0x40]
-    mov [rbx + 0x90], eax
-    mov dword [rbx + 0x94], 0
-    lea rax, [rsi + 0x80]
-    mov [rbx + 0xa0], eax
-    mov dword [rbx + 0xa4], 0
-    mov dword [rbx + 0x44], 1       ; QueueReady
     ret
 
 send:                               ; rax buffer, edx length: one chain, then wait until used
@@ -126,16 +95,6 @@ wait_used:                          ; sleep until the word at [rsi] reaches cx
 .done:
     ret
 
-vio_irq:
-    mov eax, [rbx + 0x60]           ; InterruptStatus
-    mov [rbx + 0x64], eax           ; InterruptACK
-    inc qword [irqs]
-    mov edi, VIRQ
-    call irq_eoi
-    ret
-
-align 8
-irqs: dq 0
 greeting: db %s
 GREETING_LEN equ $ - greeting
 align 16
@@ -143,7 +102,7 @@ rxdesc: times 0xc0 db 0
 align 16
 txdesc: times 0xc0 db 0
 rxbuf: times 16 db 0
-'''
+''' + pcguest.VIRTIO_DRIVER
 
 
 def guest_source():

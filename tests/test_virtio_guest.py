@@ -27,41 +27,16 @@ GUEST = r'''
 VIO equ %d
 VIRQ equ %d
 main:
-    mov byte [want_ioapic], 1
-    call irq_setup
-    mov edi, VIRQ
-    lea rsi, [vio_irq]
-    call irq_handler
-    mov edi, VIRQ
-    xor esi, esi
-    call irq_unmask
     mov rbx, VIO
-    mov eax, [rbx]
-    cmp eax, 0x74726976             ; MagicValue
-    jne fail
-    cmp dword [rbx + 8], 2          ; DeviceID: block
-    jne fail
-    mov dword [rbx + 0x70], 0       ; reset, ACKNOWLEDGE, DRIVER
-    mov dword [rbx + 0x70], 1
-    mov dword [rbx + 0x70], 3
-    mov dword [rbx + 0x24], 1       ; DriverFeatures[63:32] = VERSION_1
-    mov dword [rbx + 0x20], 1
-    mov dword [rbx + 0x70], 11      ; FEATURES_OK
-    mov eax, [rbx + 0x70]
-    test al, 8
+    mov edi, VIRQ
+    call virtio_irq_on
+    mov edx, 2                      ; DeviceID: block
+    call virtio_start
     jz fail
-    mov dword [rbx + 0x30], 0       ; queue 0: 8 entries
-    mov dword [rbx + 0x38], 8
-    lea rax, [desc]
-    mov [rbx + 0x80], eax
-    mov dword [rbx + 0x84], 0
-    lea rax, [avail]
-    mov [rbx + 0x90], eax
-    mov dword [rbx + 0x94], 0
-    lea rax, [used]
-    mov [rbx + 0xa0], eax
-    mov dword [rbx + 0xa4], 0
-    mov dword [rbx + 0x44], 1       ; QueueReady
+    xor eax, eax                    ; queue 0: 8 entries at desc (avail, used follow)
+    mov ecx, 8
+    lea rsi, [desc]
+    call virtio_queue
     mov dword [rbx + 0x70], 15      ; DRIVER_OK
     ; request 1: read sector 1 (header, 512 bytes in, status)
     mov rcx, 1
@@ -98,20 +73,11 @@ request:                            ; rcx: interrupts to wait for
     inc ax
     mov [avail + 2], ax
     mov dword [rbx + 0x50], 0       ; QueueNotify
-    lea rsi, [irqs]
+    lea rsi, [virtio_irqs]
     call wait_for
     ret
 
-vio_irq:
-    mov eax, [rbx + 0x60]           ; InterruptStatus
-    mov [rbx + 0x64], eax           ; InterruptACK
-    inc qword [irqs]
-    mov edi, VIRQ
-    call irq_eoi
-    ret
-
 align 8
-irqs: dq 0
 header: dd 0, 0
         dq 1
 status: db 0xff
@@ -127,16 +93,18 @@ desc:
     dd 1
     dw 2, 0                          ; WRITE
     times 5 dq 0, 0
-align 16
-avail: dw 0, 0
-    times 9 dw 0
-align 16
-used: dw 0, 0
+avail: dw 0, 0                      ; desc + 16 * 8
+    times 62 dw 0
+used: dw 0, 0                       ; desc + 32 * 8
     times 8 dq 0
     dw 0
 align 16
 buffer: times 512 db 0
-'''
+''' + pcguest.VIRTIO_DRIVER
+
+
+def guest_source():
+    return GUEST % (VDA.mmio[0][1], VDA.irq, pcguest.PASSED)
 
 
 @requires_kvm
@@ -146,17 +114,12 @@ class VirtioBlkGuestTest(unittest.TestCase):
         """Run the guest on the image at ``path``; returns (result, output,
         the vda device's counters, MMIO writes to its QueueNotify that
         reached kvmlite, notifications its queue thread served)."""
-        source = GUEST % (VDA.mmio[0][1], VDA.irq, pcguest.PASSED)
-        code, labels = pcguest.assemble(source)
         console = MemoryBackend()
         notify = VDA.mmio[0][1] + 0x50
         trace = io.StringIO()
         with kvmlite.Machine(mem_size=pcguest.MEM_SIZE, irqchip=mode, console=console,
                              kvm=kvm(), disks=[DiskImage(path)], **machine) as m:
-            m.vm.write(pcguest.CODE, code)
-            m.vm.write(pcguest.IDT, pcguest._idt(labels))
-            kvmlite.setup_mode(m.vm.vcpus[0], m.vm, 'long64', labels['start'],
-                               stack=pcguest.STACK)
+            pcguest.load_guest(m, guest_source())
             Tracer(trace, parse_filter(f'mmio:{notify:#x}-{notify + 3:#x}')).attach(m)
             result = m.run(timeout=30)
             vda = m.devices['vda']
@@ -209,15 +172,10 @@ class VirtioBlkGuestTest(unittest.TestCase):
                 image[512:512 + len(text) + 1] = text + b'\0'
                 with open(path, 'wb') as f:
                     f.write(image)
-                source = GUEST % (VDA.mmio[0][1], VDA.irq, pcguest.PASSED)
-                code, labels = pcguest.assemble(source)
                 console = MemoryBackend()
                 with kvmlite.Machine(mem_size=pcguest.MEM_SIZE, irqchip=mode, console=console,
                                      kvm=kvm(), disks=[DiskImage(path)]) as m:
-                    m.vm.write(pcguest.CODE, code)
-                    m.vm.write(pcguest.IDT, pcguest._idt(labels))
-                    kvmlite.setup_mode(m.vm.vcpus[0], m.vm, 'long64', labels['start'],
-                                       stack=pcguest.STACK)
+                    pcguest.load_guest(m, guest_source())
                     result = m.run(timeout=30)
                     vda = m.devices['vda']
                     what = f'{mode}: {result} output {bytes(console.output)!r}, {vda.state()}'
